@@ -1,0 +1,218 @@
+"""The handle on one control plane: settings, the catalog database, the keyring, servers.
+
+Everything that touches the fleet starts from :func:`get_control`. The catalog lives in the
+``bizos_control`` database on the home region's embedded server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bizosctl.config import Settings, get_settings
+from bizosctl.db.embedded import EmbeddedCluster
+from bizosctl.errors import ConfigError, NotFound
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
+
+    from bizosctl.providers.local import ServerHandle
+    from bizosctl.security.keyring import Keyring
+
+CATALOG_DB = "bizos_control"
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    tenant_id: uuid.UUID
+    slug: str
+    tier: str
+    region: str
+    status: str
+    server: str
+    database: str
+    schema: str
+    role: str
+    password: str
+
+
+class Control:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._keyring: Keyring | None = None
+        self._servers: dict[str, ServerHandle] = {}
+        self._lock = threading.Lock()
+
+    # -- the home region and the catalog -----------------------------------------------------
+    @property
+    def home_cluster(self) -> EmbeddedCluster:
+        return EmbeddedCluster(
+            self.settings.regions_dir / self.settings.home_region,
+            durable=self.settings.embedded_durable,
+        )
+
+    def is_initialized(self) -> bool:
+        return (
+            self.settings.regions_dir / self.settings.home_region / "pgdata" / "PG_VERSION"
+        ).exists()
+
+    def require_initialized(self) -> None:
+        if not self.is_initialized():
+            raise ConfigError(
+                f"bizosctl is not initialised in {self.settings.home} "
+                "(run `bizosctl init` or `bizosctl quickstart`)"
+            )
+
+    @property
+    def catalog_engine(self) -> Engine:
+        from bizosctl.db.engines import get_engine
+
+        self.require_initialized()
+        self.home_cluster.ensure_running()
+        return get_engine(self.home_cluster.url(CATALOG_DB))
+
+    @contextlib.contextmanager
+    def catalog(self) -> Iterator[Session]:
+        """A catalog session in one transaction, committed on success."""
+        from sqlalchemy.orm import Session
+
+        from bizosctl.db.engines import translate_errors
+
+        with (
+            translate_errors("catalog"),
+            Session(self.catalog_engine, expire_on_commit=False) as s,
+            s.begin(),
+        ):
+            yield s
+
+    # -- keys --------------------------------------------------------------------------------
+    @property
+    def keyring(self) -> Keyring:
+        with self._lock:
+            if self._keyring is None:
+                from bizosctl.security.keyring import Keyring
+                from bizosctl.security.masterkey import load_master_key
+
+                ring = Keyring(load_master_key(self.settings))
+                with self.catalog() as s:
+                    ring.load(s)
+                self._keyring = ring
+            return self._keyring
+
+    def reload_keyring(self) -> None:
+        with self._lock:
+            self._keyring = None
+
+    def seal(self, value: str, *, context: str) -> str:
+        from bizosctl.security.fields import encrypt
+
+        return encrypt(
+            self.keyring,
+            value,
+            tenant_id="catalog",
+            table="credentials",
+            column=context,
+            purpose="db-credentials",
+        )
+
+    def unseal(self, token: str, *, context: str) -> str:
+        from bizosctl.security.fields import decrypt
+
+        return decrypt(
+            self.keyring,
+            token,
+            tenant_id="catalog",
+            table="credentials",
+            column=context,
+            purpose="db-credentials",
+        )
+
+    # -- servers and routes -----------------------------------------------------------------
+    def server(self, name: str) -> ServerHandle:
+        from sqlalchemy import select
+
+        from bizosctl.catalog.models import Server
+
+        cached = self._servers.get(name)
+        if cached is not None:
+            return cached
+        with self.catalog() as s:
+            row = s.execute(select(Server).where(Server.name == name)).scalar_one_or_none()
+            if row is None:
+                raise NotFound(f"no server named {name!r}")
+            handle = self.handle_for(row)
+        self._servers[name] = handle
+        return handle
+
+    def handle_for(self, row: object) -> ServerHandle:
+        from bizosctl.catalog.models import Server
+        from bizosctl.providers.local import ServerHandle
+
+        assert isinstance(row, Server)
+        return ServerHandle(
+            name=row.name,
+            region=row.region,
+            provider=row.provider,
+            port=row.port,
+            url=self.unseal(row.url_enc, context=f"server:{row.name}:url") if row.url_enc else None,
+            regions_dir=self.settings.regions_dir,
+            durable=self.settings.embedded_durable,
+        )
+
+    def route(self, slug: str) -> RouteInfo:
+        from sqlalchemy import select
+
+        from bizosctl.catalog.models import Route, Server, Tenant
+
+        with self.catalog() as s:
+            row = s.execute(
+                select(Tenant, Route, Server)
+                .join(Route, Route.tenant_id == Tenant.id)
+                .join(Server, Server.name == Route.server)
+                .where(Tenant.slug == slug, Tenant.status != "deleted")
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"no tenant named {slug!r}")
+            tenant, route, server = row
+            if route.password_enc:
+                password = self.unseal(route.password_enc, context=f"role:{route.role}")
+            else:
+                assert server.app_password_enc is not None
+                password = self.unseal(server.app_password_enc, context=f"server:{server.name}:app")
+            return RouteInfo(
+                tenant_id=tenant.id,
+                slug=tenant.slug,
+                tier=tenant.tier,
+                region=tenant.region,
+                status=tenant.status,
+                server=route.server,
+                database=route.database,
+                schema=route.schema,
+                role=route.role,
+                password=password,
+            )
+
+
+_controls: dict[str, Control] = {}
+
+
+def get_control(settings: Settings | None = None) -> Control:
+    settings = settings or get_settings()
+    key = str(settings.home)
+    ctl = _controls.get(key)
+    if ctl is None or ctl.settings is not settings:
+        ctl = Control(settings)
+        _controls[key] = ctl
+    return ctl
+
+
+def reset_controls() -> None:
+    from bizosctl.db.engines import dispose_all
+
+    _controls.clear()
+    dispose_all()

@@ -1,0 +1,125 @@
+"""Tables of the ``bizos_control`` database (Alembic: ``migrations/control``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TIMESTAMP
+
+NOW = text("now()")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+    type_annotation_map: dict[Any, Any] = {
+        uuid.UUID: UUID(as_uuid=True),
+        dt.datetime: TIMESTAMP(timezone=True),
+        dict[str, Any]: JSONB,
+        list[Any]: JSONB,
+        str: Text,
+    }
+
+
+class Region(Base):
+    __tablename__ = "regions"
+    name: Mapped[str] = mapped_column(primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class Server(Base):
+    __tablename__ = "servers"
+    name: Mapped[str] = mapped_column(primary_key=True)
+    region: Mapped[str] = mapped_column(ForeignKey("regions.name", ondelete="RESTRICT"))
+    provider: Mapped[str]  # embedded | postgres | neon | supabase
+    port: Mapped[int | None] = mapped_column(Integer)  # embedded: TCP port, None = socket only
+    url_enc: Mapped[str | None]  # postgres: the operator's URL, encrypted (db-credentials)
+    app_password_enc: Mapped[str | None]  # password of the shared database's login role
+    is_default: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    slug: Mapped[str]
+    name: Mapped[str]
+    tier: Mapped[str]  # shared | schema | isolated
+    region: Mapped[str] = mapped_column(ForeignKey("regions.name", ondelete="RESTRICT"))
+    # provisioning | active | read_only | suspended | moving | deleting | deleted
+    status: Mapped[str] = mapped_column(server_default="provisioning")
+    status_reason: Mapped[str | None]
+    owner_email_bidx: Mapped[str | None]
+    operation_id: Mapped[uuid.UUID | None]
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    deleted_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        # A slug names one live tenant; deleted tenants stay on record.
+        Index(
+            "uq_tenants_live_slug",
+            "slug",
+            unique=True,
+            postgresql_where=text("status <> 'deleted'"),
+        ),
+    )
+
+
+class Route(Base):
+    __tablename__ = "routes"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    server: Mapped[str] = mapped_column(ForeignKey("servers.name", ondelete="RESTRICT"))
+    database: Mapped[str]
+    schema: Mapped[str]
+    role: Mapped[str]  # the login role the application uses
+    password_enc: Mapped[str | None]  # isolated tier: the tenant role's password, encrypted
+    updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class Operation(Base):
+    __tablename__ = "operations"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    kind: Mapped[str]
+    target: Mapped[str]
+    status: Mapped[str] = mapped_column(server_default="running")  # running|done|failed|aborted
+    params: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    steps: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"))
+    error: Mapped[str | None]
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None]
+    started_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    finished_at: Mapped[dt.datetime | None]
+    __table_args__ = (Index("ix_operations_target", "kind", "target", "status"),)
+
+
+class KeyringEntry(Base):
+    __tablename__ = "keyring"
+    purpose: Mapped[str] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    is_primary: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    retired_at: Mapped[dt.datetime | None]

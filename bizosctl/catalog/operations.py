@@ -1,0 +1,113 @@
+"""Operations: long changes to the fleet, recorded with checkpointed steps.
+
+A running operation holds a session-level advisory lock on its own catalog connection. The
+lock dies with the process (even SIGKILL closes the socket), so "is the previous run still
+alive?" is one ``pg_try_advisory_lock``; a dead run's operation is resumed from its last step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select, text, update
+
+from bizosctl.catalog.models import Operation
+from bizosctl.errors import Busy
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from bizosctl.catalog.control import Control
+
+
+def _lock_key(op_id: uuid.UUID) -> int:
+    # 63-bit key from the uuid: advisory locks take a bigint
+    return op_id.int & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class OperationRun:
+    """One live run of an operation; use as a context manager."""
+
+    def __init__(self, ctl: Control, op_id: uuid.UUID) -> None:
+        self.ctl = ctl
+        self.id = op_id
+        self._conn: Connection | None = None
+        self.completed: set[str] = set()
+
+    def __enter__(self) -> OperationRun:
+        from bizosctl.db.engines import get_engine
+
+        engine = get_engine(self.ctl.home_cluster.url("bizos_control"), pooled=False)
+        self._conn = engine.connect()
+        got = self._conn.execute(
+            text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(self.id)}
+        ).scalar_one()
+        self._conn.commit()
+        if not got:
+            self._conn.close()
+            raise Busy(f"operation {self.id} is running in another process")
+        with self.ctl.catalog() as s:
+            op = s.get(Operation, self.id)
+            assert op is not None
+            self.completed = {st["name"] for st in op.steps if st.get("status") == "done"}
+            op.pid, op.host, op.status = os.getpid(), socket.gethostname(), "running"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._conn is not None:
+            self._conn.close()  # releases the advisory lock
+
+    def step(self, name: str, **data: Any) -> None:
+        """Record that a step finished (its own committed transaction: a checkpoint)."""
+        entry = {"name": name, "status": "done", "at": dt.datetime.now(dt.UTC).isoformat(), **data}
+        with self.ctl.catalog() as s:
+            s.execute(
+                text(
+                    "UPDATE operations SET steps = steps || jsonb_build_array(CAST(:e AS jsonb)) "
+                    "WHERE id = :id"
+                ),
+                {"e": json.dumps(entry), "id": self.id},
+            )
+        self.completed.add(name)
+
+    def finish(self, status: str = "done", error: str | None = None) -> None:
+        with self.ctl.catalog() as s:
+            s.execute(
+                update(Operation)
+                .where(Operation.id == self.id)
+                .values(status=status, error=error, finished_at=func.now())
+            )
+
+
+def create_operation(
+    ctl: Control, *, kind: str, target: str, params: dict[str, Any], op_id: uuid.UUID | None = None
+) -> uuid.UUID:
+    op_id = op_id or uuid.uuid4()
+    with ctl.catalog() as s:
+        s.add(Operation(id=op_id, kind=kind, target=target, params=params))
+    return op_id
+
+
+def is_alive(ctl: Control, op_id: uuid.UUID) -> bool:
+    """True when some process holds the operation's lock right now."""
+    with ctl.catalog_engine.connect() as conn:
+        got = conn.execute(
+            text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(op_id)}
+        ).scalar_one()
+        if got:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(op_id)})
+        conn.commit()
+    return not got
+
+
+def get_operation(ctl: Control, op_id: uuid.UUID) -> Operation | None:
+    with ctl.catalog() as s:
+        op = s.execute(select(Operation).where(Operation.id == op_id)).scalar_one_or_none()
+        if op is not None:
+            s.expunge(op)
+        return op

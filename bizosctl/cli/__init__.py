@@ -1,0 +1,3 @@
+"""The command line: thin Typer apps over the core functions."""
+
+from __future__ import annotations

@@ -1,0 +1,61 @@
+"""``bizosctl``: the root command. Sub-apps are imported here, their heavy imports are lazy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from bizosctl import __version__
+from bizosctl.cli import region, system, tenant
+
+app = typer.Typer(
+    name="bizosctl",
+    help=(
+        "Operator control plane of the Enterprise Business OS: regions, tenants in three "
+        "tiers, schema sync, secrets.\n\nExample: bizosctl quickstart"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bizosctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    home: Path | None = typer.Option(
+        None, "--home", help="Use this BIZOS_HOME instead of the environment's.", show_default=False
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Operator control plane of the Enterprise Business OS.
+
+    Example: bizosctl tenant list --json
+    """
+    if home is not None:
+        os.environ["BIZOS_HOME"] = str(home)
+        from bizosctl.config import reset_settings
+
+        reset_settings()
+    if debug:
+        os.environ["BIZOS_DEBUG"] = "1"
+
+
+system.register(app)
+app.add_typer(region.app, name="region")
+app.add_typer(tenant.app, name="tenant")
+
+
+def main() -> None:
+    app()

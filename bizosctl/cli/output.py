@@ -1,0 +1,117 @@
+"""Rendering for the command line: one JSON document on stdout, or Rich for people.
+
+Errors become one line on stderr and an exit code (2 bad input, 1 failed, 3 not found); with
+``--json`` the same error is also the JSON document on stdout, so a pipeline always parses
+something. Tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import typer
+
+from bizosctl.errors import BizosError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout, nothing else.")
+YesOpt = typer.Option(False, "--yes", "-y", help="Confirm a destructive change.")
+DryRunOpt = typer.Option(False, "--dry-run", help="Show the plan; change nothing.")
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("BIZOS_DEBUG", "") not in ("", "0", "false")
+
+
+def stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def stdout_console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def to_jsonable(payload: Any) -> Any:
+    from pydantic import BaseModel
+
+    if isinstance(payload, BaseModel):
+        return payload.model_dump(mode="json", by_alias=True)
+    if isinstance(payload, dict):
+        return {k: to_jsonable(v) for k, v in payload.items()}
+    if isinstance(payload, list | tuple):
+        return [to_jsonable(v) for v in payload]
+    return payload
+
+
+def print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(payload), default=str, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def fail(exc: BizosError, *, json_out: bool) -> NoReturn:
+    if json_out:
+        print_json(
+            {"error": {"type": exc.code, "message": exc.message, "exit_code": exc.exit_code}}
+        )
+    stderr_console().print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def handle_errors(fn: F) -> F:
+    """Map BizosError (and anything unexpected) to one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        json_out = bool(kwargs.get("json_out"))
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except BizosError as exc:
+            if debug_enabled():
+                raise
+            fail(exc, json_out=json_out)
+        except KeyboardInterrupt:
+            stderr_console().print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if debug_enabled():
+                raise
+            # Never echo SQL or parameters: they may hold secrets.
+            text = " ".join(str(exc).split("[SQL:")[0].split())[:300]
+            err = BizosError(
+                f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)"
+            )
+            fail(err, json_out=json_out)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Any:
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*["" if v is None else str(v) for v in row])
+    return t
+
+
+def confirm_destructive(yes: bool, what: str) -> None:
+    if not yes:
+        from bizosctl.errors import InvalidInput
+
+        raise InvalidInput(
+            f"{what} is destructive: pass --yes to confirm (or --dry-run to see the plan)"
+        )

@@ -1,0 +1,95 @@
+"""``bizosctl region add|list|show``."""
+
+from __future__ import annotations
+
+import typer
+
+from bizosctl.cli.output import JsonOpt, handle_errors, print_json, stdout_console, table
+
+app = typer.Typer(
+    help="Regions and their database servers.\n\nExample: bizosctl region list",
+    no_args_is_help=True,
+)
+
+
+def _render(regions: list) -> None:  # type: ignore[type-arg]
+    rows = [[r.name, s.name, s.provider, s.url] for r in regions for s in r.servers]
+    stdout_console().print(table("Regions", ["region", "server", "provider", "url"], rows))
+
+
+@app.command("add")
+@handle_errors
+def add(
+    name: str = typer.Argument(..., help="Region name, e.g. 'id' or 'eu-central'."),
+    url: str | None = typer.Option(
+        None, "--url", help="Use this PostgreSQL (>= 15, with pgvector) instead of an embedded one."
+    ),
+    port: int | None = typer.Option(
+        None, "--port", help="Embedded server: also listen on 127.0.0.1:PORT."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show what would be done."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Add a region with an embedded server, or one that points at an existing server.
+
+    Example: bizosctl region add id
+    Example: bizosctl region add eu --url postgresql://admin:pw@db.example:5432/postgres
+    """
+    from bizosctl.catalog.control import get_control
+    from bizosctl.tenancy.names import check_region_name
+    from bizosctl.tenancy.regions import add_region, region_exists
+
+    ctl = get_control()
+    if dry_run:
+        check_region_name(name)
+        from bizosctl.errors import AlreadyExists
+
+        if region_exists(ctl, name):
+            raise AlreadyExists(f"region {name!r} already exists")
+        plan = {
+            "region": name,
+            "server": f"{name}-1",
+            "provider": "postgres" if url else "embedded",
+            "dry_run": True,
+        }
+        print_json(plan) if json_out else stdout_console().print(f"would add {plan}")
+        return
+    region = add_region(ctl, name, url=url, port=port)
+    if json_out:
+        print_json(region)
+    else:
+        _render([region])
+
+
+@app.command("list")
+@handle_errors
+def list_(json_out: bool = JsonOpt) -> None:
+    """List regions and their servers (URLs never show a password).
+
+    Example: bizosctl region list --json
+    """
+    from bizosctl.catalog.control import get_control
+    from bizosctl.tenancy.regions import list_regions
+
+    regions = list_regions(get_control())
+    if json_out:
+        print_json({"regions": regions})
+    else:
+        _render(regions)
+
+
+@app.command("show")
+@handle_errors
+def show(name: str = typer.Argument(..., help="Region name."), json_out: bool = JsonOpt) -> None:
+    """Show one region and its servers.
+
+    Example: bizosctl region show id
+    """
+    from bizosctl.catalog.control import get_control
+    from bizosctl.tenancy.regions import get_region
+
+    region = get_region(get_control(), name)
+    if json_out:
+        print_json(region)
+    else:
+        _render([region])

@@ -1,0 +1,120 @@
+"""Settings: ``BIZOS_*`` environment variables, then a TOML config file, then defaults.
+
+The config file is ``$BIZOS_CONFIG`` or ``$BIZOS_HOME/config.toml``. Read settings through
+:func:`get_settings` (cached), never at import time, so tests and CLI flags can build their own.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+REGION_PATTERN = r"^[a-z][a-z0-9-]{1,29}$"
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("BIZOS_HOME") or Path.home() / ".bizos").expanduser()
+
+
+def config_file_path() -> Path:
+    explicit = os.environ.get("BIZOS_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    return _default_home() / "config.toml"
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the config file lazily so that ``BIZOS_HOME`` decides where it is."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = config_file_path()
+        if not path.is_file():
+            return {}
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            from bizosctl.errors import ConfigError
+
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        return data
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure. Each field is also ``BIZOS_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BIZOS_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=_default_home, description="Where regions, keys and state live."
+    )
+    home_region: str = Field(default="global", pattern=REGION_PATTERN)
+    master_key: SecretStr | None = Field(
+        default=None, description="Base64 32-byte master key; overrides the key file."
+    )
+    master_key_file: Path | None = Field(
+        default=None, description="Default: $BIZOS_HOME/master.key"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    output: Literal["human", "json"] = "human"
+    pool_size: int = Field(
+        default=5, ge=1, le=100, description="Connections per (server, database, role)."
+    )
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+    env: Literal["development", "staging", "production"] = "development"
+    embedded_durable: bool = Field(
+        default=True,
+        description="fsync on the embedded clusters; tests and throw-away setups may turn it off.",
+    )
+
+    @field_validator("home", "master_key_file", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser().absolute() if value is not None else None
+
+    @property
+    def key_file(self) -> Path:
+        return self.master_key_file or self.home / "master.key"
+
+    @property
+    def regions_dir(self) -> Path:
+        return self.home / "regions"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlSource(settings_cls)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    from pydantic import ValidationError
+
+    from bizosctl.errors import ConfigError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"setting {loc!r}: {first['msg']}") from exc
+
+
+def reset_settings() -> None:
+    """Forget cached settings and everything derived from them (tests, --home)."""
+    get_settings.cache_clear()

@@ -1,0 +1,100 @@
+"""Engines, cached per (URL, role), and one translation of driver errors into ours.
+
+Pools are bounded (``BIZOS_POOL_SIZE``) per server, database and role. Every engine is created
+here so that one call can dispose of them all (``dispose_all``) before a server is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from bizosctl.errors import BizosError, QueryFailed, ServerUnavailable, TenantNotWritable
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
+    from sqlalchemy.engine import Engine
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+
+
+def make_url(url: str | URL) -> URL:
+    from sqlalchemy.engine import make_url as _make_url
+
+    parsed = _make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def redact(url: str | URL) -> str:
+    """The URL without its password, for display and logs."""
+    return make_url(url).render_as_string(hide_password=True).replace(":***@", "@")
+
+
+def get_engine(url: str | URL, *, pooled: bool = True, **kwargs: Any) -> Engine:
+    """One engine per URL (password included) and pooling choice, created on first use."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    parsed = make_url(url)
+    key = parsed.render_as_string(hide_password=False) + f"|pooled={pooled}"
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            options: dict[str, Any] = {"connect_args": {"connect_timeout": 5}}
+            if pooled:
+                from bizosctl.config import get_settings
+
+                size = get_settings().pool_size
+                options.update(pool_size=size, max_overflow=size, pool_pre_ping=True)
+            else:
+                options["poolclass"] = NullPool
+            options.update(kwargs)
+            engine = create_engine(parsed, **options)
+            _engines[key] = engine
+        return engine
+
+
+def dispose_all(*, host_contains: str | None = None) -> None:
+    with _lock:
+        for key in list(_engines):
+            if host_contains is None or host_contains in key:
+                _engines.pop(key).dispose()
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None)
+
+
+def db_message(exc: BaseException) -> str:
+    """The server's primary message, on one line."""
+    orig = getattr(exc, "orig", exc)
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary or str(orig)
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn driver errors into BizosError subclasses, once, at the db boundary."""
+    from sqlalchemy import exc as sa_exc
+
+    try:
+        yield
+    except BizosError:
+        raise
+    except sa_exc.OperationalError as exc:
+        state = sqlstate(exc)
+        if state is None or state.startswith("08") or state in ("28P01", "28000", "57P03"):
+            raise ServerUnavailable(f"{what}: {db_message(exc)}") from exc
+        raise QueryFailed(f"{what}: {db_message(exc)}") from exc
+    except sa_exc.DBAPIError as exc:
+        if sqlstate(exc) in ("BZ423", "BZ503"):
+            raise TenantNotWritable(db_message(exc)) from exc
+        raise QueryFailed(f"{what}: {db_message(exc)}") from exc

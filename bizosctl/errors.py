@@ -1,0 +1,94 @@
+"""One exception hierarchy for the whole control plane.
+
+Core code raises only these. Each face maps them once: the CLI prints the message on one
+line and exits with ``exit_code``; the API returns an RFC 9457 problem body with
+``http_status``. The class docstring is the default message.
+"""
+
+from __future__ import annotations
+
+
+class BizosError(Exception):
+    """Unexpected bizosctl failure."""
+
+    exit_code = 1
+    http_status = 500
+    code = "error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (self.__doc__ or "error").strip()
+        super().__init__(self.message)
+
+
+class InvalidInput(BizosError):
+    """Invalid input."""
+
+    exit_code = 2
+    http_status = 422
+    code = "invalid-input"
+
+
+class NotFound(BizosError):
+    """Not found."""
+
+    exit_code = 3
+    http_status = 404
+    code = "not-found"
+
+
+class AlreadyExists(InvalidInput):
+    """Already exists."""
+
+    http_status = 409
+    code = "already-exists"
+
+
+class ConfigError(InvalidInput):
+    """The configuration is not usable."""
+
+    code = "config"
+
+
+class OperationFailed(BizosError):
+    """The operation failed."""
+
+    code = "operation-failed"
+
+
+class Busy(BizosError):
+    """Another operation holds this target; try again when it has finished."""
+
+    http_status = 409
+    code = "busy"
+
+
+class ServerUnavailable(BizosError):
+    """A database server could not be reached."""
+
+    http_status = 503
+    code = "server-unavailable"
+
+
+class TenantNotWritable(BizosError):
+    """The tenant does not accept writes now."""
+
+    http_status = 423
+    code = "tenant-not-writable"
+
+
+class QueryFailed(InvalidInput):
+    """The SQL statement failed."""
+
+    code = "query-failed"
+
+
+class KeyringError(BizosError):
+    """The keyring could not be used."""
+
+    code = "keyring"
+
+
+class DecryptionFailed(BizosError):
+    """A value could not be decrypted (wrong key, tampered value or associated data)."""
+
+    code = "decryption-failed"

@@ -1,0 +1,51 @@
+"""``bizosctl quickstart``: two regions, one tenant per tier, sample data. Idempotent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bizosctl.catalog.control import Control
+from bizosctl.catalog.schemas import TenantDetail
+from bizosctl.tenancy.lifecycle import get_tenant, list_tenants
+from bizosctl.tenancy.provision import create_tenant
+from bizosctl.tenancy.regions import ensure_region, init_home
+from bizosctl.tenancy.sample import load_sample_data
+
+REGIONS = ("global", "id")
+TENANTS = (
+    # slug, name, tier, region
+    ("acme", "Acme Corp", "shared", "global"),
+    ("nusantara", "Nusantara Trading", "schema", "id"),
+    ("garuda", "Garuda Enterprise", "isolated", "id"),
+)
+
+
+@dataclass
+class QuickstartResult:
+    changed: list[str] = field(default_factory=list)
+    tenants: list[TenantDetail] = field(default_factory=list)
+
+
+def run_quickstart(ctl: Control) -> QuickstartResult:
+    result = QuickstartResult()
+    result.changed += init_home(ctl).created
+    for region in REGIONS:
+        if ensure_region(ctl, region):
+            result.changed.append(f"region {region}")
+    existing = {t.slug: t for t in list_tenants(ctl)}
+    for slug, name, tier, region in TENANTS:
+        current = existing.get(slug)
+        if current is None or current.status == "provisioning":
+            create_tenant(
+                ctl,
+                slug=slug,
+                name=name,
+                tier=tier,
+                region=region,
+                owner_email=f"owner@{slug}.example",
+            )
+            result.changed.append(f"tenant {slug} ({tier}, {region})")
+        if load_sample_data(ctl, slug):
+            result.changed.append(f"sample data for {slug}")
+    result.tenants = [get_tenant(ctl, slug) for slug, *_ in TENANTS]
+    return result

@@ -1,0 +1,3 @@
+"""Keyring, field encryption and blind indexes."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Tiers, provisioning, the tenant router and the tenant life cycle."""
+
+from __future__ import annotations

@@ -1,0 +1,148 @@
+"""Reading tenants, changing their status, and running SQL in a tenant's context."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from typing import Any
+
+from sqlalchemy import select, text
+
+from bizosctl.catalog.control import Control
+from bizosctl.catalog.models import Route, Tenant
+from bizosctl.catalog.schemas import QueryResult, TenantDetail, TenantPublic
+from bizosctl.db.engines import get_engine, translate_errors
+from bizosctl.errors import InvalidInput, NotFound
+from bizosctl.tenancy.names import check_region_name, check_slug, check_tier
+from bizosctl.tenancy.router import tenant_session
+from bizosctl.tenancy.servers import q
+from tenant_schema import TENANT_TABLES
+
+STATUSES = ("provisioning", "active", "read_only", "suspended", "moving", "deleting")
+LOCK_STATUSES = ("read_only", "suspended")
+
+
+def _public(tenant: Tenant, route: Route | None) -> dict[str, Any]:
+    return {
+        "id": tenant.id,
+        "slug": tenant.slug,
+        "name": tenant.name,
+        "tier": tenant.tier,
+        "region": tenant.region,
+        "status": tenant.status,
+        "server": route.server if route else None,
+        "database": route.database if route else None,
+        "schema_": route.schema if route else None,
+        "created_at": tenant.created_at,
+    }
+
+
+def list_tenants(
+    ctl: Control,
+    *,
+    region: str | None = None,
+    tier: str | None = None,
+    status: str | None = None,
+    include_deleted: bool = False,
+) -> list[TenantPublic]:
+    if region is not None:
+        check_region_name(region)
+    if tier is not None:
+        check_tier(tier)
+    if status is not None and status not in (*STATUSES, "deleted"):
+        raise InvalidInput(f"unknown status {status!r}: choose one of {', '.join(STATUSES)}")
+    stmt = (
+        select(Tenant, Route).outerjoin(Route, Route.tenant_id == Tenant.id).order_by(Tenant.slug)
+    )
+    if region:
+        stmt = stmt.where(Tenant.region == region)
+    if tier:
+        stmt = stmt.where(Tenant.tier == tier)
+    if status:
+        stmt = stmt.where(Tenant.status == status)
+    elif not include_deleted:
+        stmt = stmt.where(Tenant.status != "deleted")
+    with ctl.catalog() as s:
+        return [TenantPublic(**_public(t, r)) for t, r in s.execute(stmt).all()]
+
+
+def get_tenant(ctl: Control, slug: str, *, row_counts: bool = True) -> TenantDetail:
+    check_slug(slug)
+    with ctl.catalog() as s:
+        row = s.execute(
+            select(Tenant, Route)
+            .outerjoin(Route, Route.tenant_id == Tenant.id)
+            .where(Tenant.slug == slug, Tenant.status != "deleted")
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"no tenant named {slug!r}")
+        tenant, route = row
+        detail = TenantDetail(**_public(tenant, route), status_reason=tenant.status_reason)
+    if row_counts and route is not None and tenant.status != "provisioning":
+        detail.row_counts = count_rows(ctl, slug)
+    return detail
+
+
+def count_rows(ctl: Control, slug: str) -> dict[str, int]:
+    """The tenant's rows per table, counted through RLS in its own context."""
+    union = " UNION ALL ".join(
+        f"SELECT '{t}' AS t, count(*) AS n FROM {q(t)}" for t in TENANT_TABLES
+    )
+    with tenant_session(ctl, slug, actor="bizosctl:show", read_only=True) as s:
+        return {t: int(n) for t, n in s.execute(text(union)).all()}
+
+
+def set_status(ctl: Control, slug: str, *, status: str, reason: str | None = None) -> TenantDetail:
+    """Lock (read_only / suspended) or unlock (active) a tenant, enforced in its database."""
+    check_slug(slug)
+    if status not in ("active", *LOCK_STATUSES):
+        raise InvalidInput(f"cannot set status {status!r}: choose active, read_only or suspended")
+    route = ctl.route(slug)
+    if route.status not in ("active", *LOCK_STATUSES):
+        raise InvalidInput(f"tenant {slug!r} is {route.status}; its status cannot change now")
+    handle = ctl.server(route.server)
+    handle.ensure_ready()
+    # The tenant's database first: it is what enforces the status.
+    with (
+        translate_errors(f"tenant {slug}"),
+        get_engine(handle.admin_url(route.database), pooled=False).begin() as conn,
+    ):
+        conn.execute(text(f"SET LOCAL search_path TO {q(route.schema)}, public"))
+        conn.execute(text("SELECT set_config('bizos.actor', 'bizosctl', true)"))
+        conn.execute(
+            text("UPDATE tenant_state SET status = :s, updated_at = now() WHERE tenant_id = :t"),
+            {"s": status, "t": route.tenant_id},
+        )
+    with ctl.catalog() as s:
+        tenant = s.get(Tenant, route.tenant_id)
+        assert tenant is not None
+        tenant.status = status
+        tenant.status_reason = reason if status != "active" else None
+    return get_tenant(ctl, slug, row_counts=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    return value
+
+
+def run_query(
+    ctl: Control, slug: str, sql: str, *, write: bool = False, limit: int = 1000
+) -> QueryResult:
+    """Run one SQL statement as the application role in the tenant's context."""
+    check_slug(slug)
+    if not sql.strip():
+        raise InvalidInput("the SQL statement is empty")
+    with tenant_session(ctl, slug, actor="bizosctl:query", read_only=not write) as s:
+        result = s.execute(text(sql).execution_options(no_parameters=True))
+        if result.returns_rows:
+            columns = list(result.keys())
+            rows = [[_jsonable(v) for v in row] for row in result.fetchmany(limit)]
+            return QueryResult(columns=columns, rows=rows, rowcount=len(rows), read_only=not write)
+        return QueryResult(columns=[], rows=[], rowcount=result.rowcount, read_only=not write)

@@ -1,0 +1,50 @@
+"""The one door to tenant data: :func:`tenant_session`.
+
+It looks the route up in the catalog, connects as the application's login role (never the
+superuser), and sets the tenant, the actor and the search_path with ``set_config(..., true)``,
+which is ``SET LOCAL``: the settings die with the transaction, so a pooled connection never
+carries one tenant's context into the next request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from bizosctl.catalog.control import Control, RouteInfo
+from bizosctl.db.engines import get_engine, translate_errors
+from bizosctl.errors import TenantNotWritable
+
+_CONTEXT_SQL = text(
+    "SELECT set_config('bizos.tenant_id', :tenant, true),"
+    " set_config('bizos.actor', :actor, true),"
+    " set_config('search_path', :path, true)"
+)
+
+
+def search_path(route: RouteInfo) -> str:
+    return f'"{route.schema}", public'
+
+
+@contextlib.contextmanager
+def tenant_session(
+    ctl: Control, slug: str, *, actor: str, read_only: bool = False
+) -> Iterator[Session]:
+    """A session inside one transaction in ``slug``'s context; committed on success."""
+    route = ctl.route(slug)
+    if route.status == "suspended" and not read_only:
+        raise TenantNotWritable(f"tenant {slug!r} is suspended")
+    handle = ctl.server(route.server)
+    handle.ensure_ready()
+    engine = get_engine(handle.login_url(route.database, route.role, route.password))
+    with translate_errors(f"tenant {slug}"), Session(engine) as session, session.begin():
+        if read_only:
+            session.execute(text("SET TRANSACTION READ ONLY"))
+        session.execute(
+            _CONTEXT_SQL,
+            {"tenant": str(route.tenant_id), "actor": actor, "path": search_path(route)},
+        )
+        yield session

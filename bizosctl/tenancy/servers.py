@@ -1,0 +1,97 @@
+"""Preparing a server for tenants: roles, the shared database, the shared schema at head.
+
+Every step is idempotent, so a bootstrap killed half-way is finished by running it again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from sqlalchemy import text
+
+from bizosctl.db.engines import get_engine, translate_errors
+from bizosctl.db.migrate import upgrade
+from bizosctl.tenancy.names import SHARED_DB, SHARED_LOGIN, SHARED_SCHEMA
+from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from bizosctl.providers.local import ServerHandle
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def q(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'
+
+
+def scram_verifier(conn: Connection, role: str, password: str) -> str:
+    """The SCRAM verifier, computed by libpq: the clear password never reaches the server."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    verifier: bytes = raw.pgconn.encrypt_password(
+        password.encode(), role.encode(), b"scram-sha-256"
+    )
+    return verifier.decode()
+
+
+def set_login_role(conn: Connection, role: str, password: str, *, member_of: str) -> None:
+    verifier = scram_verifier(conn, role, password).replace("'", "''")
+    exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
+    verb = "ALTER" if exists else "CREATE"
+    # exec_driver_sql: the verifier contains ':' which text() would read as a bind parameter
+    conn.exec_driver_sql(
+        f"{verb} ROLE {q(role)} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE "
+        f"PASSWORD '{verifier}'"
+    )
+    conn.execute(text(f"GRANT {q(member_of)} TO {q(role)}"))
+
+
+def ensure_group_roles(conn: Connection) -> None:
+    for role in (OWNER_ROLE, APP_GROUP):
+        conn.execute(
+            text(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '"
+                + role
+                + f"') THEN CREATE ROLE {q(role)} NOLOGIN NOBYPASSRLS; END IF; END $$"
+            )
+        )
+
+
+def ensure_database(conn: Connection, database: str, *, owner_login: str) -> bool:
+    """Create the database (autocommit connection) and restrict CONNECT to one login role."""
+    created = False
+    if not conn.execute(
+        text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
+    ).first():
+        conn.execute(text(f"CREATE DATABASE {q(database)}"))
+        created = True
+    conn.execute(text(f"REVOKE CONNECT, TEMPORARY ON DATABASE {q(database)} FROM PUBLIC"))
+    conn.execute(text(f"GRANT CONNECT ON DATABASE {q(database)} TO {q(owner_login)}"))
+    return created
+
+
+def prepare_schema(conn: Connection, schema: str) -> None:
+    """In the target database: pgvector, and the schema owned by the owner role."""
+    conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+    conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {q(schema)} AUTHORIZATION {q(OWNER_ROLE)}"))
+
+
+def bootstrap_server(handle: ServerHandle, *, app_password: str) -> None:
+    """Roles, the shared database and its schema at head, on one server."""
+    handle.ensure_ready()
+    with translate_errors(f"server {handle.name}"):
+        admin = get_engine(handle.admin_url("postgres"), pooled=False)
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            ensure_group_roles(conn)
+            set_login_role(conn, SHARED_LOGIN, app_password, member_of=APP_GROUP)
+            ensure_database(conn, SHARED_DB, owner_login=SHARED_LOGIN)
+            conn.execute(text("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC"))
+        shared = get_engine(handle.admin_url(SHARED_DB), pooled=False)
+        with shared.begin() as conn:
+            prepare_schema(conn, SHARED_SCHEMA)
+            upgrade(conn, "tenant", schema=SHARED_SCHEMA, owner_role=OWNER_ROLE)

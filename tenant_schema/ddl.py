@@ -1,0 +1,111 @@
+"""Database-side security of a tenant target: RLS, the write guard and the audit trigger.
+
+Rendered per target schema, because the SECURITY DEFINER functions pin their search_path to
+it (a definer function that follows the caller's search_path can be hijacked).
+
+Revision 0001 executes this SQL. Once a release has shipped, change it only together with a
+new revision that replaces the functions, policies or triggers in existing targets.
+"""
+
+from __future__ import annotations
+
+from tenant_schema.models import metadata
+
+OWNER_ROLE = "bizos_owner"  # NOLOGIN: owns every tenant table, so FORCE RLS applies to it
+APP_GROUP = "bizos_app"  # NOLOGIN: DML on tenant tables; login roles are its members
+TENANT_EXPR = "NULLIF(current_setting('bizos.tenant_id', true), '')::uuid"
+
+#: Tables the application may only read: written by triggers or by the control plane.
+READ_ONLY_TABLES = ("audit_logs", "tenant_state")
+
+
+def _q(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'
+
+
+def functions_sql(schema: str) -> list[str]:
+    path = f"{_q(schema)}, pg_catalog, pg_temp"
+    return [
+        f"""
+CREATE OR REPLACE FUNCTION bizos_audit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path} AS $fn$
+DECLARE
+  o jsonb;
+  n jsonb;
+  k jsonb := '{{}}'::jsonb;
+  col text;
+BEGIN
+  IF TG_OP <> 'INSERT' THEN o := to_jsonb(OLD); END IF;
+  IF TG_OP <> 'DELETE' THEN n := to_jsonb(NEW); END IF;
+  IF TG_NARGS > 0 THEN
+    FOREACH col IN ARRAY TG_ARGV LOOP
+      k := k || jsonb_build_object(col, COALESCE(n -> col, o -> col));
+    END LOOP;
+  END IF;
+  INSERT INTO audit_logs (tenant_id, actor, action, table_name, row_key, old, new)
+  VALUES (COALESCE(n ->> 'tenant_id', o ->> 'tenant_id')::uuid,
+          NULLIF(current_setting('bizos.actor', true), ''),
+          lower(TG_OP), TG_TABLE_NAME, k, o, n);
+  RETURN NULL;
+END
+$fn$""",
+        f"""
+CREATE OR REPLACE FUNCTION bizos_guard() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path} AS $fn$
+DECLARE
+  tid uuid := {TENANT_EXPR};
+  st text;
+BEGIN
+  -- No tenant context: only the operator gets here (RLS stops the application role).
+  IF tid IS NULL THEN RETURN NULL; END IF;
+  SELECT status INTO st FROM tenant_state WHERE tenant_id = tid;
+  IF st = 'active' THEN RETURN NULL; END IF;
+  IF st = 'moving' THEN
+    RAISE EXCEPTION 'tenant is moving: writes pause briefly, retry'
+      USING ERRCODE = 'BZ503', HINT = 'retry in a moment';
+  END IF;
+  RAISE EXCEPTION 'tenant is %: writes are refused', COALESCE(st, 'not provisioned')
+    USING ERRCODE = 'BZ423';
+END
+$fn$""",
+    ]
+
+
+def table_security_sql(table: str) -> list[str]:
+    """RLS (enabled and forced), policies, triggers and grants for one tenant table."""
+    t = _q(table)
+    pk = [c.name for c in metadata.tables[table].primary_key.columns if c.name != "tenant_id"]
+    key_args = ", ".join(f"'{c}'" for c in pk)
+    stmts = [
+        f"ALTER TABLE {t} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {t} FORCE ROW LEVEL SECURITY",
+    ]
+    if table == "audit_logs":
+        stmts += [
+            f"CREATE POLICY tenant_isolation ON {t} FOR SELECT USING (tenant_id = {TENANT_EXPR})",
+            # Only the trigger function (owned by the owner role) inserts audit rows.
+            f"CREATE POLICY audit_writer ON {t} FOR INSERT TO {OWNER_ROLE} WITH CHECK (true)",
+            f"GRANT SELECT ON {t} TO {APP_GROUP}",
+        ]
+        return stmts
+    stmts.append(
+        f"CREATE POLICY tenant_isolation ON {t} USING (tenant_id = {TENANT_EXPR}) "
+        f"WITH CHECK (tenant_id = {TENANT_EXPR})"
+    )
+    if table in READ_ONLY_TABLES:
+        stmts.append(f"GRANT SELECT ON {t} TO {APP_GROUP}")
+    else:
+        stmts += [
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {APP_GROUP}",
+            f"CREATE TRIGGER bizos_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {t} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION bizos_guard()",
+        ]
+    stmts.append(
+        f"CREATE TRIGGER bizos_audit AFTER INSERT OR UPDATE OR DELETE ON {t} "
+        f"FOR EACH ROW EXECUTE FUNCTION bizos_audit({key_args})"
+    )
+    return stmts
+
+
+def schema_grants_sql(schema: str) -> list[str]:
+    return [f"GRANT USAGE ON SCHEMA {_q(schema)} TO {APP_GROUP}"]
