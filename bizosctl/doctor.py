@@ -126,7 +126,8 @@ def run_doctor(ctl: Control) -> DoctorReport:
                 bypass = conn.execute(
                     text(
                         "SELECT string_agg(rolname, ', ') FROM pg_roles "
-                        "WHERE (rolbypassrls OR rolsuper) AND (rolname LIKE 'bizos\\_%' OR rolname LIKE 't\\_%')"
+                        "WHERE (rolbypassrls OR rolsuper) "
+                        "AND (rolname LIKE 'bizos\\_%' OR rolname LIKE 't\\_%')"
                     )
                 ).scalar_one()
                 checks.append(
