@@ -1,0 +1,126 @@
+"""Fixtures: one real fleet (two embedded regions) per test worker, tenants made on demand.
+
+Every worker of pytest-xdist gets its own BIZOS_HOME with its own PostgreSQL clusters, so
+workers never share state. Tests make tenants with unique slugs through ``make_tenant``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+for _name in list(os.environ):
+    if _name.startswith("BIZOS_"):
+        del os.environ[_name]
+# Short base directory: a Unix socket path must stay under 108 bytes.
+BASE = Path(tempfile.mkdtemp(prefix="bzt", dir="/tmp"))
+os.environ["BIZOS_HOME"] = str(BASE / "home")
+os.environ["BIZOS_EMBEDDED_DURABLE"] = "false"
+
+from bizosctl.catalog.control import Control, get_control, reset_controls  # noqa: E402
+from bizosctl.cli.main import app  # noqa: E402
+from bizosctl.config import Settings, reset_settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Iterator[Control]:
+    """The worker's control plane: home region ``global`` and region ``id``, both embedded."""
+    from bizosctl.tenancy.regions import ensure_region, init_home, stop_embedded
+
+    reset_settings()
+    ctl = get_control()
+    init_home(ctl)
+    ensure_region(ctl, "id")
+    yield ctl
+    stop_embedded(ctl)
+    reset_controls()
+    shutil.rmtree(BASE, ignore_errors=True)
+
+
+@pytest.fixture
+def ctl(fleet: Control) -> Control:
+    return fleet
+
+
+def unique_slug(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_tenant(fleet: Control) -> Callable[..., str]:
+    """Create a tenant; defaults overridable: make_tenant(tier="isolated", region="id")."""
+    from bizosctl.tenancy.provision import create_tenant
+
+    def make(
+        tier: str = "schema", region: str = "global", slug: str | None = None, **kw: Any
+    ) -> str:
+        slug = slug or unique_slug(tier[0])
+        create_tenant(
+            fleet, slug=slug, name=kw.pop("name", slug.title()), tier=tier, region=region, **kw
+        )
+        return slug
+
+    return make
+
+
+@pytest.fixture
+def cli(fleet: Control) -> Callable[..., Any]:
+    """Invoke bizosctl in-process against the worker's fleet. Returns the click Result."""
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+        if env:
+            reset_settings()
+        try:
+            return runner.invoke(app, list(args), env=env, catch_exceptions=False)
+        finally:
+            if env:
+                reset_settings()
+
+    return invoke
+
+
+@pytest.fixture
+def run_bizosctl(fleet: Control) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run bizosctl in a child process (for crashes and concurrency)."""
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "bizosctl", *args],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture
+def fresh_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """A new, empty BIZOS_HOME for this test only (its clusters are stopped afterwards)."""
+    from bizosctl.tenancy.regions import stop_embedded
+
+    home = Path(tempfile.mkdtemp(prefix="bzf", dir="/tmp"))
+    monkeypatch.setenv("BIZOS_HOME", str(home))
+    reset_settings()
+    yield home
+    stop_embedded(Control(Settings()))
+    monkeypatch.undo()
+    reset_settings()
+    shutil.rmtree(home, ignore_errors=True)

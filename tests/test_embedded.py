@@ -1,0 +1,88 @@
+"""The embedded cluster manager: start, stop, password enforcement, bad directories and ports."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from bizosctl.db.embedded import EmbeddedCluster
+from bizosctl.db.engines import get_engine
+from bizosctl.errors import ConfigError, InvalidInput
+
+
+@pytest.fixture
+def base():
+    d = Path(tempfile.mkdtemp(prefix="bze", dir="/tmp"))
+    yield d
+    for region in d.iterdir():
+        EmbeddedCluster(region).stop(mode="immediate")
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_start_is_idempotent_and_stop_then_start_again(base):
+    c = EmbeddedCluster(base / "r1", durable=False)
+    assert c.ensure_running() is True
+    assert c.ensure_running() is False
+    with get_engine(c.url(), pooled=False).connect() as conn:
+        assert conn.execute(text("show server_version_num")).scalar_one().startswith("18")
+        assert conn.execute(text("show wal_level")).scalar_one() == "logical"
+        conn.execute(text("create extension if not exists vector"))
+    assert c.stop() is True
+    assert c.is_running() is False
+    assert c.stop() is False
+    assert c.ensure_running() is True
+
+
+def test_non_superuser_needs_password_superuser_is_trusted_on_socket(base):
+    c = EmbeddedCluster(base / "r2", durable=False)
+    c.ensure_running()
+    with get_engine(c.url(), pooled=False).connect() as conn:
+        conn.execute(text("create role someone login password 'right'"))
+        conn.commit()
+    from bizosctl.db.engines import make_url
+
+    url = make_url(c.url()).set(username="someone", password="wrong")
+    with pytest.raises(OperationalError, match="password authentication failed"):
+        get_engine(url, pooled=False).connect()
+    with get_engine(url.set(password="right"), pooled=False).connect() as conn:
+        assert conn.execute(text("select current_user")).scalar_one() == "someone"
+
+
+def test_data_directory_that_is_not_a_cluster(base):
+    pgdata = base / "r3" / "pgdata"
+    pgdata.mkdir(parents=True)
+    (pgdata / "precious.txt").write_text("keep me")
+    with pytest.raises(InvalidInput, match="is not empty and is not a PostgreSQL cluster"):
+        EmbeddedCluster(base / "r3").ensure_running()
+    assert (pgdata / "precious.txt").read_text() == "keep me"
+
+
+def test_port_already_in_use(base):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(InvalidInput, match=f"port {port} on 127.0.0.1 is already in use"):
+            EmbeddedCluster(base / "r4", port=port, durable=False).ensure_running()
+
+
+def test_data_directory_in_use_by_another_postgres(base):
+    """A cluster started on a TCP port (another configuration) holds the data directory."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    EmbeddedCluster(base / "r5", port=port, durable=False).ensure_running()
+    with pytest.raises(InvalidInput, match="is in use by another PostgreSQL"):
+        EmbeddedCluster(base / "r5", durable=False).ensure_running()
+
+
+def test_socket_path_too_long(base):
+    deep = base / ("x" * 60) / ("y" * 40)
+    with pytest.raises(ConfigError, match="too long for a Unix socket"):
+        EmbeddedCluster(deep).ensure_running()

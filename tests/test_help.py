@@ -1,0 +1,69 @@
+"""Every command has help text with an example (sqlite-utils' test_docs, in spirit)."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+from bizosctl.cli.main import app
+
+
+def all_commands():
+    root = typer.main.get_command(app)
+    out = []
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+        else:
+            out.append((" ".join(path), cmd))
+
+    walk(root, [])
+    return out
+
+
+COMMANDS = all_commands()
+
+
+def test_the_tree_has_the_foundation_commands():
+    names = {name for name, _ in COMMANDS}
+    assert {
+        "init",
+        "quickstart",
+        "doctor",
+        "down",
+        "region add",
+        "region list",
+        "region show",
+        "tenant create",
+        "tenant list",
+        "tenant show",
+        "tenant lock",
+        "tenant unlock",
+        "tenant delete",
+        "tenant query",
+    } <= names
+
+
+@pytest.mark.parametrize(("name", "cmd"), COMMANDS, ids=[n for n, _ in COMMANDS])
+def test_every_command_has_help_with_an_example_and_json(name, cmd):
+    assert cmd.help and "Example:" in cmd.help, name
+    assert "bizosctl " + name in cmd.help.split("Example:", 1)[1], name
+    options = {opt for p in cmd.params for opt in getattr(p, "opts", [])}
+    assert "--json" in options, name
+
+
+@pytest.mark.parametrize(("name", "cmd"), COMMANDS, ids=[n for n, _ in COMMANDS])
+def test_state_changing_commands_have_dry_run(name, cmd):
+    changing = {"tenant create", "tenant delete", "tenant lock", "tenant unlock", "region add"}
+    options = {opt for p in cmd.params for opt in getattr(p, "opts", [])}
+    if name in changing:
+        assert "--dry-run" in options, name
+    if name == "tenant delete":
+        assert "--yes" in options
+
+
+def test_help_runs(cli):
+    r = cli("tenant", "create", "--help")
+    assert r.exit_code == 0 and "Example: bizosctl tenant create" in r.stdout
