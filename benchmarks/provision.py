@@ -1,6 +1,7 @@
 """Provisioning benchmark: ``create_tenant`` side by side with the bare DDL floor.
 
-Run as ``python benchmarks/provision.py [--schema N] [--isolated M] [--fast] [--json]``.
+Run as ``python benchmarks/provision.py [--schema N] [--isolated M] [--fast] [--json]
+[--profile]``.
 
 Everything happens in a throw-away ``BIZOS_HOME`` (``/tmp/bzb-XXXXXXXX``, short so that the
 Unix socket path stays under 108 bytes) with one embedded server, ``global-1``:
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,10 +52,9 @@ TARGET_CLI_OVERHEAD_S = 0.3  # `bizosctl --help` under 0.3 s more than bare Pyth
 CLI_RUNS = 7
 REGION = "global"
 SERVER = "global-1"
-SHARED_DB = "bizos_shared"
-OWNER_ROLE = "bizos_owner"
 PLACEHOLDER = "__SCHEMA__"
 TIERS = ("schema", "isolated")
+Log = Callable[[str], None]
 SLUG_PREFIX = {"schema": "bs", "isolated": "bi"}
 FLOOR_PREFIX = {"schema": "t_floor_", "isolated": "t_floorx_"}
 
@@ -155,10 +156,12 @@ def tenant_ddl_template() -> str:
     """The tenant history up to head as offline SQL (``alembic upgrade head --sql``).
 
     ``migrations/tenant/env.py`` only runs online, so the environment is driven here directly,
-    the way ``bizosctl.db.migrate.upgrade`` does in-process but with ``as_sql=True``. Revision
-    0001 asks the connection for ``current_schema()``; offline there is no connection, so for
-    the time of the rendering ``op.get_bind()`` answers that one query with a placeholder, and
-    the caller substitutes the real schema. Any other query through the bind fails loudly.
+    the way ``bizosctl.db.migrate.upgrade`` does in-process but with ``as_sql=True``, for the
+    placeholder schema ``__SCHEMA__`` that the caller replaces with each target's schema.
+    Revision 0001 (as committed) asks the connection for ``current_schema()``, which offline
+    has no connection to answer: while rendering, ``op.get_bind()`` answers that one query
+    with the placeholder, and any other query through it fails loudly. A revision that reads
+    the schema from the context (``version_table_schema``) gets the placeholder from there.
     """
     from unittest import mock
 
@@ -239,6 +242,10 @@ class Floor:
     def __init__(self, ctl: Control, ddl_template: str) -> None:
         import psycopg
 
+        from bizosctl.tenancy.names import SHARED_DB
+        from tenant_schema.ddl import OWNER_ROLE
+
+        self._owner = quote_ident(OWNER_ROLE)
         self._handle = ctl.server(SERVER)
         self._template = ddl_template
         self._shared = psycopg.connect(**conninfo(self._handle.admin_url(SHARED_DB)))
@@ -253,9 +260,9 @@ class Floor:
     def _script(self, schema: str) -> bytes:
         s = quote_ident(schema)
         return (
-            f"CREATE SCHEMA {s} AUTHORIZATION {OWNER_ROLE};\n"
+            f"CREATE SCHEMA {s} AUTHORIZATION {self._owner};\n"
             f"SET LOCAL search_path TO {s}, public;\n"
-            f"SET LOCAL ROLE {OWNER_ROLE};\n" + self._template.replace(quote_ident(PLACEHOLDER), s)
+            f"SET LOCAL ROLE {self._owner};\n" + self._template.replace(quote_ident(PLACEHOLDER), s)
         ).encode()
 
     def _migrate(self, conn: psycopg.Connection[Any], schema: str, *, extension: bool) -> None:
@@ -289,7 +296,7 @@ def bizosctl_create(ctl: Control, tier: str, slug: str) -> None:
     create_tenant(ctl, slug=slug, name=f"Benchmark {slug}", tier=tier, region=REGION)
 
 
-def run_tier(ctl: Control, floor: Floor, tier: str, count: int, log: Any) -> TierResult:
+def run_tier(ctl: Control, floor: Floor, tier: str, count: int, log: Log) -> TierResult:
     result = TierResult(tier)
     if count == 0:
         return result
@@ -384,9 +391,9 @@ def fingerprint(url: URL, schema: str) -> set[str]:
     }
 
 
-def same_ddl(ctl: Control, tier: str, log: Any) -> bool:
+def same_ddl(ctl: Control, tier: str, log: Log) -> bool:
     """Whether the warm-up targets of both paths hold the same objects (untimed)."""
-    from bizosctl.tenancy.names import tenant_ident
+    from bizosctl.tenancy.names import SHARED_DB, tenant_ident
 
     handle = ctl.server(SERVER)
     ident, floor_name = tenant_ident(f"{SLUG_PREFIX[tier]}-warm"), f"{FLOOR_PREFIX[tier]}warm"
@@ -399,12 +406,16 @@ def same_ddl(ctl: Control, tier: str, log: Any) -> bool:
     return ours == theirs
 
 
-def server_version(ctl: Control) -> str:
+def server_facts(ctl: Control) -> dict[str, str]:
+    """Version and durability settings, as the server reports them."""
     import psycopg
 
+    names = ("server_version", "fsync", "synchronous_commit", "full_page_writes")
     with psycopg.connect(**conninfo(ctl.server(SERVER).admin_url("postgres"))) as conn:
-        row = conn.execute("SHOW server_version").fetchone()
-    return str(row[0]) if row else "?"
+        rows = conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [list(names)]
+        ).fetchall()
+    return {str(name): str(setting) for name, setting in rows}
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -432,9 +443,11 @@ def print_human(doc: dict[str, Any], tiers: list[TierResult], cli: CliResult) ->
     from rich.table import Table
 
     console = Console(highlight=False, soft_wrap=True)
-    durable = "durable (fsync on)" if doc["durable"] else "fast (fsync off)"
+    pg = doc["postgres"]
     console.print(
-        f"PostgreSQL {doc['postgres_version']}, {durable}, home {doc['home']}, "
+        f"PostgreSQL {pg['server_version']}, {'durable' if doc['durable'] else 'fast (--fast)'}: "
+        f"fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']} "
+        f"full_page_writes={pg['full_page_writes']}; home {doc['home']}, "
         f"Python {doc['python']}, {doc['cpus']} CPUs"
     )
     table = Table(title="Provisioning: bizosctl create_tenant vs bare DDL (floor)")
@@ -482,6 +495,19 @@ def print_human(doc: dict[str, Any], tiers: list[TierResult], cli: CliResult) ->
 
 
 # -- main ---------------------------------------------------------------------------------------
+def cleanup(ctl: Control | None, home: Path, log: Log) -> None:
+    """Stop the clusters and delete the home; keep the home when they cannot be stopped."""
+    if ctl is not None:
+        from bizosctl.tenancy.regions import stop_embedded
+
+        try:
+            stop_embedded(ctl)
+        except Exception as exc:  # do not hide the original error
+            log(f"could not stop the clusters under {home} ({exc}); the directory is kept")
+            return
+    shutil.rmtree(home, ignore_errors=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--schema", type=int, default=50, metavar="N", help="schema-tier tenants")
@@ -507,21 +533,22 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    from bizosctl.catalog.control import get_control
-    from bizosctl.tenancy.regions import init_home, stop_embedded
-
-    ctl = get_control()
+    ctl: Control | None = None
     try:
+        from bizosctl.catalog.control import get_control
+        from bizosctl.tenancy.regions import init_home
+
+        ctl = get_control()
         log(f"home {home}: initialising")
         init_home(ctl)
         ddl = tenant_ddl_template()
         meta: dict[str, Any] = {
             "home": str(home),
             "durable": ctl.settings.embedded_durable,
-            "postgres_version": server_version(ctl),
+            "postgres": server_facts(ctl),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
-            "ddl_statements": ddl.count(";\n"),
+            "ddl_statements": ddl.count(";\n\n"),  # Alembic ends each one with a blank line
         }
         floor = Floor(ctl, ddl)
         try:
@@ -535,12 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         log("CLI start-up")
         cli = cli_startup()
     finally:
-        try:
-            stop_embedded(ctl)
-        except Exception as exc:  # keep the original error; leave the home for inspection
-            log(f"could not stop the clusters under {home} ({exc}); the directory is kept")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        cleanup(ctl, home, log)
     doc = report(meta, tiers, cli)
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -124,3 +124,37 @@ def fresh_home(
     monkeypatch.undo()
     reset_settings()
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def tcp_cluster_factory():
+    """PostgreSQL servers bizosctl does not manage, on TCP, with a password-only superuser.
+
+    Returns start() -> (port, stop).
+    """
+    import socket
+
+    from sqlalchemy import text
+
+    from bizosctl.db.embedded import EmbeddedCluster
+    from bizosctl.db.engines import get_engine
+
+    made = []
+
+    def start() -> tuple[int, Callable[[], None]]:
+        base = Path(tempfile.mkdtemp(prefix="bzx", dir="/tmp"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cluster = EmbeddedCluster(base / "byo", port=port, durable=False)
+        cluster.ensure_running()
+        with get_engine(cluster.url("postgres"), pooled=False).connect() as c:
+            c.execute(text("create role byo_admin login superuser password 'byo-pass-123'"))
+            c.commit()
+        made.append((cluster, base))
+        return port, lambda: cluster.stop(mode="immediate")
+
+    yield start
+    for cluster, base in made:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)

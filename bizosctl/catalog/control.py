@@ -47,6 +47,7 @@ class Control:
         self._keyring: Keyring | None = None
         self._servers: dict[str, ServerHandle] = {}
         self._lock = threading.Lock()
+        self._catalog_at_head = False
 
     # -- the home region and the catalog -----------------------------------------------------
     @property
@@ -74,7 +75,20 @@ class Control:
 
         self.require_initialized()
         self.home_cluster.ensure_running()
-        return get_engine(self.home_cluster.url(CATALOG_DB))
+        engine = get_engine(self.home_cluster.url(CATALOG_DB))
+        if not self._catalog_at_head:
+            self._upgrade_catalog(engine)
+        return engine
+
+    def _upgrade_catalog(self, engine: Engine) -> None:
+        """Bring the catalog to this code's head once per process (newer code, older home)."""
+        from bizosctl.db.engines import translate_errors
+        from bizosctl.db.migrate import current_revision, head, upgrade
+
+        with translate_errors("catalog"), engine.begin() as conn:
+            if current_revision(conn, schema=None) not in (None, head("control")):
+                upgrade(conn, "control")
+        self._catalog_at_head = True
 
     @contextlib.contextmanager
     def catalog(self) -> Iterator[Session]:

@@ -123,3 +123,21 @@ class KeyringEntry(Base):
     is_primary: Mapped[bool] = mapped_column(Boolean, server_default="false")
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     retired_at: Mapped[dt.datetime | None]
+
+
+class SchemaTarget(Base):
+    """Last known state of one migration target (a schema in a database on a server)."""
+
+    __tablename__ = "schema_targets"
+    server: Mapped[str] = mapped_column(primary_key=True)
+    database: Mapped[str] = mapped_column(primary_key=True)
+    schema: Mapped[str] = mapped_column(primary_key=True)
+    kind: Mapped[str]  # shared | schema | isolated
+    tenant_id: Mapped[uuid.UUID | None]
+    region: Mapped[str]
+    revision: Mapped[str | None]
+    status: Mapped[str]  # ok | failed
+    error: Mapped[str | None]
+    operation_id: Mapped[uuid.UUID | None]
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from bizosctl import __version__
-from bizosctl.cli import region, system, tenant
+from bizosctl.cli import region, schema, system, tenant
 
 app = typer.Typer(
     name="bizosctl",
@@ -55,6 +55,7 @@ def root(
 system.register(app)
 app.add_typer(region.app, name="region")
 app.add_typer(tenant.app, name="tenant")
+app.add_typer(schema.app, name="schema")
 
 
 def main() -> None:

@@ -4,13 +4,19 @@ The script directory is loaded once per process and reused for every target; the
 the connection and the transaction (PostgreSQL DDL is transactional, so a failed target rolls
 back whole). ``migrations/*/env.py`` serves the plain ``alembic`` command line with the same
 :func:`configure_target`.
+
+``BIZOS_TENANT_MIGRATIONS_EXTRA`` adds directories (separated by ``:``) of revisions to the
+tenant history (site migrations, and the test suite's and benchmarks' own revisions).
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from bizosctl.errors import Busy, InvalidInput
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -18,6 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 History = Literal["control", "tenant"]
+EXTRA_ENV = "BIZOS_TENANT_MIGRATIONS_EXTRA"
 
 
 def script_location(history: History) -> Path:
@@ -26,29 +33,80 @@ def script_location(history: History) -> Path:
     return Path(migrations.__file__).parent / history
 
 
-@lru_cache(maxsize=2)
-def _config_and_script(history: History) -> tuple[Config, ScriptDirectory]:
+def _extra(history: History) -> str | None:
+    return os.environ.get(EXTRA_ENV) or None if history == "tenant" else None
+
+
+def scripts(history: History) -> ScriptDirectory:
+    return _config_and_script(history, _extra(history))[1]
+
+
+@lru_cache(maxsize=8)
+def _config_and_script(history: History, extra: str | None) -> tuple[Config, ScriptDirectory]:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(script_location(history)))
+    location = script_location(history)
+    cfg.set_main_option("script_location", str(location))
+    if extra:
+        dirs = [d for d in extra.split(os.pathsep) if d]
+        for d in dirs:
+            if not Path(d).is_dir():
+                raise InvalidInput(f"{EXTRA_ENV}: {d} is not a directory")
+        cfg.set_main_option("version_locations", " ".join([str(location / "versions"), *dirs]))
+        cfg.set_main_option("path_separator", "space")
     return cfg, ScriptDirectory.from_config(cfg)
 
 
 def head(history: History) -> str:
-    rev = _config_and_script(history)[1].get_current_head()
+    rev = scripts(history).get_current_head()
     assert rev is not None
     return rev
 
 
-def known_revision(history: History, revision: str) -> bool:
+def resolve(history: History, revision: str) -> str:
+    """A revision id for 'head' or a (partial) id; InvalidInput when unknown."""
     from alembic.util import CommandError
 
+    if revision == "head":
+        return head(history)
     try:
-        return _config_and_script(history)[1].get_revision(revision) is not None
-    except CommandError:
+        found = scripts(history).get_revision(revision)
+    except CommandError as exc:
+        raise InvalidInput(f"unknown revision {revision!r}: {exc}") from exc
+    if found is None:
+        raise InvalidInput(f"unknown revision {revision!r}")
+    return found.revision
+
+
+def known_revision(history: History, revision: str) -> bool:
+    try:
+        resolve(history, revision)
+    except InvalidInput:
         return False
+    return True
+
+
+@lru_cache(maxsize=256)
+def _ancestors(extra: str | None, history: History, revision: str) -> frozenset[str]:
+    script = _config_and_script(history, extra)[1]
+    return frozenset(r.revision for r in script.walk_revisions(base="base", head=revision))
+
+
+def direction(history: History, current: str | None, dest: str) -> str:
+    """'none', 'upgrade' or 'downgrade' from ``current`` to ``dest``; InvalidInput if unrelated."""
+    if current == dest:
+        return "none"
+    if current is None:
+        return "upgrade"
+    if not known_revision(history, current):
+        raise InvalidInput(f"the target is at revision {current!r}, which this code does not know")
+    if current in _ancestors(_extra(history), history, dest):
+        return "upgrade"
+    if dest in _ancestors(_extra(history), history, current):
+        return "downgrade"
+    raise InvalidInput(f"revisions {current} and {dest} are on different branches")
 
 
 def configure_target(conn: Connection, *, schema: str | None, owner_role: str | None) -> None:
@@ -71,36 +129,83 @@ def current_revision(conn: Connection, *, schema: str | None) -> str | None:
     return ctx.get_current_revision()
 
 
-def upgrade(
+def lock_key(history: History, schema: str | None) -> str:
+    return f"bizos-migrate:{history}:{schema or ''}"
+
+
+def take_target_lock(conn: Connection, history: History, schema: str | None, *, wait: bool) -> bool:
+    """The per-target advisory lock (per database, held to the end of the transaction)."""
+    from sqlalchemy import text
+
+    fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    got = conn.execute(
+        text(f"SELECT {fn}(hashtextextended(:k, 0))::text"), {"k": lock_key(history, schema)}
+    ).scalar_one()
+    return wait or got == "true"
+
+
+def lock_holder(conn: Connection, history: History, schema: str | None) -> str | None:
+    """application_name of the session that holds the target's lock, if any."""
+    from sqlalchemy import text
+
+    return conn.execute(
+        text(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = "
+            "hashtextextended(:k, 0) LIMIT 1"
+        ),
+        {"k": lock_key(history, schema)},
+    ).scalar_one_or_none()
+
+
+def migrate(
     conn: Connection,
     history: History,
     *,
     schema: str | None = None,
     owner_role: str | None = None,
     revision: str = "head",
+    allow_downgrade: bool = False,
+    wait: bool = True,
+    lock_timeout_ms: int | None = None,
     **configure: Any,
-) -> str | None:
-    """Upgrade the target behind ``conn`` to ``revision`` in the current transaction.
+) -> tuple[str | None, str]:
+    """Move the target behind ``conn`` to ``revision`` in the current transaction.
 
-    Returns the revision the target was at before.
+    Takes the target's advisory lock first (``wait=False``: raise Busy when another session
+    holds it), then applies ``lock_timeout_ms`` to the DDL's table locks. Returns (revision
+    before, revision after).
     """
     from alembic.runtime.environment import EnvironmentContext
-    from sqlalchemy import text
 
-    cfg, script = _config_and_script(history)
-    # One migration per target at a time, whoever runs it (bizosctl or plain alembic).
-    conn.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-        {"k": f"bizos-migrate:{history}:{schema or ''}"},
-    )
+    cfg, script = _config_and_script(history, _extra(history))
+    dest = resolve(history, revision)
+    if not take_target_lock(conn, history, schema, wait=wait):
+        holder = lock_holder(conn, history, schema)
+        raise Busy(f"another migration holds this target ({holder or 'unknown session'})")
+    if lock_timeout_ms is not None:
+        # After the advisory lock: --wait may wait for it longer than for table locks.
+        from sqlalchemy import text
+
+        conn.execute(
+            text("SELECT set_config('lock_timeout', :v, true)"), {"v": f"{lock_timeout_ms}ms"}
+        )
     configure_target(conn, schema=schema, owner_role=owner_role)
-    before: dict[str, str | None] = {}
+    current = current_revision(conn, schema=schema)
+    way = direction(history, current, dest)
+    if way == "none":
+        return current, dest
+    if way == "downgrade" and not allow_downgrade:
+        raise InvalidInput(f"moving from {current} to {dest} is a downgrade")
 
     def fn(rev: Any, context: Any) -> Any:
-        before["rev"] = rev[0] if rev else None
-        return script._upgrade_revs(revision, rev)
+        if way == "upgrade":
+            return script._upgrade_revs(dest, rev)
+        return script._downgrade_revs(dest, rev)
 
-    with EnvironmentContext(cfg, script, fn=fn, destination_rev=revision) as env:
+    with EnvironmentContext(cfg, script, fn=fn, destination_rev=dest) as env:
         env.configure(
             connection=conn,
             version_table_schema=schema,
@@ -108,4 +213,51 @@ def upgrade(
             **configure,
         )
         env.run_migrations()
-    return before.get("rev")
+    return current, dest
+
+
+def upgrade(
+    conn: Connection,
+    history: History,
+    *,
+    schema: str | None = None,
+    owner_role: str | None = None,
+    revision: str = "head",
+) -> str | None:
+    """Upgrade the target to ``revision`` (waiting for its lock). Returns the revision before."""
+    return migrate(conn, history, schema=schema, owner_role=owner_role, revision=revision)[0]
+
+
+def offline_sql(history: History, *, schema: str, start: str | None, dest: str) -> str:
+    """The SQL that moving ``schema`` from ``start`` to ``dest`` runs (``alembic --sql``)."""
+    import io
+
+    from alembic.runtime.environment import EnvironmentContext
+
+    cfg, script = _config_and_script(history, _extra(history))
+    way = direction(history, start, dest)
+    buf = io.StringIO()
+    if way == "none":
+        return ""
+
+    def fn(rev: Any, context: Any) -> Any:
+        if way == "upgrade":
+            return script._upgrade_revs(dest, start)
+        return script._downgrade_revs(dest, start)
+
+    with EnvironmentContext(
+        cfg, script, fn=fn, as_sql=True, starting_rev=start, destination_rev=dest
+    ) as env:
+        env.configure(
+            url="postgresql+psycopg://",
+            dialect_name="postgresql",
+            as_sql=True,
+            output_buffer=buf,
+            version_table_schema=schema,
+            transactional_ddl=False,
+            literal_binds=True,
+            # pyformat would double every '%' (PL/pgSQL RAISE uses them)
+            dialect_opts={"paramstyle": "named"},
+        )
+        env.run_migrations()
+    return buf.getvalue()

@@ -424,7 +424,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("tenant_id", "id", name=op.f("pk_transactions")),
     )
-    schema = op.get_bind().execute(sa.text("SELECT current_schema()")).scalar_one()
+    # The target schema, known online and offline (``--sql``): the version table lives there.
+    schema = op.get_context().version_table_schema
     for stmt in [*functions_sql(schema), *schema_grants_sql(schema)]:
         op.execute(stmt)
     for table in TABLES:

@@ -1,0 +1,3 @@
+"""Benchmarks of bizosctl: measurements to read, not tests (see benchmarks/README.md)."""
+
+from __future__ import annotations

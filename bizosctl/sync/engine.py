@@ -1,0 +1,436 @@
+"""The schema sync engine: plan, canary, parallel fan-out, retry, record.
+
+Each target is migrated in its own transaction on a bounded pool (overall ``parallel`` threads,
+at most ``per_server`` connections per server), under the target's advisory lock and a
+``lock_timeout``, so a busy tenant fails fast instead of stalling the fleet. Results are
+recorded in the catalog as each target finishes; targets already at the destination are
+skipped, so running the same command after a crash (even SIGKILL) finishes the rest.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import uuid
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from bizosctl.catalog.control import Control
+from bizosctl.catalog.models import Operation, SchemaTarget
+from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
+from bizosctl.db.migrate import direction, head, offline_sql, resolve
+from bizosctl.errors import InvalidInput
+from bizosctl.faults import crash_point
+from bizosctl.sync.targets import Selection, Target, list_targets, read_revisions
+from bizosctl.sync.worker import dispose_engines, migrate_target, warm_up
+from tenant_schema.ddl import OWNER_ROLE
+
+
+@dataclass
+class SyncOptions:
+    to: str = "head"
+    selection: Selection = field(default_factory=Selection)
+    parallel: int = 4
+    per_server: int = 4
+    canary: int = 0
+    fail_fast: bool = False
+    lock_timeout_ms: int = 5000
+    statement_timeout_ms: int = 0
+    dry_run: bool = False
+    yes: bool = False
+    wait: bool = False
+
+    def validate(self) -> None:
+        for name, value, low in (
+            ("--parallel", self.parallel, 1),
+            ("--per-server", self.per_server, 1),
+            ("--canary", self.canary, 0),
+        ):
+            if value < low:
+                raise InvalidInput(f"{name} must be at least {low}, not {value}")
+        if self.parallel > 256 or self.per_server > 256:
+            raise InvalidInput("--parallel and --per-server are capped at 256")
+        self.selection.validate()
+
+    def params(self) -> dict[str, Any]:
+        return {"to": self.to, "selection": self.selection.describe()}
+
+
+@dataclass
+class TargetResult:
+    target: Target
+    before: str | None
+    after: str | None
+    status: str  # migrated | unchanged | failed | busy | skipped
+    error: str | None = None
+    duration_ms: float = 0.0
+    attempts: int = 0
+    retryable: bool = False
+
+    def public(self) -> dict[str, Any]:
+        t = self.target.public()
+        t.update(
+            revision=self.after if self.status in ("migrated", "unchanged") else self.before,
+            status=self.status,
+            error=self.error,
+            before=self.before,
+            duration_ms=round(self.duration_ms, 1),
+            attempts=self.attempts,
+        )
+        return t
+
+
+@dataclass
+class SyncReport:
+    head: str
+    to: str
+    dry_run: bool = False
+    operation: str | None = None
+    results: list[TargetResult] = field(default_factory=list)
+    plan: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("migrated", "unchanged") for r in self.results)
+
+    def summary(self) -> dict[str, int]:
+        return dict(Counter(r.status for r in self.results))
+
+    def public(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "operation": self.operation,
+            "head": self.head,
+            "to": self.to,
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            "summary": self.summary(),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "targets": [r.public() for r in self.results],
+            "failed": [r.public() for r in self.results if r.status in ("failed", "busy")],
+        }
+        if self.dry_run:
+            doc["plan"] = self.plan
+        return doc
+
+
+ResultCallback = Callable[[TargetResult, int, int], None]
+
+
+class _Runner:
+    """One run's worker pool, per-server limits and bookkeeping (all in the parent process)."""
+
+    def __init__(self, ctl: Control, opts: SyncOptions, dest: str, op_id: uuid.UUID) -> None:
+        self.ctl, self.opts, self.dest, self.op_id = ctl, opts, dest, op_id
+        self.stop = False
+        self.done = 0
+        self.total = 0
+        self.on_result: ResultCallback | None = None
+        self.shared_dbs: set[tuple[str, str]] = set()
+        self._pool: ProcessPoolExecutor | None = None
+        self._urls: dict[tuple[str, str], str] = {}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        dispose_engines()
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["bizosctl.sync.worker"])
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.opts.parallel, mp_context=ctx, initializer=warm_up
+            )
+        return self._pool
+
+    def spec(self, t: Target) -> dict[str, Any]:
+        key = (t.server, t.database)
+        url = self._urls.get(key)
+        if url is None:
+            admin = self.ctl.server(t.server).admin_url(t.database)
+            url = self._urls[key] = admin.render_as_string(hide_password=False)
+        return {
+            "key": t.key,
+            "url": url,
+            "schema": t.schema,
+            "revision": t.revision,
+            "dest": self.dest,
+            "pooled": key in self.shared_dbs,
+            "pool_size": min(self.opts.per_server, self.opts.parallel),
+            "allow_downgrade": self.opts.yes,
+            "wait": self.opts.wait,
+            "lock_timeout_ms": self.opts.lock_timeout_ms,
+            "statement_timeout_ms": self.opts.statement_timeout_ms,
+            "app": f"bizosctl:sync:{self.op_id}",
+        }
+
+    def _result(self, t: Target, raw: dict[str, Any], attempt: int) -> TargetResult:
+        r = TargetResult(
+            t,
+            raw.get("before"),
+            raw.get("after"),
+            raw["status"],
+            raw.get("error"),
+            duration_ms=raw.get("duration_ms", 0.0),
+            attempts=attempt,
+            retryable=bool(raw.get("retryable")),
+        )
+        if r.status in ("failed", "busy") and self.opts.fail_fast:
+            self.stop = True
+        self.record([r])
+        return self._finish(r)
+
+    def _skip(self, t: Target, why: str) -> TargetResult:
+        return self._finish(TargetResult(t, t.revision, None, "skipped", why))
+
+    def _finish(self, result: TargetResult) -> TargetResult:
+        self.done += 1
+        if self.on_result is not None:
+            self.on_result(result, self.done, self.total)
+        crash_point(f"sync.target.{self.done}")
+        return result
+
+    def record(self, results: list[TargetResult]) -> None:
+        rows = []
+        for r in results:
+            if r.status == "skipped":
+                continue
+            t = r.target
+            ok = r.status in ("migrated", "unchanged")
+            rows.append(
+                {
+                    "server": t.server,
+                    "database": t.database,
+                    "schema": t.schema,
+                    "kind": t.kind,
+                    "tenant_id": None,
+                    "region": t.region,
+                    "revision": r.after if ok else r.before,
+                    "status": "ok" if ok else "failed",
+                    "error": None if ok else r.error,
+                    "operation_id": self.op_id,
+                    "duration_ms": int(r.duration_ms),
+                }
+            )
+        if not rows:
+            return
+        stmt = pg_insert(SchemaTarget).values(rows)
+        updated = ("kind", "region", "revision", "status", "error", "operation_id", "duration_ms")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["server", "database", "schema"],
+            set_={c: stmt.excluded[c] for c in updated} | {"updated_at": text("now()")},
+        )
+        with self.ctl.catalog() as s:
+            s.execute(stmt)
+
+    def run_many(self, targets: list[Target], attempt: int = 1) -> list[TargetResult]:
+        """Migrate ``targets``: in this process when parallel is 1, else in worker processes,
+        never more than ``per_server`` at once on one server."""
+        results: dict[tuple[str, str, str], TargetResult] = {}
+        if self.opts.parallel == 1 or len(targets) == 1:
+            for t in targets:
+                if self.stop:
+                    results[t.key] = self._skip(t, "not run: --fail-fast")
+                else:
+                    results[t.key] = self._result(t, migrate_target(self.spec(t)), attempt)
+            return [results[t.key] for t in targets]
+        queue = deque(targets)
+        inflight: dict[Future[dict[str, Any]], Target] = {}
+        per_server: Counter[str] = Counter()
+        while queue or inflight:
+            if self.stop:
+                while queue:
+                    t = queue.popleft()
+                    results[t.key] = self._skip(t, "not run: --fail-fast")
+            deferred: deque[Target] = deque()
+            while queue and len(inflight) < self.opts.parallel:
+                t = queue.popleft()
+                if per_server[t.server] >= self.opts.per_server:
+                    deferred.append(t)
+                    continue
+                per_server[t.server] += 1
+                inflight[self.pool().submit(migrate_target, self.spec(t))] = t
+            queue.extendleft(reversed(deferred))
+            if not inflight:
+                continue
+            finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                t = inflight.pop(fut)
+                per_server[t.server] -= 1
+                try:
+                    raw = fut.result()
+                except Exception as exc:  # the worker process itself died
+                    raw = {"status": "failed", "error": f"worker failed: {type(exc).__name__}"}
+                results[t.key] = self._result(t, raw, attempt)
+        return [results[t.key] for t in targets]
+
+
+def _classify(
+    targets: list[Target], dest: str
+) -> tuple[list[Target], list[Target], list[TargetResult]]:
+    """(to move, downgrades among them, results decided without touching the target)."""
+    todo, downs, decided = [], [], []
+    for t in targets:
+        if not t.reachable:
+            decided.append(TargetResult(t, None, None, "failed", t.error))
+            continue
+        try:
+            way = direction("tenant", t.revision, dest)
+        except InvalidInput as exc:
+            decided.append(TargetResult(t, t.revision, None, "failed", exc.message))
+            continue
+        if way == "none":
+            decided.append(TargetResult(t, t.revision, dest, "unchanged"))
+        else:
+            todo.append(t)
+            if way == "downgrade":
+                downs.append(t)
+    return todo, downs, decided
+
+
+def _dry_run_plan(todo: list[Target], dest: str) -> list[dict[str, Any]]:
+    groups: dict[tuple[str | None, str], list[Target]] = defaultdict(list)
+    for t in todo:
+        groups[(t.revision, t.kind)].append(t)
+    plan = []
+    for (start, kind), members in groups.items():
+        example = members[0]
+        sql = offline_sql("tenant", schema=example.schema, start=start, dest=dest)
+        prefix = f'SET search_path TO "{example.schema}", public;\nSET ROLE {OWNER_ROLE};\n'
+        plan.append(
+            {
+                "from": start,
+                "to": dest,
+                "kind": kind,
+                "count": len(members),
+                "targets": [t.label for t in members],
+                "example": example.label,
+                "sql": prefix + sql,
+            }
+        )
+    return plan
+
+
+def _operation_for(ctl: Control, opts: SyncOptions) -> uuid.UUID:
+    """Resume the last interrupted run with the same parameters, or start a new one."""
+    with ctl.catalog() as s:
+        candidates = s.execute(
+            select(Operation.id, Operation.params)
+            .where(Operation.kind == "schema.sync", Operation.status == "running")
+            .order_by(Operation.started_at.desc())
+        ).all()
+    for op_id, params in candidates:
+        if params == opts.params() and not is_alive(ctl, op_id):
+            return op_id
+    return create_operation(
+        ctl, kind="schema.sync", target=opts.selection.describe(), params=opts.params()
+    )
+
+
+def run_sync(
+    ctl: Control, opts: SyncOptions, on_result: ResultCallback | None = None
+) -> SyncReport:
+    """Sync the selected targets to ``opts.to``. See the module docstring."""
+    opts.validate()
+    started = time.perf_counter()
+    dest = resolve("tenant", opts.to)
+    report = SyncReport(head=head("tenant"), to=dest, dry_run=opts.dry_run)
+    targets = list_targets(ctl, opts.selection)
+    read_revisions(ctl, targets)
+    todo, downs, decided = _classify(targets, dest)
+    if downs and not opts.yes:
+        names = ", ".join(t.label for t in downs[:5]) + (" ..." if len(downs) > 5 else "")
+        raise InvalidInput(
+            f"--to {opts.to} downgrades {len(downs)} target(s) ({names}): pass --yes to confirm"
+        )
+    if opts.dry_run:
+        report.results = decided + [TargetResult(t, t.revision, dest, "planned") for t in todo]
+        report.plan = _dry_run_plan(todo, dest)
+        report.elapsed_s = time.perf_counter() - started
+        return report
+
+    op_id = _operation_for(ctl, opts)
+    report.operation = str(op_id)
+    runner = _Runner(ctl, opts, dest, op_id)
+    runner.on_result = on_result
+    per_db = Counter((t.server, t.database) for t in todo)
+    runner.shared_dbs = {k for k, n in per_db.items() if n > 1}
+    runner.total = len(todo)
+    results = list(decided)
+    try:
+        with OperationRun(ctl, op_id) as run:
+            runner.record([r for r in decided if r.status == "unchanged"])
+            rest = todo
+            if opts.canary:
+                canaries = sorted(todo, key=lambda t: (t.size_bytes, t.label))[: opts.canary]
+                first = runner.run_many(canaries)
+                results += first
+                run.step("canary", count=len(canaries))
+                rest = [t for t in todo if t not in canaries]
+                if any(r.status in ("failed", "busy") for r in first):
+                    results += [
+                        TargetResult(t, t.revision, None, "skipped", "not run: a canary failed")
+                        for t in rest
+                    ]
+                    rest = []
+            main = runner.run_many(rest)
+            results += main
+            if rest:
+                run.step("fleet", count=len(rest))
+            retry = [r.target for r in main if r.retryable and not runner.stop]
+            if retry:
+                # Lock timeouts: the tenant was busy; one more try at the end of the run.
+                runner.total += len(retry)
+                by_key = {r.target.key: r for r in results}
+                for r in runner.run_many(retry, attempt=2):
+                    by_key[r.target.key] = r
+                results = list(by_key.values())
+                run.step("retry", count=len(retry))
+            canary_failed = any(r.error == "not run: a canary failed" for r in results)
+            if not runner.stop and not canary_failed:
+                results += _late_targets(ctl, opts, dest, runner, {t.key for t in targets})
+            report.results = results
+            failed = [r for r in results if r.status in ("failed", "busy")]
+            run.finish(
+                "failed" if failed else "done",
+                f"{len(failed)} target(s) failed" if failed else None,
+            )
+    finally:
+        runner.close()
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _late_targets(
+    ctl: Control, opts: SyncOptions, dest: str, runner: _Runner, seen: set[tuple[str, str, str]]
+) -> list[TargetResult]:
+    """Targets that appeared while the run went on (tenants created meanwhile)."""
+    out: list[TargetResult] = []
+    for _ in range(3):
+        fresh = [t for t in list_targets(ctl, opts.selection) if t.key not in seen]
+        if not fresh:
+            break
+        read_revisions(ctl, fresh)
+        seen |= {t.key for t in fresh}
+        todo, _downs, decided = _classify(fresh, dest)
+        runner.total += len(todo)
+        out += decided + runner.run_many(todo)
+    return out
+
+
+def status_report(ctl: Control, selection: Selection) -> dict[str, Any]:
+    targets = list_targets(ctl, selection)
+    read_revisions(ctl, targets)
+    summary = Counter(t.revision or "none" for t in targets)
+    return {
+        "head": head("tenant"),
+        "targets": [t.public() for t in targets],
+        "summary": dict(summary),
+    }

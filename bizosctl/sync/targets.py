@@ -1,0 +1,166 @@
+"""Migration targets: the shared schema of every server, each tenant schema, each database.
+
+Revisions are read from the targets themselves (the truth), one connection per database and
+one query per database for all its schemas.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, text
+
+from bizosctl.catalog.control import Control
+from bizosctl.catalog.models import Route, SchemaTarget, Server, Tenant
+from bizosctl.db.engines import get_engine, translate_errors
+from bizosctl.errors import BizosError, InvalidInput, NotFound
+from bizosctl.tenancy.names import SHARED_DB, SHARED_SCHEMA, check_region_name, check_tier
+
+
+@dataclass
+class Target:
+    kind: str  # shared | schema | isolated
+    tenant: str | None
+    region: str
+    server: str
+    database: str
+    schema: str
+    revision: str | None = None
+    status: str | None = None  # last recorded: ok | failed
+    error: str | None = None
+    size_bytes: int = 0
+    reachable: bool = True
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.server, self.database, self.schema)
+
+    @property
+    def label(self) -> str:
+        return self.tenant or f"{self.server}/{self.schema}"
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "tenant": self.tenant, "region": self.region, "server": self.server,
+            "database": self.database, "schema": self.schema, "revision": self.revision,
+            "status": self.status, "error": self.error,
+        }  # fmt: skip
+
+
+@dataclass
+class Selection:
+    tenants: list[str] = field(default_factory=list)
+    tier: str | None = None
+    region: str | None = None
+
+    def validate(self) -> None:
+        if self.tier is not None:
+            check_tier(self.tier)
+        if self.region is not None:
+            check_region_name(self.region)
+
+    def describe(self) -> str:
+        parts = [
+            f"tenant={','.join(self.tenants)}" if self.tenants else "",
+            f"tier={self.tier}" if self.tier else "",
+            f"region={self.region}" if self.region else "",
+        ]
+        return " ".join(p for p in parts if p) or "all"
+
+
+def list_targets(ctl: Control, selection: Selection | None = None) -> list[Target]:
+    """Every target the selection names, with its last recorded status (not yet its revision)."""
+    sel = selection or Selection()
+    sel.validate()
+    with ctl.catalog() as s:
+        servers = s.execute(select(Server).order_by(Server.name)).all()
+        rows = s.execute(
+            select(
+                Tenant.slug, Tenant.tier, Tenant.region, Route.server, Route.database, Route.schema
+            )
+            .join(Route, Route.tenant_id == Tenant.id)
+            .where(Tenant.status.not_in(["deleted", "provisioning", "deleting"]))
+            .order_by(Tenant.slug)
+        ).all()
+        recorded = {
+            (t.server, t.database, t.schema): t for t in s.execute(select(SchemaTarget)).scalars()
+        }
+    known = {r.slug for r in rows}
+    missing = [t for t in sel.tenants if t not in known]
+    if missing:
+        raise NotFound(f"unknown tenant(s): {', '.join(missing)}")
+    if sel.region is not None and sel.region not in {srv.Server.region for srv in servers}:
+        raise InvalidInput(f"unknown region {sel.region!r}")
+    targets: list[Target] = []
+    if not sel.tenants and sel.tier in (None, "shared"):
+        for (srv,) in servers:
+            if sel.region in (None, srv.region):
+                targets.append(
+                    Target("shared", None, srv.region, srv.name, SHARED_DB, SHARED_SCHEMA)
+                )
+    for r in rows:
+        if r.tier == "shared":
+            continue  # lives in its server's shared target
+        if sel.tenants and r.slug not in sel.tenants:
+            continue
+        if sel.tier not in (None, r.tier) or sel.region not in (None, r.region):
+            continue
+        targets.append(Target(r.tier, r.slug, r.region, r.server, r.database, r.schema))
+    for t in targets:
+        rec = recorded.get(t.key)
+        if rec is not None:
+            t.status, t.error = rec.status, rec.error
+    return targets
+
+
+SCHEMAS_SQL = text(
+    "SELECT n.nspname AS schema, EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid "
+    "AND c.relname = 'alembic_version' AND c.relkind = 'r') AS versioned, "
+    "COALESCE((SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
+    "WHERE c.relnamespace = n.oid AND c.relkind = 'r'), 0)::bigint AS size "
+    "FROM pg_namespace n WHERE n.nspname = ANY(:schemas)"
+)
+
+
+def _revisions_sql(schemas: list[str]) -> str:
+    """One statement reading every schema's alembic_version (identifiers quoted)."""
+    parts = []
+    for schema in schemas:
+        ident = '"' + schema.replace('"', '""') + '"'
+        literal = "'" + schema.replace("'", "''") + "'"
+        parts.append(
+            f"SELECT {literal} AS schema, max(version_num) AS revision FROM {ident}.alembic_version"
+        )
+    return " UNION ALL ".join(parts)
+
+
+def read_revisions(ctl: Control, targets: list[Target]) -> None:
+    """Fill ``revision`` and ``size_bytes`` from the targets: one query per database."""
+    by_db: dict[tuple[str, str], list[Target]] = defaultdict(list)
+    for t in targets:
+        by_db[(t.server, t.database)].append(t)
+    for (server, database), group in by_db.items():
+        try:
+            handle = ctl.server(server)
+            handle.ensure_ready()
+            with (
+                translate_errors(f"server {server}"),
+                get_engine(handle.admin_url(database), pooled=False).connect() as conn,
+            ):
+                info = {
+                    row.schema: row
+                    for row in conn.execute(SCHEMAS_SQL, {"schemas": [t.schema for t in group]})
+                }
+                versioned = [name for name, row in info.items() if row.versioned]
+                revisions = (
+                    dict(conn.exec_driver_sql(_revisions_sql(versioned)).all()) if versioned else {}
+                )
+        except BizosError as exc:
+            for t in group:
+                t.reachable, t.error = False, exc.message
+            continue
+        for t in group:
+            t.revision = revisions.get(t.schema)
+            t.size_bytes = int(info[t.schema].size) if t.schema in info else 0
