@@ -2,9 +2,9 @@
 
 The same tables serve all three tiers: the region's shared database (schema ``shared``), a
 schema per tenant (``t_<slug>``) in that database, or a database per tenant (``t_<slug>``,
-holding schema ``t_<slug>``). Every table has ``tenant_id`` and every primary and foreign key starts with it,
-so rows of two tenants can never reference each other and a tenant's rows move between
-tiers without renumbering.
+holding schema ``t_<slug>``). Every table has ``tenant_id`` and every primary and foreign key
+starts with it, so rows of two tenants can never reference each other and a tenant's rows
+move between tiers without renumbering.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ class Control:
         self._servers: dict[str, ServerHandle] = {}
         self._lock = threading.Lock()
         self._catalog_at_head = False
+        self._app_passwords: dict[str, str] = {}
 
     # -- the home region and the catalog -----------------------------------------------------
     @property
@@ -177,6 +178,21 @@ class Control:
             regions_dir=self.settings.regions_dir,
             durable=self.settings.embedded_durable,
         )
+
+    def route_password_for_server(self, name: str) -> str:
+        """Password of the shared database's login role on that server (cached)."""
+        cached = self._app_passwords.get(name)
+        if cached is None:
+            from sqlalchemy import select
+
+            from bizosctl.catalog.models import Server
+
+            with self.catalog() as s:
+                token = s.execute(
+                    select(Server.app_password_enc).where(Server.name == name)
+                ).scalar_one()
+            cached = self._app_passwords[name] = self.unseal(token, context=f"server:{name}:app")
+        return cached
 
     def route(self, slug: str) -> RouteInfo:
         from sqlalchemy import select

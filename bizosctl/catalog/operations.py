@@ -12,9 +12,10 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text
 
 from bizosctl.catalog.models import Operation
 from bizosctl.errors import Busy
@@ -31,7 +32,11 @@ def _lock_key(op_id: uuid.UUID) -> int:
 
 
 class OperationRun:
-    """One live run of an operation; use as a context manager."""
+    """One live run of an operation; use as a context manager.
+
+    The run keeps one pooled catalog connection for its whole life: it holds the operation's
+    advisory lock, and every checkpoint is written through it (no new connection per step).
+    """
 
     def __init__(self, ctl: Control, op_id: uuid.UUID) -> None:
         self.ctl = ctl
@@ -39,49 +44,81 @@ class OperationRun:
         self._conn: Connection | None = None
         self.completed: set[str] = set()
 
-    def __enter__(self) -> OperationRun:
-        from bizosctl.db.engines import get_engine
+    @property
+    def conn(self) -> Connection:
+        assert self._conn is not None, "use OperationRun as a context manager"
+        return self._conn
 
-        engine = get_engine(self.ctl.home_cluster.url("bizos_control"), pooled=False)
-        self._conn = engine.connect()
-        got = self._conn.execute(
-            text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(self.id)}
-        ).scalar_one()
-        self._conn.commit()
-        if not got:
+    def __enter__(self) -> OperationRun:
+        self._conn = self.ctl.catalog_engine.connect()
+        try:
+            got = self._conn.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(self.id)}
+            ).scalar_one()
+            if not got:
+                raise Busy(f"operation {self.id} is running in another process")
+            steps = self._conn.execute(
+                text(
+                    "UPDATE operations SET pid = :pid, host = :host, status = 'running' "
+                    "WHERE id = :id RETURNING steps"
+                ),
+                {"pid": os.getpid(), "host": socket.gethostname(), "id": self.id},
+            ).scalar_one()
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
             self._conn.close()
-            raise Busy(f"operation {self.id} is running in another process")
-        with self.ctl.catalog() as s:
-            op = s.get(Operation, self.id)
-            assert op is not None
-            self.completed = {st["name"] for st in op.steps if st.get("status") == "done"}
-            op.pid, op.host, op.status = os.getpid(), socket.gethostname(), "running"
+            self._conn = None
+            raise
+        self.completed = {st["name"] for st in steps if st.get("status") == "done"}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            self._conn.close()  # releases the advisory lock
+        if self._conn is None:
+            return
+        try:
+            self._conn.rollback()
+            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(self.id)})
+            self._conn.commit()
+        except Exception:
+            self._conn.invalidate()  # a dead connection released the lock with its session
+        finally:
+            self._conn.close()
+            self._conn = None
 
     def step(self, name: str, **data: Any) -> None:
         """Record that a step finished (its own committed transaction: a checkpoint)."""
         entry = {"name": name, "status": "done", "at": dt.datetime.now(dt.UTC).isoformat(), **data}
-        with self.ctl.catalog() as s:
-            s.execute(
-                text(
-                    "UPDATE operations SET steps = steps || jsonb_build_array(CAST(:e AS jsonb)) "
-                    "WHERE id = :id"
-                ),
-                {"e": json.dumps(entry), "id": self.id},
-            )
+        self.conn.execute(
+            text(
+                "UPDATE operations SET steps = steps || jsonb_build_array(CAST(:e AS jsonb)) "
+                "WHERE id = :id"
+            ),
+            {"e": json.dumps(entry), "id": self.id},
+        )
+        self.conn.commit()
         self.completed.add(name)
 
-    def finish(self, status: str = "done", error: str | None = None) -> None:
-        with self.ctl.catalog() as s:
-            s.execute(
-                update(Operation)
-                .where(Operation.id == self.id)
-                .values(status=status, error=error, finished_at=func.now())
+    def finish(
+        self,
+        status: str = "done",
+        error: str | None = None,
+        also: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """Close the operation; ``also`` writes more catalog rows in the same transaction."""
+        from bizosctl.db.engines import translate_errors
+
+        with translate_errors("catalog"):
+            if also is not None:
+                also(self.conn)
+            self.conn.execute(
+                text(
+                    "UPDATE operations SET status = :s, error = :e, finished_at = now() "
+                    "WHERE id = :id"
+                ),
+                {"s": status, "e": error, "id": self.id},
             )
+            self.conn.commit()
 
 
 def create_operation(

@@ -109,17 +109,46 @@ def direction(history: History, current: str | None, dest: str) -> str:
     raise InvalidInput(f"revisions {current} and {dest} are on different branches")
 
 
-def configure_target(conn: Connection, *, schema: str | None, owner_role: str | None) -> None:
-    """Point the transaction at the target schema and role before migrating it."""
+_PREPARE_SQL = (
+    "SELECT set_config('search_path', COALESCE(:path, current_setting('search_path')), true),"
+    " set_config('role', COALESCE(:role, current_setting('role')), true),"
+    " set_config('lock_timeout', COALESCE(:lt, current_setting('lock_timeout')), true),"
+    " to_regclass(:vt) IS NOT NULL"
+)
+
+
+def prepare_target(
+    conn: Connection,
+    *,
+    schema: str | None,
+    owner_role: str | None,
+    lock_timeout_ms: int | None = None,
+) -> str | None:
+    """Point the transaction at the target (search_path, role, lock_timeout) in one round trip,
+    then return the target's current revision (None for a new target)."""
     from sqlalchemy import text
 
-    if schema is not None:
-        conn.execute(
-            text("SELECT set_config('search_path', :p, true)"),
-            {"p": f'"{schema}", public'},
-        )
-    if owner_role is not None:
-        conn.execute(text(f'SET LOCAL ROLE "{owner_role}"'))
+    version_table = f'"{schema}".alembic_version' if schema else "alembic_version"
+    exists = conn.execute(
+        text(_PREPARE_SQL),
+        {
+            "path": f'"{schema}", public' if schema else None,
+            "role": owner_role,
+            "lt": f"{lock_timeout_ms}ms" if lock_timeout_ms is not None else None,
+            "vt": version_table,
+        },
+    ).one()[3]
+    if not exists:
+        return None
+    revisions = conn.execute(text(f"SELECT version_num FROM {version_table}")).scalars().all()
+    if len(revisions) > 1:
+        raise InvalidInput(f"{version_table} holds several heads: {', '.join(revisions)}")
+    return revisions[0] if revisions else None
+
+
+def configure_target(conn: Connection, *, schema: str | None, owner_role: str | None) -> None:
+    """Point the transaction at the target schema and role before migrating it."""
+    prepare_target(conn, schema=schema, owner_role=owner_role)
 
 
 def current_revision(conn: Connection, *, schema: str | None) -> str | None:
@@ -185,20 +214,23 @@ def migrate(
     if not take_target_lock(conn, history, schema, wait=wait):
         holder = lock_holder(conn, history, schema)
         raise Busy(f"another migration holds this target ({holder or 'unknown session'})")
-    if lock_timeout_ms is not None:
-        # After the advisory lock: --wait may wait for it longer than for table locks.
-        from sqlalchemy import text
-
-        conn.execute(
-            text("SELECT set_config('lock_timeout', :v, true)"), {"v": f"{lock_timeout_ms}ms"}
-        )
-    configure_target(conn, schema=schema, owner_role=owner_role)
-    current = current_revision(conn, schema=schema)
+    # After the advisory lock: --wait may wait for it longer than lock_timeout allows tables.
+    current = prepare_target(
+        conn, schema=schema, owner_role=owner_role, lock_timeout_ms=lock_timeout_ms
+    )
     way = direction(history, current, dest)
     if way == "none":
         return current, dest
     if way == "downgrade" and not allow_downgrade:
         raise InvalidInput(f"moving from {current} to {dest} is a downgrade")
+    if current is None and offline_safe(history, dest):
+        # A new, empty target: the same SQL `alembic upgrade --sql` emits, rendered once per
+        # process and sent in one round trip (see offline_safe).
+        conn.exec_driver_sql(
+            fresh_sql(history, dest).replace(PLACEHOLDER, schema or "public"),
+            execution_options={"no_parameters": True},
+        )
+        return current, dest
 
     def fn(rev: Any, context: Any) -> Any:
         if way == "upgrade":
@@ -261,3 +293,31 @@ def offline_sql(history: History, *, schema: str, start: str | None, dest: str) 
         )
         env.run_migrations()
     return buf.getvalue()
+
+
+PLACEHOLDER = "bizos_target_schema_placeholder"
+
+
+def offline_safe(history: History, dest: str) -> bool:
+    """True when every revision up to ``dest`` declares ``offline_safe = True``: pure DDL whose
+    offline rendering (``alembic --sql``) is exactly what it does online, whatever the target."""
+    return _offline_safe(_extra(history), history, dest)
+
+
+@lru_cache(maxsize=64)
+def _offline_safe(extra: str | None, history: History, dest: str) -> bool:
+    script = _config_and_script(history, extra)[1]
+    return all(
+        getattr(rev.module, "offline_safe", False)
+        for rev in script.walk_revisions(base="base", head=dest)
+    )
+
+
+@lru_cache(maxsize=16)
+def _fresh_sql(extra: str | None, history: History, dest: str) -> str:
+    return offline_sql(history, schema=PLACEHOLDER, start=None, dest=dest)
+
+
+def fresh_sql(history: History, dest: str) -> str:
+    """The SQL that builds an empty target up to ``dest``, for a placeholder schema name."""
+    return _fresh_sql(_extra(history), history, dest)

@@ -140,7 +140,8 @@ def run_query(
     if not sql.strip():
         raise InvalidInput("the SQL statement is empty")
     with tenant_session(ctl, slug, actor="bizosctl:query", read_only=not write) as s:
-        result = s.execute(text(sql).execution_options(no_parameters=True))
+        # Sent as written: no bind-parameter parsing of ':name' or '%' in the operator's SQL.
+        result = s.connection().exec_driver_sql(sql, execution_options={"no_parameters": True})
         if result.returns_rows:
             columns = list(result.keys())
             rows = [[_jsonable(v) for v in row] for row in result.fetchmany(limit)]

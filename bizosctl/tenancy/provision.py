@@ -8,19 +8,20 @@ crash finishes the tenant; ``delete_tenant`` removes what a half-made tenant lef
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from bizosctl.catalog.control import Control
-from bizosctl.catalog.models import Route, Tenant
+from bizosctl.catalog.control import Control, RouteInfo
+from bizosctl.catalog.models import Tenant
 from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import upgrade
-from bizosctl.errors import AlreadyExists, Busy, InvalidInput, NotFound
+from bizosctl.errors import AlreadyExists, BizosError, Busy, InvalidInput, NotFound
 from bizosctl.faults import crash_point
 from bizosctl.security.fields import blind_index, normalize_email
 from bizosctl.tenancy.names import (
@@ -41,6 +42,9 @@ from bizosctl.tenancy.servers import (
 )
 from tenant_schema import TENANT_TABLES
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 
 @dataclass
@@ -71,10 +75,14 @@ def _validate(ctl: Control, *, slug: str, tier: str, region: str) -> None:
     check_slug(slug)
     check_tier(tier)
     if not region_exists(ctl, region):
-        from bizosctl.tenancy.regions import list_regions
+        _unknown_region(ctl, region)
 
-        known = ", ".join(r.name for r in list_regions(ctl)) or "none"
-        raise InvalidInput(f"unknown region {region!r} (known: {known}); add it with `region add`")
+
+def _unknown_region(ctl: Control, region: str) -> NoReturn:
+    from bizosctl.tenancy.regions import list_regions
+
+    known = ", ".join(r.name for r in list_regions(ctl)) or "none"
+    raise InvalidInput(f"unknown region {region!r} (known: {known}); add it with `region add`")
 
 
 def create_tenant(
@@ -85,17 +93,30 @@ def create_tenant(
     tier: str,
     region: str,
     owner_email: str | None = None,
-) -> Tenant:
-    """Create a tenant (or finish one whose creation was interrupted). Returns the row."""
-    _validate(ctl, slug=slug, tier=tier, region=region)
+) -> uuid.UUID:
+    """Create a tenant (or finish one whose creation was interrupted). Returns its id.
+
+    Catalog round trips are few on purpose (one lookup, one registration, one closing
+    transaction): provisioning should cost little more than the tenant's own DDL.
+    """
+    check_slug(slug)
+    check_tier(tier)
     if not name.strip():
         raise InvalidInput("the tenant name must not be empty")
-    with ctl.catalog() as s:
-        existing = s.execute(
-            select(Tenant).where(Tenant.slug == slug, Tenant.status != "deleted")
-        ).scalar_one_or_none()
-        if existing is not None:
-            s.expunge(existing)
+    with ctl.catalog() as s:  # one round trip: the live tenant of that slug, the region's server
+        row = s.execute(
+            text(
+                "SELECT (SELECT name FROM servers WHERE region = :r "
+                "        ORDER BY is_default DESC, name LIMIT 1) AS server, t.id, t.status, "
+                "t.tier, t.region, t.operation_id FROM (SELECT 1) AS one "
+                "LEFT JOIN tenants t ON t.slug = :s AND t.status <> 'deleted'"
+            ),
+            {"r": region, "s": slug},
+        ).one()
+    server = row.server
+    existing = row if row.id is not None else None
+    if server is None:
+        _unknown_region(ctl, region)
     if existing is not None:
         if existing.status != "provisioning":
             raise AlreadyExists(f"tenant {slug!r} already exists")
@@ -107,110 +128,135 @@ def create_tenant(
         assert existing.operation_id is not None
         if is_alive(ctl, existing.operation_id):
             raise Busy(f"tenant {slug!r} is being created by another process right now")
-        tenant_id, op_id = existing.id, existing.operation_id
+        route, op_id = ctl.route(slug), existing.operation_id
     else:
-        tenant_id, op_id = _register(
-            ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email
+        route, op_id = _register(
+            ctl,
+            slug=slug,
+            name=name,
+            tier=tier,
+            region=region,
+            server=server,
+            owner_email=owner_email,
         )
     with OperationRun(ctl, op_id) as run:
-        _provision(ctl, run, tenant_id=tenant_id, slug=slug, tier=tier)
-        with ctl.catalog() as s:
-            tenant = s.get(Tenant, tenant_id)
-            assert tenant is not None
-            tenant.status = "active"
-            s.flush()
-            s.expunge(tenant)
-        run.finish("done")
-    return tenant
+        _provision(ctl, run, route)
+        crash_point("tenant.create.state")
+
+        def activate(conn: Connection) -> None:
+            conn.execute(
+                text("UPDATE tenants SET status = 'active' WHERE id = :t"), {"t": route.tenant_id}
+            )
+
+        run.finish("done", also=activate)
+    return route.tenant_id
 
 
 def _register(
-    ctl: Control, *, slug: str, name: str, tier: str, region: str, owner_email: str | None
-) -> tuple[uuid.UUID, uuid.UUID]:
-    place = placement_for(ctl, slug=slug, tier=tier, region=region)
+    ctl: Control,
+    *,
+    slug: str,
+    name: str,
+    tier: str,
+    region: str,
+    server: str,
+    owner_email: str | None,
+) -> tuple[RouteInfo, uuid.UUID]:
+    """Commit the tenant (provisioning), its route and its operation in one transaction."""
+    ident = tenant_ident(slug)
+    database = ident if tier == "isolated" else SHARED_DB
+    schema = SHARED_SCHEMA if tier == "shared" else ident
+    role = ident if tier == "isolated" else SHARED_LOGIN
     tenant_id, op_id = uuid.uuid4(), uuid.uuid4()
-    password_enc = None
+    password, password_enc = "", None
     if tier == "isolated":
-        password_enc = ctl.seal(new_password(), context=f"role:{place.role}")
+        password = new_password()
+        password_enc = ctl.seal(password, context=f"role:{role}")
+    else:
+        password = ctl.route_password_for_server(server)
     bidx = blind_index(ctl.keyring, normalize_email(owner_email)) if owner_email else None
-    create_operation(
-        ctl, kind="tenant.create", target=slug, op_id=op_id, params={"tier": tier, "region": region}
-    )
+    params = json.dumps({"tier": tier, "region": region})
     try:
-        with ctl.catalog() as s:
-            s.add(
-                Tenant(
-                    id=tenant_id,
-                    slug=slug,
-                    name=name,
-                    tier=tier,
-                    region=region,
-                    status="provisioning",
-                    operation_id=op_id,
-                    owner_email_bidx=bidx,
-                )
-            )
-            s.flush()
-            s.add(
-                Route(
-                    tenant_id=tenant_id,
-                    server=place.server,
-                    database=place.database,
-                    schema=place.schema,
-                    role=place.role,
-                    password_enc=password_enc,
-                )
-            )
-    except IntegrityError as exc:
-        with ctl.catalog() as s:
+        with ctl.catalog() as s:  # one statement: operation, tenant and route
             s.execute(
                 text(
-                    "UPDATE operations SET status='failed', error=:e, finished_at=now() "
-                    "WHERE id=:id"
+                    "WITH op AS (INSERT INTO operations (id, kind, target, params) "
+                    "  VALUES (:op, 'tenant.create', :slug, CAST(:params AS jsonb)) RETURNING id), "
+                    "t AS (INSERT INTO tenants (id, slug, name, tier, region, status, operation_id,"
+                    "  owner_email_bidx) SELECT :tid, :slug, :name, :tier, :region, 'provisioning',"
+                    "  op.id, :bidx FROM op RETURNING id) "
+                    "INSERT INTO routes (tenant_id, server, database, schema, role, password_enc) "
+                    "SELECT t.id, :server, :db, :schema, :role, :pw FROM t"
                 ),
-                {"e": "slug taken by a concurrent create", "id": op_id},
+                {
+                    "op": op_id,
+                    "slug": slug,
+                    "tid": tenant_id,
+                    "name": name,
+                    "tier": tier,
+                    "region": region,
+                    "bidx": bidx,
+                    "server": server,
+                    "db": database,
+                    "schema": schema,
+                    "role": role,
+                    "pw": password_enc,
+                    "params": params,
+                },
             )
-        raise AlreadyExists(f"tenant {slug!r} already exists (created concurrently)") from exc
+    except BizosError as exc:
+        if isinstance(exc.__cause__, IntegrityError):
+            raise AlreadyExists(f"tenant {slug!r} already exists (created concurrently)") from exc
+        raise
     crash_point("tenant.create.registered")
-    return tenant_id, op_id
+    route = RouteInfo(
+        tenant_id=tenant_id,
+        slug=slug,
+        tier=tier,
+        region=region,
+        status="provisioning",
+        server=server,
+        database=database,
+        schema=schema,
+        role=role,
+        password=password,
+    )
+    return route, op_id
 
 
-def _provision(
-    ctl: Control, run: OperationRun, *, tenant_id: uuid.UUID, slug: str, tier: str
-) -> None:
-    route = ctl.route(slug)
+def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
+    """The tenant's database objects: idempotent, so a resumed run simply redoes them."""
     handle = ctl.server(route.server)
     handle.ensure_ready()
-    with translate_errors(f"provisioning {slug}"):
-        if tier == "isolated" and "database" not in run.completed:
-            admin = get_engine(handle.admin_url("postgres"), pooled=False)
+    isolated = route.tier == "isolated"
+    with translate_errors(f"provisioning {route.slug}"):
+        if isolated and "database" not in run.completed:
+            admin = get_engine(handle.admin_url("postgres"))
             with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 set_login_role(conn, route.role, route.password, member_of=APP_GROUP)
                 ensure_database(conn, route.database, owner_login=route.role)
             run.step("database")
             crash_point("tenant.create.database")
-        engine = get_engine(handle.admin_url(route.database), pooled=False)
-        if tier != "shared" and "migrate" not in run.completed:
-            with engine.begin() as conn:
-                prepare_schema(conn, route.schema)
-                upgrade(conn, "tenant", schema=route.schema, owner_role=OWNER_ROLE)
-            run.step("migrate")
-            crash_point("tenant.create.migrated")
+        # One transaction: schema, tables at head, the tenant's state row and settings row.
+        engine = get_engine(handle.admin_url(route.database), pooled=not isolated)
         with engine.begin() as conn:
-            conn.execute(text(f"SET LOCAL search_path TO {q(route.schema)}, public"))
+            if route.tier != "shared":
+                # the shared database got pgvector when its server was bootstrapped
+                prepare_schema(conn, route.schema, extension=isolated)
+                upgrade(conn, "tenant", schema=route.schema, owner_role=OWNER_ROLE)
+            schema = q(route.schema)
+            conn.execute(text("RESET ROLE"))
             conn.execute(
                 text(
-                    "INSERT INTO tenant_state (tenant_id, slug, status) VALUES (:t, :s, 'active') "
-                    "ON CONFLICT (tenant_id) DO UPDATE SET status = 'active', updated_at = now()"
+                    f"WITH state AS (INSERT INTO {schema}.tenant_state (tenant_id, slug, status) "
+                    "VALUES (:t, :s, 'active') ON CONFLICT (tenant_id) DO UPDATE "
+                    "SET status = 'active', updated_at = now() RETURNING tenant_id) "
+                    f"INSERT INTO {schema}.settings (tenant_id) SELECT tenant_id FROM state "
+                    "ON CONFLICT DO NOTHING"
                 ),
-                {"t": tenant_id, "s": slug},
+                {"t": route.tenant_id, "s": route.slug},
             )
-            conn.execute(
-                text("INSERT INTO settings (tenant_id) VALUES (:t) ON CONFLICT DO NOTHING"),
-                {"t": tenant_id},
-            )
-        run.step("state")
-        crash_point("tenant.create.state")
+        crash_point("tenant.create.migrated")
 
 
 # -- deletion -------------------------------------------------------------------------------

@@ -75,9 +75,11 @@ def ensure_database(conn: Connection, database: str, *, owner_login: str) -> boo
     return created
 
 
-def prepare_schema(conn: Connection, schema: str) -> None:
-    """In the target database: pgvector, and the schema owned by the owner role."""
-    conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+def prepare_schema(conn: Connection, schema: str, *, extension: bool = True) -> None:
+    """In the target database: pgvector (unless known present), and the schema owned by the
+    owner role."""
+    if extension:
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
     conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {q(schema)} AUTHORIZATION {q(OWNER_ROLE)}"))
 
 

@@ -18,6 +18,8 @@ revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+# Pure DDL: new targets may run its offline rendering in one batch (bizosctl.db.migrate).
+offline_safe = True
 
 TABLES = (
     "tenant_state", "members", "roles", "permissions", "member_roles", "projects",

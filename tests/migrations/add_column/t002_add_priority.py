@@ -13,6 +13,7 @@ revision = "t002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+offline_safe = True
 
 
 def upgrade() -> None:
