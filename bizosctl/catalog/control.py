@@ -191,6 +191,8 @@ class Control:
                 token = s.execute(
                     select(Server.app_password_enc).where(Server.name == name)
                 ).scalar_one()
+            if token is None:
+                raise NotFound(f"server {name!r} has no application password")
             cached = self._app_passwords[name] = self.unseal(token, context=f"server:{name}:app")
         return cached
 

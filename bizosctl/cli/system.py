@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from bizosctl.cli.output import (
@@ -13,8 +15,11 @@ from bizosctl.cli.output import (
     table,
 )
 
+if TYPE_CHECKING:
+    from bizosctl.catalog.control import Control
 
-def _control():  # type: ignore[no-untyped-def]
+
+def _control() -> Control:
     from bizosctl.catalog.control import get_control
 
     return get_control()

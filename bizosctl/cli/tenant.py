@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from bizosctl.cli.output import (
@@ -23,8 +25,11 @@ app = typer.Typer(
 )
 Slug = typer.Argument(..., help="The tenant's slug, e.g. 'acme'.", show_default=False)
 
+if TYPE_CHECKING:
+    from bizosctl.catalog.control import Control
 
-def _ctl():  # type: ignore[no-untyped-def]
+
+def _ctl() -> Control:
     from bizosctl.catalog.control import get_control
 
     return get_control()

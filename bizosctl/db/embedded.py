@@ -20,6 +20,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bizosctl.errors import ConfigError, InvalidInput, OperationFailed
 
@@ -277,11 +278,11 @@ class EmbeddedCluster:
         cmd = [str(bin_dir() / program), *args]
         # As root: drop to the cluster's OS user with its own group and no supplementary
         # groups (root's groups make exec of the binaries fail in some sandboxes).
-        ids: dict[str, object] = {"user": user, "group": user, "extra_groups": []} if user else {}
+        ids: dict[str, Any] = {"user": user, "group": user, "extra_groups": []} if user else {}
         try:
             proc = subprocess.run(
                 cmd,
-                **ids,  # type: ignore[arg-type]
+                **ids,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -274,8 +274,8 @@ def offline_sql(history: History, *, schema: str, start: str | None, dest: str) 
 
     def fn(rev: Any, context: Any) -> Any:
         if way == "upgrade":
-            return script._upgrade_revs(dest, start)
-        return script._downgrade_revs(dest, start)
+            return script._upgrade_revs(dest, rev)
+        return script._downgrade_revs(dest, rev)
 
     with EnvironmentContext(
         cfg, script, fn=fn, as_sql=True, starting_rev=start, destination_rev=dest

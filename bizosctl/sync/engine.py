@@ -328,7 +328,7 @@ def _operation_for(ctl: Control, opts: SyncOptions) -> uuid.UUID:
         ).all()
     for op_id, params in candidates:
         if params == opts.params() and not is_alive(ctl, op_id):
-            return op_id
+            return uuid.UUID(str(op_id))
     return create_operation(
         ctl, kind="schema.sync", target=opts.selection.describe(), params=opts.params()
     )

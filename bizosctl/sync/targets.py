@@ -154,7 +154,7 @@ def read_revisions(ctl: Control, targets: list[Target]) -> None:
                     for row in conn.execute(SCHEMAS_SQL, {"schemas": [t.schema for t in group]})
                 }
                 versioned = [name for name, row in info.items() if row.versioned]
-                revisions = (
+                revisions: dict[str, str] = (
                     dict(conn.exec_driver_sql(_revisions_sql(versioned)).all()) if versioned else {}
                 )
         except BizosError as exc:

@@ -223,7 +223,7 @@ def stop_embedded(ctl: Control) -> list[str]:
     from bizosctl.db.engines import dispose_all
 
     dispose_all()
-    stopped = []
+    stopped: list[str] = []
     regions_dir = ctl.settings.regions_dir
     if not regions_dir.is_dir():
         return stopped
