@@ -1,0 +1,119 @@
+"""Trigger-based change capture of one tenant's rows in the source target.
+
+Why triggers and not logical replication: a row-filtered publication needs a replication slot
+per move, a subscription between the two servers (embedded clusters listen on a socket only),
+and ``create_slot`` hangs when both ends share a cluster. Capture by trigger works between any
+two PostgreSQL servers, costs one small insert per changed row of the moving tenant only (the
+trigger's WHEN clause filters other tenants of a shared table), and dies with the source.
+
+What is captured is the *key* of each changed row, not its values: the catch-up copies the
+current source row of every dirty key (or deletes it from the target when it is gone). That is
+idempotent and independent of commit order, so a resumed catch-up simply runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from bizosctl.moves.tables import TableInfo, q
+
+SCHEMA = "bizos_move"
+
+
+def names(op_id: uuid.UUID) -> tuple[str, str, str]:
+    short = op_id.hex[:12]
+    return f"log_{short}", f"capture_{short}", f"bizos_move_{short}"
+
+
+def install(
+    conn: Connection,
+    *,
+    op_id: uuid.UUID,
+    schema: str,
+    tenant_id: uuid.UUID,
+    tables: list[TableInfo],
+) -> None:
+    """Create the log, the function and the triggers (idempotent; run as the superuser)."""
+    log, fn, trig = names(op_id)
+    conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+    conn.execute(text(f"REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC"))
+    conn.execute(
+        text(
+            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.{log} (seq bigserial PRIMARY KEY, "
+            "tbl text NOT NULL, pk jsonb NOT NULL)"
+        )
+    )
+    conn.execute(
+        text(
+            f"CREATE OR REPLACE FUNCTION {SCHEMA}.{fn}() RETURNS trigger LANGUAGE plpgsql "
+            f"SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$\n"
+            "DECLARE n jsonb; o jsonb; k jsonb := '{}'::jsonb; ko jsonb := '{}'::jsonb;"
+            " col text;\n"
+            "BEGIN\n"
+            "  IF TG_OP <> 'DELETE' THEN n := to_jsonb(NEW); END IF;\n"
+            "  IF TG_OP <> 'INSERT' THEN o := to_jsonb(OLD); END IF;\n"
+            "  IF TG_NARGS > 0 THEN FOREACH col IN ARRAY TG_ARGV LOOP\n"
+            "    k := k || jsonb_build_object(col, COALESCE(n, o) -> col);\n"
+            "    ko := ko || jsonb_build_object(col, COALESCE(o, n) -> col); END LOOP; END IF;\n"
+            f"  INSERT INTO {SCHEMA}.{log} (tbl, pk) VALUES (TG_TABLE_NAME, k);\n"
+            "  -- an UPDATE that changed the key dirties the old key too\n"
+            f"  IF ko <> k THEN INSERT INTO {SCHEMA}.{log} (tbl, pk) VALUES (TG_TABLE_NAME, ko);"
+            " END IF;\n"
+            "  RETURN NULL;\n"
+            "END $$"
+        )
+    )
+    tid = str(uuid.UUID(str(tenant_id)))  # a literal in the trigger's WHEN clause
+    for t in tables:
+        args = ", ".join(f"'{c}'" for c in t.key)
+        target = f"{q(schema)}.{q(t.name)}"
+        for suffix, events, row in (("w", "INSERT OR UPDATE", "NEW"), ("d", "DELETE", "OLD")):
+            name = f"{trig}_{suffix}"
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {name} ON {target}"))
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER {name} AFTER {events} ON {target} FOR EACH ROW "
+                    f"WHEN ({row}.tenant_id = '{tid}') EXECUTE FUNCTION {SCHEMA}.{fn}({args})"
+                )
+            )
+
+
+def remove(conn: Connection, *, op_id: uuid.UUID, schema: str, tables: list[str]) -> None:
+    log, fn, trig = names(op_id)
+    for table in tables:
+        for suffix in ("w", "d"):
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {trig}_{suffix} ON {q(schema)}.{q(table)}"))
+    conn.execute(text(f"DROP FUNCTION IF EXISTS {SCHEMA}.{fn}()"))
+    conn.execute(text(f"DROP TABLE IF EXISTS {SCHEMA}.{log}"))
+
+
+def pending(conn: Connection, *, op_id: uuid.UUID, after: int) -> int:
+    log, _, _ = names(op_id)
+    return int(
+        conn.execute(
+            text(f"SELECT count(*) FROM {SCHEMA}.{log} WHERE seq > :a"), {"a": after}
+        ).scalar_one()
+    )
+
+
+def read_dirty(
+    conn: Connection, *, op_id: uuid.UUID, after: int, limit: int = 20_000
+) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+    """Distinct dirty keys per table logged after ``after``; returns (last seq, keys)."""
+    log, _, _ = names(op_id)
+    rows = conn.execute(
+        text(f"SELECT seq, tbl, pk FROM {SCHEMA}.{log} WHERE seq > :a ORDER BY seq LIMIT :n"),
+        {"a": after, "n": limit},
+    ).all()
+    if not rows:
+        return after, {}
+    keys: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for _seq, tbl, pk in rows:
+        keys[tbl][json.dumps(pk, sort_keys=True)] = pk
+    return rows[-1][0], {t: list(v.values()) for t, v in keys.items()}

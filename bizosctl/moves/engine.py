@@ -1,0 +1,574 @@
+"""The move engine: provision, capture, copy, catch up, freeze, verify, switch, clean up.
+
+Every step is a checkpoint of a ``tenant.move`` operation; running the same command again (or
+``--resume``) after a crash continues from the last one, and ``--abort`` before the switch puts
+the tenant back. Writes pause only during the freeze: the source's ``tenant_state`` says
+``moving``, so the database refuses the tenant's writes with a retryable error (SQLSTATE BZ503)
+while the last changes are applied and both sides are verified; the route then switches in one
+catalog transaction and new sessions go to the target.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.engine import Connection, Engine
+
+from bizosctl.catalog.control import Control
+from bizosctl.catalog.models import Operation
+from bizosctl.catalog.operations import OperationRun, is_alive
+from bizosctl.db.engines import get_engine, translate_errors
+from bizosctl.db.migrate import migrate
+from bizosctl.errors import Busy, InvalidInput, NotFound, OperationFailed
+from bizosctl.faults import crash_point
+from bizosctl.moves import capture
+from bizosctl.moves.copy import checksum, copy_table, sync_keys
+from bizosctl.moves.plan import Endpoint, MovePlan, MoveRequest, current_endpoint, make_plan
+from bizosctl.moves.tables import TableInfo, q, table_infos
+from bizosctl.tenancy.servers import ensure_database, new_password, prepare_schema, set_login_role
+from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
+
+Hooks = dict[str, Callable[..., None]]
+CATCHUP_THRESHOLD = 200  # dirty keys left before we freeze
+FREEZE_ATTEMPTS = 3
+
+
+@dataclass
+class MoveReport:
+    operation: str
+    slug: str
+    source: dict[str, Any]
+    target: dict[str, Any]
+    status: str
+    freeze_ms: float | None = None
+    copied_bytes: int = 0
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keep_until: float | None = None
+    resumed: bool = False
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Move:
+    def __init__(
+        self,
+        ctl: Control,
+        run: OperationRun,
+        params: dict[str, Any],
+        hooks: Hooks | None,
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        self.ctl, self.run, self.hooks = ctl, run, hooks or {}
+        self.progress = progress or (lambda _msg: None)
+        self.params = params
+        self.tenant_id = uuid.UUID(params["tenant_id"])
+        self.slug = params["slug"]
+        self.source = Endpoint(**params["source"])
+        self.target = Endpoint(**params["target"])
+        self.parallel = int(params.get("parallel", 4))
+        self.src = self._engine(self.source)
+        self.dst = self._engine(self.target)
+        self.report = MoveReport(
+            str(run.id), self.slug, self.source.public(), self.target.public(), "running"
+        )
+
+    def _engine(self, ep: Endpoint) -> Engine:
+        handle = self.ctl.server(ep.server)
+        handle.ensure_ready()
+        return get_engine(handle.admin_url(ep.database), pooled=False)
+
+    def tables(self) -> list[TableInfo]:
+        with self.src.connect() as conn:
+            return table_infos(conn, self.source.schema)
+
+    def step_data(self, name: str) -> dict[str, Any]:
+        with self.ctl.catalog() as s:
+            steps = s.execute(
+                select(Operation.steps).where(Operation.id == self.run.id)
+            ).scalar_one()
+        found = [st for st in steps if st.get("name") == name]
+        return found[-1] if found else {}
+
+    def checkpoint(self, name: str, **data: Any) -> None:
+        self.run.step(name, **data)
+        crash_point(f"move.{name}")
+
+    # -- steps ------------------------------------------------------------------------------
+    def provision(self) -> None:
+        t, handle = self.target, self.ctl.server(self.target.server)
+        with translate_errors(f"target {t.server}"):
+            if t.tier == "isolated":
+                assert t.password_enc is not None
+                password = self.ctl.unseal(t.password_enc, context=f"role:{t.role}")
+                admin = get_engine(handle.admin_url("postgres"), pooled=False)
+                with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    set_login_role(conn, t.role, password, member_of=APP_GROUP)
+                    ensure_database(conn, t.database, owner_login=t.role)
+            if t.tier != "shared":
+                with self.dst.begin() as conn:
+                    prepare_schema(conn, t.schema, extension=t.tier == "isolated")
+                    migrate(
+                        conn,
+                        "tenant",
+                        schema=t.schema,
+                        owner_role=OWNER_ROLE,
+                        revision=self.params["revision"],
+                    )
+        self.checkpoint("provision")
+
+    def start_capture(self, tables: list[TableInfo]) -> None:
+        with translate_errors(f"source {self.source.server}"), self.src.begin() as conn:
+            capture.install(
+                conn,
+                op_id=self.run.id,
+                schema=self.source.schema,
+                tenant_id=self.tenant_id,
+                tables=tables,
+            )
+        self.checkpoint("capture")
+
+    def copy(self, tables: list[TableInfo]) -> None:
+        todo = [t for t in tables if f"copy:{t.name}" not in self.run.completed]
+
+        def one(t: TableInfo) -> tuple[str, int, float]:
+            started = time.perf_counter()
+            with self.src.connect() as src, self.dst.connect() as dst:
+                src.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+                moved = copy_table(
+                    src,
+                    dst,
+                    t,
+                    src_schema=self.source.schema,
+                    dst_schema=self.target.schema,
+                    tenant_id=self.tenant_id,
+                )
+                dst.commit()
+                src.rollback()
+            return t.name, moved, time.perf_counter() - started
+
+        # the largest tables first, several at once
+        todo.sort(key=lambda t: -self.params["plan"]["bytes"].get(t.name, 0))
+        with translate_errors("copy"), ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            for name, moved, secs in pool.map(one, todo):
+                self.report.copied_bytes += moved
+                self.checkpoint(f"copy:{name}", bytes=moved, seconds=round(secs, 3))
+                self.progress(f"copied {name} ({moved // 1024} KiB in {secs:.2f}s)")
+
+    def catch_up(self, tables: list[TableInfo], *, until_empty: bool) -> int:
+        """Re-sync dirty keys; returns how many were applied. Checkpoints the log position."""
+        by_name = {t.name: t for t in tables}
+        applied = int(self.step_data("catchup").get("seq", 0))
+        total = 0
+        with translate_errors("catch-up"), self.src.connect() as src:
+            for _round in range(1000):
+                last, dirty = capture.read_dirty(src, op_id=self.run.id, after=applied)
+                src.rollback()
+                if not dirty:
+                    break
+                with self.dst.connect() as dst:
+                    for name, keys in dirty.items():
+                        sync_keys(
+                            src,
+                            dst,
+                            by_name[name],
+                            keys,
+                            src_schema=self.source.schema,
+                            dst_schema=self.target.schema,
+                            tenant_id=self.tenant_id,
+                        )
+                    dst.commit()
+                src.rollback()
+                total += sum(len(k) for k in dirty.values())
+                applied = last
+                self.run.step("catchup", seq=applied)
+                if not until_empty:
+                    left = capture.pending(src, op_id=self.run.id, after=applied)
+                    src.rollback()
+                    if left < CATCHUP_THRESHOLD:
+                        break
+        return total
+
+    def set_source_status(self, status: str) -> None:
+        with translate_errors(f"source {self.source.server}"), self.src.begin() as conn:
+            conn.execute(
+                text(
+                    f"UPDATE {q(self.source.schema)}.tenant_state SET status = :s, "
+                    "updated_at = now() WHERE tenant_id = :t"
+                ),
+                {"s": status, "t": self.tenant_id},
+            )
+
+    def wait_for_writers(self, deadline: float) -> bool:
+        """Wait until every transaction that was running at the freeze has ended."""
+        with self.src.connect() as conn:
+            snap = conn.execute(text("SELECT pg_current_snapshot()::text")).scalar_one()
+            conn.rollback()
+            while True:
+                left = conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_snapshot_xip(CAST(:s AS pg_snapshot)) AS x "
+                        "WHERE pg_xact_status(x) = 'in progress'"
+                    ),
+                    {"s": snap},
+                ).scalar_one()
+                conn.rollback()
+                if not left:
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.01)
+
+    def verify(self, tables: list[TableInfo]) -> dict[str, dict[str, Any]]:
+        def side(engine: Engine, schema: str, t: TableInfo) -> tuple[int, str]:
+            with engine.connect() as conn:
+                return checksum(conn, t, schema=schema, tenant_id=self.tenant_id)
+
+        with ThreadPoolExecutor(max_workers=max(2, self.parallel)) as pool:
+            futs = {
+                t.name: (
+                    pool.submit(side, self.src, self.source.schema, t),
+                    pool.submit(side, self.dst, self.target.schema, t),
+                )
+                for t in tables
+            }
+            out = {}
+            for name, (a, b) in futs.items():
+                (ra, ca), (rb, cb) = a.result(), b.result()
+                out[name] = {"rows": ra, "target_rows": rb, "match": (ra, ca) == (rb, cb)}
+        return out
+
+    def switch(self, freeze_ms: float) -> None:
+        t = self.target
+        with translate_errors(f"target {t.server}"), self.dst.begin() as conn:
+            conn.execute(
+                text(
+                    f"UPDATE {q(t.schema)}.tenant_state SET status = 'active', updated_at = now() "
+                    "WHERE tenant_id = :t"
+                ),
+                {"t": self.tenant_id},
+            )
+        conn = self.run.conn
+        conn.execute(
+            text(
+                "UPDATE routes SET server = :server, database = :db, schema = :schema, "
+                "role = :role, password_enc = :pw, updated_at = now() WHERE tenant_id = :t"
+            ),
+            {
+                "server": t.server,
+                "db": t.database,
+                "schema": t.schema,
+                "role": t.role,
+                "pw": t.password_enc,
+                "t": self.tenant_id,
+            },
+        )
+        conn.execute(
+            text(
+                "UPDATE tenants SET tier = :tier, region = :region, status = 'active' WHERE id = :t"
+            ),
+            {"tier": t.tier, "region": t.region, "t": self.tenant_id},
+        )
+        self.run.step("switch", freeze_ms=round(freeze_ms, 1))  # commits the whole transaction
+        crash_point("move.switch")
+
+    def cleanup(self, tables: list[TableInfo]) -> None:
+        with translate_errors(f"source {self.source.server}"), self.src.begin() as conn:
+            capture.remove(
+                conn, op_id=self.run.id, schema=self.source.schema, tables=[t.name for t in tables]
+            )
+        self.checkpoint("cleanup")
+
+    # -- the whole move ---------------------------------------------------------------------
+    def execute(self) -> MoveReport:
+        done = self.run.completed
+        if "provision" not in done:
+            self.progress("provisioning the target")
+            self.provision()
+        tables = self.tables()
+        if "capture" not in done:
+            self.start_capture(tables)
+        self.progress("copying")
+        self.copy(tables)
+        if "switch" not in done:
+            self._freeze_verify_switch(tables)
+        if "cleanup" not in done:
+            self.cleanup(tables)
+        data = self.step_data("switch")
+        self.report.freeze_ms = data.get("freeze_ms")
+        self.report.status = "done"
+        self.report.keep_until = self.params["keep_until"]
+        return self.report
+
+    def _freeze_verify_switch(self, tables: list[TableInfo]) -> None:
+        max_freeze = self.params["max_freeze_ms"] / 1000
+        for attempt in range(1, FREEZE_ATTEMPTS + 1):
+            if "freeze" not in self.run.completed:
+                self.progress("catching up")
+                self.catch_up(tables, until_empty=False)
+                self.set_source_status("moving")
+                self.checkpoint("freeze", at=time.time(), attempt=attempt)
+            frozen_at = float(self.step_data("freeze").get("at", time.time()))
+            if not self.wait_for_writers(time.monotonic() + max_freeze):
+                self._unfreeze(f"writers still running after {max_freeze:.1f}s")
+                continue
+            self.catch_up(tables, until_empty=True)
+            if "before_verify" in self.hooks:
+                self.hooks["before_verify"](self)
+            result = self.verify(tables)
+            self.report.tables = result
+            bad = sorted(n for n, r in result.items() if not r["match"])
+            if bad:
+                self.abort(reason=f"verification failed for {', '.join(bad)}")
+                raise OperationFailed(
+                    f"move of {self.slug!r} aborted: source and target differ in "
+                    f"{', '.join(bad)}; the route is unchanged and writes resumed"
+                )
+            freeze = time.time() - frozen_at
+            if freeze > max_freeze and attempt < FREEZE_ATTEMPTS:
+                self._unfreeze(f"freeze took {freeze:.2f}s > --max-freeze")
+                continue
+            self.switch(freeze * 1000)
+            return
+        self._unfreeze("gave up")
+        raise OperationFailed(
+            f"move of {self.slug!r} could not freeze within --max-freeze "
+            f"{self.params['max_freeze_ms']} ms after {FREEZE_ATTEMPTS} attempts; writes resumed, "
+            "run the same command again to retry"
+        )
+
+    def _unfreeze(self, why: str) -> None:
+        self.progress(f"unfreezing: {why}")
+        self.set_source_status("active")
+        self.run.completed.discard("freeze")
+        self.run.step("unfreeze", reason=why)
+
+    def abort(self, reason: str) -> None:
+        """Back to where the tenant was: capture removed, target dropped, writes resumed."""
+        tables = self.tables()
+        with translate_errors(f"source {self.source.server}"), self.src.begin() as conn:
+            capture.remove(
+                conn, op_id=self.run.id, schema=self.source.schema, tables=[t.name for t in tables]
+            )
+        drop_endpoint(self.ctl, self.target, self.tenant_id)
+        self.set_source_status("active")
+        with self.ctl.catalog() as s:
+            s.execute(
+                text("UPDATE tenants SET status = 'active' WHERE id = :t"), {"t": self.tenant_id}
+            )
+        self.run.finish("aborted", reason)
+
+
+def drop_endpoint(ctl: Control, ep: Endpoint, tenant_id: uuid.UUID) -> None:
+    """Remove a tenant's data at one endpoint (a move's target or a kept source)."""
+    handle = ctl.server(ep.server)
+    handle.ensure_ready()
+    with translate_errors(f"server {ep.server}"):
+        if ep.tier == "isolated":
+            from bizosctl.db.engines import dispose_all
+
+            dispose_all(host_contains=f"/{ep.database}?")
+            admin = get_engine(handle.admin_url("postgres"), pooled=False)
+            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {q(ep.database)} WITH (FORCE)"))
+                conn.execute(text(f"DROP ROLE IF EXISTS {q(ep.role)}"))
+        elif ep.tier == "schema":
+            with get_engine(handle.admin_url(ep.database), pooled=False).begin() as conn:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {q(ep.schema)} CASCADE"))
+        else:
+            from tenant_schema import TENANT_TABLES
+
+            with get_engine(handle.admin_url(ep.database), pooled=False).begin() as conn:
+                conn.execute(text("SET LOCAL session_replication_role = replica"))
+                for table in reversed(TENANT_TABLES):
+                    conn.execute(
+                        text(f"DELETE FROM {q(ep.schema)}.{q(table)} WHERE tenant_id = :t"),
+                        {"t": tenant_id},
+                    )
+
+
+# -- entry points ------------------------------------------------------------------------------
+def _register(ctl: Control, plan: MovePlan, req: MoveRequest) -> uuid.UUID:
+    target = plan.target
+    if target.tier == "isolated":
+        target.password_enc = ctl.seal(new_password(), context=f"role:{target.role}")
+    op_id = uuid.uuid4()
+    params = {
+        "tenant_id": str(plan.tenant_id),
+        "slug": plan.slug,
+        "source": asdict(plan.source),
+        "target": asdict(target),
+        "revision": plan.revision,
+        "parallel": req.parallel,
+        "keep_source_ms": req.keep_source_ms,
+        "max_freeze_ms": req.max_freeze_ms,
+        "keep_until": None,
+        "residency_change": req.residency_change,
+        "plan": {"rows": plan.rows, "bytes": plan.bytes},
+    }
+    with ctl.catalog() as s:
+        updated = s.execute(
+            text(
+                "UPDATE tenants SET status = 'moving', operation_id = :op "
+                "WHERE id = :t AND status = 'active'"
+            ),
+            {"op": op_id, "t": plan.tenant_id},
+        ).rowcount
+        if not updated:
+            raise Busy(f"tenant {plan.slug!r} changed status meanwhile; try again")
+        s.add(Operation(id=op_id, kind="tenant.move", target=plan.slug, params=params))
+    return op_id
+
+
+def _running_move(ctl: Control, slug: str) -> Operation:
+    tenant, _ = current_endpoint(ctl, slug)
+    if tenant.status != "moving" or tenant.operation_id is None:
+        raise InvalidInput(f"tenant {slug!r} is not moving")
+    with ctl.catalog() as s:
+        op = s.get(Operation, tenant.operation_id)
+    if op is None or op.kind != "tenant.move":
+        raise NotFound(f"no move operation for tenant {slug!r}")
+    return op
+
+
+def move_tenant(
+    ctl: Control,
+    req: MoveRequest,
+    *,
+    hooks: Hooks | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> MoveReport:
+    """Plan and run a move (see the module docstring). Idempotent through ``resume_move``."""
+    plan = make_plan(ctl, req)
+    op_id = _register(ctl, plan, req)
+    crash_point("move.registered")
+    return _run(ctl, op_id, hooks=hooks, progress=progress, resumed=False)
+
+
+def resume_move(
+    ctl: Control,
+    slug: str,
+    *,
+    hooks: Hooks | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> MoveReport:
+    op = _running_move(ctl, slug)
+    if is_alive(ctl, op.id):
+        raise Busy(f"tenant {slug!r} is being moved by a running process (operation {op.id})")
+    return _run(ctl, op.id, hooks=hooks, progress=progress, resumed=True)
+
+
+def _run(
+    ctl: Control,
+    op_id: uuid.UUID,
+    *,
+    hooks: Hooks | None,
+    progress: Callable[[str], None] | None,
+    resumed: bool,
+) -> MoveReport:
+    with OperationRun(ctl, op_id) as run:
+        params = run.conn.execute(
+            text("SELECT params FROM operations WHERE id = :id"), {"id": op_id}
+        ).scalar_one()
+        run.conn.rollback()
+        move = _Move(ctl, run, params, hooks, progress)
+        move.report.resumed = resumed
+        report = move.execute()
+        keep_until = time.time() + params["keep_source_ms"] / 1000
+
+        def keep(conn: Connection) -> None:
+            conn.execute(
+                text(
+                    "UPDATE operations SET params = params || jsonb_build_object('keep_until', "
+                    "CAST(:k AS float8)) WHERE id = :id"
+                ),
+                {"k": keep_until, "id": op_id},
+            )
+
+        run.finish("done", also=keep)
+        report.keep_until = keep_until
+    return report
+
+
+def abort_move(ctl: Control, slug: str) -> dict[str, Any]:
+    op = _running_move(ctl, slug)
+    if any(st.get("name") == "switch" for st in op.steps):
+        raise InvalidInput(f"the move of {slug!r} has switched already; move it back instead")
+    with OperationRun(ctl, op.id) as run:
+        move = _Move(ctl, run, op.params, None, None)
+        move.abort(reason="aborted by the operator")
+    return {"slug": slug, "operation": str(op.id), "status": "aborted"}
+
+
+def move_status(ctl: Control, slug: str) -> dict[str, Any]:
+    tenant, _ = current_endpoint(ctl, slug)
+    with ctl.catalog() as s:
+        op = s.execute(
+            select(Operation)
+            .where(Operation.kind == "tenant.move", Operation.target == slug)
+            .order_by(Operation.started_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    if op is None:
+        raise NotFound(f"tenant {slug!r} has never moved")
+    params = op.params
+    return {
+        "slug": slug,
+        "tenant_status": tenant.status,
+        "operation": str(op.id),
+        "status": op.status,
+        "alive": is_alive(ctl, op.id) if op.status == "running" else False,
+        "source": Endpoint(**params["source"]).public(),
+        "target": Endpoint(**params["target"]).public(),
+        "steps": op.steps,
+        "error": op.error,
+        "keep_until": params.get("keep_until"),
+        "source_purged": bool(params.get("source_purged")),
+    }
+
+
+def purge_source(ctl: Control, slug: str, *, force: bool = False) -> dict[str, Any]:
+    """Drop the source a finished move kept, once ``--keep-source`` has expired."""
+    tenant, current = current_endpoint(ctl, slug)
+    with ctl.catalog() as s:
+        op = s.execute(
+            select(Operation)
+            .where(
+                Operation.kind == "tenant.move",
+                Operation.target == slug,
+                Operation.status == "done",
+            )
+            .order_by(Operation.started_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    if op is None or op.params.get("source_purged"):
+        raise NotFound(f"tenant {slug!r} has no kept source to purge")
+    keep_until = op.params.get("keep_until") or 0
+    if time.time() < keep_until and not force:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(keep_until))
+        raise InvalidInput(
+            f"the source of {slug!r} is kept until {when}; pass --force to purge now"
+        )
+    source = Endpoint(**op.params["source"])
+    if (source.server, source.database, source.schema) == (
+        current.server,
+        current.database,
+        current.schema,
+    ):
+        raise InvalidInput("the kept source is where the tenant lives now; nothing to purge")
+    drop_endpoint(ctl, source, tenant.id)
+    with ctl.catalog() as s:
+        s.execute(
+            text(
+                "UPDATE operations SET params = params || '{\"source_purged\": true}'::jsonb "
+                "WHERE id = :id"
+            ),
+            {"id": op.id},
+        )
+    return {"slug": slug, "purged": source.public(), "operation": str(op.id)}

@@ -1,0 +1,232 @@
+"""Where a tenant is and where it goes: endpoints, validation and the move plan."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import select, text
+
+from bizosctl.catalog.control import Control
+from bizosctl.catalog.models import Route, Server, Tenant
+from bizosctl.db.engines import get_engine, translate_errors
+from bizosctl.errors import InvalidInput, NotFound
+from bizosctl.moves.copy import table_bytes
+from bizosctl.moves.tables import table_infos
+from bizosctl.tenancy.names import (
+    SHARED_DB,
+    SHARED_LOGIN,
+    SHARED_SCHEMA,
+    check_slug,
+    check_tier,
+    tenant_ident,
+)
+
+DAY_MS = 86_400_000
+#: Free space a move leaves on the target's disk beyond the tenant's own size.
+RESERVE_ENV = "BIZOS_MOVE_RESERVE_BYTES"
+DEFAULT_RESERVE = 256 * 1024 * 1024
+
+
+@dataclass
+class Endpoint:
+    tier: str
+    region: str
+    server: str
+    database: str
+    schema: str
+    role: str
+    password_enc: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("password_enc")
+        return d
+
+
+@dataclass
+class MoveRequest:
+    slug: str
+    to_tier: str
+    to_region: str | None = None
+    to_server: str | None = None
+    keep_source_ms: int = 7 * DAY_MS
+    max_freeze_ms: int = 2000
+    residency_change: str | None = None
+    parallel: int = 4
+
+
+@dataclass
+class MovePlan:
+    tenant_id: uuid.UUID
+    slug: str
+    source: Endpoint
+    target: Endpoint
+    rows: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    revision: str | None = None
+    residency_change: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "slug": self.slug,
+            "source": self.source.public(),
+            "target": self.target.public(),
+            "revision": self.revision,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "total_rows": sum(self.rows.values()),
+            "total_bytes": sum(self.bytes.values()),
+            "residency_change": self.residency_change,
+        }
+
+
+def current_endpoint(ctl: Control, slug: str) -> tuple[Tenant, Endpoint]:
+    check_slug(slug)
+    with ctl.catalog() as s:
+        row = s.execute(
+            select(Tenant, Route)
+            .join(Route, Route.tenant_id == Tenant.id)
+            .where(Tenant.slug == slug, Tenant.status != "deleted")
+        ).one_or_none()
+    if row is None:
+        raise NotFound(f"no tenant named {slug!r}")
+    tenant, route = row
+    return tenant, Endpoint(
+        tenant.tier,
+        tenant.region,
+        route.server,
+        route.database,
+        route.schema,
+        route.role,
+        route.password_enc,
+    )
+
+
+def target_endpoint(ctl: Control, req: MoveRequest, source: Endpoint) -> Endpoint:
+    check_tier(req.to_tier)
+    region = req.to_region or source.region
+    with ctl.catalog() as s:
+        servers = {r.name: r.region for r in s.execute(select(Server)).scalars()}
+    if region not in set(servers.values()):
+        raise InvalidInput(f"unknown region {region!r}")
+    if req.to_server is not None:
+        if req.to_server not in servers:
+            raise NotFound(f"no server named {req.to_server!r}")
+        if servers[req.to_server] != region:
+            raise InvalidInput(
+                f"server {req.to_server!r} is in region {servers[req.to_server]!r}, not {region!r}"
+            )
+        server = req.to_server
+    elif region == source.region:
+        server = source.server
+    else:
+        server = sorted(n for n, r in servers.items() if r == region)[0]
+    if (req.to_tier, server) == (source.tier, source.server):
+        raise InvalidInput(
+            f"tenant {req.slug!r} is already {source.tier} on {source.server} in {source.region}: "
+            "choose another tier, region or server"
+        )
+    if region != source.region and not (req.residency_change or "").strip():
+        raise InvalidInput(
+            f"moving {req.slug!r} from region {source.region} to {region} changes where its data "
+            'lives: pass --residency-change "reason" (it is recorded)'
+        )
+    ident = tenant_ident(req.slug)
+    if req.to_tier == "shared":
+        return Endpoint("shared", region, server, SHARED_DB, SHARED_SCHEMA, SHARED_LOGIN)
+    if req.to_tier == "schema":
+        return Endpoint("schema", region, server, SHARED_DB, ident, SHARED_LOGIN)
+    return Endpoint("isolated", region, server, ident, ident, ident)
+
+
+def _free_bytes(ctl: Control, server: str) -> int | None:
+    handle = ctl.server(server)
+    if handle.provider != "embedded":
+        return None  # unknown for a server we do not run
+    return shutil.disk_usage(handle.cluster.pgdata).free
+
+
+def make_plan(ctl: Control, req: MoveRequest) -> MovePlan:
+    """Validate the request and measure the tenant: nothing changes."""
+    import os
+
+    from bizosctl.db.migrate import current_revision
+
+    if req.parallel < 1:
+        raise InvalidInput(f"--parallel must be at least 1, not {req.parallel}")
+    tenant, source = current_endpoint(ctl, req.slug)
+    if tenant.status == "moving":
+        raise InvalidInput(
+            f"tenant {req.slug!r} is already moving: `tenant move --resume {req.slug}` continues, "
+            f"`tenant move --abort {req.slug}` returns it"
+        )
+    if tenant.status != "active":
+        raise InvalidInput(f"tenant {req.slug!r} is {tenant.status}; only active tenants move")
+    target = target_endpoint(ctl, req, source)
+    plan = MovePlan(tenant.id, req.slug, source, target, residency_change=req.residency_change)
+    src = ctl.server(source.server)
+    src.ensure_ready()
+    with (
+        translate_errors(f"source {source.server}"),
+        get_engine(src.admin_url(source.database), pooled=False).connect() as conn,
+    ):
+        plan.revision = current_revision(conn, schema=source.schema)
+        infos = table_infos(conn, source.schema)
+        sizes = table_bytes(conn, schema=source.schema, tables=[t.name for t in infos])
+        union = " UNION ALL ".join(
+            f'SELECT \'{t.name}\', count(*) FROM "{source.schema}"."{t.name}" WHERE tenant_id = :t'
+            for t in infos
+        )
+        plan.rows = {name: int(n) for name, n in conn.execute(text(union), {"t": tenant.id}).all()}
+        total_rows = {
+            name: int(n)
+            for name, n in conn.execute(text(union.replace(" WHERE tenant_id = :t", ""))).all()
+        }
+    for name, size in sizes.items():  # the tenant's share of each table
+        total = total_rows.get(name) or 0
+        plan.bytes[name] = size * plan.rows.get(name, 0) // total if total else 0
+    dst = ctl.server(target.server)
+    with translate_errors(f"target {target.server}"):
+        dst.ensure_ready()
+        with get_engine(dst.admin_url("postgres"), pooled=False).connect() as conn:
+            if (
+                target.tier == "isolated"
+                and conn.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": target.database}
+                ).first()
+            ):
+                raise InvalidInput(
+                    f"database {target.database} already exists on {target.server} (a kept "
+                    f"source?): `tenant move --purge-source {req.slug}` first"
+                )
+        if target.tier != "isolated":
+            with get_engine(dst.admin_url(target.database), pooled=False).connect() as conn:
+                if (
+                    target.tier == "schema"
+                    and conn.execute(
+                        text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": target.schema}
+                    ).first()
+                ):
+                    raise InvalidInput(
+                        f"schema {target.schema} already exists on {target.server} (a kept "
+                        f"source?): `tenant move --purge-source {req.slug}` first"
+                    )
+                if target.tier == "shared":
+                    rev = current_revision(conn, schema=target.schema)
+                    if rev != plan.revision:
+                        raise InvalidInput(
+                            f"the shared schema on {target.server} is at {rev}, the tenant at "
+                            f"{plan.revision}: run `bizosctl schema sync` first"
+                        )
+    free = _free_bytes(ctl, target.server)
+    reserve = int(os.environ.get(RESERVE_ENV, DEFAULT_RESERVE))
+    need = sum(plan.bytes.values()) * 2 + reserve  # data and indexes, plus WAL, plus reserve
+    if free is not None and free < need:
+        raise InvalidInput(
+            f"not enough space on {target.server}: {free // 2**20} MiB free, the move needs "
+            f"about {need // 2**20} MiB (tenant data x2 + {reserve // 2**20} MiB reserve)"
+        )
+    return plan

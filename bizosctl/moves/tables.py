@@ -1,0 +1,56 @@
+"""Per-table facts a move needs: columns and key columns, read from the source target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from tenant_schema import TENANT_TABLES
+
+
+def q(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]  # primary key columns other than tenant_id
+    key_types: tuple[str, ...]
+
+    def column_list(self) -> str:
+        return ", ".join(q(c) for c in self.columns)
+
+
+def table_infos(conn: Connection, schema: str) -> list[TableInfo]:
+    """Columns (in table order) and primary keys of every tenant table in ``schema``."""
+    rows = conn.execute(
+        text(
+            "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), "
+            "a.attnum = ANY(i.indkey) AS in_pk "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            "LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary "
+            "WHERE n.nspname = :s AND c.relkind = 'r' AND c.relname = ANY(:tables) "
+            "ORDER BY c.relname, a.attnum"
+        ),
+        {"s": schema, "tables": list(TENANT_TABLES)},
+    ).all()
+    cols: dict[str, list[str]] = {}
+    keys: dict[str, list[tuple[str, str]]] = {}
+    for table, col, typ, in_pk in rows:
+        cols.setdefault(table, []).append(col)
+        if in_pk and col != "tenant_id":
+            keys.setdefault(table, []).append((col, typ))
+    out = []
+    for table in TENANT_TABLES:
+        if table not in cols:
+            continue
+        key = keys.get(table, [])
+        out.append(
+            TableInfo(table, tuple(cols[table]), tuple(k for k, _ in key), tuple(t for _, t in key))
+        )
+    return out
