@@ -297,7 +297,7 @@ def move(
     from bizosctl.durations import parse_ms
     from bizosctl.errors import InvalidInput
     from bizosctl.moves import engine
-    from bizosctl.moves.plan import MoveRequest, current_endpoint, make_plan
+    from bizosctl.moves.plan import MoveRequest, make_plan
 
     ctl = _ctl()
     modes = [
@@ -320,9 +320,8 @@ def move(
     elif purge_source:
         doc = engine.purge_source(ctl, slug, force=force)
     else:
-        tenant, _ = current_endpoint(ctl, slug)
         progress = None if json_out else (lambda msg: stderr_console().print(f"[dim]{msg}[/]"))
-        if resume or (tenant.status == "moving" and not dry_run):
+        if resume or (engine.unfinished_move(ctl, slug) is not None and not dry_run):
             doc = engine.resume_move(ctl, slug, progress=progress).public()
         else:
             if to_tier is None:

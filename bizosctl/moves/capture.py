@@ -84,11 +84,14 @@ def install(
             )
 
 
-def remove(conn: Connection, *, op_id: uuid.UUID, schema: str, tables: list[str]) -> None:
-    log, fn, trig = names(op_id)
-    for table in tables:
-        for suffix in ("w", "d"):
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {trig}_{suffix} ON {q(schema)}.{q(table)}"))
+def remove_triggers(conn: Connection, *, op_id: uuid.UUID, schema: str, table: str) -> None:
+    _, _, trig = names(op_id)
+    for suffix in ("w", "d"):
+        conn.execute(text(f"DROP TRIGGER IF EXISTS {trig}_{suffix} ON {q(schema)}.{q(table)}"))
+
+
+def remove_log(conn: Connection, *, op_id: uuid.UUID) -> None:
+    log, fn, _ = names(op_id)
     conn.execute(text(f"DROP FUNCTION IF EXISTS {SCHEMA}.{fn}()"))
     conn.execute(text(f"DROP TABLE IF EXISTS {SCHEMA}.{log}"))
 

@@ -124,14 +124,18 @@ class _Move:
         self.checkpoint("provision")
 
     def start_capture(self, tables: list[TableInfo]) -> None:
-        with translate_errors(f"source {self.source.server}"), self.src.begin() as conn:
-            capture.install(
-                conn,
-                op_id=self.run.id,
-                schema=self.source.schema,
-                tenant_id=self.tenant_id,
-                tables=tables,
-            )
+        # One table per transaction: CREATE TRIGGER locks its table, and holding several at
+        # once deadlocks against writers (a write locks its table, then audit_logs).
+        with translate_errors(f"source {self.source.server}"):
+            for t in tables:
+                with self.src.begin() as conn:
+                    capture.install(
+                        conn,
+                        op_id=self.run.id,
+                        schema=self.source.schema,
+                        tenant_id=self.tenant_id,
+                        tables=[t],
+                    )
         self.checkpoint("capture")
 
     def copy(self, tables: list[TableInfo]) -> None:
@@ -278,11 +282,18 @@ class _Move:
         self.run.step("switch", freeze_ms=round(freeze_ms, 1))  # commits the whole transaction
         crash_point("move.switch")
 
+    def remove_capture(self, tables: list[TableInfo]) -> None:
+        with translate_errors(f"source {self.source.server}"):
+            for t in tables:  # one table per transaction, as in start_capture
+                with self.src.begin() as conn:
+                    capture.remove_triggers(
+                        conn, op_id=self.run.id, schema=self.source.schema, table=t.name
+                    )
+            with self.src.begin() as conn:
+                capture.remove_log(conn, op_id=self.run.id)
+
     def cleanup(self, tables: list[TableInfo]) -> None:
-        with translate_errors(f"source {self.source.server}"), self.src.begin() as conn:
-            capture.remove(
-                conn, op_id=self.run.id, schema=self.source.schema, tables=[t.name for t in tables]
-            )
+        self.remove_capture(tables)
         self.checkpoint("cleanup")
 
     # -- the whole move ---------------------------------------------------------------------
@@ -351,11 +362,7 @@ class _Move:
 
     def abort(self, reason: str) -> None:
         """Back to where the tenant was: capture removed, target dropped, writes resumed."""
-        tables = self.tables()
-        with translate_errors(f"source {self.source.server}"), self.src.begin() as conn:
-            capture.remove(
-                conn, op_id=self.run.id, schema=self.source.schema, tables=[t.name for t in tables]
-            )
+        self.remove_capture(self.tables())
         drop_endpoint(self.ctl, self.target, self.tenant_id)
         self.set_source_status("active")
         with self.ctl.catalog() as s:
@@ -427,14 +434,29 @@ def _register(ctl: Control, plan: MovePlan, req: MoveRequest) -> uuid.UUID:
 
 
 def _running_move(ctl: Control, slug: str) -> Operation:
-    tenant, _ = current_endpoint(ctl, slug)
-    if tenant.status != "moving" or tenant.operation_id is None:
-        raise InvalidInput(f"tenant {slug!r} is not moving")
+    """The tenant's unfinished move (before or after its switch), or InvalidInput."""
+    current_endpoint(ctl, slug)  # NotFound for an unknown tenant
     with ctl.catalog() as s:
-        op = s.get(Operation, tenant.operation_id)
-    if op is None or op.kind != "tenant.move":
-        raise NotFound(f"no move operation for tenant {slug!r}")
+        op = s.execute(
+            select(Operation)
+            .where(
+                Operation.kind == "tenant.move",
+                Operation.target == slug,
+                Operation.status == "running",
+            )
+            .order_by(Operation.started_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    if op is None:
+        raise InvalidInput(f"tenant {slug!r} is not moving")
     return op
+
+
+def unfinished_move(ctl: Control, slug: str) -> Operation | None:
+    try:
+        return _running_move(ctl, slug)
+    except InvalidInput:
+        return None
 
 
 def move_tenant(
@@ -444,7 +466,10 @@ def move_tenant(
     hooks: Hooks | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> MoveReport:
-    """Plan and run a move (see the module docstring). Idempotent through ``resume_move``."""
+    """Plan and run a move (see the module docstring). An unfinished move of the same tenant
+    (a crashed run) is resumed instead: running the same command again finishes it."""
+    if unfinished_move(ctl, req.slug) is not None:
+        return resume_move(ctl, req.slug, hooks=hooks, progress=progress)
     plan = make_plan(ctl, req)
     op_id = _register(ctl, plan, req)
     crash_point("move.registered")
