@@ -365,3 +365,17 @@ def test_writer_throughout_the_move_loses_nothing(ctl, make_tenant):
         ).scalar_one()
     assert dupes == 0
     assert rows == acked  # every acknowledged insert and update, nothing more
+
+
+def test_sync_and_delete_leave_a_moving_tenant_alone(ctl, make_tenant, run_bizosctl, cli):
+    slug = make_tenant(tier="schema", region="global")
+    assert run_bizosctl("tenant", "move", slug, "--to-tier", "isolated",
+                        env={"BIZOS_CRASH_AT": "move.capture"}).returncode == -9
+    r = cli("schema", "sync", "--tenant", slug, "--json")
+    assert r.exit_code == 1
+    [busy] = json.loads(r.stdout)["failed"]
+    assert busy["status"] == "busy" and f"tenant {slug} is moving" in busy["error"]
+    r = cli("tenant", "delete", slug, "--yes")
+    assert r.exit_code == 2 and f"tenant move --abort {slug}" in r.stderr
+    assert cli("tenant", "move", slug, "--abort").exit_code == 0
+    assert cli("tenant", "delete", slug, "--yes").exit_code == 0

@@ -423,10 +423,10 @@ def _register(ctl: Control, plan: MovePlan, req: MoveRequest) -> uuid.UUID:
         updated = s.execute(
             text(
                 "UPDATE tenants SET status = 'moving', operation_id = :op "
-                "WHERE id = :t AND status = 'active'"
+                "WHERE id = :t AND status = 'active' RETURNING id"
             ),
             {"op": op_id, "t": plan.tenant_id},
-        ).rowcount
+        ).first()
         if not updated:
             raise Busy(f"tenant {plan.slug!r} changed status meanwhile; try again")
         s.add(Operation(id=op_id, kind="tenant.move", target=plan.slug, params=params))

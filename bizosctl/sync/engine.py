@@ -281,6 +281,9 @@ def _classify(
         if not t.reachable:
             decided.append(TargetResult(t, None, None, "failed", t.error))
             continue
+        if t.moving:
+            decided.append(TargetResult(t, t.revision, None, "busy", t.moving))
+            continue
         try:
             way = direction("tenant", t.revision, dest)
         except InvalidInput as exc:

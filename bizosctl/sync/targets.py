@@ -32,6 +32,7 @@ class Target:
     error: str | None = None
     size_bytes: int = 0
     reachable: bool = True
+    moving: str | None = None  # why a tenant move holds this target, if one does
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -108,11 +109,33 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
         if sel.tier not in (None, r.tier) or sel.region not in (None, r.region):
             continue
         targets.append(Target(r.tier, r.slug, r.region, r.server, r.database, r.schema))
+    held = _held_by_moves(ctl)
     for t in targets:
         rec = recorded.get(t.key)
         if rec is not None:
             t.status, t.error = rec.status, rec.error
+        t.moving = held.get(t.key)
     return targets
+
+
+def _held_by_moves(ctl: Control) -> dict[tuple[str, str, str], str]:
+    """Targets that a running tenant move reads from or writes to: both sides must stay at
+    one revision until the move has switched."""
+    from bizosctl.catalog.models import Operation
+
+    with ctl.catalog() as s:
+        ops = s.execute(
+            select(Operation.id, Operation.target, Operation.params).where(
+                Operation.kind == "tenant.move", Operation.status == "running"
+            )
+        ).all()
+    held: dict[tuple[str, str, str], str] = {}
+    for op_id, slug, params in ops:
+        for side in ("source", "target"):
+            ep = params.get(side) or {}
+            key = (ep.get("server"), ep.get("database"), ep.get("schema"))
+            held[key] = f"tenant {slug} is moving (operation {op_id}); sync again after the move"  # type: ignore[index]
+    return held
 
 
 SCHEMAS_SQL = text(

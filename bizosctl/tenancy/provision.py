@@ -299,6 +299,10 @@ def delete_tenant(ctl: Control, slug: str) -> dict[str, Any]:
             and is_alive(ctl, tenant.operation_id)
         ):
             raise Busy(f"tenant {slug!r} is being created right now; delete it when that finishes")
+        if tenant.status == "moving":
+            raise InvalidInput(
+                f"tenant {slug!r} is moving: `tenant move --abort {slug}` (or let it finish) first"
+            )
         tenant.status = "deleting"
     op_id = create_operation(ctl, kind="tenant.delete", target=slug, params={"tier": route.tier})
     handle = ctl.server(route.server)
