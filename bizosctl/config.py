@@ -71,6 +71,24 @@ class Settings(BaseSettings):
     )
     statement_timeout_ms: int = Field(default=30_000, ge=0)
     env: Literal["development", "staging", "production"] = "development"
+    kms_key_id: str | None = Field(
+        default=None, description="AWS KMS key (id, ARN or alias) wrapping the data keys."
+    )
+    kms_endpoint_url: str | None = Field(default=None, description="KMS endpoint (VPC, tests).")
+    keyring_reload_seconds: float = Field(
+        default=10.0, ge=0, description="How often a process re-reads the keyring (rotations)."
+    )
+    jwt_ttl_seconds: int = Field(default=3600, ge=60, description="Lifetime of session tokens.")
+    stripe_secret_key: SecretStr | None = None
+    stripe_publishable_key: str | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    public_url: str | None = Field(
+        default=None, description="Where the API is served, e.g. https://..."
+    )
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    rate_limit: str | None = Field(default=None, description="e.g. 100/minute per API key")
     embedded_durable: bool = Field(
         default=True,
         description="fsync on the embedded clusters; tests and throw-away setups may turn it off.",

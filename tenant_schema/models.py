@@ -268,3 +268,11 @@ class AuditLog(Keyed, Base):
 
 #: Every tenant table, parents before children (the order to copy and to create).
 TENANT_TABLES: tuple[str, ...] = tuple(t.name for t in metadata.sorted_tables)
+
+
+#: Columns encrypted with the keyring's ``pii`` key: table -> {column: blind index column or
+#: None}. The associated data names the column without ``_enc`` (``members/email``).
+ENCRYPTED_COLUMNS: dict[str, dict[str, str | None]] = {
+    "members": {"email_enc": "email_bidx", "name_enc": None, "phone_enc": None},
+    "customers": {"email_enc": "email_bidx"},
+}

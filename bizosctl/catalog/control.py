@@ -108,15 +108,36 @@ class Control:
     # -- keys --------------------------------------------------------------------------------
     @property
     def keyring(self) -> Keyring:
+        """The unwrapped data keys, re-read every few seconds (a rotation elsewhere)."""
         with self._lock:
             if self._keyring is None:
+                from bizosctl.errors import KeyringError
                 from bizosctl.security.keyring import Keyring
-                from bizosctl.security.masterkey import load_master_key
+                from bizosctl.security.masterkey import load_master
 
-                ring = Keyring(load_master_key(self.settings))
-                with self.catalog() as s:
-                    ring.load(s)
+                ring = Keyring(
+                    load_master(self.settings),
+                    reload_seconds=self.settings.keyring_reload_seconds,
+                )
+                try:
+                    with self.catalog() as s:
+                        ring.ensure(s)  # purposes added by newer code get their first key
+                        ring.load(s)
+                except KeyringError as exc:
+                    from bizosctl.security.secrets import finish_interrupted_rotation
+
+                    if not finish_interrupted_rotation(self, exc):
+                        raise
+                    ring = Keyring(
+                        load_master(self.settings),
+                        reload_seconds=self.settings.keyring_reload_seconds,
+                    )
+                    with self.catalog() as s:
+                        ring.load(s)
                 self._keyring = ring
+            elif self._keyring.stale():
+                with self.catalog() as s:
+                    self._keyring.load(s)
             return self._keyring
 
     def reload_keyring(self) -> None:

@@ -123,6 +123,8 @@ class KeyringEntry(Base):
     is_primary: Mapped[bool] = mapped_column(Boolean, server_default="false")
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     retired_at: Mapped[dt.datetime | None]
+    master_id: Mapped[str | None]  # fingerprint of the master key that wrapped it
+    retire_after: Mapped[dt.datetime | None]  # e.g. a JWT key: when its last token expires
 
 
 class SchemaTarget(Base):
@@ -141,3 +143,34 @@ class SchemaTarget(Base):
     operation_id: Mapped[uuid.UUID | None]
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class ApiKey(Base):
+    """An API key of one tenant: only a hash of its secret is stored."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str]
+    prefix: Mapped[str] = mapped_column(unique=True)
+    secret_hash: Mapped[str]
+    scopes: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"))
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    expires_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+    last_used_at: Mapped[dt.datetime | None]
+    replaced_by: Mapped[uuid.UUID | None]
+
+
+class WebhookEndpoint(Base):
+    """Where a tenant receives webhooks; ``secrets`` holds every live signing secret."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str]
+    events: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"))
+    # [{"secret_enc", "created_at", "expires_at" | null}], newest first
+    secrets: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"))
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    disabled_at: Mapped[dt.datetime | None]

@@ -31,6 +31,7 @@ from bizosctl.moves import capture
 from bizosctl.moves.copy import checksum, copy_table, sync_keys
 from bizosctl.moves.plan import Endpoint, MovePlan, MoveRequest, current_endpoint, make_plan
 from bizosctl.moves.tables import TableInfo, q, table_infos
+from bizosctl.tenancy.provision import login_roles
 from bizosctl.tenancy.servers import ensure_database, new_password, prepare_schema, set_login_role
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
@@ -384,7 +385,8 @@ def drop_endpoint(ctl: Control, ep: Endpoint, tenant_id: uuid.UUID) -> None:
             admin = get_engine(handle.admin_url("postgres"), pooled=False)
             with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text(f"DROP DATABASE IF EXISTS {q(ep.database)} WITH (FORCE)"))
-                conn.execute(text(f"DROP ROLE IF EXISTS {q(ep.role)}"))
+                for role in login_roles(ep.database):
+                    conn.execute(text(f"DROP ROLE IF EXISTS {q(role)}"))
         elif ep.tier == "schema":
             with get_engine(handle.admin_url(ep.database), pooled=False).begin() as conn:
                 conn.execute(text(f"DROP SCHEMA IF EXISTS {q(ep.schema)} CASCADE"))

@@ -1,26 +1,29 @@
 """Versioned data keys per purpose, wrapped by the master key, kept in the catalog.
 
-Purposes: ``pii`` (field encryption and blind indexes) and ``db-credentials`` (passwords and
-URLs in the catalog). One version per purpose is primary (writes); every version that is not
-retired still decrypts.
+Purposes: ``pii`` (field encryption and blind indexes), ``jwt`` (session signing keys, one
+``kid`` per version), ``webhook`` (reserved for signing material) and ``db-credentials``
+(passwords and URLs in the catalog). One version per purpose is primary (it writes); every
+version that is not retired still reads. A data key exists in clear only in memory.
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from bizosctl.catalog.models import KeyringEntry
 from bizosctl.errors import KeyringError
+from bizosctl.security.masterkey import LocalMasterKey, MasterKey
 
-PURPOSES = ("pii", "db-credentials")
-NONCE = 12
+PURPOSES = ("pii", "jwt", "webhook", "db-credentials")
+#: A process re-reads the keyring this often, so it starts writing with a new primary soon
+#: after a rotation in another process (a rotation waits this long before its final sweep).
+RELOAD_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -35,48 +38,61 @@ def _aad(purpose: str, version: int) -> bytes:
     return f"bizos-keyring:{purpose}:{version}".encode()
 
 
-def wrap(master: bytes, purpose: str, version: int, key: bytes) -> bytes:
-    nonce = secrets.token_bytes(NONCE)
-    return nonce + AESGCM(master).encrypt(nonce, key, _aad(purpose, version))
-
-
-def unwrap(master: bytes, entry: KeyringEntry) -> bytes:
-    blob = entry.wrapped_key
-    try:
-        return AESGCM(master).decrypt(
-            blob[:NONCE], blob[NONCE:], _aad(entry.purpose, entry.version)
+def unwrap(master: MasterKey, entry: KeyringEntry) -> bytes:
+    if entry.master_id and entry.master_id != master.id:
+        raise KeyringError(
+            f"{entry.purpose} v{entry.version} is wrapped by master key {entry.master_id}, not by "
+            f"the configured one ({master.id}): wrong BIZOS_MASTER_KEY, key file or KMS key"
         )
-    except InvalidTag as exc:
+    from cryptography.exceptions import InvalidTag
+
+    try:
+        return master.unwrap(_aad(entry.purpose, entry.version), entry.wrapped_key)
+    except (InvalidTag, ValueError) as exc:
         raise KeyringError(
             f"the master key does not open the keyring ({entry.purpose} v{entry.version}): "
-            "wrong BIZOS_MASTER_KEY or key file"
+            "wrong BIZOS_MASTER_KEY, key file or KMS key"
         ) from exc
 
 
-class Keyring:
-    """Unwrapped data keys of one catalog, loaded once per process."""
+def new_entry(master: MasterKey, purpose: str, version: int, *, primary: bool) -> KeyringEntry:
+    key = secrets.token_bytes(32)
+    return KeyringEntry(
+        purpose=purpose,
+        version=version,
+        wrapped_key=master.wrap(_aad(purpose, version), key),
+        is_primary=primary,
+        master_id=master.id,
+    )
 
-    def __init__(self, master: bytes) -> None:
-        self._master = master
+
+class Keyring:
+    """Unwrapped data keys of one catalog, loaded once per process and re-read periodically."""
+
+    def __init__(
+        self, master: MasterKey | bytes, *, reload_seconds: float = RELOAD_SECONDS
+    ) -> None:
+        self.master = LocalMasterKey(master) if isinstance(master, bytes) else master
+        self.reload_seconds = reload_seconds
         self._keys: dict[tuple[str, int], DataKey] = {}
         self._primary: dict[str, DataKey] = {}
         self._lock = threading.Lock()
+        self.loaded_at = 0.0
 
-    def ensure(self, session: Session) -> None:
-        """Create a first key for each purpose that has none (call once, in ``init``)."""
+    def ensure(self, session: Session) -> list[str]:
+        """Create a first key for each purpose that has none. Returns the purposes created."""
         have = set(session.execute(select(KeyringEntry.purpose)).scalars())
+        if set(PURPOSES) <= have:
+            return []
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended("keyring", 0))))
+        have = set(session.execute(select(KeyringEntry.purpose)).scalars())
+        made = []
         for purpose in PURPOSES:
             if purpose not in have:
-                key = secrets.token_bytes(32)
-                session.add(
-                    KeyringEntry(
-                        purpose=purpose,
-                        version=1,
-                        wrapped_key=wrap(self._master, purpose, 1, key),
-                        is_primary=True,
-                    )
-                )
+                session.add(new_entry(self.master, purpose, 1, primary=True))
+                made.append(purpose)
         session.flush()
+        return made
 
     def load(self, session: Session) -> None:
         rows = session.execute(
@@ -85,14 +101,16 @@ class Keyring:
         keys: dict[tuple[str, int], DataKey] = {}
         primary: dict[str, DataKey] = {}
         for entry in rows:
-            dk = DataKey(
-                entry.purpose, entry.version, unwrap(self._master, entry), entry.is_primary
-            )
+            dk = DataKey(entry.purpose, entry.version, unwrap(self.master, entry), entry.is_primary)
             keys[(entry.purpose, entry.version)] = dk
             if entry.is_primary:
                 primary[entry.purpose] = dk
         with self._lock:
             self._keys, self._primary = keys, primary
+            self.loaded_at = time.monotonic()
+
+    def stale(self) -> bool:
+        return time.monotonic() - self.loaded_at > self.reload_seconds
 
     def primary(self, purpose: str) -> DataKey:
         try:
@@ -107,9 +125,30 @@ class Keyring:
             raise KeyringError(f"{purpose!r} key version {version} is unknown or retired") from None
 
     def versions(self, purpose: str) -> list[DataKey]:
-        return sorted(
-            (k for k in self._keys.values() if k.purpose == purpose), key=lambda k: k.version
-        )
+        found = (k for k in self._keys.values() if k.purpose == purpose)
+        return sorted(found, key=lambda k: k.version)
+
+
+def add_version(session: Session, master: MasterKey, purpose: str) -> int:
+    """A new primary version of ``purpose``; the previous ones stay readable."""
+    if purpose not in PURPOSES:
+        from bizosctl.errors import InvalidInput
+
+        raise InvalidInput(f"unknown key purpose {purpose!r}: choose one of {', '.join(PURPOSES)}")
+    # Serialise concurrent rotations of one purpose on the catalog.
+    session.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(f"keyring:{purpose}", 0)))
+    )
+    current = session.execute(
+        select(func.max(KeyringEntry.version)).where(KeyringEntry.purpose == purpose)
+    ).scalar_one()
+    version = (current or 0) + 1
+    session.execute(
+        update(KeyringEntry).where(KeyringEntry.purpose == purpose).values(is_primary=False)
+    )
+    session.add(new_entry(master, purpose, version, primary=True))
+    session.flush()
+    return version
 
 
 def set_primary(session: Session, purpose: str, version: int) -> None:

@@ -64,3 +64,102 @@ def load_master_key(settings: Settings) -> bytes:
     if mode & 0o077:
         raise KeyringError(f"master key file {path} has mode {mode:04o}; run chmod 600 {path}")
     return _decode(path.read_text(), f"master key file {path}")
+
+
+# -- master keys that wrap data keys --------------------------------------------------------
+class MasterKey:
+    """Wraps and unwraps data keys. ``id`` is a fingerprint recorded with each wrapped key."""
+
+    id: str
+
+    def wrap(self, aad: bytes, key: bytes) -> bytes:
+        raise NotImplementedError
+
+    def unwrap(self, aad: bytes, blob: bytes) -> bytes:
+        raise NotImplementedError
+
+
+class LocalMasterKey(MasterKey):
+    """AES-256-GCM under a 32-byte key from ``BIZOS_MASTER_KEY`` or the key file."""
+
+    def __init__(self, raw: bytes) -> None:
+        import hashlib
+        import hmac
+
+        self._raw = raw
+        self.id = "local:" + hmac.new(raw, b"bizos master key id", hashlib.sha256).hexdigest()[:16]
+
+    def wrap(self, aad: bytes, key: bytes) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = secrets.token_bytes(12)
+        return nonce + AESGCM(self._raw).encrypt(nonce, key, aad)
+
+    def unwrap(self, aad: bytes, blob: bytes) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        return AESGCM(self._raw).decrypt(blob[:12], blob[12:], aad)
+
+
+class KmsMasterKey(MasterKey):
+    """AWS KMS (envelope encryption): data keys are encrypted by KMS, the master never leaves it.
+
+    The associated data becomes the KMS encryption context, so a wrapped key only decrypts
+    for its own purpose and version.
+    """
+
+    def __init__(
+        self, key_id: str, *, endpoint_url: str | None = None, region: str | None = None
+    ) -> None:
+        import boto3
+
+        self.key_id = key_id
+        self.id = f"kms:{key_id}"
+        self._client = boto3.client(
+            "kms",
+            endpoint_url=endpoint_url,
+            region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+    @staticmethod
+    def _context(aad: bytes) -> dict[str, str]:
+        return {"bizos": aad.decode()}
+
+    def wrap(self, aad: bytes, key: bytes) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            out = self._client.encrypt(
+                KeyId=self.key_id, Plaintext=key, EncryptionContext=self._context(aad)
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise KeyringError(f"KMS key {self.key_id}: {exc}") from exc
+        return bytes(out["CiphertextBlob"])
+
+    def unwrap(self, aad: bytes, blob: bytes) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            out = self._client.decrypt(
+                CiphertextBlob=blob, KeyId=self.key_id, EncryptionContext=self._context(aad)
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "InvalidCiphertextException":
+                raise ValueError("wrong key or context") from exc
+            raise KeyringError(f"KMS key {self.key_id}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise KeyringError(f"KMS key {self.key_id}: {exc}") from exc
+        return bytes(out["Plaintext"])
+
+
+def load_master(settings: Settings) -> MasterKey:
+    """The configured master key: KMS when ``BIZOS_KMS_KEY_ID`` is set, else the local key."""
+    if settings.kms_key_id:
+        return KmsMasterKey(settings.kms_key_id, endpoint_url=settings.kms_endpoint_url)
+    return LocalMasterKey(load_master_key(settings))
+
+
+def next_key_file(settings: Settings) -> Path:
+    """Where `secrets rotate master-key` writes the new key before it becomes the key file."""
+    return settings.key_file.with_name(settings.key_file.name + ".next")

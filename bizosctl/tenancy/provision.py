@@ -260,6 +260,11 @@ def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
 
 
 # -- deletion -------------------------------------------------------------------------------
+def login_roles(database: str) -> list[str]:
+    """An isolated tenant's two login roles (password rotation alternates between them)."""
+    return [database, database + "__b"]
+
+
 def delete_plan(ctl: Control, slug: str) -> list[PlanStep]:
     route = ctl.route(slug)
     schema = q(route.schema)
@@ -281,7 +286,10 @@ def delete_plan(ctl: Control, slug: str) -> list[PlanStep]:
             f"drop database {route.database} on {route.server}",
             [f"DROP DATABASE IF EXISTS {q(route.database)} WITH (FORCE)"],
         ),
-        PlanStep(f"drop login role {route.role}", [f"DROP ROLE IF EXISTS {q(route.role)}"]),
+        PlanStep(
+            f"drop login roles of {route.database}",
+            [f"DROP ROLE IF EXISTS {q(role)}" for role in login_roles(route.database)],
+        ),
     ]
 
 

@@ -42,14 +42,14 @@ def init_home(ctl: Control) -> InitResult:
     """Create the home, the master key, the home region's server and the catalog. Idempotent."""
     from bizosctl.db.migrate import upgrade
     from bizosctl.security.keyring import Keyring
-    from bizosctl.security.masterkey import create_key_file, load_master_key
+    from bizosctl.security.masterkey import create_key_file, load_master
 
     settings = ctl.settings
     result = InitResult(home=settings.home)
     _check_writable(settings.home)
     if settings.master_key is None and create_key_file(settings.key_file):
         result.created.append(f"master key {settings.key_file}")
-    master = load_master_key(settings)
+    master = load_master(settings)
     if ctl.home_cluster.ensure_running():
         result.created.append(f"started {settings.home_region} server")
     with translate_errors("catalog"):

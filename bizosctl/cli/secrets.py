@@ -1,0 +1,256 @@
+"""``bizosctl secrets list|rotate|check``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import typer
+
+from bizosctl.cli.output import (
+    DryRunOpt,
+    JsonOpt,
+    handle_errors,
+    print_json,
+    stderr_console,
+    stdout_console,
+    table,
+)
+
+if TYPE_CHECKING:
+    from bizosctl.catalog.control import Control
+
+app = typer.Typer(
+    help="Keys and secrets: list versions, rotate online, check the deployment.\n\n"
+    "Example: bizosctl secrets rotate pii",
+    no_args_is_help=True,
+)
+rotate_app = typer.Typer(
+    help="Rotate a secret without downtime.\n\nExample: bizosctl secrets rotate jwt",
+    no_args_is_help=True,
+)
+app.add_typer(rotate_app, name="rotate")
+
+
+def _ctl() -> Control:
+    from bizosctl.catalog.control import get_control
+
+    return get_control()
+
+
+def _done(doc: dict, json_out: bool, summary: str) -> None:  # type: ignore[type-arg]
+    if json_out:
+        print_json(doc)
+    else:
+        stdout_console().print(summary)
+
+
+@app.command("list")
+@handle_errors
+def list_(json_out: bool = JsonOpt) -> None:
+    """Each purpose's key versions: primary, created, retired, how many values use each.
+
+    Never shows key material.
+
+    Example: bizosctl secrets list --json
+    """
+    from bizosctl.security.secrets import list_keys
+
+    keys = list_keys(_ctl())
+    if json_out:
+        print_json({"purposes": keys})
+        return
+    rows = [
+        [
+            p.purpose,
+            v.version,
+            "yes" if v.primary else "",
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            v.retired_at.strftime("%Y-%m-%d %H:%M") if v.retired_at else "",
+            v.retire_after.strftime("%Y-%m-%d %H:%M") if v.retire_after else "",
+            "-" if v.values is None else v.values,
+            v.master or "",
+        ]
+        for p in keys
+        for v in p.versions
+    ]
+    stdout_console().print(
+        table(
+            "Keyring",
+            [
+                "purpose",
+                "version",
+                "primary",
+                "created",
+                "retired",
+                "retire after",
+                "values",
+                "wrapped by",
+            ],
+            rows,
+        )
+    )
+
+
+@rotate_app.command("pii")
+@handle_errors
+def rotate_pii(
+    batch: int = typer.Option(2000, "--batch", min=1, max=50_000, help="Rows per transaction."),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """New PII key, then re-encrypt every encrypted column of every tenant, online.
+
+    Resumable: after a crash, run it again. The old version is retired when nothing uses it.
+
+    Example: bizosctl secrets rotate pii
+    """
+    from bizosctl.security.rotation import pii_usage, rotate_pii
+
+    ctl = _ctl()
+    if dry_run:
+        usage = pii_usage(ctl)
+        doc = {
+            "dry_run": True,
+            "purpose": "pii",
+            "values_by_version": usage,
+            "would_rewrite": sum(usage.values()),
+        }
+        _done(doc, json_out, f"would re-encrypt {doc['would_rewrite']} value(s): {usage}")
+        return
+    if json_out:
+        doc = rotate_pii(ctl, batch=batch)
+    else:
+        counts = {"n": 0}
+        with stderr_console().status("re-encrypting...") as status:
+
+            def progress(table_name: str, n: int) -> None:
+                counts["n"] += n
+                status.update(f"re-encrypting... {counts['n']} value(s) ({table_name})")
+
+            doc = rotate_pii(ctl, batch=batch, progress=progress)
+    _done(
+        doc,
+        json_out,
+        f"pii is now v{doc['version']}: {doc['rows_rewritten']} row(s) re-encrypted, "
+        f"retired {doc['retired'] or 'nothing'}",
+    )
+
+
+@rotate_app.command("jwt")
+@handle_errors
+def rotate_jwt(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
+    """New JWT signing key with a new kid; tokens signed before stay valid until they expire.
+
+    Example: bizosctl secrets rotate jwt
+    """
+    from bizosctl.security.secrets import rotate_jwt as rotate
+
+    if dry_run:
+        _done({"dry_run": True, "purpose": "jwt"}, json_out, "would add a new JWT signing key")
+        return
+    doc = rotate(_ctl())
+    _done(
+        doc,
+        json_out,
+        f"new signing key {doc['kid']}; previous keys valid for "
+        f"{doc['previous_valid_for_s']}s more",
+    )
+
+
+@rotate_app.command("db-credentials")
+@handle_errors
+def rotate_credentials(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
+    """New key for the secrets the catalog holds (server URLs, passwords); re-seal them all.
+
+    Example: bizosctl secrets rotate db-credentials
+    """
+    from bizosctl.security.secrets import rotate_credentials_key
+
+    if dry_run:
+        _done(
+            {"dry_run": True, "purpose": "db-credentials"},
+            json_out,
+            "would re-seal every catalog secret",
+        )
+        return
+    doc = rotate_credentials_key(_ctl())
+    _done(
+        doc,
+        json_out,
+        f"db-credentials is now v{doc['version']}: {doc['resealed']} value(s) re-sealed",
+    )
+
+
+@rotate_app.command("db-password")
+@handle_errors
+def rotate_db_password(
+    tenant: str | None = typer.Option(None, "--tenant", help="One isolated tenant."),
+    all_: bool = typer.Option(False, "--all", help="Every isolated tenant."),
+    grace: str = typer.Option("2s", "--grace", help="How long the previous role keeps logging in."),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """New password for isolated tenants' login roles, with no failed request.
+
+    Example: bizosctl secrets rotate db-password --all
+    """
+    from bizosctl.durations import parse_ms
+    from bizosctl.errors import InvalidInput
+    from bizosctl.security.secrets import rotate_db_password as rotate
+
+    if (tenant is None) == (not all_):
+        raise InvalidInput("pass either --tenant SLUG or --all")
+    grace_ms = parse_ms(grace, what="--grace")
+    if dry_run:
+        _done(
+            {"dry_run": True, "tenant": tenant, "all": all_}, json_out, "would rotate db passwords"
+        )
+        return
+    doc = rotate(_ctl(), tenant=tenant, grace_s=grace_ms / 1000)
+    _done(doc, json_out, f"rotated {len(doc['rotated'])} login role password(s)")
+
+
+@rotate_app.command("master-key")
+@handle_errors
+def rotate_master(
+    to_kms: str | None = typer.Option(
+        None, "--to-kms", help="Wrap the data keys with this AWS KMS key."
+    ),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Re-wrap every data key under a new master key (a new key file, or a KMS key).
+
+    Example: bizosctl secrets rotate master-key
+    """
+    from bizosctl.security.secrets import rotate_master_key
+
+    if dry_run:
+        _done({"dry_run": True, "to_kms": to_kms}, json_out, "would re-wrap every data key")
+        return
+    doc = rotate_master_key(_ctl(), to_kms=to_kms)
+    _done(doc, json_out, f"re-wrapped {doc['rewrapped']} data key(s) under {doc['master']}")
+
+
+@app.command("check")
+@handle_errors
+def check(json_out: bool = JsonOpt) -> None:
+    """The deployment checklist: keys, master key file, Stripe keys, TLS, CORS, rate limit.
+
+    Exit code 1 when any check fails. Never prints a secret.
+
+    Example: BIZOS_ENV=production bizosctl secrets check --json
+    """
+    from bizosctl.security.check import run_checks
+
+    checks = run_checks(_ctl())
+    ok = all(c.ok for c in checks)
+    if json_out:
+        print_json({"ok": ok, "checks": checks})
+    else:
+        rows = [["[green]ok[/]" if c.ok else "[red]FAIL[/]", c.name, c.detail] for c in checks]
+        stdout_console().print(table("Secrets check", ["", "check", "detail"], rows))
+    if not ok:
+        failed = [c.name for c in checks if not c.ok]
+        stderr_console().print(f"[red]{len(failed)} check(s) failed:[/] {', '.join(failed)}")
+        raise typer.Exit(1)

@@ -1,0 +1,362 @@
+"""The keyring as operators see it, and the rotations that are not re-encryption sweeps:
+JWT signing keys, catalog credentials, database passwords and the master key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select, text, update
+
+from bizosctl.catalog.control import Control
+from bizosctl.catalog.models import KeyringEntry, Route, Server, Tenant
+from bizosctl.db.engines import dispose_all, get_engine, translate_errors
+from bizosctl.errors import ConfigError, InvalidInput, KeyringError, NotFound
+from bizosctl.security.fields import key_version
+from bizosctl.security.keyring import PURPOSES, add_version
+from bizosctl.security.masterkey import (
+    KmsMasterKey,
+    LocalMasterKey,
+    MasterKey,
+    create_key_file,
+    load_master_key,
+    next_key_file,
+)
+from bizosctl.tenancy.names import check_slug
+from bizosctl.tenancy.servers import new_password, q, set_login_role
+from tenant_schema.ddl import APP_GROUP
+
+
+class KeyVersion(BaseModel):
+    version: int
+    primary: bool
+    created_at: dt.datetime
+    retired_at: dt.datetime | None
+    retire_after: dt.datetime | None
+    master: str | None
+    values: int | None  # how many stored values use it; None where nothing is stored
+
+
+class PurposeKeys(BaseModel):
+    purpose: str
+    versions: list[KeyVersion]
+
+
+# -- listing ------------------------------------------------------------------------------------
+def _credential_tokens(ctl: Control) -> list[str]:
+    """Every value the catalog holds sealed with the ``db-credentials`` key."""
+    from bizosctl.catalog.models import WebhookEndpoint
+
+    with ctl.catalog() as s:
+        tokens = [t for t in s.execute(select(Server.url_enc)).scalars() if t]
+        tokens += [t for t in s.execute(select(Server.app_password_enc)).scalars() if t]
+        tokens += [t for t in s.execute(select(Route.password_enc)).scalars() if t]
+        for secrets_ in s.execute(select(WebhookEndpoint.secrets)).scalars():
+            tokens += [item["secret_enc"] for item in secrets_ or [] if item.get("secret_enc")]
+    return tokens
+
+
+def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
+    from bizosctl.security.rotation import pii_usage
+
+    _ = ctl.keyring  # also gives purposes that newer code added their first key
+    usage: dict[str, dict[int, int]] = {}
+    if with_usage:
+        usage["pii"] = pii_usage(ctl)
+        creds: dict[int, int] = {}
+        for token in _credential_tokens(ctl):
+            v = key_version(token)
+            creds[v] = creds.get(v, 0) + 1
+        usage["db-credentials"] = creds
+    with ctl.catalog() as s:
+        entries = (
+            s.execute(select(KeyringEntry).order_by(KeyringEntry.purpose, KeyringEntry.version))
+            .scalars()
+            .all()
+        )
+    out = []
+    for purpose in PURPOSES:
+        versions = [
+            KeyVersion(
+                version=e.version,
+                primary=e.is_primary,
+                created_at=e.created_at,
+                retired_at=e.retired_at,
+                retire_after=e.retire_after,
+                master=e.master_id,
+                values=usage[purpose].get(e.version, 0) if purpose in usage else None,
+            )
+            for e in entries
+            if e.purpose == purpose
+        ]
+        out.append(PurposeKeys(purpose=purpose, versions=versions))
+    return out
+
+
+# -- JWT ----------------------------------------------------------------------------------------
+def rotate_jwt(ctl: Control) -> dict[str, Any]:
+    """New signing key (new ``kid``); older live keys retire once their last token expired."""
+    ttl = ctl.settings.jwt_ttl_seconds
+    with ctl.catalog() as s:
+        due = list(
+            s.execute(
+                update(KeyringEntry)
+                .where(
+                    KeyringEntry.purpose == "jwt",
+                    KeyringEntry.retired_at.is_(None),
+                    KeyringEntry.retire_after.is_not(None),
+                    KeyringEntry.retire_after <= text("now()"),
+                )
+                .values(retired_at=text("now()"))
+                .returning(KeyringEntry.version)
+            ).scalars()
+        )
+        s.execute(
+            update(KeyringEntry)
+            .where(
+                KeyringEntry.purpose == "jwt",
+                KeyringEntry.retired_at.is_(None),
+                KeyringEntry.retire_after.is_(None),
+            )
+            .values(retire_after=text(f"now() + interval '{int(ttl)} seconds'"))
+        )
+        version = add_version(s, ctl.keyring.master, "jwt")
+    ctl.reload_keyring()
+    return {
+        "purpose": "jwt",
+        "version": version,
+        "kid": f"jwt-v{version}",
+        "retired": due,
+        "previous_valid_for_s": ttl,
+    }
+
+
+def retire_due(ctl: Control) -> list[tuple[str, int]]:
+    """Retire every key whose ``retire_after`` has passed (the scheduler calls this too)."""
+    with ctl.catalog() as s:
+        rows = s.execute(
+            update(KeyringEntry)
+            .where(
+                KeyringEntry.retired_at.is_(None),
+                KeyringEntry.retire_after.is_not(None),
+                KeyringEntry.retire_after <= text("now()"),
+                KeyringEntry.is_primary.is_(False),
+            )
+            .values(retired_at=text("now()"))
+            .returning(KeyringEntry.purpose, KeyringEntry.version)
+        ).all()
+    ctl.reload_keyring()
+    return [(p, v) for p, v in rows]
+
+
+# -- catalog credentials ------------------------------------------------------------------------
+def rotate_credentials_key(ctl: Control) -> dict[str, Any]:
+    """New ``db-credentials`` key; every sealed catalog value re-sealed; the old key retired."""
+    from bizosctl.catalog.models import WebhookEndpoint
+
+    resealed = 0
+    with ctl.catalog() as s:
+        version = add_version(s, ctl.keyring.master, "db-credentials")
+    ctl.reload_keyring()
+    with ctl.catalog() as s:  # one transaction: every value moves, or none does
+
+        def again(token: str | None, context: str) -> str | None:
+            nonlocal resealed
+            if not token:
+                return token
+            resealed += 1
+            return ctl.seal(ctl.unseal(token, context=context), context=context)
+
+        for srv in s.execute(select(Server)).scalars():
+            srv.url_enc = again(srv.url_enc, f"server:{srv.name}:url")
+            srv.app_password_enc = again(srv.app_password_enc, f"server:{srv.name}:app")
+        for route in s.execute(select(Route)).scalars():
+            route.password_enc = again(route.password_enc, f"role:{route.role}")
+        for ep in s.execute(select(WebhookEndpoint)).scalars():
+            ep.secrets = [
+                {**item, "secret_enc": again(item.get("secret_enc"), f"webhook:{ep.id}")}
+                for item in ep.secrets or []
+            ]
+        retired = list(
+            s.execute(
+                update(KeyringEntry)
+                .where(
+                    KeyringEntry.purpose == "db-credentials",
+                    KeyringEntry.version != version,
+                    KeyringEntry.retired_at.is_(None),
+                )
+                .values(retired_at=text("now()"))
+                .returning(KeyringEntry.version)
+            ).scalars()
+        )
+    ctl.reload_keyring()
+    return {
+        "purpose": "db-credentials",
+        "version": version,
+        "resealed": resealed,
+        "retired": retired,
+    }
+
+
+# -- database passwords -------------------------------------------------------------------------
+def _other_role(role: str) -> str:
+    """Isolated tenants alternate between two login roles: ``t_x`` and ``t_x__b``."""
+    return role.removesuffix("__b") if role.endswith("__b") else role + "__b"
+
+
+def rotate_db_password(
+    ctl: Control, *, tenant: str | None = None, grace_s: float = 2.0
+) -> dict[str, Any]:
+    """New password for isolated tenants' login roles, with no failed request.
+
+    The new password goes to the tenant's *other* login role (same grants through the
+    application group); the route switches to it in one catalog transaction, so new
+    connections use it while open ones keep working; after ``grace_s`` the previous role loses
+    its password and LOGIN.
+    """
+    stmt = (
+        select(Tenant.slug, Route)
+        .join(Route, Route.tenant_id == Tenant.id)
+        .where(
+            Tenant.status.not_in(["deleted", "provisioning", "deleting"]),
+            Route.password_enc.is_not(None),
+        )
+    )
+    if tenant is not None:
+        check_slug(tenant)
+        stmt = stmt.where(Tenant.slug == tenant)
+    with ctl.catalog() as s:
+        rows = s.execute(stmt).all()
+    if tenant is not None and not rows:
+        raise NotFound(
+            f"no isolated tenant named {tenant!r} (only isolated tenants have their own role)"
+        )
+    done = []
+    for slug, route in rows:
+        old, new = route.role, _other_role(route.role)
+        password = new_password()
+        handle = ctl.server(route.server)
+        handle.ensure_ready()
+        with translate_errors(f"server {route.server}"):
+            admin = get_engine(handle.admin_url("postgres"), pooled=False)
+            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                set_login_role(conn, new, password, member_of=APP_GROUP)
+                conn.execute(text(f"GRANT CONNECT ON DATABASE {q(route.database)} TO {q(new)}"))
+            with ctl.catalog() as s:
+                s.execute(
+                    update(Route)
+                    .where(Route.tenant_id == route.tenant_id)
+                    .values(
+                        role=new,
+                        password_enc=ctl.seal(password, context=f"role:{new}"),
+                        updated_at=text("now()"),
+                    )
+                )
+            done.append((slug, route, old, new))
+    if done and grace_s > 0:
+        time.sleep(grace_s)  # sessions that looked the route up just before the switch
+    for _slug, route, old, _new in done:
+        handle = ctl.server(route.server)
+        with translate_errors(f"server {route.server}"):
+            admin = get_engine(handle.admin_url("postgres"), pooled=False)
+            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text(f"ALTER ROLE {q(old)} NOLOGIN PASSWORD NULL"))
+        dispose_all(host_contains=f"{old}:")  # this process's idle connections of the old role
+    return {
+        "rotated": [{"tenant": slug, "role": new, "previous": old} for slug, _r, old, new in done]
+    }
+
+
+# -- master key ---------------------------------------------------------------------------------
+def _rewrap_all(ctl: Control, new: MasterKey) -> int:
+    from bizosctl.security.keyring import _aad, unwrap
+
+    old = ctl.keyring.master
+    with ctl.catalog() as s:
+        s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('keyring', 0))"))
+        entries = s.execute(select(KeyringEntry)).scalars().all()
+        for e in entries:
+            key = unwrap(old, e)
+            e.wrapped_key = new.wrap(_aad(e.purpose, e.version), key)
+            e.master_id = new.id
+    return len(entries)
+
+
+def rotate_master_key(ctl: Control, *, to_kms: str | None = None) -> dict[str, Any]:
+    """Re-wrap every data key under a new master key: a new key file, or a KMS key."""
+    settings = ctl.settings
+    if to_kms is None and settings.master_key is not None:
+        raise ConfigError(
+            "the master key comes from BIZOS_MASTER_KEY: unset it to rotate to a key file, or "
+            "pass --to-kms KEY_ID"
+        )
+    if to_kms is None and settings.kms_key_id:
+        raise InvalidInput("the master key is a KMS key: pass --to-kms NEW_KEY_ID")
+    _ = ctl.keyring  # opens with the current master, or fails clearly
+    if to_kms is not None:
+        new: MasterKey = KmsMasterKey(to_kms, endpoint_url=settings.kms_endpoint_url)
+    else:
+        nxt = next_key_file(settings)
+        nxt.unlink(missing_ok=True)
+        create_key_file(nxt)
+        new = LocalMasterKey(load_master_key(settings.model_copy(update={"master_key_file": nxt})))
+    count = _rewrap_all(ctl, new)
+    if to_kms is None:
+        os.replace(next_key_file(settings), settings.key_file)  # the old key is gone
+    else:
+        _write_config(
+            settings,
+            {
+                "kms_key_id": to_kms,
+                **(
+                    {"kms_endpoint_url": settings.kms_endpoint_url}
+                    if settings.kms_endpoint_url
+                    else {}
+                ),
+            },
+        )
+        if settings.master_key is None and settings.key_file.exists():
+            settings.key_file.unlink()
+    ctl.reload_keyring()
+    ctl.keyring.master = new  # this process goes on with the new master
+    return {"rewrapped": count, "master": new.id}
+
+
+def finish_interrupted_rotation(ctl: Control, error: KeyringError) -> bool:
+    """A rotation killed between the catalog commit and the key file rename leaves the new
+    key in ``master.key.next``: when that is the key the keyring expects, install it."""
+    nxt = next_key_file(ctl.settings)
+    if ctl.settings.master_key is not None or not nxt.exists():
+        return False
+    candidate = LocalMasterKey(
+        load_master_key(ctl.settings.model_copy(update={"master_key_file": nxt}))
+    )
+    if candidate.id not in error.message:
+        return False
+    os.replace(nxt, ctl.settings.key_file)
+    return True
+
+
+def _write_config(settings: Any, values: dict[str, str]) -> None:
+    import tomllib
+
+    from bizosctl.config import config_file_path
+
+    path = config_file_path()
+    data: dict[str, Any] = {}
+    if path.exists():
+        data = tomllib.loads(path.read_text())
+    data.update(values)
+    lines = [f"{k} = {_toml(v)}" for k, v in data.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
