@@ -26,6 +26,7 @@ for _name in list(os.environ):
 BASE = Path(tempfile.mkdtemp(prefix="bzt", dir="/tmp"))
 os.environ["BIZOS_HOME"] = str(BASE / "home")
 os.environ["BIZOS_EMBEDDED_DURABLE"] = "false"
+os.environ["BIZOS_KEYRING_RELOAD_SECONDS"] = "0.2"
 
 from bizosctl.catalog.control import Control, get_control, reset_controls  # noqa: E402
 from bizosctl.cli.main import app  # noqa: E402

@@ -369,8 +369,12 @@ def test_writer_throughout_the_move_loses_nothing(ctl, make_tenant):
 
 def test_sync_and_delete_leave_a_moving_tenant_alone(ctl, make_tenant, run_bizosctl, cli):
     slug = make_tenant(tier="schema", region="global")
-    assert run_bizosctl("tenant", "move", slug, "--to-tier", "isolated",
-                        env={"BIZOS_CRASH_AT": "move.capture"}).returncode == -9
+    assert (
+        run_bizosctl(
+            "tenant", "move", slug, "--to-tier", "isolated", env={"BIZOS_CRASH_AT": "move.capture"}
+        ).returncode
+        == -9
+    )
     r = cli("schema", "sync", "--tenant", slug, "--json")
     assert r.exit_code == 1
     [busy] = json.loads(r.stdout)["failed"]

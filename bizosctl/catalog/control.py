@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from bizosctl.providers.local import ServerHandle
     from bizosctl.security.keyring import Keyring
+    from bizosctl.security.masterkey import MasterKey
 
 CATALOG_DB = "bizos_control"
 
@@ -139,6 +140,16 @@ class Control:
                 with self.catalog() as s:
                     self._keyring.load(s)
             return self._keyring
+
+    def use_master(self, master: MasterKey) -> None:
+        """Open the keyring with this master key from now on (after a master key rotation)."""
+        from bizosctl.security.keyring import Keyring
+
+        ring = Keyring(master, reload_seconds=self.settings.keyring_reload_seconds)
+        with self.catalog() as s:
+            ring.load(s)
+        with self._lock:
+            self._keyring = ring
 
     def reload_keyring(self) -> None:
         with self._lock:

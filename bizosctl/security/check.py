@@ -118,13 +118,9 @@ def run_checks(ctl: Control) -> list[Check]:
             else "production needs an explicit BIZOS_CORS_ORIGINS list, not '*'",
         )
     rate_ok = bool(s.rate_limit and RATE_RE.match(s.rate_limit))
-    add(
-        "rate limit",
-        rate_ok,
-        s.rate_limit
-        if rate_ok
-        else "set BIZOS_RATE_LIMIT, e.g. 100/minute"
-        if not s.rate_limit
-        else f"{s.rate_limit!r} is not N/second|minute|hour|day",
-    )
+    if not s.rate_limit:
+        add("rate limit", False, "set BIZOS_RATE_LIMIT, e.g. 100/minute")
+    else:
+        detail = s.rate_limit if rate_ok else f"{s.rate_limit!r} is not N/second|minute|hour|day"
+        add("rate limit", rate_ok, detail)
     return out

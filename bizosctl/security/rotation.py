@@ -229,7 +229,9 @@ def rotate_pii(
                     )
             rewritten += n
             run.step(name, rewritten=n)
-            crash_point("rotate.target")
+            crash_point(
+                f"rotate.target.{len([c for c in run.completed if c.startswith('target:')])}"
+            )
         # Processes that had not re-read their keyring yet may have written under the old
         # key: wait one reload period, then sweep until nothing old is left.
         wait = started + ctl.settings.keyring_reload_seconds - time.time()

@@ -15,6 +15,7 @@ from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import KeyringEntry, Route, Server, Tenant
 from bizosctl.db.engines import dispose_all, get_engine, translate_errors
 from bizosctl.errors import ConfigError, InvalidInput, KeyringError, NotFound
+from bizosctl.faults import crash_point
 from bizosctl.security.fields import key_version
 from bizosctl.security.keyring import PURPOSES, add_version
 from bizosctl.security.masterkey import (
@@ -304,6 +305,7 @@ def rotate_master_key(ctl: Control, *, to_kms: str | None = None) -> dict[str, A
         create_key_file(nxt)
         new = LocalMasterKey(load_master_key(settings.model_copy(update={"master_key_file": nxt})))
     count = _rewrap_all(ctl, new)
+    crash_point("rotate.master.rewrapped")
     if to_kms is None:
         os.replace(next_key_file(settings), settings.key_file)  # the old key is gone
     else:
@@ -320,8 +322,7 @@ def rotate_master_key(ctl: Control, *, to_kms: str | None = None) -> dict[str, A
         )
         if settings.master_key is None and settings.key_file.exists():
             settings.key_file.unlink()
-    ctl.reload_keyring()
-    ctl.keyring.master = new  # this process goes on with the new master
+    ctl.use_master(new)  # this process goes on with the new master
     return {"rewrapped": count, "master": new.id}
 
 
