@@ -383,3 +383,99 @@ def test_sync_and_delete_leave_a_moving_tenant_alone(ctl, make_tenant, run_bizos
     assert r.exit_code == 2 and f"tenant move --abort {slug}" in r.stderr
     assert cli("tenant", "move", slug, "--abort").exit_code == 0
     assert cli("tenant", "delete", slug, "--yes").exit_code == 0
+
+
+def test_concurrent_writers_with_open_transactions_do_not_break_the_move(ctl, make_tenant):
+    """Log sequence numbers are taken at insert, not commit: a slow transaction's entries
+    appear after later ones were read. The catch-up must still apply them (regression)."""
+    import random
+
+    slug = make_tenant(tier="shared", region="global")
+    load_sample_data(ctl, slug)
+    with tenant_session(ctl, slug, actor="w") as s:
+        project = s.execute(text("select id from projects limit 1")).scalar_one()
+        s.execute(
+            text(
+                "insert into tasks (tenant_id, project_id, title) "
+                "select tenant_id, :p, 'bulk-' || g from tenant_state, generate_series(1, 3000) g"
+            ),
+            {"p": project},
+        )
+    acked: set[str] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        rnd = random.Random(w)
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                key = f"c{w}-{n}"
+                while True:
+                    try:
+                        with tenant_session(ctl, slug, actor="writer") as s:
+                            s.execute(
+                                text(
+                                    "insert into tasks (tenant_id, project_id, title) "
+                                    "select tenant_id, :p, :k from tenant_state"
+                                ),
+                                {"p": project, "k": key},
+                            )
+                            time.sleep(rnd.uniform(0, 0.05))  # keep the transaction open a while
+                        with lock:
+                            acked.add(key)
+                        break
+                    except TenantNotWritable:
+                        time.sleep(0.01)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.2)
+        report = move_tenant(ctl, MoveRequest(slug=slug, to_tier="isolated", max_freeze_ms=5000))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors, errors
+    assert report.status == "done"
+    with tenant_session(ctl, slug, actor="check", read_only=True) as s:
+        titles = s.execute(text("select title from tasks where title like 'c%-%'")).scalars().all()
+    assert len(titles) == len(set(titles))
+    assert set(titles) == acked
+
+
+def test_change_committed_after_a_later_one_was_applied_is_not_skipped(ctl, make_tenant):
+    """Deterministic version of the race above: transaction A logs a change and commits only
+    after transaction B's later change has been read and applied by a catch-up."""
+    slug = make_tenant(tier="schema", region="global")
+    load_sample_data(ctl, slug)
+    with tenant_session(ctl, slug, actor="w") as s:
+        project = s.execute(text("select id from projects limit 1")).scalar_one()
+    insert = text(
+        "insert into tasks (tenant_id, project_id, title) select tenant_id, :p, :k from tenant_state"
+    )
+
+    def race(move, tables):
+        session_a = tenant_session(ctl, slug, actor="a")
+        a = session_a.__enter__()
+        a.execute(insert, {"p": project, "k": "slow-a"})  # logged first, not committed
+        with tenant_session(ctl, slug, actor="b") as b:
+            b.execute(insert, {"p": project, "k": "fast-b"})
+        move.catch_up(tables, until_empty=True)  # applies B; A is not visible yet
+        session_a.__exit__(None, None, None)  # A commits now
+
+    report = move_tenant(
+        ctl, MoveRequest(slug=slug, to_tier="isolated"), hooks={"after_copy": race}
+    )
+    assert report.status == "done"
+    with tenant_session(ctl, slug, actor="check", read_only=True) as s:
+        titles = set(
+            s.execute(text("select title from tasks where title in ('slow-a', 'fast-b')")).scalars()
+        )
+    assert titles == {"slow-a", "fast-b"}

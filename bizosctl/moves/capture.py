@@ -31,16 +31,9 @@ def names(op_id: uuid.UUID) -> tuple[str, str, str]:
     return f"log_{short}", f"capture_{short}", f"bizos_move_{short}"
 
 
-def install(
-    conn: Connection,
-    *,
-    op_id: uuid.UUID,
-    schema: str,
-    tenant_id: uuid.UUID,
-    tables: list[TableInfo],
-) -> None:
-    """Create the log, the function and the triggers (idempotent; run as the superuser)."""
-    log, fn, trig = names(op_id)
+def install_log(conn: Connection, *, op_id: uuid.UUID) -> None:
+    """The change log and the trigger function of one move (idempotent; as the superuser)."""
+    log, fn, _ = names(op_id)
     conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
     conn.execute(text(f"REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC"))
     conn.execute(
@@ -69,19 +62,24 @@ def install(
             "END $$"
         )
     )
+
+
+def install_triggers(conn: Connection, *, op_id: uuid.UUID, schema: str, tenant_id: uuid.UUID,
+                     table: TableInfo) -> None:  # fmt: skip
+    """Capture the tenant's changes to one table (idempotent)."""
+    _, fn, trig = names(op_id)
     tid = str(uuid.UUID(str(tenant_id)))  # a literal in the trigger's WHEN clause
-    for t in tables:
-        args = ", ".join(f"'{c}'" for c in t.key)
-        target = f"{q(schema)}.{q(t.name)}"
-        for suffix, events, row in (("w", "INSERT OR UPDATE", "NEW"), ("d", "DELETE", "OLD")):
-            name = f"{trig}_{suffix}"
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {name} ON {target}"))
-            conn.execute(
-                text(
-                    f"CREATE TRIGGER {name} AFTER {events} ON {target} FOR EACH ROW "
-                    f"WHEN ({row}.tenant_id = '{tid}') EXECUTE FUNCTION {SCHEMA}.{fn}({args})"
-                )
+    args = ", ".join(f"'{c}'" for c in table.key)
+    target = f"{q(schema)}.{q(table.name)}"
+    for suffix, events, row in (("w", "INSERT OR UPDATE", "NEW"), ("d", "DELETE", "OLD")):
+        name = f"{trig}_{suffix}"
+        conn.execute(text(f"DROP TRIGGER IF EXISTS {name} ON {target}"))
+        conn.execute(
+            text(
+                f"CREATE TRIGGER {name} AFTER {events} ON {target} FOR EACH ROW "
+                f"WHEN ({row}.tenant_id = '{tid}') EXECUTE FUNCTION {SCHEMA}.{fn}({args})"
             )
+        )
 
 
 def remove_triggers(conn: Connection, *, op_id: uuid.UUID, schema: str, table: str) -> None:
@@ -96,27 +94,30 @@ def remove_log(conn: Connection, *, op_id: uuid.UUID) -> None:
     conn.execute(text(f"DROP TABLE IF EXISTS {SCHEMA}.{log}"))
 
 
-def pending(conn: Connection, *, op_id: uuid.UUID, after: int) -> int:
+def pending(conn: Connection, *, op_id: uuid.UUID) -> int:
     log, _, _ = names(op_id)
-    return int(
-        conn.execute(
-            text(f"SELECT count(*) FROM {SCHEMA}.{log} WHERE seq > :a"), {"a": after}
-        ).scalar_one()
-    )
+    return int(conn.execute(text(f"SELECT count(*) FROM {SCHEMA}.{log}")).scalar_one())
 
 
 def read_dirty(
-    conn: Connection, *, op_id: uuid.UUID, after: int, limit: int = 20_000
-) -> tuple[int, dict[str, list[dict[str, Any]]]]:
-    """Distinct dirty keys per table logged after ``after``; returns (last seq, keys)."""
+    conn: Connection, *, op_id: uuid.UUID, limit: int = 20_000
+) -> tuple[list[int], dict[str, list[dict[str, Any]]]]:
+    """Distinct dirty keys per table, oldest first; returns (their log seqs, keys).
+
+    The log is a queue: entries are deleted once applied (``ack``), never skipped by position,
+    because sequence numbers are taken at insert time, not at commit time: an entry with a
+    lower number can become visible after one with a higher number was read.
+    """
     log, _, _ = names(op_id)
     rows = conn.execute(
-        text(f"SELECT seq, tbl, pk FROM {SCHEMA}.{log} WHERE seq > :a ORDER BY seq LIMIT :n"),
-        {"a": after, "n": limit},
+        text(f"SELECT seq, tbl, pk FROM {SCHEMA}.{log} ORDER BY seq LIMIT :n"), {"n": limit}
     ).all()
-    if not rows:
-        return after, {}
     keys: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for _seq, tbl, pk in rows:
         keys[tbl][json.dumps(pk, sort_keys=True)] = pk
-    return rows[-1][0], {t: list(v.values()) for t, v in keys.items()}
+    return [r[0] for r in rows], {t: list(v.values()) for t, v in keys.items()}
+
+
+def ack(conn: Connection, *, op_id: uuid.UUID, seqs: list[int]) -> None:
+    log, _, _ = names(op_id)
+    conn.execute(text(f"DELETE FROM {SCHEMA}.{log} WHERE seq = ANY(:s)"), {"s": seqs})

@@ -111,22 +111,36 @@ def sync_keys(
 
 
 def checksum(
-    conn: Connection, t: TableInfo, *, schema: str, tenant_id: uuid.UUID
+    conn: Connection,
+    t: TableInfo,
+    *,
+    schema: str,
+    tenant_id: uuid.UUID,
+    keys: list[dict[str, Any]] | None = None,
+    exclude: bool = False,
+    record_hash: bool = True,
 ) -> tuple[int, str]:
     """(row count, order-independent content checksum) of the tenant's rows of one table.
 
-    The same expression runs on both sides, over the same column list, so representation
-    differences (column order, tier) do not matter; any changed value changes the sum.
+    ``keys`` limits the rows to those keys (or, with ``exclude``, to all others). The same
+    expression runs on both sides over the same column list. ``record_hash`` uses
+    ``hash_record_extended`` (fast, but only comparable between equal server versions);
+    otherwise the row's text form is hashed.
     """
-    row = conn.execute(
+    row = t.row_expr("s")
+    expr = f"hash_record_extended({row}, 7)" if record_hash else f"hashtextextended({row}::text, 7)"
+    where = "true"
+    if keys is not None:
+        match = _key_filter(t, keys, "s") if keys else "false"
+        where = f"NOT ({match})" if exclude else match
+    result = conn.execute(
         text(
-            "SELECT count(*), COALESCE(sum(hashtextextended("
-            f"ROW({t.column_list()})::text, 7)::numeric), 0)::text "
-            f"FROM {q(schema)}.{q(t.name)} WHERE tenant_id = :t"
+            f"SELECT count(*), COALESCE(sum({expr}::numeric), 0)::text "
+            f"FROM {q(schema)}.{q(t.name)} AS s WHERE s.tenant_id = :t AND {where}"
         ),
         {"t": tenant_id},
     ).one()
-    return int(row[0]), str(row[1])
+    return int(result[0]), str(result[1])
 
 
 def table_bytes(conn: Connection, *, schema: str, tables: list[str]) -> dict[str, int]:

@@ -10,6 +10,7 @@ catalog transaction and new sessions go to the target.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -47,7 +48,9 @@ class MoveReport:
     source: dict[str, Any]
     target: dict[str, Any]
     status: str
-    freeze_ms: float | None = None
+    freeze_ms: float | None = None  # the freeze that switched
+    frozen_total_ms: float = 0.0  # every freeze, including attempts given up
+    freeze_attempts: int = 0
     copied_bytes: int = 0
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     keep_until: float | None = None
@@ -79,6 +82,21 @@ class _Move:
         self.report = MoveReport(
             str(run.id), self.slug, self.source.public(), self.target.public(), "running"
         )
+        # keys re-synced since the last verification of everything else (None: not verified
+        # in this process, so the freeze verifies everything)
+        self.touched: dict[str, dict[str, dict[str, Any]]] | None = None
+        self.record_hash = self._same_server_version()
+
+    def _same_server_version(self) -> bool:
+        """hash_record_extended is only comparable between equal major versions."""
+        versions = set()
+        for ep in (self.source, self.target):
+            admin = get_engine(self.ctl.server(ep.server).admin_url("postgres"), pooled=False)
+            with admin.connect() as conn:
+                versions.add(
+                    int(conn.execute(text("SHOW server_version_num")).scalar_one()) // 10000
+                )
+        return len(versions) == 1
 
     def _engine(self, ep: Endpoint) -> Engine:
         handle = self.ctl.server(ep.server)
@@ -125,17 +143,19 @@ class _Move:
         self.checkpoint("provision")
 
     def start_capture(self, tables: list[TableInfo]) -> None:
-        # One table per transaction: CREATE TRIGGER locks its table, and holding several at
-        # once deadlocks against writers (a write locks its table, then audit_logs).
         with translate_errors(f"source {self.source.server}"):
+            with self.src.begin() as conn:
+                capture.install_log(conn, op_id=self.run.id)
+            # One table per transaction: CREATE TRIGGER locks its table, and holding several at
+            # once deadlocks against writers (a write locks its table, then audit_logs).
             for t in tables:
                 with self.src.begin() as conn:
-                    capture.install(
+                    capture.install_triggers(
                         conn,
                         op_id=self.run.id,
                         schema=self.source.schema,
                         tenant_id=self.tenant_id,
-                        tables=[t],
+                        table=t,
                     )
         self.checkpoint("capture")
 
@@ -165,17 +185,20 @@ class _Move:
                 self.report.copied_bytes += moved
                 self.checkpoint(f"copy:{name}", bytes=moved, seconds=round(secs, 3))
                 self.progress(f"copied {name} ({moved // 1024} KiB in {secs:.2f}s)")
+        if todo:  # fresh tables have no statistics: plans (and the checksums) would be poor
+            with self.dst.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                for t in todo:
+                    conn.execute(text(f"ANALYZE {q(self.target.schema)}.{q(t.name)}"))
 
     def catch_up(self, tables: list[TableInfo], *, until_empty: bool) -> int:
-        """Re-sync dirty keys; returns how many were applied. Checkpoints the log position."""
+        """Re-sync dirty keys from the log (a queue: applied entries are deleted)."""
         by_name = {t.name: t for t in tables}
-        applied = int(self.step_data("catchup").get("seq", 0))
         total = 0
         with translate_errors("catch-up"), self.src.connect() as src:
-            for _round in range(1000):
-                last, dirty = capture.read_dirty(src, op_id=self.run.id, after=applied)
+            for _round in range(10_000):
+                seqs, dirty = capture.read_dirty(src, op_id=self.run.id)
                 src.rollback()
-                if not dirty:
+                if not seqs:
                     break
                 with self.dst.connect() as dst:
                     for name, keys in dirty.items():
@@ -188,16 +211,18 @@ class _Move:
                             dst_schema=self.target.schema,
                             tenant_id=self.tenant_id,
                         )
+                        if self.touched is not None:
+                            bucket = self.touched.setdefault(name, {})
+                            bucket.update((json.dumps(k, sort_keys=True), k) for k in keys)
                     dst.commit()
                 src.rollback()
+                capture.ack(src, op_id=self.run.id, seqs=seqs)  # after the target committed
+                src.commit()
                 total += sum(len(k) for k in dirty.values())
-                applied = last
-                self.run.step("catchup", seq=applied)
-                if not until_empty:
-                    left = capture.pending(src, op_id=self.run.id, after=applied)
+                if not until_empty and capture.pending(src, op_id=self.run.id) < CATCHUP_THRESHOLD:
                     src.rollback()
-                    if left < CATCHUP_THRESHOLD:
-                        break
+                    break
+                src.rollback()
         return total
 
     def set_source_status(self, status: str) -> None:
@@ -230,24 +255,86 @@ class _Move:
                     return False
                 time.sleep(0.01)
 
-    def verify(self, tables: list[TableInfo]) -> dict[str, dict[str, Any]]:
-        def side(engine: Engine, schema: str, t: TableInfo) -> tuple[int, str]:
-            with engine.connect() as conn:
-                return checksum(conn, t, schema=schema, tenant_id=self.tenant_id)
+    def _compare(
+        self,
+        tables: list[TableInfo],
+        keys: dict[str, list[dict[str, Any]]] | None,
+        *,
+        exclude: bool,
+        snapshot: str | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Checksums of both sides per table (all rows, only ``keys``, or all but ``keys``),
+        several tables at once; ``snapshot`` makes every source read see one exported snapshot."""
 
+        def side(engine: Engine, schema: str, t: TableInfo, snap: str | None) -> tuple[int, str]:
+            k = None if keys is None else keys.get(t.name, [])
+            with engine.connect() as c:
+                if snap is not None:
+                    c.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+                    c.execute(text(f"SET TRANSACTION SNAPSHOT '{snap}'"))
+                return checksum(
+                    c,
+                    t,
+                    schema=schema,
+                    tenant_id=self.tenant_id,
+                    keys=k,
+                    exclude=exclude,
+                    record_hash=self.record_hash,
+                )
+
+        todo = tables if keys is None or exclude else [t for t in tables if keys.get(t.name)]
+        out: dict[str, dict[str, Any]] = {}
         with ThreadPoolExecutor(max_workers=max(2, self.parallel)) as pool:
             futs = {
                 t.name: (
-                    pool.submit(side, self.src, self.source.schema, t),
-                    pool.submit(side, self.dst, self.target.schema, t),
+                    pool.submit(side, self.src, self.source.schema, t, snapshot),
+                    pool.submit(side, self.dst, self.target.schema, t, None),
                 )
-                for t in tables
+                for t in todo
             }
-            out = {}
             for name, (a, b) in futs.items():
                 (ra, ca), (rb, cb) = a.result(), b.result()
                 out[name] = {"rows": ra, "target_rows": rb, "match": (ra, ca) == (rb, cb)}
         return out
+
+    def verify(self, tables: list[TableInfo]) -> dict[str, dict[str, Any]]:
+        """Everything, both sides (used when no pre-freeze verification ran in this process)."""
+        return self._compare(tables, None, exclude=False)
+
+    def verify_before_freeze(self, tables: list[TableInfo]) -> dict[str, dict[str, Any]]:
+        """Verify every row whose key is not in the change log, while writes go on.
+
+        In one source snapshot: the logged keys, and the checksums of all other rows. A row
+        whose key is not logged has not changed since it was copied or last re-synced (its
+        change would be logged), so both sides must agree on it now; the catch-up is paused,
+        so the target does not move. Keys logged now or later are re-synced and verified
+        again inside the freeze, which then costs as much as the changes, not the tenant.
+        """
+        with self.src.connect() as src:
+            src.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            snapshot = src.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+            _seqs, logged = capture.read_dirty(src, op_id=self.run.id, limit=10_000_000)
+            result = self._compare(tables, logged, exclude=True, snapshot=snapshot)
+            src.rollback()
+        self.touched = {
+            name: {json.dumps(k, sort_keys=True): k for k in keys} for name, keys in logged.items()
+        }
+        return result
+
+    def verify_in_freeze(self, tables: list[TableInfo]) -> dict[str, dict[str, Any]]:
+        if self.touched is None:
+            return self.verify(tables)
+        keys = {name: list(bucket.values()) for name, bucket in self.touched.items()}
+        return self._compare(tables, keys, exclude=False)
+
+    def _fail_on_mismatch(self, result: dict[str, dict[str, Any]]) -> None:
+        bad = sorted(n for n, r in result.items() if not r["match"])
+        if bad:
+            self.abort(reason=f"verification failed for {', '.join(bad)}")
+            raise OperationFailed(
+                f"move of {self.slug!r} aborted: source and target differ in "
+                f"{', '.join(bad)}; the route is unchanged and writes resumed"
+            )
 
     def switch(self, freeze_ms: float) -> None:
         t = self.target
@@ -308,6 +395,8 @@ class _Move:
             self.start_capture(tables)
         self.progress("copying")
         self.copy(tables)
+        if "after_copy" in self.hooks:
+            self.hooks["after_copy"](self, tables)
         if "switch" not in done:
             self._freeze_verify_switch(tables)
         if "cleanup" not in done:
@@ -324,38 +413,42 @@ class _Move:
             if "freeze" not in self.run.completed:
                 self.progress("catching up")
                 self.catch_up(tables, until_empty=False)
+                self.progress("verifying (writes go on)")
+                if "before_verify" in self.hooks:
+                    self.hooks["before_verify"](self)
+                result = self.verify_before_freeze(tables)
+                self.report.tables = result
+                self._fail_on_mismatch(result)
                 self.set_source_status("moving")
                 self.checkpoint("freeze", at=time.time(), attempt=attempt)
+            self.report.freeze_attempts += 1
             frozen_at = float(self.step_data("freeze").get("at", time.time()))
             if not self.wait_for_writers(time.monotonic() + max_freeze):
-                self._unfreeze(f"writers still running after {max_freeze:.1f}s")
+                self._unfreeze(f"writers still running after {max_freeze:.1f}s", frozen_at)
                 continue
             self.catch_up(tables, until_empty=True)
-            if "before_verify" in self.hooks:
-                self.hooks["before_verify"](self)
-            result = self.verify(tables)
-            self.report.tables = result
-            bad = sorted(n for n, r in result.items() if not r["match"])
-            if bad:
-                self.abort(reason=f"verification failed for {', '.join(bad)}")
-                raise OperationFailed(
-                    f"move of {self.slug!r} aborted: source and target differ in "
-                    f"{', '.join(bad)}; the route is unchanged and writes resumed"
-                )
+            result = self.verify_in_freeze(tables)
+            for name, r in result.items():
+                self.report.tables.setdefault(name, {})["verified_in_freeze"] = r["rows"]
+                if not r["match"]:
+                    self.report.tables[name]["match"] = False
+            self._fail_on_mismatch(result)
             freeze = time.time() - frozen_at
-            if freeze > max_freeze and attempt < FREEZE_ATTEMPTS:
-                self._unfreeze(f"freeze took {freeze:.2f}s > --max-freeze")
+            if freeze > max_freeze:
+                self._unfreeze(f"freeze took {freeze:.2f}s > --max-freeze", frozen_at)
                 continue
+            self.report.frozen_total_ms += freeze * 1000
             self.switch(freeze * 1000)
             return
-        self._unfreeze("gave up")
         raise OperationFailed(
-            f"move of {self.slug!r} could not freeze within --max-freeze "
-            f"{self.params['max_freeze_ms']} ms after {FREEZE_ATTEMPTS} attempts; writes resumed, "
-            "run the same command again to retry"
+            f"move of {self.slug!r} could not switch within --max-freeze "
+            f"{self.params['max_freeze_ms']} ms in {FREEZE_ATTEMPTS} attempts; writes resumed, "
+            "run the same command again to retry (or allow a longer --max-freeze)"
         )
 
-    def _unfreeze(self, why: str) -> None:
+    def _unfreeze(self, why: str, frozen_at: float | None = None) -> None:
+        if frozen_at is not None:
+            self.report.frozen_total_ms += (time.time() - frozen_at) * 1000
         self.progress(f"unfreezing: {why}")
         self.set_source_status("active")
         self.run.completed.discard("freeze")

@@ -20,9 +20,18 @@ class TableInfo:
     columns: tuple[str, ...]
     key: tuple[str, ...]  # primary key columns other than tenant_id
     key_types: tuple[str, ...]
+    types: tuple[str, ...] = ()
 
     def column_list(self) -> str:
         return ", ".join(q(c) for c in self.columns)
+
+    def row_expr(self, alias: str) -> str:
+        """ROW(...) of every column; types without a hash function (vector) as text."""
+        parts = [
+            f"{alias}.{q(c)}::text" if t.startswith("vector") else f"{alias}.{q(c)}"
+            for c, t in zip(self.columns, self.types or ("",) * len(self.columns), strict=True)
+        ]
+        return f"ROW({', '.join(parts)})"
 
 
 def table_infos(conn: Connection, schema: str) -> list[TableInfo]:
@@ -40,9 +49,11 @@ def table_infos(conn: Connection, schema: str) -> list[TableInfo]:
         {"s": schema, "tables": list(TENANT_TABLES)},
     ).all()
     cols: dict[str, list[str]] = {}
+    types: dict[str, list[str]] = {}
     keys: dict[str, list[tuple[str, str]]] = {}
     for table, col, typ, in_pk in rows:
         cols.setdefault(table, []).append(col)
+        types.setdefault(table, []).append(typ)
         if in_pk and col != "tenant_id":
             keys.setdefault(table, []).append((col, typ))
     out = []
@@ -51,6 +62,12 @@ def table_infos(conn: Connection, schema: str) -> list[TableInfo]:
             continue
         key = keys.get(table, [])
         out.append(
-            TableInfo(table, tuple(cols[table]), tuple(k for k, _ in key), tuple(t for _, t in key))
+            TableInfo(
+                table,
+                tuple(cols[table]),
+                tuple(k for k, _ in key),
+                tuple(t for _, t in key),
+                tuple(types[table]),
+            )
         )
     return out
