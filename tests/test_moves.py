@@ -458,7 +458,8 @@ def test_change_committed_after_a_later_one_was_applied_is_not_skipped(ctl, make
     with tenant_session(ctl, slug, actor="w") as s:
         project = s.execute(text("select id from projects limit 1")).scalar_one()
     insert = text(
-        "insert into tasks (tenant_id, project_id, title) select tenant_id, :p, :k from tenant_state"
+        "insert into tasks (tenant_id, project_id, title) "
+        "select tenant_id, :p, :k from tenant_state"
     )
 
     def race(move, tables):
