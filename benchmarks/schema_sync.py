@@ -156,12 +156,14 @@ def slug(tier: str, i: int) -> str:
     return f"{SLUG_PREFIX[tier]}-{i:04d}"
 
 
-def provision(ctl: Control, tier: str, first: int, last: int, log: Log) -> None:
-    """Create tenants ``first..last`` (1-based, inclusive) of a tier, at revision 0001."""
+def provision(ctl: Control, tier: str, first: int, last: int, log: Log) -> float:
+    """Create tenants ``first..last`` (1-based, inclusive) of a tier, at revision 0001.
+
+    Returns the seconds it took."""
     from bizosctl.tenancy.provision import create_tenant
 
     if last < first:
-        return
+        return 0.0
     started = time.perf_counter()
     with base_history():
         for i in range(first, last + 1):
@@ -174,6 +176,7 @@ def provision(ctl: Control, tier: str, first: int, last: int, log: Log) -> None:
                     f"  {tier}: {i}/{last} ({done / elapsed:.1f} tenants/s, "
                     f"{elapsed:.0f} s for {done})"
                 )
+    return time.perf_counter() - started
 
 
 def quote_ident(ident: str) -> str:
@@ -469,27 +472,26 @@ def run_approaches(
     return out
 
 
-def run_scale(ctl: Control, sizes: list[int], schemas_made: int, log: Log) -> list[ScalePoint]:
-    """(c) and the no-op for the first ``size`` schema-tier tenants, growing the fleet."""
-    from bizosctl.sync.engine import SyncOptions
-    from bizosctl.sync.targets import Selection
+def scale_point(ctl: Control, size: int, log: Log) -> ScalePoint:
+    """(c) and then the no-op on every schema-tier tenant (``--tier schema``), ``size`` of them.
 
-    points = []
-    made = schemas_made
-    for size in sizes:
-        if size > made:
-            log(f"scale {size}: creating schema-tier tenants {made + 1}..{size}")
-            provision(ctl, "schema", made + 1, size, log)
-            made = size
-        selection = Selection(tenants=[slug("schema", i) for i in range(1, size + 1)])
-        reset(ctl, selection, log)
-        log(f"scale {size}: (c) run_sync, defaults")
-        sync_s, report = timed_sync(ctl, SyncOptions(selection=selection))
-        ok, note = check_at(ctl, selection, DEST)
-        log(f"verify (scale {size}): {'ok' if ok else 'FAILED'}: {note}")
-        noop_s, _ = timed_sync(ctl, SyncOptions(selection=selection))
-        points.append(ScalePoint(size, sync_s, noop_s, ok, report.summary()))
-    return points
+    The selection is the tier, not a list of tenants: that is what an operator types, and
+    ``--tenant`` lists that long do not work (see the README).
+    """
+    from bizosctl.sync.engine import SyncOptions
+    from bizosctl.sync.targets import Selection, list_targets
+
+    selection = Selection(tier="schema")
+    found = len(list_targets(ctl, selection))
+    if found != size:
+        raise RuntimeError(f"scale {size}: {found} schema-tier targets, not {size}")
+    reset(ctl, selection, log)
+    log(f"scale {size}: (c) run_sync, defaults, --tier schema")
+    sync_s, report = timed_sync(ctl, SyncOptions(selection=selection))
+    ok, note = check_at(ctl, selection, DEST)
+    log(f"verify (scale {size}): {'ok' if ok else 'FAILED'}: {note}")
+    noop_s, _ = timed_sync(ctl, SyncOptions(selection=selection))
+    return ScalePoint(size, sync_s, noop_s, ok, report.summary())
 
 
 def profile_sync(ctl: Control, count: int, log: Log, top: int = 35) -> str:
@@ -576,6 +578,13 @@ def print_human(doc: dict[str, Any]) -> None:
         f"fsync={pg['fsync']} synchronous_commit={pg['synchronous_commit']} "
         f"full_page_writes={pg['full_page_writes']}; Python {doc['python']}, {doc['cpus']} CPUs"
     )
+    before, after = doc["load_average"]["before"], doc["load_average"]["after"]
+    busy = max(before[0], after[0], after[1]) > 0.5 * (doc["cpus"] or 1)
+    console.print(
+        f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in before)}, after "
+        f"{'/'.join(f'{x:.2f}' for x in after)}"
+        + (": other processes were busy on this machine, timings are noisy" if busy else "")
+    )
     console.print(
         f"targets: {doc['schemas']} schema-tier + {doc['isolated']} isolated tenants + "
         f"{doc['shared_targets']} shared schema = {doc['target_count']}; migration {BASE} -> "
@@ -660,7 +669,8 @@ def print_human(doc: dict[str, Any]) -> None:
         console.print(scale)
         console.print(
             "linear growth keeps ms/target roughly constant ('vs first' near 1.0x); "
-            "targets selected by tenant list (--tenant ...), created incrementally"
+            "the selection is --tier schema; the tier grows incrementally (sizes up to "
+            "--schemas are measured on the way to it, larger ones after the approaches)"
         )
 
 
@@ -722,8 +732,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("nothing to measure: --schemas and --isolated are both 0")
     if args.loop_sample < 1:
         parser.error("--loop-sample must be at least 1")
-    if not 0 <= args.profile <= max(args.schemas, *args.scale, 0):
-        parser.error("--profile N needs N schema-tier tenants (--schemas or --scale)")
+    if not 0 <= args.profile <= min(args.schemas, 250):
+        parser.error("--profile N: at most --schemas and at most 250 (a --tenant selection)")
     return args
 
 
@@ -735,10 +745,11 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     ctl: Control | None = None
+    load_before = os.getloadavg()
     try:
         from bizosctl.catalog.control import get_control
         from bizosctl.db.migrate import head
-        from bizosctl.sync.targets import list_targets
+        from bizosctl.sync.targets import Selection, list_targets
         from bizosctl.tenancy.regions import init_home
 
         ctl = get_control()
@@ -747,20 +758,25 @@ def main(argv: list[str] | None = None) -> int:
             + ("durable (fsync on)" if args.durable else "fast: BIZOS_EMBEDDED_DURABLE=false")
         )
         init_home(ctl)
-        started = time.perf_counter()
         log(f"creating {args.schemas} schema-tier and {args.isolated} isolated tenants at {BASE}")
-        provision(ctl, "isolated", 1, args.isolated, log)
-        provision(ctl, "schema", 1, args.schemas, log)
-        provision_s = time.perf_counter() - started
-        os.environ[EXTRA_ENV] = str(EXTRA_DIR)  # only now: the tenants exist at 0001
+        provision_s = provision(ctl, "isolated", 1, args.isolated, log)
+        # From here on the history has b002; tenants made later are still made at 0001
+        # (provision() hides the extra directory while it creates them).
+        os.environ[EXTRA_ENV] = str(EXTRA_DIR)
         if head("tenant") != DEST:
             raise RuntimeError(f"the tenant head is {head('tenant')}, not {DEST}")
-        targets = list_targets(ctl)
-        from bizosctl.sync.targets import Selection
-
-        ok, note = check_at(ctl, Selection(), BASE)
-        if not ok:
-            raise RuntimeError(f"before the first approach: {note}")
+        # The schema tier grows to N; each --scale size up to N is measured on the way (the
+        # selection is the whole tier), the larger ones after the approaches.
+        made, points = 0, []
+        for size in [s for s in args.scale if s <= args.schemas]:
+            provision_s += provision(ctl, "schema", made + 1, size, log)
+            made = size
+            points.append(scale_point(ctl, size, log))
+        provision_s += provision(ctl, "schema", made + 1, args.schemas, log)
+        made = max(made, args.schemas)
+        every = Selection()
+        reset(ctl, every, log)
+        targets = list_targets(ctl, every)
         meta: dict[str, Any] = {
             "durable": ctl.settings.embedded_durable,
             "postgres": server_facts(ctl),
@@ -776,9 +792,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         log(f"{len(targets)} targets at {BASE}; head is now {DEST}")
         rows = run_approaches(ctl, home, targets, args.loop_sample, log)
-        points = run_scale(ctl, args.scale, args.schemas, log) if args.scale else []
+        for size in [s for s in args.scale if s > args.schemas]:
+            log(f"scale {size}: creating schema-tier tenants {made + 1}..{size}")
+            provision(ctl, "schema", made + 1, size, log)
+            made = size
+            points.append(scale_point(ctl, size, log))
         if args.profile:
             log(profile_sync(ctl, args.profile, log))
+        meta["load_average"] = {"before": load_before, "after": os.getloadavg()}
     finally:
         cleanup(ctl, home, log)
     doc = build_doc(meta, rows, points)

@@ -92,3 +92,23 @@ class DecryptionFailed(BizosError):
     """A value could not be decrypted (wrong key, tampered value or associated data)."""
 
     code = "decryption-failed"
+
+
+class Unauthorized(BizosError):
+    """Invalid credentials."""
+
+    http_status = 401
+    code = "unauthorized"
+
+
+class Forbidden(BizosError):
+    """Not allowed."""
+
+    http_status = 403
+    code = "forbidden"
+
+
+class InvalidSignature(Unauthorized):
+    """The webhook signature does not verify."""
+
+    code = "invalid-signature"

@@ -56,11 +56,29 @@ def test_every_command_has_help_with_an_example_and_json(name, cmd):
 
 @pytest.mark.parametrize(("name", "cmd"), COMMANDS, ids=[n for n, _ in COMMANDS])
 def test_state_changing_commands_have_dry_run(name, cmd):
-    changing = {"tenant create", "tenant delete", "tenant lock", "tenant unlock", "region add"}
+    changing = {
+        "tenant create",
+        "tenant delete",
+        "tenant lock",
+        "tenant unlock",
+        "region add",
+        "tenant move",
+        "schema sync",
+        "secrets rotate pii",
+        "secrets rotate jwt",
+        "secrets rotate db-credentials",
+        "secrets rotate db-password",
+        "secrets rotate master-key",
+        "api-key create",
+        "api-key revoke",
+        "api-key rotate",
+        "webhook add",
+        "webhook-secret rotate",
+    }
     options = {opt for p in cmd.params for opt in getattr(p, "opts", [])}
     if name in changing:
         assert "--dry-run" in options, name
-    if name == "tenant delete":
+    if name in ("tenant delete", "api-key revoke"):
         assert "--yes" in options
 
 

@@ -112,7 +112,7 @@ def test_wrong_master_key_is_a_clear_error(fresh_home, cli):
         env={"BIZOS_MASTER_KEY": "A" * 43},
     )
     assert r.exit_code == 1
-    assert "the master key does not open the keyring" in r.stderr
+    assert "wrong BIZOS_MASTER_KEY, key file or KMS key" in r.stderr
 
 
 def test_json_output_is_one_document_and_logs_go_to_stderr(fleet):

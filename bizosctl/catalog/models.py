@@ -150,7 +150,9 @@ class ApiKey(Base):
 
     __tablename__ = "api_keys"
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str]
     prefix: Mapped[str] = mapped_column(unique=True)
     secret_hash: Mapped[str]
@@ -167,7 +169,9 @@ class WebhookEndpoint(Base):
 
     __tablename__ = "webhook_endpoints"
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
     url: Mapped[str]
     events: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"))
     # [{"secret_enc", "created_at", "expires_at" | null}], newest first

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from bizosctl import __version__
-from bizosctl.cli import region, schema, system, tenant
+from bizosctl.cli import apikey, region, schema, secrets, system, tenant, webhook
 
 app = typer.Typer(
     name="bizosctl",
@@ -56,6 +56,10 @@ system.register(app)
 app.add_typer(region.app, name="region")
 app.add_typer(tenant.app, name="tenant")
 app.add_typer(schema.app, name="schema")
+app.add_typer(secrets.app, name="secrets")
+app.add_typer(apikey.app, name="api-key")
+app.add_typer(webhook.app, name="webhook")
+app.add_typer(webhook.secret_app, name="webhook-secret")
 
 
 def main() -> None:

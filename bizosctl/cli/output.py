@@ -97,14 +97,28 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Any:
+def table(
+    title: str | None,
+    columns: list[str],
+    rows: list[list[Any]],
+    *,
+    markup_cols: tuple[int, ...] = (),
+) -> Any:
+    """A Rich table. Cell text is escaped (a tenant named "[/x]" must not break or restyle the
+    output), except in ``markup_cols``, which hold our own markup."""
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:
         t.add_column(col)
     for row in rows:
-        t.add_row(*["" if v is None else str(v) for v in row])
+        t.add_row(
+            *[
+                "" if v is None else str(v) if i in markup_cols else escape(str(v))
+                for i, v in enumerate(row)
+            ]
+        )
     return t
 
 

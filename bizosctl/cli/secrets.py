@@ -249,7 +249,9 @@ def check(json_out: bool = JsonOpt) -> None:
         print_json({"ok": ok, "checks": checks})
     else:
         rows = [["[green]ok[/]" if c.ok else "[red]FAIL[/]", c.name, c.detail] for c in checks]
-        stdout_console().print(table("Secrets check", ["", "check", "detail"], rows))
+        stdout_console().print(
+            table("Secrets check", ["", "check", "detail"], rows, markup_cols=(0,))
+        )
     if not ok:
         failed = [c.name for c in checks if not c.ok]
         stderr_console().print(f"[red]{len(failed)} check(s) failed:[/] {', '.join(failed)}")

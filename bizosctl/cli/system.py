@@ -108,7 +108,7 @@ def doctor(json_out: bool = JsonOpt) -> None:
         rows = [
             ["[green]ok[/]" if c.ok else "[red]FAIL[/]", c.name, c.detail] for c in report.checks
         ]
-        stdout_console().print(table("Doctor", ["", "check", "detail"], rows))
+        stdout_console().print(table("Doctor", ["", "check", "detail"], rows, markup_cols=(0,)))
     if not report.ok:
         failed = [c.name for c in report.checks if not c.ok]
         stderr_console().print(f"[red]{len(failed)} check(s) failed:[/] {', '.join(failed)}")

@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("prefix", name=op.f("uq_api_keys_prefix")),
     )
+    op.create_index("ix_api_keys_tenant_id", "api_keys", ["tenant_id"])
     op.create_table(
         "webhook_endpoints",
         sa.Column("id", sa.UUID(), nullable=False),
@@ -82,6 +83,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_endpoints")),
     )
+    op.create_index("ix_webhook_endpoints_tenant_id", "webhook_endpoints", ["tenant_id"])
 
 
 def downgrade() -> None:

@@ -1,0 +1,407 @@
+"""API keys of tenants: ``bz_<prefix>_<secret>``, shown once, stored as a hash of the secret.
+
+The prefix (10 characters of ``[a-z0-9]``, unique) finds the row and names the key in lists;
+the secret is 32 random bytes, stored only as its SHA-256 and compared in constant time. A
+fast hash is enough here: the secret is random, so there is no dictionary to try.
+
+Verification answers one message, "invalid API key", for a malformed, unknown, revoked or
+expired key, so a caller cannot probe which keys exist; only a valid key used on another
+tenant gets its own answer (403).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+import string
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from bizosctl.catalog.control import Control
+from bizosctl.catalog.models import ApiKey, Tenant
+from bizosctl.errors import Forbidden, InvalidInput, NotFound, OperationFailed, Unauthorized
+from bizosctl.tenancy.names import check_slug
+
+TOKEN_RE = re.compile(r"^bz_([a-z0-9]{10})_([A-Za-z0-9_-]{20,128})$")
+PREFIX_RE = re.compile(r"^[a-z0-9]{10}$")
+SCOPE_RE = re.compile(r"^[a-z][a-z_]*:(read|write)$")
+PREFIX_ALPHABET = string.ascii_lowercase + string.digits
+PREFIX_LEN = 10
+NAME_MAX = 100
+MAX_EXPIRY_MS = 3650 * 86_400_000
+MAX_GRACE_MS = 30 * 86_400_000
+INVALID_KEY = "invalid API key"
+# Compared against when the prefix is unknown, so that case costs the same as a wrong secret.
+_NO_HASH = hashlib.sha256(b"no such key").hexdigest()
+
+Status = Literal["active", "expired", "revoked"]
+
+
+class ApiKeyCreate(BaseModel):
+    """A validated request for a new key (what ``--dry-run`` shows)."""
+
+    tenant: str
+    name: str
+    scopes: list[str]
+    expires_in_ms: int | None
+
+
+class ApiKeyPublic(BaseModel):
+    """An API key as shown to people and in ``--json``: never the secret nor its hash."""
+
+    id: uuid.UUID
+    tenant: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    replaced_by: uuid.UUID | None
+    status: Status
+
+
+class ApiKeyRotationPlan(BaseModel):
+    """What ``rotate`` would do: the old key's end of validity and the new key's terms."""
+
+    key: ApiKeyPublic
+    old_valid_until: dt.datetime
+    new_name: str
+    new_scopes: list[str]
+    new_expires_at: dt.datetime | None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _status(key: ApiKey, now: dt.datetime) -> Status:
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def _public(key: ApiKey, slug: str, now: dt.datetime) -> ApiKeyPublic:
+    return ApiKeyPublic(
+        id=key.id,
+        tenant=slug,
+        name=key.name,
+        prefix=key.prefix,
+        scopes=[str(s) for s in key.scopes],
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+        last_used_at=key.last_used_at,
+        replaced_by=key.replaced_by,
+        status=_status(key, now),
+    )
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# -- validation -------------------------------------------------------------------------------
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise InvalidInput("API key name must not be empty")
+    if len(name) > NAME_MAX:
+        raise InvalidInput(f"API key name is too long ({len(name)} characters; at most {NAME_MAX})")
+    return name
+
+
+def check_scopes(scopes: list[str]) -> list[str]:
+    """The scopes, each ``<resource>:read``, ``<resource>:write`` or ``*``; duplicates dropped."""
+    out: list[str] = []
+    for scope in scopes:
+        if scope != "*" and not SCOPE_RE.match(scope):
+            raise InvalidInput(
+                f"invalid scope {scope!r}: use <resource>:read, <resource>:write or *, "
+                "e.g. invoices:read"
+            )
+        if scope not in out:
+            out.append(scope)
+    if not out:
+        raise InvalidInput("give at least one scope, e.g. invoices:read")
+    return out
+
+
+def check_expiry(expires_ms: int | None) -> int | None:
+    if expires_ms is None:
+        return None
+    if expires_ms <= 0:
+        raise InvalidInput("API key expiry must be more than zero")
+    if expires_ms > MAX_EXPIRY_MS:
+        raise InvalidInput("API key expiry must be at most 3650d")
+    return expires_ms
+
+
+def check_grace(grace_ms: int) -> int:
+    if grace_ms < 0:
+        raise InvalidInput("grace period must not be negative")
+    if grace_ms > MAX_GRACE_MS:
+        raise InvalidInput("grace period must be at most 30d")
+    return grace_ms
+
+
+def _tenant_id(s: Session, slug: str) -> uuid.UUID:
+    check_slug(slug)
+    tid = s.execute(
+        select(Tenant.id).where(Tenant.slug == slug, Tenant.status != "deleted")
+    ).scalar_one_or_none()
+    if tid is None:
+        raise NotFound(f"no tenant named {slug!r}")
+    return tid
+
+
+def shown_key(key: str) -> str:
+    """A key reference safe to print: someone may paste a whole token to revoke it."""
+    return key[: 3 + PREFIX_LEN] + "…" if key.startswith("bz_") else key
+
+
+def _key_filter(key: str) -> ColumnElement[bool]:
+    """The condition naming one key by its id, its prefix or a whole token."""
+    token = TOKEN_RE.match(key)
+    if token is not None:
+        return ApiKey.prefix == token.group(1)
+    if PREFIX_RE.match(key):
+        return ApiKey.prefix == key
+    try:
+        return ApiKey.id == uuid.UUID(key)
+    except ValueError:
+        raise NotFound(f"no API key with id or prefix {shown_key(key)!r}") from None
+
+
+def _find(s: Session, key: str, *, lock: bool = False) -> tuple[ApiKey, str]:
+    """The key (of a live tenant) and its tenant's slug."""
+    stmt = (
+        select(ApiKey, Tenant.slug)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(_key_filter(key), Tenant.status != "deleted")
+    )
+    if lock:
+        stmt = stmt.with_for_update(of=ApiKey)
+    row = s.execute(stmt).one_or_none()
+    if row is None:
+        raise NotFound(f"no API key with id or prefix {shown_key(key)!r}")
+    return row[0], row[1]
+
+
+def _new_prefix(s: Session) -> str:
+    # 36**10 prefixes: a clash is very unlikely, and the unique constraint catches a race.
+    for _ in range(5):
+        prefix = "".join(secrets.choice(PREFIX_ALPHABET) for _ in range(PREFIX_LEN))
+        taken = s.execute(select(ApiKey.id).where(ApiKey.prefix == prefix)).first()
+        if taken is None:
+            return prefix
+    raise OperationFailed("could not find a free API key prefix")
+
+
+def _insert(
+    s: Session,
+    *,
+    tenant_id: uuid.UUID,
+    name: str,
+    scopes: list[str],
+    now: dt.datetime,
+    expires_at: dt.datetime | None,
+) -> tuple[ApiKey, str]:
+    prefix = _new_prefix(s)
+    secret = secrets.token_urlsafe(32)
+    key = ApiKey(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        name=name,
+        prefix=prefix,
+        secret_hash=_hash(secret),
+        scopes=scopes,
+        # Set here rather than by the server, so expires_at - created_at is the key's lifetime
+        # exactly, which a rotation hands on to the next key.
+        created_at=now,
+        expires_at=expires_at,
+    )
+    s.add(key)
+    s.flush()
+    return key, f"bz_{prefix}_{secret}"
+
+
+# -- verbs ------------------------------------------------------------------------------------
+def plan_api_key(
+    ctl: Control, *, tenant: str, name: str, scopes: list[str], expires_ms: int | None
+) -> ApiKeyCreate:
+    """Validate a new key's terms without creating it (``--dry-run``)."""
+    request = ApiKeyCreate(
+        tenant=tenant,
+        name=check_name(name),
+        scopes=check_scopes(scopes),
+        expires_in_ms=check_expiry(expires_ms),
+    )
+    with ctl.catalog() as s:
+        _tenant_id(s, tenant)
+    return request
+
+
+def create_api_key(
+    ctl: Control, *, tenant: str, name: str, scopes: list[str], expires_ms: int | None
+) -> tuple[ApiKeyPublic, str]:
+    """Create a key for a tenant; returns it and its token, which is never available again.
+
+    Args:
+        tenant: the tenant's slug.
+        name: what the key is for, 1-100 characters.
+        scopes: ``<resource>:read``, ``<resource>:write`` or ``*``; at least one.
+        expires_ms: lifetime in milliseconds, or None for a key that does not expire.
+    """
+    name = check_name(name)
+    scopes = check_scopes(scopes)
+    expires_ms = check_expiry(expires_ms)
+    now = _now()
+    expires_at = None if expires_ms is None else now + dt.timedelta(milliseconds=expires_ms)
+    with ctl.catalog() as s:
+        tenant_id = _tenant_id(s, tenant)
+        key, token = _insert(
+            s, tenant_id=tenant_id, name=name, scopes=scopes, now=now, expires_at=expires_at
+        )
+        return _public(key, tenant, now), token
+
+
+def list_api_keys(ctl: Control, *, tenant: str | None = None) -> list[ApiKeyPublic]:
+    """Keys of every live tenant, or of one tenant (by slug), oldest first."""
+    now = _now()
+    stmt = (
+        select(ApiKey, Tenant.slug)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(Tenant.status != "deleted")
+        .order_by(Tenant.slug, ApiKey.created_at, ApiKey.id)
+    )
+    with ctl.catalog() as s:
+        if tenant is not None:
+            stmt = stmt.where(ApiKey.tenant_id == _tenant_id(s, tenant))
+        return [_public(key, slug, now) for key, slug in s.execute(stmt).all()]
+
+
+def get_api_key(ctl: Control, key: str) -> ApiKeyPublic:
+    """One key, named by its id or its prefix."""
+    with ctl.catalog() as s:
+        row, slug = _find(s, key)
+        return _public(row, slug, _now())
+
+
+def revoke_api_key(ctl: Control, key: str) -> ApiKeyPublic:
+    """Revoke a key (by id or prefix) now. Revoking a revoked key changes nothing."""
+    now = _now()
+    with ctl.catalog() as s:
+        row, slug = _find(s, key, lock=True)
+        if row.revoked_at is None:
+            row.revoked_at = now
+        return _public(row, slug, now)
+
+
+def _check_rotatable(key: ApiKey, now: dt.datetime) -> None:
+    if key.revoked_at is not None:
+        raise InvalidInput(f"API key {key.prefix!r} is revoked: create a new key instead")
+    if key.replaced_by is not None:
+        raise InvalidInput(
+            f"API key {key.prefix!r} was already rotated (replaced by {key.replaced_by}): "
+            "rotate its replacement"
+        )
+    if key.expires_at is not None and key.expires_at <= now:
+        raise InvalidInput(f"API key {key.prefix!r} has expired: create a new key instead")
+
+
+def _lifetime(key: ApiKey) -> dt.timedelta | None:
+    return None if key.expires_at is None else key.expires_at - key.created_at
+
+
+def _old_valid_until(key: ApiKey, now: dt.datetime, grace_ms: int) -> dt.datetime:
+    end = now + dt.timedelta(milliseconds=grace_ms)
+    return end if key.expires_at is None else min(key.expires_at, end)
+
+
+def plan_rotation(ctl: Control, key: str, *, grace_ms: int) -> ApiKeyRotationPlan:
+    """What ``rotate_api_key`` would do, changing nothing (``--dry-run``)."""
+    check_grace(grace_ms)
+    now = _now()
+    with ctl.catalog() as s:
+        row, slug = _find(s, key)
+        _check_rotatable(row, now)
+        lifetime = _lifetime(row)
+        return ApiKeyRotationPlan(
+            key=_public(row, slug, now),
+            old_valid_until=_old_valid_until(row, now, grace_ms),
+            new_name=row.name,
+            new_scopes=[str(x) for x in row.scopes],
+            new_expires_at=None if lifetime is None else now + lifetime,
+        )
+
+
+def rotate_api_key(ctl: Control, key: str, *, grace_ms: int) -> tuple[ApiKeyPublic, str]:
+    """Replace a key by a new one with the same tenant, name, scopes and lifetime.
+
+    The old key keeps working until now + ``grace_ms`` (or its own expiry, if sooner), so the
+    clients using it can switch; it records the new key in ``replaced_by``.
+
+    Args:
+        key: the old key's id or prefix.
+        grace_ms: how long the old key stays valid, in milliseconds (0: not at all).
+    """
+    check_grace(grace_ms)
+    now = _now()
+    with ctl.catalog() as s:
+        old, slug = _find(s, key, lock=True)
+        _check_rotatable(old, now)
+        lifetime = _lifetime(old)
+        new, token = _insert(
+            s,
+            tenant_id=old.tenant_id,
+            name=old.name,
+            scopes=[str(x) for x in old.scopes],
+            now=now,
+            expires_at=None if lifetime is None else now + lifetime,
+        )
+        old.expires_at = _old_valid_until(old, now, grace_ms)
+        old.replaced_by = new.id
+        return _public(new, slug, now), token
+
+
+def verify_api_key(ctl: Control, token: str, *, tenant: str) -> ApiKeyPublic:
+    """The key behind a bearer token, if it is valid for ``tenant``; records its use.
+
+    Raises:
+        Unauthorized: the token is malformed, unknown, revoked or expired (one message).
+        Forbidden: the key is valid but belongs to another tenant.
+    """
+    match = TOKEN_RE.match(token)
+    if match is None:
+        raise Unauthorized(INVALID_KEY)
+    prefix, secret = match.groups()
+    digest = _hash(secret)
+    now = _now()
+    with ctl.catalog() as s:
+        row = s.execute(
+            select(ApiKey, Tenant.slug)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.prefix == prefix, Tenant.status != "deleted")
+        ).one_or_none()
+        matches = hmac.compare_digest(row[0].secret_hash if row else _NO_HASH, digest)
+        if row is None or not matches or _status(row[0], now) != "active":
+            raise Unauthorized(INVALID_KEY)
+        key, slug = row[0], row[1]
+        if slug != tenant:
+            raise Forbidden(f"this API key does not belong to tenant {tenant!r}")
+        # At most one write a minute per key: concurrent requests with one key must not queue
+        # on its row.
+        if key.last_used_at is None or now - key.last_used_at > dt.timedelta(minutes=1):
+            key.last_used_at = now
+        return _public(key, slug, now)
