@@ -175,7 +175,7 @@ def test_sync_unknown_tenant(small_fleet, cli):
 def test_failing_migration_in_one_target_others_finish(small_fleet, cli):
     r, doc = sync(cli, extra=FAILING)
     assert r.exit_code == 1
-    assert doc["summary"] == {"migrated": 4, "failed": 1}
+    assert doc["summary"] == {"migrated": 4, "failed": 1}, [t["error"] for t in doc["failed"]]
     [failed] = doc["failed"]
     assert failed["tenant"] == "boom-co" and failed["revision"] == "0001"
     assert "RuntimeError: boom: this migration refuses this target" in failed["error"]

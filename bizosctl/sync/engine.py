@@ -10,6 +10,7 @@ skipped, so running the same command after a crash (even SIGKILL) finishes the r
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 import uuid
 from collections import Counter, defaultdict, deque
@@ -24,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation, SchemaTarget
 from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
-from bizosctl.db.migrate import direction, head, offline_sql, resolve
+from bizosctl.db.migrate import EXTRA_ENV, direction, head, offline_sql, resolve
 from bizosctl.errors import InvalidInput
 from bizosctl.faults import crash_point
 from bizosctl.sync.targets import Selection, Target, list_targets, read_revisions
@@ -169,6 +170,7 @@ class _Runner:
             "lock_timeout_ms": self.opts.lock_timeout_ms,
             "statement_timeout_ms": self.opts.statement_timeout_ms,
             "app": f"bizosctl:sync:{self.op_id}",
+            "extra": os.environ.get(EXTRA_ENV),
         }
 
     def _result(self, t: Target, raw: dict[str, Any], attempt: int) -> TargetResult:

@@ -8,6 +8,7 @@ exception, so nothing unpicklable crosses the process boundary.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from bizosctl.db.engines import db_message, sqlstate
-from bizosctl.db.migrate import migrate
+from bizosctl.db.migrate import EXTRA_ENV, migrate
 from bizosctl.errors import BizosError, Busy
 from tenant_schema.ddl import OWNER_ROLE
 
@@ -56,6 +57,12 @@ def warm_up() -> None:
 def migrate_target(spec: dict[str, Any]) -> dict[str, Any]:
     """Move one target to ``spec["dest"]`` in its own transaction. Returns a result dict."""
     started = time.perf_counter()
+    # Worker processes fork from a long-lived server process whose environment is the one of
+    # the first run: take the parent's migration directories from the spec instead.
+    if spec.get("extra"):
+        os.environ[EXTRA_ENV] = spec["extra"]
+    else:
+        os.environ.pop(EXTRA_ENV, None)
     out: dict[str, Any] = {"key": spec["key"], "before": spec.get("revision"), "after": None}
     try:
         engine = _engine(spec["url"], spec["pooled"], spec["pool_size"])
