@@ -31,9 +31,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bizosctl.catalog.control import Control
+from bizosctl.catalog.lookups import live_tenant_id
 from bizosctl.catalog.models import Tenant, WebhookEndpoint
 from bizosctl.errors import InvalidInput, InvalidSignature, NotFound, OperationFailed
-from bizosctl.tenancy.names import check_slug
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -163,16 +163,6 @@ def check_overlap(overlap_ms: int) -> int:
     return overlap_ms
 
 
-def _tenant_id(s: Session, slug: str) -> uuid.UUID:
-    check_slug(slug)
-    tid = s.execute(
-        select(Tenant.id).where(Tenant.slug == slug, Tenant.status != "deleted")
-    ).scalar_one_or_none()
-    if tid is None:
-        raise NotFound(f"no tenant named {slug!r}")
-    return tid
-
-
 def _endpoint_uuid(endpoint_id: uuid.UUID | str) -> uuid.UUID:
     if isinstance(endpoint_id, uuid.UUID):
         return endpoint_id
@@ -237,7 +227,7 @@ def plan_endpoint(ctl: Control, *, tenant: str, url: str, events: list[str]) -> 
     """Validate a new endpoint without adding it (``--dry-run``)."""
     request = EndpointCreate(tenant=tenant, url=check_url(url), events=check_events(events))
     with ctl.catalog() as s:
-        _tenant_id(s, tenant)
+        live_tenant_id(s, tenant)
     return request
 
 
@@ -260,7 +250,7 @@ def add_endpoint(
     with ctl.catalog() as s:
         ep = WebhookEndpoint(
             id=endpoint_id,
-            tenant_id=_tenant_id(s, tenant),
+            tenant_id=live_tenant_id(s, tenant),
             url=url,
             events=events,
             secrets=[entry],
@@ -282,7 +272,7 @@ def list_endpoints(ctl: Control, *, tenant: str | None = None) -> list[EndpointP
     )
     with ctl.catalog() as s:
         if tenant is not None:
-            stmt = stmt.where(WebhookEndpoint.tenant_id == _tenant_id(s, tenant))
+            stmt = stmt.where(WebhookEndpoint.tenant_id == live_tenant_id(s, tenant))
         return [_public(ep, slug, now) for ep, slug in s.execute(stmt).all()]
 
 

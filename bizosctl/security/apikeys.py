@@ -25,9 +25,9 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from bizosctl.catalog.control import Control
+from bizosctl.catalog.lookups import live_tenant_id
 from bizosctl.catalog.models import ApiKey, Tenant
 from bizosctl.errors import Forbidden, InvalidInput, NotFound, OperationFailed, Unauthorized
-from bizosctl.tenancy.names import check_slug
 
 TOKEN_RE = re.compile(r"^bz_([a-z0-9]{10})_([A-Za-z0-9_-]{20,128})$")
 PREFIX_RE = re.compile(r"^[a-z0-9]{10}$")
@@ -155,16 +155,6 @@ def check_grace(grace_ms: int) -> int:
     return grace_ms
 
 
-def _tenant_id(s: Session, slug: str) -> uuid.UUID:
-    check_slug(slug)
-    tid = s.execute(
-        select(Tenant.id).where(Tenant.slug == slug, Tenant.status != "deleted")
-    ).scalar_one_or_none()
-    if tid is None:
-        raise NotFound(f"no tenant named {slug!r}")
-    return tid
-
-
 def shown_key(key: str) -> str:
     """A key reference safe to print: someone may paste a whole token to revoke it."""
     return key[: 3 + PREFIX_LEN] + "…" if key.startswith("bz_") else key
@@ -248,7 +238,7 @@ def plan_api_key(
         expires_in_ms=check_expiry(expires_ms),
     )
     with ctl.catalog() as s:
-        _tenant_id(s, tenant)
+        live_tenant_id(s, tenant)
     return request
 
 
@@ -269,7 +259,7 @@ def create_api_key(
     now = _now()
     expires_at = None if expires_ms is None else now + dt.timedelta(milliseconds=expires_ms)
     with ctl.catalog() as s:
-        tenant_id = _tenant_id(s, tenant)
+        tenant_id = live_tenant_id(s, tenant)
         key, token = _insert(
             s, tenant_id=tenant_id, name=name, scopes=scopes, now=now, expires_at=expires_at
         )
@@ -287,7 +277,7 @@ def list_api_keys(ctl: Control, *, tenant: str | None = None) -> list[ApiKeyPubl
     )
     with ctl.catalog() as s:
         if tenant is not None:
-            stmt = stmt.where(ApiKey.tenant_id == _tenant_id(s, tenant))
+            stmt = stmt.where(ApiKey.tenant_id == live_tenant_id(s, tenant))
         return [_public(key, slug, now) for key, slug in s.execute(stmt).all()]
 
 
