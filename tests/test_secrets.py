@@ -486,3 +486,42 @@ def test_whole_rotation_run_prints_no_secret(home):
     blob = "\n".join(out) + log
     for secret in secrets:
         assert secret not in blob, "a secret value appeared in output or the server log"
+
+
+def test_another_process_keeps_reading_during_a_rotation(home):
+    """A process with its own keyring (reloaded every BIZOS_KEYRING_RELOAD_SECONDS) never meets
+    a value under a version it does not know: the new key reads before it writes."""
+    from bizosctl.catalog.control import Control
+    from bizosctl.config import Settings
+    from bizosctl.security.rotation import rotate_pii
+    from bizosctl.tenancy.provision import create_tenant
+
+    create_tenant(home, slug="reader-co", name="R", tier="schema", region="global")
+    load_sample_data(home, "reader-co")
+    other = Control(Settings())  # like another application process
+    tid = other.route("reader-co").tenant_id
+    _ = other.keyring
+    failures: list[BaseException] = []
+    reads = [0]
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                for r in members(other, "reader-co"):
+                    decrypt(
+                        other.keyring, r.email_enc, tenant_id=tid, table="members", column="email"
+                    )
+                reads[0] += 1
+            except BaseException as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        rotate_pii(home, batch=1)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert reads[0] > 10
+    assert not failures, failures[:3]

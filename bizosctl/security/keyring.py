@@ -129,8 +129,9 @@ class Keyring:
         return sorted(found, key=lambda k: k.version)
 
 
-def add_version(session: Session, master: MasterKey, purpose: str) -> int:
-    """A new primary version of ``purpose``; the previous ones stay readable."""
+def add_version(session: Session, master: MasterKey, purpose: str, *, primary: bool = True) -> int:
+    """A new version of ``purpose`` (primary unless ``primary=False``: then it only reads until
+    ``set_primary``); the previous ones stay readable."""
     if purpose not in PURPOSES:
         from bizosctl.errors import InvalidInput
 
@@ -143,10 +144,11 @@ def add_version(session: Session, master: MasterKey, purpose: str) -> int:
         select(func.max(KeyringEntry.version)).where(KeyringEntry.purpose == purpose)
     ).scalar_one()
     version = (current or 0) + 1
-    session.execute(
-        update(KeyringEntry).where(KeyringEntry.purpose == purpose).values(is_primary=False)
-    )
-    session.add(new_entry(master, purpose, version, primary=True))
+    if primary:
+        session.execute(
+            update(KeyringEntry).where(KeyringEntry.purpose == purpose).values(is_primary=False)
+        )
+    session.add(new_entry(master, purpose, version, primary=primary))
     session.flush()
     return version
 

@@ -3,7 +3,9 @@ version retired once nothing uses it.
 
 The application keeps reading and writing throughout: values under the old version still
 decrypt (the old key stays live), new writes take the new primary as soon as a process
-re-reads its keyring (``BIZOS_KEYRING_RELOAD_SECONDS``). Re-encryption walks every target in
+re-reads its keyring (``BIZOS_KEYRING_RELOAD_SECONDS``). The new key is first added as a
+read-only version and becomes primary only one reload period later, so no process ever meets a
+value under a version it does not know. Re-encryption walks every target in
 primary-key order, in batches, each batch one short transaction whose UPDATE only replaces a
 value that is still the one it read (optimistic), so a concurrent application write is never
 overwritten. After the reload period a final sweep re-encrypts what stale writers wrote under
@@ -13,13 +15,15 @@ the old key, and only when a sweep finds nothing left is the old version retired
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, text, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import KeyringEntry, Operation
@@ -27,8 +31,8 @@ from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import OperationFailed
 from bizosctl.faults import crash_point
-from bizosctl.security.fields import blind_index, decrypt, encrypt, key_version, normalize_email
-from bizosctl.security.keyring import Keyring, add_version
+from bizosctl.security.fields import Recrypter, normalize_email
+from bizosctl.security.keyring import Keyring, add_version, set_primary
 from bizosctl.sync.targets import Target, list_targets
 from tenant_schema.models import ENCRYPTED_COLUMNS
 
@@ -41,26 +45,29 @@ def q(ident: str) -> str:
 
 
 def _reencrypt_rows(
-    ring: Keyring, table: str, cols: dict[str, str | None], rows: list[Any], version: int
+    rc: Recrypter, table: str, cols: dict[str, str | None], rows: list[tuple[Any, ...]]
 ) -> list[dict[str, Any]]:
+    """Rows are (tenant_id text, id text, *cols, *blind index cols)."""
+    names = list(cols)
+    bidx_names = [b for b in cols.values() if b]
     out = []
     for row in rows:
-        tid = row.tenant_id
-        changed: dict[str, Any] = {"tenant_id": str(tid), "id": str(row.id)}
+        tid = row[0]
+        values = dict(zip(names, row[2 : 2 + len(names)], strict=True))
+        changed: dict[str, Any] = {"tenant_id": tid, "id": row[1]}
+        changed.update(zip(bidx_names, row[2 + len(names) :], strict=True))
         dirty = False
         for col, bidx in cols.items():
-            old = getattr(row, col)
+            old = values[col]
             changed[f"old_{col}"] = old
             changed[col] = old
-            if bidx:
-                changed[bidx] = getattr(row, bidx)
-            if old is None or key_version(old) == version:
+            if old is None or old.startswith(rc.prefix):
                 continue
             column = col.removesuffix("_enc")
-            plain = decrypt(ring, old, tenant_id=tid, table=table, column=column)
-            changed[col] = encrypt(ring, plain, tenant_id=tid, table=table, column=column)
+            plain = rc.plain(old, tenant_id=tid, table=table, column=column)
+            changed[col] = rc.seal(plain, tenant_id=tid, table=table, column=column)
             if bidx:
-                changed[bidx] = blind_index(ring, normalize_email(plain))
+                changed[bidx] = rc.index(normalize_email(plain.decode()))
             dirty = True
         if dirty:
             out.append(changed)
@@ -68,7 +75,7 @@ def _reencrypt_rows(
 
 
 def reencrypt_table(
-    conn: Connection,
+    engine: Engine,
     ring: Keyring,
     *,
     schema: str,
@@ -77,11 +84,21 @@ def reencrypt_table(
     batch: int,
     progress: Progress | None = None,
 ) -> int:
-    """Re-encrypt every value of ``table`` not under ``version``. Returns values rewritten."""
+    """Re-encrypt every value of ``table`` not under ``version``. Returns rows rewritten.
+
+    A three-stage pipeline: one connection reads batches in primary-key order, this thread
+    decrypts and encrypts, another connection writes; the database work of one batch overlaps
+    the cryptography of the next.
+    """
     cols = ENCRYPTED_COLUMNS[table]
     prefix = f"bz1.{version}.%"
-    old_filter = " OR ".join(f"({c} IS NOT NULL AND {c} NOT LIKE :prefix)" for c in cols)
+    old_filter = " OR ".join(f"({c} IS NOT NULL AND {c} NOT LIKE %(prefix)s)" for c in cols)
     select_cols = ", ".join([*cols, *(b for b in cols.values() if b)])
+    read_sql = (
+        f"SELECT tenant_id::text, id::text, {select_cols} FROM {q(schema)}.{q(table)} "
+        f"WHERE (tenant_id, id) > (%(lt)s, %(li)s) AND ({old_filter}) "
+        "ORDER BY tenant_id, id LIMIT %(n)s"
+    )
     record = ", ".join(
         [
             "tenant_id uuid",
@@ -95,37 +112,68 @@ def reencrypt_table(
         [*(f"{c} = v.{c}" for c in cols), *(f"{b} = v.{b}" for b in cols.values() if b)]
     )
     same = " AND ".join(f"t.{c} IS NOT DISTINCT FROM v.old_{c}" for c in cols)
-    last_t, last_id = uuid.UUID(int=0), uuid.UUID(int=0)
-    rewritten = 0
-    while True:
-        rows = conn.execute(
-            text(
-                f"SELECT tenant_id, id, {select_cols} FROM {q(schema)}.{q(table)} "
-                f"WHERE (tenant_id, id) > (:lt, :li) AND ({old_filter}) "
-                "ORDER BY tenant_id, id LIMIT :n"
-            ),
-            {"lt": last_t, "li": last_id, "prefix": prefix, "n": batch},
-        ).all()
-        if not rows:
-            conn.rollback()
-            return rewritten
-        last_t, last_id = rows[-1].tenant_id, rows[-1].id
-        changed = _reencrypt_rows(ring, table, cols, list(rows), version)
-        if changed:
-            # Skip triggers: a key change is not a change of the tenant's data to audit.
-            conn.execute(text("SET LOCAL session_replication_role = replica"))
-            n = conn.execute(
-                text(
-                    f"UPDATE {q(schema)}.{q(table)} AS t SET {sets} FROM "
-                    f"jsonb_to_recordset(CAST(:rows AS jsonb)) AS v({record}) "
-                    f"WHERE t.tenant_id = v.tenant_id AND t.id = v.id AND {same}"
-                ),
-                {"rows": json.dumps(changed)},
-            ).rowcount
-            rewritten += n
-        conn.commit()
-        if progress is not None:
-            progress(table, len(changed))
+    write_sql = (
+        f"UPDATE {q(schema)}.{q(table)} AS t SET {sets} FROM "
+        f"jsonb_to_recordset(%(rows)s::jsonb) AS v({record}) "
+        f"WHERE t.tenant_id = v.tenant_id AND t.id = v.id AND {same}"
+    )
+    rc = Recrypter(ring, version)
+    reads: queue.Queue[list[tuple[Any, ...]] | BaseException | None] = queue.Queue(maxsize=2)
+    writes: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=2)
+    written = [0]
+    failure: list[BaseException] = []
+
+    def reader(raw: Any) -> None:
+        last = ("00000000-0000-0000-0000-000000000000",) * 2
+        try:
+            while True:
+                rows = raw.execute(
+                    read_sql, {"lt": last[0], "li": last[1], "prefix": prefix, "n": batch}
+                ).fetchall()
+                raw.commit()
+                if not rows:
+                    reads.put(None)
+                    return
+                last = (rows[-1][0], rows[-1][1])
+                reads.put(rows)
+        except BaseException as exc:
+            reads.put(exc)
+
+    def writer(raw: Any) -> None:
+        try:
+            while (changed := writes.get()) is not None:
+                # Skip triggers: a key change is not a change of the tenant's data to audit.
+                raw.execute("SET LOCAL session_replication_role = replica")
+                written[0] += raw.execute(write_sql, {"rows": json.dumps(changed)}).rowcount
+                raw.commit()
+        except BaseException as exc:
+            failure.append(exc)
+            while writes.get() is not None:  # drain so the pipeline can stop
+                pass
+
+    with engine.connect() as rconn, engine.connect() as wconn:
+        threads = [
+            threading.Thread(target=reader, args=(rconn.connection.driver_connection,)),
+            threading.Thread(target=writer, args=(wconn.connection.driver_connection,)),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while (item := reads.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                changed = _reencrypt_rows(rc, table, cols, item)
+                if changed:
+                    writes.put(changed)
+                if progress is not None:
+                    progress(table, len(changed))
+        finally:
+            writes.put(None)
+            for t in threads:
+                t.join()
+    if failure:
+        raise failure[0]
+    return written[0]
 
 
 def count_by_version(conn: Connection, *, schema: str) -> dict[int, int]:
@@ -184,6 +232,12 @@ def _operation(ctl: Control, purpose: str) -> tuple[uuid.UUID, bool]:
     return create_operation(ctl, kind="secrets.rotate", target=purpose, params={}), False
 
 
+def _sleep_until(moment: float) -> None:
+    wait = moment - time.time()
+    if wait > 0:
+        time.sleep(wait)
+
+
 def _step(run: OperationRun, name: str) -> dict[str, Any]:
     steps = run.conn.execute(
         text("SELECT steps FROM operations WHERE id = :id"), {"id": run.id}
@@ -199,13 +253,22 @@ def rotate_pii(
     """New primary ``pii`` key, every value re-encrypted, old versions retired. Resumable."""
     op_id, resumed = _operation(ctl, "pii")
     with OperationRun(ctl, op_id) as run:
+        reload_s = ctl.settings.keyring_reload_seconds
+        # Phase 1: the new key exists but only reads. Once every process has re-read its
+        # keyring (one reload period), each of them can read values under it.
         if "new-key" not in run.completed:
             with ctl.catalog() as s:
-                version = add_version(s, ctl.keyring.master, "pii")
+                version = add_version(s, ctl.keyring.master, "pii", primary=False)
             run.step("new-key", version=version, at=time.time())
             crash_point("rotate.new-key")
-        info = _step(run, "new-key")
-        version, started = int(info["version"]), float(info["at"])
+        version = int(_step(run, "new-key")["version"])
+        _sleep_until(float(_step(run, "new-key")["at"]) + reload_s)
+        # Phase 2: it becomes primary; writes move to it within one more reload period.
+        if "primary" not in run.completed:
+            with ctl.catalog() as s:
+                set_primary(s, "pii", version)
+            run.step("primary", at=time.time())
+        started = float(_step(run, "primary")["at"])
         ctl.reload_keyring()
         ring = ctl.keyring
         rewritten = 0
@@ -216,10 +279,11 @@ def rotate_pii(
             if t.moving or name in run.completed:
                 continue
             n = 0
-            with translate_errors(f"server {t.server}"), _engine(ctl, t).connect() as conn:
+            with translate_errors(f"server {t.server}"):
+                engine = _engine(ctl, t)
                 for table in ENCRYPTED_COLUMNS:
                     n += reencrypt_table(
-                        conn,
+                        engine,
                         ring,
                         schema=t.schema,
                         table=table,
@@ -232,20 +296,29 @@ def rotate_pii(
             crash_point(
                 f"rotate.target.{len([c for c in run.completed if c.startswith('target:')])}"
             )
+        for t in targets:  # fresh statistics: the sweep below should not walk the index
+            if not t.moving:
+                with (
+                    translate_errors(f"server {t.server}"),
+                    _engine(ctl, t)
+                    .connect()
+                    .execution_options(isolation_level="AUTOCOMMIT") as conn,
+                ):
+                    for table in ENCRYPTED_COLUMNS:
+                        conn.execute(text(f"ANALYZE {q(t.schema)}.{q(table)}"))
         # Processes that had not re-read their keyring yet may have written under the old
         # key: wait one reload period, then sweep until nothing old is left.
-        wait = started + ctl.settings.keyring_reload_seconds - time.time()
-        if wait > 0:
-            time.sleep(wait)
+        _sleep_until(started + reload_s)
         left: dict[int, int] = {}
         for _ in range(SWEEPS):
             for t in targets:
                 if t.moving:
                     continue
-                with translate_errors(f"server {t.server}"), _engine(ctl, t).connect() as conn:
+                with translate_errors(f"server {t.server}"):
+                    engine = _engine(ctl, t)
                     for table in ENCRYPTED_COLUMNS:
                         rewritten += reencrypt_table(
-                            conn, ring, schema=t.schema, table=table, version=version, batch=batch
+                            engine, ring, schema=t.schema, table=table, version=version, batch=batch
                         )
             left = {v: n for v, n in pii_usage(ctl).items() if v != version and n}
             if not left:
