@@ -95,9 +95,11 @@ def reencrypt_table(
     old_filter = " OR ".join(f"({c} IS NOT NULL AND {c} NOT LIKE %(prefix)s)" for c in cols)
     select_cols = ", ".join([*cols, *(b for b in cols.values() if b)])
     read_sql = (
-        f"SELECT tenant_id::text, id::text, {select_cols} FROM {q(schema)}.{q(table)} "
-        f"WHERE (tenant_id, id) > (%(lt)s, %(li)s) AND ({old_filter}) "
-        "ORDER BY tenant_id, id LIMIT %(n)s"
+        # Qualified ORDER BY: the text casts below are output columns named like the key
+        # columns, and ordering by them would sort text instead of walking the index.
+        f"SELECT r.tenant_id::text, r.id::text, {select_cols} FROM {q(schema)}.{q(table)} AS r "
+        f"WHERE (r.tenant_id, r.id) > (%(lt)s, %(li)s) AND ({old_filter}) "
+        "ORDER BY r.tenant_id, r.id LIMIT %(n)s"
     )
     record = ", ".join(
         [
@@ -124,17 +126,20 @@ def reencrypt_table(
     failure: list[BaseException] = []
 
     def reader(raw: Any) -> None:
-        last = ("00000000-0000-0000-0000-000000000000",) * 2
+        last = (uuid.UUID(int=0), uuid.UUID(int=0))  # typed: text would defeat the index
         try:
             while True:
+                # prepare=False: a generic plan for this keyset query sorts the whole table
                 rows = raw.execute(
-                    read_sql, {"lt": last[0], "li": last[1], "prefix": prefix, "n": batch}
+                    read_sql,
+                    {"lt": last[0], "li": last[1], "prefix": prefix, "n": batch},
+                    prepare=False,
                 ).fetchall()
                 raw.commit()
                 if not rows:
                     reads.put(None)
                     return
-                last = (rows[-1][0], rows[-1][1])
+                last = (uuid.UUID(rows[-1][0]), uuid.UUID(rows[-1][1]))
                 reads.put(rows)
         except BaseException as exc:
             reads.put(exc)
@@ -144,7 +149,9 @@ def reencrypt_table(
             while (changed := writes.get()) is not None:
                 # Skip triggers: a key change is not a change of the tenant's data to audit.
                 raw.execute("SET LOCAL session_replication_role = replica")
-                written[0] += raw.execute(write_sql, {"rows": json.dumps(changed)}).rowcount
+                written[0] += raw.execute(
+                    write_sql, {"rows": json.dumps(changed)}, prepare=False
+                ).rowcount
                 raw.commit()
         except BaseException as exc:
             failure.append(exc)
