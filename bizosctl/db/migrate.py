@@ -223,11 +223,12 @@ def migrate(
         return current, dest
     if way == "downgrade" and not allow_downgrade:
         raise InvalidInput(f"moving from {current} to {dest} is a downgrade")
-    if current is None and offline_safe(history, dest):
-        # A new, empty target: the same SQL `alembic upgrade --sql` emits, rendered once per
-        # process and sent in one round trip (see offline_safe).
+    if way == "upgrade" and schema is not None and offline_safe(history, dest):
+        # Pure DDL all the way: the same SQL `alembic upgrade --sql` emits, rendered once per
+        # process for (current, dest) and sent in one round trip (see offline_safe). We hold
+        # the target's lock and have just read its revision, so the rendering applies.
         conn.exec_driver_sql(
-            fresh_sql(history, dest).replace(PLACEHOLDER, schema or "public"),
+            upgrade_sql(history, current, dest).replace(PLACEHOLDER, schema),
             execution_options={"no_parameters": True},
         )
         return current, dest
@@ -313,11 +314,17 @@ def _offline_safe(extra: str | None, history: History, dest: str) -> bool:
     )
 
 
-@lru_cache(maxsize=16)
-def _fresh_sql(extra: str | None, history: History, dest: str) -> str:
-    return offline_sql(history, schema=PLACEHOLDER, start=None, dest=dest)
+@lru_cache(maxsize=32)
+def _upgrade_sql(extra: str | None, history: History, start: str | None, dest: str) -> str:
+    return offline_sql(history, schema=PLACEHOLDER, start=start, dest=dest)
+
+
+def upgrade_sql(history: History, start: str | None, dest: str) -> str:
+    """The SQL that upgrades a target from ``start`` (None: empty) to ``dest``, for a
+    placeholder schema name."""
+    return _upgrade_sql(_extra(history), history, start, dest)
 
 
 def fresh_sql(history: History, dest: str) -> str:
     """The SQL that builds an empty target up to ``dest``, for a placeholder schema name."""
-    return _fresh_sql(_extra(history), history, dest)
+    return upgrade_sql(history, None, dest)

@@ -122,6 +122,7 @@ class SyncReport:
 
 
 ResultCallback = Callable[[TargetResult, int, int], None]
+RECORD_EVERY = 50  # results per catalog write
 
 
 class _Runner:
@@ -135,9 +136,12 @@ class _Runner:
         self.on_result: ResultCallback | None = None
         self.shared_dbs: set[tuple[str, str]] = set()
         self._pool: ProcessPoolExecutor | None = None
+        self._pending: list[TargetResult] = []
+        self._flushed = time.monotonic()
         self._urls: dict[tuple[str, str], str] = {}
 
     def close(self) -> None:
+        self.flush()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         dispose_engines()
@@ -186,8 +190,18 @@ class _Runner:
         )
         if r.status in ("failed", "busy") and self.opts.fail_fast:
             self.stop = True
-        self.record([r])
+        self._pending.append(r)
+        if len(self._pending) >= RECORD_EVERY or time.monotonic() - self._flushed > 0.5:
+            self.flush()
         return self._finish(r)
+
+    def flush(self) -> None:
+        """Record buffered results in one catalog statement (a crash loses at most a batch of
+        records; the targets themselves hold the truth, which the next run reads)."""
+        if self._pending:
+            self.record(self._pending)
+            self._pending = []
+        self._flushed = time.monotonic()
 
     def _skip(self, t: Target, why: str) -> TargetResult:
         return self._finish(TargetResult(t, t.revision, None, "skipped", why))
@@ -242,6 +256,7 @@ class _Runner:
                     results[t.key] = self._skip(t, "not run: --fail-fast")
                 else:
                     results[t.key] = self._result(t, migrate_target(self.spec(t)), attempt)
+            self.flush()
             return [results[t.key] for t in targets]
         queue = deque(targets)
         inflight: dict[Future[dict[str, Any]], Target] = {}
@@ -271,6 +286,7 @@ class _Runner:
                 except Exception as exc:  # the worker process itself died
                     raw = {"status": "failed", "error": f"worker failed: {type(exc).__name__}"}
                 results[t.key] = self._result(t, raw, attempt)
+        self.flush()
         return [results[t.key] for t in targets]
 
 
@@ -348,7 +364,7 @@ def run_sync(
     dest = resolve("tenant", opts.to)
     report = SyncReport(head=head("tenant"), to=dest, dry_run=opts.dry_run)
     targets = list_targets(ctl, opts.selection)
-    read_revisions(ctl, targets)
+    read_revisions(ctl, targets, sizes=opts.canary > 0)
     todo, downs, decided = _classify(targets, dest)
     if downs and not opts.yes:
         names = ", ".join(t.label for t in downs[:5]) + (" ..." if len(downs) > 5 else "")

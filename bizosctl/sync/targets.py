@@ -63,8 +63,15 @@ class Selection:
             check_region_name(self.region)
 
     def describe(self) -> str:
+        """Short and stable: it names the run's operation (a long --tenant list is hashed)."""
+        names = ",".join(sorted(self.tenants))
+        if len(self.tenants) > 10:
+            import hashlib
+
+            digest = hashlib.sha256(names.encode()).hexdigest()[:12]
+            names = f"{','.join(sorted(self.tenants)[:10])}+{len(self.tenants) - 10} more#{digest}"
         parts = [
-            f"tenant={','.join(self.tenants)}" if self.tenants else "",
+            f"tenant={names}" if self.tenants else "",
             f"tier={self.tier}" if self.tier else "",
             f"region={self.region}" if self.region else "",
         ]
@@ -138,12 +145,16 @@ def _held_by_moves(ctl: Control) -> dict[tuple[str, str, str], str]:
     return held
 
 
-SCHEMAS_SQL = text(
-    "SELECT n.nspname AS schema, EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid "
-    "AND c.relname = 'alembic_version' AND c.relkind = 'r') AS versioned, "
-    "COALESCE((SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
-    "WHERE c.relnamespace = n.oid AND c.relkind = 'r'), 0)::bigint AS size "
-    "FROM pg_namespace n WHERE n.nspname = ANY(:schemas)"
+# Which selected schemas have a version table: one index probe per schema.
+VERSIONED_SQL = text(
+    "SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid "
+    "AND c.relname = 'alembic_version' AND c.relkind = 'r' WHERE n.nspname = ANY(:schemas)"
+)
+# Sizes (only for --canary): one grouped pass over pg_class, not one scan per schema.
+SIZES_SQL = text(
+    "SELECT n.nspname, sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind = 'r' AND n.nspname = ANY(:schemas) GROUP BY n.nspname"
 )
 
 
@@ -159,12 +170,15 @@ def _revisions_sql(schemas: list[str]) -> str:
     return " UNION ALL ".join(parts)
 
 
-def read_revisions(ctl: Control, targets: list[Target]) -> None:
-    """Fill ``revision`` and ``size_bytes`` from the targets: one query per database."""
+def read_revisions(ctl: Control, targets: list[Target], *, sizes: bool = False) -> None:
+    """Fill ``revision`` (and ``size_bytes`` with ``sizes``) from the targets: a couple of
+    queries per database, whatever the number of schemas in it."""
     by_db: dict[tuple[str, str], list[Target]] = defaultdict(list)
     for t in targets:
         by_db[(t.server, t.database)].append(t)
     for (server, database), group in by_db.items():
+        schemas = [t.schema for t in group]
+        size_of: dict[str, int] = {}
         try:
             handle = ctl.server(server)
             handle.ensure_ready()
@@ -172,18 +186,16 @@ def read_revisions(ctl: Control, targets: list[Target]) -> None:
                 translate_errors(f"server {server}"),
                 get_engine(handle.admin_url(database), pooled=False).connect() as conn,
             ):
-                info = {
-                    row.schema: row
-                    for row in conn.execute(SCHEMAS_SQL, {"schemas": [t.schema for t in group]})
-                }
-                versioned = [name for name, row in info.items() if row.versioned]
+                versioned = list(conn.execute(VERSIONED_SQL, {"schemas": schemas}).scalars())
                 revisions: dict[str, str] = (
                     dict(conn.exec_driver_sql(_revisions_sql(versioned)).all()) if versioned else {}
                 )
+                if sizes:
+                    size_of = dict(conn.execute(SIZES_SQL, {"schemas": schemas}).all())
         except BizosError as exc:
             for t in group:
                 t.reachable, t.error = False, exc.message
             continue
         for t in group:
             t.revision = revisions.get(t.schema)
-            t.size_bytes = int(info[t.schema].size) if t.schema in info else 0
+            t.size_bytes = int(size_of.get(t.schema) or 0)

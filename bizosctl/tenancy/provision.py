@@ -224,6 +224,20 @@ def _register(
     return route, op_id
 
 
+_DDL_USES: dict[int, int] = {}
+RECYCLE_EVERY = 50
+
+
+def _recycle_after_many(engine: Any) -> None:
+    """A backend that created many schemas carries their catalog entries in its caches and
+    slows down with each one (51 ms per tenant at first, 900 ms after 600): bulk provisioning
+    in one process gets fresh connections every RECYCLE_EVERY tenants."""
+    n = _DDL_USES.get(id(engine), 0) + 1
+    _DDL_USES[id(engine)] = n
+    if n % RECYCLE_EVERY == 0:
+        engine.dispose()
+
+
 def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
     """The tenant's database objects: idempotent, so a resumed run simply redoes them."""
     handle = ctl.server(route.server)
@@ -239,6 +253,7 @@ def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
             crash_point("tenant.create.database")
         # One transaction: schema, tables at head, the tenant's state row and settings row.
         engine = get_engine(handle.admin_url(route.database), pooled=not isolated)
+        _recycle_after_many(engine)
         with engine.begin() as conn:
             if route.tier != "shared":
                 # the shared database got pgvector when its server was bootstrapped
