@@ -480,3 +480,15 @@ def test_change_committed_after_a_later_one_was_applied_is_not_skipped(ctl, make
             s.execute(text("select title from tasks where title in ('slow-a', 'fast-b')")).scalars()
         )
     assert titles == {"slow-a", "fast-b"}
+
+
+def test_deleting_a_moved_tenant_drops_its_kept_source(ctl, make_tenant, cli):
+    slug = make_tenant(tier="schema", region="global")
+    load_sample_data(ctl, slug)
+    old = ctl.route(slug)
+    assert cli("tenant", "move", slug, "--to-tier", "isolated").exit_code == 0
+    assert exists_at(ctl, old.server, old.database, old.schema, old.tenant_id) == 5
+    r = cli("tenant", "delete", slug, "--yes")
+    assert r.exit_code == 0, r.stderr
+    assert exists_at(ctl, old.server, old.database, old.schema, old.tenant_id) == 0
+    assert exists_at(ctl, "global-1", "t_" + slug, "t_" + slug, old.tenant_id) == 0

@@ -13,11 +13,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from bizosctl.catalog.control import Control, RouteInfo
-from bizosctl.catalog.models import Tenant
+from bizosctl.catalog.models import Operation, Tenant
 from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import upgrade
@@ -308,6 +308,36 @@ def delete_plan(ctl: Control, slug: str) -> list[PlanStep]:
     ]
 
 
+def _purge_kept_sources(ctl: Control, slug: str, tenant_id: uuid.UUID) -> int:
+    """Sources that earlier moves kept (``--keep-source``) go with the tenant."""
+    from bizosctl.moves.engine import drop_endpoint
+    from bizosctl.moves.plan import Endpoint
+
+    with ctl.catalog() as s:
+        ops = s.execute(
+            select(Operation.id, Operation.params).where(
+                Operation.kind == "tenant.move",
+                Operation.target == slug,
+                Operation.status == "done",
+            )
+        ).all()
+    purged = 0
+    for op_id, params in ops:
+        if params.get("source_purged") or "source" not in params:
+            continue
+        drop_endpoint(ctl, Endpoint(**params["source"]), tenant_id)
+        with ctl.catalog() as s:
+            s.execute(
+                text(
+                    "UPDATE operations SET params = params || '{\"source_purged\": true}'::jsonb "
+                    "WHERE id = :id"
+                ),
+                {"id": op_id},
+            )
+        purged += 1
+    return purged
+
+
 def delete_tenant(ctl: Control, slug: str) -> dict[str, Any]:
     """Drop the tenant's data everywhere; the catalog keeps the tenant row as ``deleted``."""
     check_slug(slug)
@@ -349,6 +379,9 @@ def delete_tenant(ctl: Control, slug: str) -> dict[str, Any]:
                 for stmt in plan[0].sql:
                     conn.execute(text(stmt))
         run.step("dropped")
+        purged = _purge_kept_sources(ctl, slug, route.tenant_id)
+        if purged:
+            run.step("kept-sources", purged=purged)
         with ctl.catalog() as s:
             tenant = s.get(Tenant, route.tenant_id)
             assert tenant is not None
