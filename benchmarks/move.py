@@ -35,9 +35,7 @@ import json
 import os
 import platform
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -46,6 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cleanup, make_home
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -73,21 +74,6 @@ Log = Callable[[str], None]
 
 
 # -- set-up -------------------------------------------------------------------------------------
-def make_home(*, fast: bool) -> Path:
-    """A fresh, short BIZOS_HOME; the only BIZOS_* settings are the home and durability.
-
-    Must run before any bizosctl module is imported (settings are read from the environment).
-    """
-    for name in list(os.environ):
-        if name.startswith("BIZOS_"):
-            del os.environ[name]
-    home = Path(tempfile.mkdtemp(prefix="bzb-", dir="/tmp"))
-    os.environ["BIZOS_HOME"] = str(home)
-    if fast:
-        os.environ["BIZOS_EMBEDDED_DURABLE"] = "false"
-    return home
-
-
 def q(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
@@ -859,21 +845,6 @@ def print_human(doc: dict[str, Any]) -> None:
 
 
 # -- main ---------------------------------------------------------------------------------------
-def cleanup(ctl: Control | None, home: Path, log: Log) -> None:
-    """Stop the clusters and delete the home; keep the home when they cannot be stopped."""
-    if ctl is not None:
-        from bizosctl.db.engines import dispose_all
-        from bizosctl.tenancy.regions import stop_embedded
-
-        try:
-            dispose_all()
-            stop_embedded(ctl)
-        except Exception as exc:  # do not hide the original error
-            log(f"could not stop the clusters under {home} ({exc}); the directory is kept")
-            return
-    shutil.rmtree(home, ignore_errors=True)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the moving tenant")

@@ -30,16 +30,17 @@ import json
 import os
 import platform
 import pstats
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cleanup, make_home
 
 if TYPE_CHECKING:
     import psycopg
@@ -133,21 +134,6 @@ class CliResult:
 
 
 # -- set-up -------------------------------------------------------------------------------------
-def make_home(*, fast: bool) -> Path:
-    """A fresh, short BIZOS_HOME; the only BIZOS_* settings are the home and durability.
-
-    Must run before any bizosctl module is imported (settings are read from the environment).
-    """
-    for name in list(os.environ):
-        if name.startswith("BIZOS_"):
-            del os.environ[name]
-    home = Path(tempfile.mkdtemp(prefix="bzb-", dir="/tmp"))
-    os.environ["BIZOS_HOME"] = str(home)
-    if fast:
-        os.environ["BIZOS_EMBEDDED_DURABLE"] = "false"
-    return home
-
-
 def quote_ident(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
@@ -495,19 +481,6 @@ def print_human(doc: dict[str, Any], tiers: list[TierResult], cli: CliResult) ->
 
 
 # -- main ---------------------------------------------------------------------------------------
-def cleanup(ctl: Control | None, home: Path, log: Log) -> None:
-    """Stop the clusters and delete the home; keep the home when they cannot be stopped."""
-    if ctl is not None:
-        from bizosctl.tenancy.regions import stop_embedded
-
-        try:
-            stop_embedded(ctl)
-        except Exception as exc:  # do not hide the original error
-            log(f"could not stop the clusters under {home} ({exc}); the directory is kept")
-            return
-    shutil.rmtree(home, ignore_errors=True)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--schema", type=int, default=50, metavar="N", help="schema-tier tenants")

@@ -50,9 +50,7 @@ import os
 import platform
 import pstats
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -60,6 +58,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cleanup, make_home
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -89,22 +90,6 @@ class StopEvent(Protocol):
 
 
 # -- set-up -------------------------------------------------------------------------------------
-def make_home(*, fast: bool, reload_seconds: float) -> Path:
-    """A fresh, short BIZOS_HOME with a short keyring reload; other BIZOS_* settings dropped.
-
-    Must run before any bizosctl module is imported (settings are read from the environment).
-    """
-    for name in list(os.environ):
-        if name.startswith("BIZOS_"):
-            del os.environ[name]
-    home = Path(tempfile.mkdtemp(prefix="bzb-", dir="/tmp"))
-    os.environ["BIZOS_HOME"] = str(home)
-    os.environ["BIZOS_KEYRING_RELOAD_SECONDS"] = str(reload_seconds)
-    if fast:
-        os.environ["BIZOS_EMBEDDED_DURABLE"] = "false"
-    return home
-
-
 def conninfo(url: URL) -> dict[str, Any]:
     """psycopg keyword arguments for a SQLAlchemy URL (Unix socket via ``?host=``)."""
     kwargs: dict[str, Any] = {"dbname": url.database, "user": url.username}
@@ -883,21 +868,6 @@ def print_human(doc: dict[str, Any]) -> None:
 
 
 # -- main ---------------------------------------------------------------------------------------
-def cleanup(ctl: Control | None, home: Path, log: Log) -> None:
-    """Stop the clusters and delete the home; keep the home when they cannot be stopped."""
-    if ctl is not None:
-        from bizosctl.db.engines import dispose_all
-        from bizosctl.tenancy.regions import stop_embedded
-
-        try:
-            dispose_all()
-            stop_embedded(ctl)
-        except Exception as exc:  # do not hide the original error
-            log(f"could not stop the clusters under {home} ({exc}); the directory is kept")
-            return
-    shutil.rmtree(home, ignore_errors=True)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--values", type=int, default=1_000_000, help="encrypted values in all")
@@ -929,7 +899,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    home = make_home(fast=args.fast, reload_seconds=args.reload_seconds)
+    home = make_home(fast=args.fast, env={"BIZOS_KEYRING_RELOAD_SECONDS": str(args.reload_seconds)})
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

@@ -36,16 +36,17 @@ import json
 import os
 import platform
 import pstats
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cleanup, make_home
 
 if TYPE_CHECKING:
     import psycopg
@@ -131,21 +132,6 @@ class ScalePoint:
 
 
 # -- set-up -------------------------------------------------------------------------------------
-def make_home(*, durable: bool) -> Path:
-    """A fresh, short BIZOS_HOME; the only BIZOS_* settings are the home and durability.
-
-    Must run before any bizosctl module is imported (settings are read from the environment).
-    """
-    for name in list(os.environ):
-        if name.startswith("BIZOS_"):
-            del os.environ[name]
-    home = Path(tempfile.mkdtemp(prefix="bzb-", dir="/tmp"))
-    os.environ["BIZOS_HOME"] = str(home)
-    if not durable:
-        os.environ["BIZOS_EMBEDDED_DURABLE"] = "false"
-    return home
-
-
 @contextmanager
 def base_history() -> Iterator[None]:
     """Without the benchmark revision: tenants created meanwhile are created at 0001."""
@@ -691,19 +677,6 @@ def print_human(doc: dict[str, Any]) -> None:
 
 
 # -- main -----------------------------------------------------------------------------------------
-def cleanup(ctl: Control | None, home: Path, log: Log) -> None:
-    """Stop the clusters and delete the home; keep the home when they cannot be stopped."""
-    if ctl is not None:
-        from bizosctl.tenancy.regions import stop_embedded
-
-        try:
-            stop_embedded(ctl)
-        except Exception as exc:  # do not hide the original error
-            log(f"could not stop the clusters under {home} ({exc}); the directory is kept")
-            return
-    shutil.rmtree(home, ignore_errors=True)
-
-
 def parse_sizes(text: str) -> list[int]:
     sizes = sorted({int(part) for part in text.split(",") if part.strip()})
     if any(not 1 <= s <= 9999 for s in sizes):
@@ -755,7 +728,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    home = make_home(durable=args.durable)
+    home = make_home(fast=not (args.durable))
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
