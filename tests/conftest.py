@@ -6,6 +6,7 @@ workers never share state. Tests make tenants with unique slugs through ``make_t
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -24,6 +25,9 @@ for _name in list(os.environ):
         del os.environ[_name]
 # Short base directory: a Unix socket path must stay under 108 bytes.
 BASE = Path(tempfile.mkdtemp(prefix="bzt", dir="/tmp"))
+# Every process that imports this file gets a BASE (the xdist controller too); the fleet
+# fixture stops its clusters first, then this removes what is left.
+atexit.register(shutil.rmtree, BASE, True)
 os.environ["BIZOS_HOME"] = str(BASE / "home")
 os.environ["BIZOS_EMBEDDED_DURABLE"] = "false"
 os.environ["BIZOS_KEYRING_RELOAD_SECONDS"] = "0.2"
