@@ -7,9 +7,11 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sqlalchemy import URL
+
     from bizosctl.catalog.control import Control
 
 Log = Callable[[str], None]
@@ -45,3 +47,49 @@ def cleanup(ctl: Control | None, home: Path, log: Log) -> None:
             log(f"could not stop the clusters under {home} ({exc}); the directory is kept")
             return
     shutil.rmtree(home, ignore_errors=True)
+
+
+def conninfo(url: URL) -> dict[str, Any]:
+    """psycopg keyword arguments for a SQLAlchemy URL (Unix socket via ``?host=``)."""
+    kwargs: dict[str, Any] = {"dbname": url.database, "user": url.username}
+    if url.password:
+        kwargs["password"] = url.password
+    if url.host:
+        kwargs["host"] = url.host
+    if url.port:
+        kwargs["port"] = url.port
+    for key, value in url.query.items():
+        kwargs[key] = value if isinstance(value, str) else value[-1]
+    return kwargs
+
+
+def connect(
+    ctl: Control, database: str, *, autocommit: bool = False, server: str = "global-1"
+) -> Any:
+    """A psycopg connection as the superuser (``Any``: psycopg is imported lazily)."""
+    import psycopg
+
+    url = ctl.server(server).admin_url(database)
+    return psycopg.connect(**conninfo(url), autocommit=autocommit)
+
+
+def quiesce(ctl: Control, log: Log, *, timeout: float = 90.0, server: str = "global-1") -> None:
+    """CHECKPOINT, then wait for autovacuum workers to finish, so that phases start alike."""
+    import time
+
+    with connect(ctl, "postgres", autocommit=True, server=server) as conn:
+        conn.execute("CHECKPOINT")
+        deadline = time.monotonic() + timeout
+        waited = False
+        while time.monotonic() < deadline:
+            busy = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                "AND query <> ''"
+            ).fetchone()[0]
+            if not busy:
+                break
+            if not waited:
+                log("  waiting for autovacuum to finish")
+                waited = True
+            time.sleep(0.5)
+        conn.execute("CHECKPOINT")

@@ -46,11 +46,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cleanup, make_home
+from _common import cleanup, connect, make_home, quiesce
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import URL
-
     from bizosctl.catalog.control import Control
     from bizosctl.moves.tables import TableInfo
 
@@ -76,28 +74,6 @@ Log = Callable[[str], None]
 # -- set-up -------------------------------------------------------------------------------------
 def q(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
-
-
-def conninfo(url: URL) -> dict[str, Any]:
-    """psycopg keyword arguments for a SQLAlchemy URL (Unix socket via ``?host=``)."""
-    kwargs: dict[str, Any] = {"dbname": url.database, "user": url.username}
-    if url.password:
-        kwargs["password"] = url.password
-    if url.host:
-        kwargs["host"] = url.host
-    if url.port:
-        kwargs["port"] = url.port
-    for key, value in url.query.items():
-        kwargs[key] = value if isinstance(value, str) else value[-1]
-    return kwargs
-
-
-def connect(ctl: Control, database: str, *, autocommit: bool = False) -> Any:
-    """A psycopg connection as the superuser (``Any``: psycopg is imported lazily)."""
-    import psycopg
-
-    url = ctl.server(SERVER).admin_url(database)
-    return psycopg.connect(**conninfo(url), autocommit=autocommit)
 
 
 def counts_for(rows: int) -> dict[str, int]:
@@ -210,26 +186,6 @@ def load_tenants(ctl: Control, tenants: list[tuple[uuid.UUID, int]], log: Log) -
         tables = ", ".join(f"{SHARED_SCHEMA}.{t}" for t in (*SMALL, *SHARES))
         conn.execute(f"VACUUM (ANALYZE) {tables}".encode())
     return time.perf_counter() - started
-
-
-def quiesce(ctl: Control, log: Log, *, timeout: float = 90.0) -> None:
-    """CHECKPOINT, then wait for autovacuum workers to finish, so that phases start alike."""
-    with connect(ctl, "postgres", autocommit=True) as conn:
-        conn.execute("CHECKPOINT")
-        deadline = time.monotonic() + timeout
-        waited = False
-        while time.monotonic() < deadline:
-            busy = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
-                "AND query <> ''"
-            ).fetchone()[0]
-            if not busy:
-                break
-            if not waited:
-                log("  waiting for autovacuum to finish")
-                waited = True
-            time.sleep(0.5)
-        conn.execute("CHECKPOINT")
 
 
 # -- the floor ----------------------------------------------------------------------------------

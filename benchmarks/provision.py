@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cleanup, make_home
+from _common import cleanup, conninfo, make_home
 
 if TYPE_CHECKING:
     import psycopg
@@ -205,20 +205,6 @@ def tenant_ddl_template() -> str:
     if PLACEHOLDER not in sql:
         raise RuntimeError("the offline tenant DDL does not mention the target schema")
     return sql
-
-
-def conninfo(url: URL) -> dict[str, Any]:
-    """psycopg keyword arguments for a SQLAlchemy URL (Unix socket via ``?host=``)."""
-    kwargs: dict[str, Any] = {"dbname": url.database, "user": url.username}
-    if url.password:
-        kwargs["password"] = url.password
-    if url.host:
-        kwargs["host"] = url.host
-    if url.port:
-        kwargs["port"] = url.port
-    for key, value in url.query.items():
-        kwargs[key] = value if isinstance(value, str) else value[-1]
-    return kwargs
 
 
 # -- the floor ----------------------------------------------------------------------------------

@@ -60,11 +60,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cleanup, make_home
+from _common import cleanup, connect, make_home, quiesce
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import URL
-
     from bizosctl.catalog.control import Control
     from bizosctl.security.keyring import DataKey, Keyring
 
@@ -90,26 +88,6 @@ class StopEvent(Protocol):
 
 
 # -- set-up -------------------------------------------------------------------------------------
-def conninfo(url: URL) -> dict[str, Any]:
-    """psycopg keyword arguments for a SQLAlchemy URL (Unix socket via ``?host=``)."""
-    kwargs: dict[str, Any] = {"dbname": url.database, "user": url.username}
-    if url.password:
-        kwargs["password"] = url.password
-    if url.host:
-        kwargs["host"] = url.host
-    if url.port:
-        kwargs["port"] = url.port
-    for key, value in url.query.items():
-        kwargs[key] = value if isinstance(value, str) else value[-1]
-    return kwargs
-
-
-def connect(ctl: Control, database: str, *, autocommit: bool = False) -> Any:
-    """A psycopg connection as the superuser (``Any``: psycopg is imported lazily)."""
-    import psycopg
-
-    url = ctl.server(SERVER).admin_url(database)
-    return psycopg.connect(**conninfo(url), autocommit=autocommit)
 
 
 def plaintext(k: int, i: int) -> tuple[str, str, str]:
@@ -212,26 +190,6 @@ def vacuum(ctl: Control) -> float:
     with connect(ctl, SHARED_DB, autocommit=True) as conn:
         conn.execute(f"VACUUM (ANALYZE) {SHARED_SCHEMA}.members".encode())
     return time.perf_counter() - t0
-
-
-def quiesce(ctl: Control, log: Log, *, timeout: float = 90.0) -> None:
-    """CHECKPOINT, then wait for autovacuum workers to finish, so that phases start alike."""
-    with connect(ctl, "postgres", autocommit=True) as conn:
-        conn.execute("CHECKPOINT")
-        deadline = time.monotonic() + timeout
-        waited = False
-        while time.monotonic() < deadline:
-            busy = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
-                "AND query <> ''"
-            ).fetchone()[0]
-            if not busy:
-                break
-            if not waited:
-                log("  waiting for autovacuum to finish")
-                waited = True
-            time.sleep(0.5)
-        conn.execute("CHECKPOINT")
 
 
 def wal_mark(ctl: Control) -> tuple[int, int]:

@@ -46,11 +46,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cleanup, make_home
+from _common import cleanup, conninfo, make_home
 
 if TYPE_CHECKING:
     import psycopg
-    from sqlalchemy.engine import URL
 
     from bizosctl.catalog.control import Control
     from bizosctl.sync.engine import SyncOptions, SyncReport
@@ -175,20 +174,6 @@ def provision(ctl: Control, tier: str, first: int, last: int, log: Log) -> float
 
 def quote_ident(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
-
-
-def conninfo(url: URL) -> dict[str, Any]:
-    """psycopg keyword arguments for a SQLAlchemy URL (Unix socket via ``?host=``)."""
-    kwargs: dict[str, Any] = {"dbname": url.database, "user": url.username}
-    if url.password:
-        kwargs["password"] = url.password
-    if url.host:
-        kwargs["host"] = url.host
-    if url.port:
-        kwargs["port"] = url.port
-    for key, value in url.query.items():
-        kwargs[key] = value if isinstance(value, str) else value[-1]
-    return kwargs
 
 
 def server_facts(ctl: Control) -> dict[str, str]:
