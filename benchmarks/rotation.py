@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 TARGET_RATIO = 0.5  # rotation throughput at least 50 % of the floor's
 RELOAD_SECONDS = 1  # BIZOS_KEYRING_RELOAD_SECONDS for the run
 REGION = "global"
-SERVER = "global-1"
 SHARED_DB = "bizos_shared"
 SHARED_SCHEMA = "shared"
 SLUG_PREFIX = "rot-"
