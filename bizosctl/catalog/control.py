@@ -7,6 +7,7 @@ Everything that touches the fleet starts from :func:`get_control`. The catalog l
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from bizosctl.db.embedded import EmbeddedCluster
 from bizosctl.errors import ConfigError, NotFound
 
 if TYPE_CHECKING:
+    from sqlalchemy import TextClause
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session
 
@@ -50,6 +52,7 @@ class Control:
         self._lock = threading.Lock()
         self._catalog_at_head = False
         self._app_passwords: dict[str, str] = {}
+        self._unsealed: dict[tuple[str, str], str] = {}
 
     # -- the home region and the catalog -----------------------------------------------------
     @property
@@ -229,37 +232,53 @@ class Control:
         return cached
 
     def route(self, slug: str) -> RouteInfo:
-        from sqlalchemy import select
+        """Where ``slug`` lives and how the application logs in there: one catalog query per
+        call (a move or a password rotation takes effect for the very next session); the
+        password is decrypted once per ciphertext."""
+        from bizosctl.db.engines import translate_errors
 
-        from bizosctl.catalog.models import Route, Server, Tenant
+        with translate_errors("catalog"), self.catalog_engine.connect() as conn:
+            row = conn.execute(_route_sql(), {"slug": slug}).one_or_none()
+        if row is None:
+            raise NotFound(f"no tenant named {slug!r}")
+        if row.password_enc:
+            password = self._unseal_cached(row.password_enc, context=f"role:{row.role}")
+        else:
+            assert row.app_password_enc is not None
+            password = self._unseal_cached(row.app_password_enc, context=f"server:{row.server}:app")
+        return RouteInfo(
+            tenant_id=row.id,
+            slug=row.slug,
+            tier=row.tier,
+            region=row.region,
+            status=row.status,
+            server=row.server,
+            database=row.database,
+            schema=row.schema,
+            role=row.role,
+            password=password,
+        )
 
-        with self.catalog() as s:
-            row = s.execute(
-                select(Tenant, Route, Server)
-                .join(Route, Route.tenant_id == Tenant.id)
-                .join(Server, Server.name == Route.server)
-                .where(Tenant.slug == slug, Tenant.status != "deleted")
-            ).one_or_none()
-            if row is None:
-                raise NotFound(f"no tenant named {slug!r}")
-            tenant, route, server = row
-            if route.password_enc:
-                password = self.unseal(route.password_enc, context=f"role:{route.role}")
-            else:
-                assert server.app_password_enc is not None
-                password = self.unseal(server.app_password_enc, context=f"server:{server.name}:app")
-            return RouteInfo(
-                tenant_id=tenant.id,
-                slug=tenant.slug,
-                tier=tenant.tier,
-                region=tenant.region,
-                status=tenant.status,
-                server=route.server,
-                database=route.database,
-                schema=route.schema,
-                role=route.role,
-                password=password,
-            )
+    def _unseal_cached(self, token: str, *, context: str) -> str:
+        key = (token, context)
+        clear = self._unsealed.get(key)
+        if clear is None:
+            if len(self._unsealed) > 4096:
+                self._unsealed.clear()
+            clear = self._unsealed[key] = self.unseal(token, context=context)
+        return clear
+
+
+@functools.cache
+def _route_sql() -> TextClause:
+    from sqlalchemy import text
+
+    return text(
+        "SELECT t.id, t.slug, t.tier, t.region, t.status, r.server, r.database, r.schema, r.role, "
+        "r.password_enc, s.app_password_enc FROM tenants AS t "
+        "JOIN routes AS r ON r.tenant_id = t.id JOIN servers AS s ON s.name = r.server "
+        "WHERE t.slug = :slug AND t.status <> 'deleted'"
+    )
 
 
 _controls: dict[str, Control] = {}

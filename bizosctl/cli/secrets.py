@@ -95,6 +95,13 @@ def list_(json_out: bool = JsonOpt) -> None:
 @handle_errors
 def rotate_pii(
     batch: int = typer.Option(2000, "--batch", min=1, max=50_000, help="Rows per transaction."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=0,
+        max=32,
+        help="Processes re-encrypting large tables (default: one per core, at most 2; 0 = none).",
+    ),
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -118,16 +125,16 @@ def rotate_pii(
         _done(doc, json_out, f"would re-encrypt {doc['would_rewrite']} value(s): {usage}")
         return
     if json_out:
-        doc = rotate_pii(ctl, batch=batch)
+        doc = rotate_pii(ctl, batch=batch, workers=workers)
     else:
         counts = {"n": 0}
         with stderr_console().status("re-encrypting...") as status:
 
             def progress(table_name: str, n: int) -> None:
                 counts["n"] += n
-                status.update(f"re-encrypting... {counts['n']} value(s) ({table_name})")
+                status.update(f"re-encrypting... {counts['n']} row(s) ({table_name})")
 
-            doc = rotate_pii(ctl, batch=batch, progress=progress)
+            doc = rotate_pii(ctl, batch=batch, workers=workers, progress=progress)
     _done(
         doc,
         json_out,

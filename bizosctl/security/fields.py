@@ -15,13 +15,14 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Callable, Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from bizosctl.errors import DecryptionFailed
+from bizosctl.errors import DecryptionFailed, KeyringError
 from bizosctl.security.keyring import Keyring
 
 PREFIX = "bz1"
@@ -104,55 +105,89 @@ def blind_indexes(keyring: Keyring, value: str) -> list[str]:
 
 
 class Recrypter:
-    """Re-encrypts values to one key version, fast: cipher objects, associated data and index
-    keys are cached, and nonces are drawn from the OS in bulk. Produces exactly what
-    :func:`decrypt`, :func:`encrypt` and :func:`blind_index` would."""
+    """Re-encrypts values to one key version in bulk, fast: one tight loop per batch with the
+    cipher objects, associated data and the index key's HMAC states cached, base64 straight
+    through ``binascii`` and the batch's nonces drawn from the OS at once. Produces exactly
+    what :func:`encrypt` and :func:`blind_index` would, and accepts what :func:`decrypt`
+    accepts (a test holds it to that)."""
 
-    def __init__(self, keyring: Keyring, version: int, purpose: str = "pii") -> None:
-        self.keyring, self.version, self.purpose = keyring, version, purpose
+    _TO_STD = bytes.maketrans(b"-_", b"+/")
+    _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+    def __init__(self, keys: Mapping[int, bytes], version: int) -> None:
+        """``keys``: every live version's key (a worker process gets them this way)."""
+        self.keys, self.version = dict(keys), version
         self.prefix = f"{PREFIX}.{version}."
-        self._ciphers: dict[int, AESGCM] = {}
+        self._decrypt: dict[str, Callable[[bytes, bytes, bytes], bytes]] = {}
+        self._encrypt = AESGCM(self._key(version)).encrypt
         self._aad: dict[tuple[str, str, str], bytes] = {}
-        self._nonces = b""
-        self._index_key = _index_key(keyring.get(purpose, version).key)
+        # HMAC-SHA256 by hand: the inner and outer states after the padded key are copied per
+        # value instead of keying a new HMAC (a third of the cost).
+        key = _index_key(self._key(version)).ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        self._index_prefix = f"{version}:"
 
-    def _cipher(self, version: int) -> AESGCM:
-        c = self._ciphers.get(version)
-        if c is None:
-            c = self._ciphers[version] = AESGCM(self.keyring.get(self.purpose, version).key)
-        return c
+    @classmethod
+    def from_keyring(cls, keyring: Keyring, version: int, purpose: str = "pii") -> Recrypter:
+        return cls({k.version: k.key for k in keyring.versions(purpose)}, version)
 
-    def _aad_for(self, tenant_id: str, table: str, column: str) -> bytes:
+    def _key(self, version: int) -> bytes:
+        try:
+            return self.keys[version]
+        except KeyError:
+            raise KeyringError(f"'pii' key version {version} is unknown or retired") from None
+
+    def _decryptor(self, version: str) -> Callable[[bytes, bytes, bytes], bytes]:
+        if not (version.isascii() and version.isdigit()):
+            raise ValueError(version)
+        fn = self._decrypt[version] = AESGCM(self._key(int(version))).decrypt
+        return fn
+
+    def aad(self, tenant_id: str, table: str, column: str) -> bytes:
         key = (tenant_id, table, column)
         aad = self._aad.get(key)
         if aad is None:
+            if len(self._aad) > 10_000:
+                self._aad.clear()
             aad = self._aad[key] = _aad(tenant_id, table, column)
         return aad
 
-    def _nonce(self) -> bytes:
-        if len(self._nonces) < NONCE:
-            self._nonces = secrets.token_bytes(NONCE * 4096)
-        nonce, self._nonces = self._nonces[:NONCE], self._nonces[NONCE:]
-        return nonce
+    def recrypt(self, items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """``(token, associated data)`` pairs to ``(token under this version, clear bytes)``.
 
-    def plain(self, token: str, *, tenant_id: str, table: str, column: str) -> bytes:
-        version = key_version(token)
+        Raises :class:`DecryptionFailed` naming the first value that does not decrypt and
+        :class:`KeyringError` for one under an unknown or retired version.
+        """
+        decryptors, encrypt, prefix = self._decrypt, self._encrypt, self.prefix
+        a2b, b2a = binascii.a2b_base64, binascii.b2a_base64
+        to_std, to_urlsafe = self._TO_STD, self._TO_URLSAFE
+        nonces = secrets.token_bytes(NONCE * len(items))
+        out = []
+        at = 0
+        token, aad = "", b""
         try:
-            blob = base64.urlsafe_b64decode(token.split(".", 2)[2])
-            return self._cipher(version).decrypt(
-                blob[:NONCE], blob[NONCE:], self._aad_for(tenant_id, table, column)
-            )
+            for token, aad in items:
+                head, version, data = token.split(".", 2)
+                if head != PREFIX:
+                    raise ValueError(head)
+                decrypt = decryptors.get(version) or self._decryptor(version)
+                blob = a2b(data.encode().translate(to_std))
+                clear = decrypt(blob[:NONCE], blob[NONCE:], aad)
+                nonce = nonces[at : at + NONCE]
+                at += NONCE
+                sealed = b2a(nonce + encrypt(nonce, clear, aad), newline=False)
+                out.append((prefix + sealed.translate(to_urlsafe).decode(), clear))
         except (InvalidTag, binascii.Error, ValueError) as exc:
-            raise DecryptionFailed(f"{table}.{column}: the value does not decrypt") from exc
-
-    def seal(self, plain: bytes, *, tenant_id: str, table: str, column: str) -> str:
-        nonce = self._nonce()
-        ct = self._cipher(self.version).encrypt(
-            nonce, plain, self._aad_for(tenant_id, table, column)
-        )
-        return self.prefix + base64.urlsafe_b64encode(nonce + ct).decode()
+            raise DecryptionFailed(
+                f"{aad.decode(errors='replace')}: a value does not decrypt (tampered, or bound "
+                "to another tenant, table or column)"
+            ) from exc
+        return out
 
     def index(self, value: str) -> str:
-        return (
-            f"{self.version}:" + hmac.digest(self._index_key, value.encode(), "sha256").hex()[:32]
-        )
+        inner = self._inner.copy()
+        inner.update(value.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return self._index_prefix + outer.hexdigest()[:32]

@@ -14,12 +14,14 @@ the old key, and only when a sweep finds nothing left is the old version retired
 
 from __future__ import annotations
 
-import json
+import multiprocessing
+import os
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import select, text, update
@@ -31,8 +33,8 @@ from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import OperationFailed
 from bizosctl.faults import crash_point
-from bizosctl.security.fields import Recrypter, normalize_email
 from bizosctl.security.keyring import Keyring, add_version, set_primary
+from bizosctl.security.recrypt import Columns, Keys, recrypt_copy
 from bizosctl.sync.targets import Target, list_targets
 from tenant_schema.models import ENCRYPTED_COLUMNS
 
@@ -44,34 +46,61 @@ def q(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
 
-def _reencrypt_rows(
-    rc: Recrypter, table: str, cols: dict[str, str | None], rows: list[tuple[Any, ...]]
-) -> list[dict[str, Any]]:
-    """Rows are (tenant_id text, id text, *cols, *blind index cols)."""
-    names = list(cols)
-    bidx_names = [b for b in cols.values() if b]
-    out = []
-    for row in rows:
-        tid = row[0]
-        values = dict(zip(names, row[2 : 2 + len(names)], strict=True))
-        changed: dict[str, Any] = {"tenant_id": tid, "id": row[1]}
-        changed.update(zip(bidx_names, row[2 + len(names) :], strict=True))
-        dirty = False
-        for col, bidx in cols.items():
-            old = values[col]
-            changed[f"old_{col}"] = old
-            changed[col] = old
-            if old is None or old.startswith(rc.prefix):
-                continue
-            column = col.removesuffix("_enc")
-            plain = rc.plain(old, tenant_id=tid, table=table, column=column)
-            changed[col] = rc.seal(plain, tenant_id=tid, table=table, column=column)
-            if bidx:
-                changed[bidx] = rc.index(normalize_email(plain.decode()))
-            dirty = True
-        if dirty:
-            out.append(changed)
-    return out
+#: A table this large (in pages, ~50 members each) is re-encrypted by worker processes.
+PROCESS_PAGES = 400
+
+
+class Crypto:
+    """Where batches are re-encrypted: a thread for small tables, a pool of worker processes
+    (started on first need, ``workers`` of them; 0 = never) for large ones."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._thread: ThreadPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | None = None
+
+    def executor(self, pages: int) -> tuple[Executor, int]:
+        """The executor for a table of ``pages`` pages and how many batches to keep in flight."""
+        if self.workers > 0 and pages >= PROCESS_PAGES:
+            if self._pool is None:
+                ctx = multiprocessing.get_context("forkserver")
+                ctx.set_forkserver_preload(["bizosctl.security.recrypt"])
+                self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            return self._pool, self.workers + 1
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="bz-recrypt")
+        return self._thread, 2
+
+    def close(self) -> None:
+        for ex in (self._thread, self._pool):
+            if ex is not None:
+                ex.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Crypto:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _page_step(raw: Any, schema: str, table: str, batch: int) -> tuple[int, int]:
+    """(pages in the table now, pages per batch for about ``batch`` rows)."""
+    pages, relpages, reltuples = raw.execute(
+        "SELECT pg_relation_size(c.oid) / current_setting('block_size')::int, c.relpages, "
+        "c.reltuples FROM pg_class c WHERE c.oid = %s::regclass",
+        [f"{q(schema)}.{q(table)}"],
+    ).fetchone()
+    raw.commit()
+    per_page = reltuples / relpages if relpages > 0 and reltuples > 0 else 50.0
+    return int(pages), max(1, int(batch / per_page))
+
+
+def default_workers() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+def _keys(ring: Keyring) -> Keys:
+    return tuple((k.version, k.key) for k in ring.versions("pii"))
 
 
 def reencrypt_table(
@@ -82,102 +111,101 @@ def reencrypt_table(
     table: str,
     version: int,
     batch: int,
+    crypto: Crypto,
     progress: Progress | None = None,
 ) -> int:
     """Re-encrypt every value of ``table`` not under ``version``. Returns rows rewritten.
 
-    A three-stage pipeline: one connection reads batches in primary-key order, this thread
-    decrypts and encrypts, another connection writes; the database work of one batch overlaps
-    the cryptography of the next.
+    A pipeline: this thread reads the heap in physical order (``COPY`` of a ctid range of
+    about ``batch`` rows, so no index is walked and no Python object is built per row), the
+    ``crypto`` executor decrypts and encrypts, a writer thread ``COPY``s each result into a
+    temp table and applies it with one UPDATE that joins on the row's ctid and key and only
+    replaces values still equal to what was read (optimistic: a concurrent application write
+    is never overwritten; that row is left to the sweep). Reads, cryptography and writes of
+    successive batches overlap. Rows that move while this runs (a concurrent update, a page
+    appended at the end) are caught by the caller's sweep.
     """
     cols = ENCRYPTED_COLUMNS[table]
-    prefix = f"bz1.{version}.%"
-    old_filter = " OR ".join(f"({c} IS NOT NULL AND {c} NOT LIKE %(prefix)s)" for c in cols)
-    select_cols = ", ".join([*cols, *(b for b in cols.values() if b)])
+    bidx_cols = [b for b in cols.values() if b]
+    relation = f"{q(schema)}.{q(table)}"
+    old_filter = " OR ".join(
+        f"({c} IS NOT NULL AND {c} NOT LIKE 'bz1.{int(version)}.%')" for c in cols
+    )
     read_sql = (
-        # Qualified ORDER BY: the text casts below are output columns named like the key
-        # columns, and ordering by them would sort text instead of walking the index.
-        f"SELECT r.tenant_id::text, r.id::text, {select_cols} FROM {q(schema)}.{q(table)} AS r "
-        f"WHERE (r.tenant_id, r.id) > (%(lt)s, %(li)s) AND ({old_filter}) "
-        "ORDER BY r.tenant_id, r.id LIMIT %(n)s"
+        f"COPY (SELECT ctid, xmin, tenant_id, {', '.join(cols)} FROM {relation} "
+        "WHERE ctid >= '({lo},0)'::tid AND ctid < '({hi},0)'::tid "
+        f"AND ({old_filter})) TO STDOUT"
     )
-    record = ", ".join(
-        [
-            "tenant_id uuid",
-            "id uuid",
-            *(f"old_{c} text" for c in cols),
-            *(f"{c} text" for c in cols),
-            *(f"{b} text" for b in cols.values() if b),
-        ]
-    )
-    sets = ", ".join(
-        [*(f"{c} = v.{c}" for c in cols), *(f"{b} = v.{b}" for b in cols.values() if b)]
-    )
-    same = " AND ".join(f"t.{c} IS NOT DISTINCT FROM v.old_{c}" for c in cols)
+    temp = f"bz_rotate_{table}"
+    layout = ", ".join(["ct tid", "x xid", *(f"{c} text" for c in [*cols, *bidx_cols])])
+    sets = ", ".join(f"{c} = coalesce(v.{c}, t.{c})" for c in [*cols, *bidx_cols])
+    # (ctid, xmin) names the row version that was read: if the application changed the row
+    # since, its current version has another ctid or xmin (also after EvalPlanQual), and the
+    # row is left to the sweep.
     write_sql = (
-        f"UPDATE {q(schema)}.{q(table)} AS t SET {sets} FROM "
-        f"jsonb_to_recordset(%(rows)s::jsonb) AS v({record}) "
-        f"WHERE t.tenant_id = v.tenant_id AND t.id = v.id AND {same}"
+        f"UPDATE {relation} AS t SET {sets} FROM pg_temp.{temp} AS v "
+        "WHERE t.ctid = v.ct AND t.xmin = v.x"
     )
-    rc = Recrypter(ring, version)
-    reads: queue.Queue[list[tuple[Any, ...]] | BaseException | None] = queue.Queue(maxsize=2)
-    writes: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=2)
+    spec: Columns = tuple((c, b is not None) for c, b in cols.items())
+    keys = _keys(ring)
+    pending: queue.Queue[Future[tuple[int, bytes]] | None] = queue.Queue()
     written = [0]
     failure: list[BaseException] = []
-
-    def reader(raw: Any) -> None:
-        last = (uuid.UUID(int=0), uuid.UUID(int=0))  # typed: text would defeat the index
-        try:
-            while True:
-                # prepare=False: a generic plan for this keyset query sorts the whole table
-                rows = raw.execute(
-                    read_sql,
-                    {"lt": last[0], "li": last[1], "prefix": prefix, "n": batch},
-                    prepare=False,
-                ).fetchall()
-                raw.commit()
-                if not rows:
-                    reads.put(None)
-                    return
-                last = (uuid.UUID(rows[-1][0]), uuid.UUID(rows[-1][1]))
-                reads.put(rows)
-        except BaseException as exc:
-            reads.put(exc)
+    stop = threading.Event()
 
     def writer(raw: Any) -> None:
         try:
-            while (changed := writes.get()) is not None:
-                # Skip triggers: a key change is not a change of the tenant's data to audit.
-                raw.execute("SET LOCAL session_replication_role = replica")
-                written[0] += raw.execute(
-                    write_sql, {"rows": json.dumps(changed)}, prepare=False
-                ).rowcount
-                raw.commit()
+            # Skip triggers: a key change is not a change of the tenant's data to audit.
+            raw.execute("SET session_replication_role = replica")
+            raw.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ({layout}) ON COMMIT DELETE ROWS")
+            raw.commit()
+            while (fut := pending.get()) is not None:
+                n, rows = fut.result()
+                if n:
+                    with raw.cursor() as cur:
+                        with cur.copy(f"COPY pg_temp.{temp} FROM STDIN") as copy:
+                            copy.write(rows)
+                        written[0] += cur.execute(write_sql, prepare=False).rowcount
+                    raw.commit()
+                if progress is not None:
+                    progress(table, n)
+            raw.execute("RESET session_replication_role")
         except BaseException as exc:
             failure.append(exc)
-            while writes.get() is not None:  # drain so the pipeline can stop
-                pass
+            stop.set()
+            while (fut := pending.get()) is not None:  # drain so the reader can stop
+                fut.cancel()
 
     with engine.connect() as rconn, engine.connect() as wconn:
-        threads = [
-            threading.Thread(target=reader, args=(rconn.connection.driver_connection,)),
-            threading.Thread(target=writer, args=(wconn.connection.driver_connection,)),
-        ]
-        for t in threads:
-            t.start()
+        raw: Any = rconn.connection.driver_connection
+        pages, step = _page_step(raw, schema, table, batch)
+        executor, in_flight = crypto.executor(pages)
+        slots = threading.Semaphore(in_flight)
+        thread = threading.Thread(target=writer, args=(wconn.connection.driver_connection,))
+        thread.start()
         try:
-            while (item := reads.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                changed = _reencrypt_rows(rc, table, cols, item)
-                if changed:
-                    writes.put(changed)
-                if progress is not None:
-                    progress(table, len(changed))
+            for lo in range(0, pages, step):
+                if stop.is_set():
+                    break
+                with raw.cursor() as cur:
+                    with cur.copy(read_sql.format(lo=lo, hi=lo + step)) as copy:
+                        data = b"".join(copy)
+                raw.commit()
+                if not data:
+                    continue
+                while not (free := slots.acquire(timeout=0.1)) and not stop.is_set():
+                    pass
+                if not free:
+                    break
+                fut = executor.submit(recrypt_copy, keys, version, table, spec, data)
+                fut.add_done_callback(lambda _: slots.release())
+                pending.put(fut)
+        except BaseException:
+            stop.set()
+            raise
         finally:
-            writes.put(None)
-            for t in threads:
-                t.join()
+            pending.put(None)
+            thread.join()
     if failure:
         raise failure[0]
     return written[0]
@@ -239,6 +267,33 @@ def _operation(ctl: Control, purpose: str) -> tuple[uuid.UUID, bool]:
     return create_operation(ctl, kind="secrets.rotate", target=purpose, params={}), False
 
 
+def reencrypt_target(
+    ctl: Control,
+    t: Target,
+    ring: Keyring,
+    version: int,
+    batch: int,
+    crypto: Crypto,
+    progress: Progress | None = None,
+) -> int:
+    """Every encrypted table of one target (a schema). Returns rows rewritten."""
+    n = 0
+    with translate_errors(f"server {t.server}"):
+        engine = _engine(ctl, t)
+        for table in ENCRYPTED_COLUMNS:
+            n += reencrypt_table(
+                engine,
+                ring,
+                schema=t.schema,
+                table=table,
+                version=version,
+                batch=batch,
+                crypto=crypto,
+                progress=progress,
+            )
+    return n
+
+
 def _sleep_until(moment: float) -> None:
     wait = moment - time.time()
     if wait > 0:
@@ -255,11 +310,20 @@ def _step(run: OperationRun, name: str) -> dict[str, Any]:
 
 
 def rotate_pii(
-    ctl: Control, *, batch: int = 2000, progress: Progress | None = None
+    ctl: Control,
+    *,
+    batch: int = 2000,
+    workers: int | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """New primary ``pii`` key, every value re-encrypted, old versions retired. Resumable."""
+    """New primary ``pii`` key, every value re-encrypted, old versions retired. Resumable.
+
+    ``workers``: processes that re-encrypt large tables (default: up to 2, one per core;
+    0 keeps all the cryptography in this process).
+    """
     op_id, resumed = _operation(ctl, "pii")
-    with OperationRun(ctl, op_id) as run:
+    crypto = Crypto(default_workers() if workers is None else workers)
+    with crypto, OperationRun(ctl, op_id) as run:
         reload_s = ctl.settings.keyring_reload_seconds
         # Phase 1: the new key exists but only reads. Once every process has re-read its
         # keyring (one reload period), each of them can read values under it.
@@ -285,48 +349,20 @@ def rotate_pii(
             name = f"target:{t.server}/{t.database}/{t.schema}"
             if t.moving or name in run.completed:
                 continue
-            n = 0
-            with translate_errors(f"server {t.server}"):
-                engine = _engine(ctl, t)
-                for table in ENCRYPTED_COLUMNS:
-                    n += reencrypt_table(
-                        engine,
-                        ring,
-                        schema=t.schema,
-                        table=table,
-                        version=version,
-                        batch=batch,
-                        progress=progress,
-                    )
+            n = reencrypt_target(ctl, t, ring, version, batch, crypto, progress)
             rewritten += n
             run.step(name, rewritten=n)
             crash_point(
                 f"rotate.target.{len([c for c in run.completed if c.startswith('target:')])}"
             )
-        for t in targets:  # fresh statistics: the sweep below should not walk the index
-            if not t.moving:
-                with (
-                    translate_errors(f"server {t.server}"),
-                    _engine(ctl, t)
-                    .connect()
-                    .execution_options(isolation_level="AUTOCOMMIT") as conn,
-                ):
-                    for table in ENCRYPTED_COLUMNS:
-                        conn.execute(text(f"ANALYZE {q(t.schema)}.{q(table)}"))
         # Processes that had not re-read their keyring yet may have written under the old
         # key: wait one reload period, then sweep until nothing old is left.
         _sleep_until(started + reload_s)
         left: dict[int, int] = {}
         for _ in range(SWEEPS):
             for t in targets:
-                if t.moving:
-                    continue
-                with translate_errors(f"server {t.server}"):
-                    engine = _engine(ctl, t)
-                    for table in ENCRYPTED_COLUMNS:
-                        rewritten += reencrypt_table(
-                            engine, ring, schema=t.schema, table=table, version=version, batch=batch
-                        )
+                if not t.moving:
+                    rewritten += reencrypt_target(ctl, t, ring, version, batch, crypto)
             left = {v: n for v, n in pii_usage(ctl).items() if v != version and n}
             if not left:
                 break

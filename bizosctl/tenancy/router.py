@@ -21,7 +21,8 @@ from bizosctl.errors import TenantNotWritable
 _CONTEXT_SQL = text(
     "SELECT set_config('bizos.tenant_id', :tenant, true),"
     " set_config('bizos.actor', :actor, true),"
-    " set_config('search_path', :path, true)"
+    " set_config('search_path', :path, true),"
+    " set_config('transaction_read_only', :read_only, true)"
 )
 
 
@@ -41,10 +42,14 @@ def tenant_session(
     handle.ensure_ready()
     engine = get_engine(handle.login_url(route.database, route.role, route.password))
     with translate_errors(f"tenant {slug}"), Session(engine) as session, session.begin():
-        if read_only:
-            session.execute(text("SET TRANSACTION READ ONLY"))
+        # One round trip: SET LOCAL of the context, and READ ONLY (set before any query).
         session.execute(
             _CONTEXT_SQL,
-            {"tenant": str(route.tenant_id), "actor": actor, "path": search_path(route)},
+            {
+                "tenant": str(route.tenant_id),
+                "actor": actor,
+                "path": search_path(route),
+                "read_only": "on" if read_only else "off",
+            },
         )
         yield session
