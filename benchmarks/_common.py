@@ -49,18 +49,11 @@ def cleanup(ctl: Control | None, home: Path, log: Log) -> None:
     shutil.rmtree(home, ignore_errors=True)
 
 
-def conninfo(url: URL) -> dict[str, Any]:
-    """psycopg keyword arguments for a SQLAlchemy URL (Unix socket via ``?host=``)."""
-    kwargs: dict[str, Any] = {"dbname": url.database, "user": url.username}
-    if url.password:
-        kwargs["password"] = url.password
-    if url.host:
-        kwargs["host"] = url.host
-    if url.port:
-        kwargs["port"] = url.port
-    for key, value in url.query.items():
-        kwargs[key] = value if isinstance(value, str) else value[-1]
-    return kwargs
+def conninfo(url: URL) -> dict[str, str]:
+    """psycopg keyword arguments for a SQLAlchemy URL (imported late: see ``make_home``)."""
+    from bizosctl.db.engines import psycopg_conninfo
+
+    return psycopg_conninfo(url)
 
 
 def connect(

@@ -485,12 +485,17 @@ class CpuSampler:
 
     def _loop(self) -> None:
         while not self.stop.wait(0.2):
-            self.last.update(cpu_by_process())
+            self._sample()
+
+    def _sample(self) -> None:
+        # keep the first command line seen: a process on its way out may show an empty one
+        for pid, (cpu, cmd) in cpu_by_process().items():
+            self.last[pid] = (cpu, self.last[pid][1] if pid in self.last else cmd)
 
     def finish(self) -> dict[str, float]:
         self.stop.set()
         self.thread.join()
-        self.last.update(cpu_by_process())
+        self._sample()
         roles: dict[str, float] = {}
         for pid, (cpu, cmd) in self.last.items():
             used = cpu - self.start.get(pid, (0.0, ""))[0]
@@ -747,7 +752,7 @@ def print_rotation(rot: dict[str, Any]) -> None:
     print(
         f"  new key readable -> primary wait {rot['key_wait_s']:.2f}s; re-encryption pass "
         f"{rot['pass_s']:.2f}s ({rot['pass_values_per_s']:,.0f} values/s, "
-        f"{rot['ratio_pass']:.1%} of the floor; {rot['batches']} batches); wait before the "
+        f"{rot['ratio_pass']:.1%} of the floor; {rot['batches']} chunks); wait before the "
         f"sweep {rot['sweep_wait_s']:.2f}s; final sweep + retire "
         f"{rot['final_sweep_and_retire_s']:.2f}s"
     )

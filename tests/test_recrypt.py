@@ -187,14 +187,14 @@ def test_a_row_the_application_changes_mid_batch_is_never_overwritten(home, monk
     """Between the read of a batch and its write, the application updates one of its rows:
     the rotation's write must skip that row (its version changed), and the sweep then
     re-encrypts the application's value, not the one read before."""
-    from bizosctl.security import rotation
+    from bizosctl.security import recrypt, rotation
     from bizosctl.tenancy.provision import create_tenant
 
     create_tenant(home, slug="race-co", name="R", tier="schema", region="global")
     load_sample_data(home, "race-co")
     tid = home.route("race-co").tenant_id
     victim = next(iter(member_values(home, "race-co")))
-    original = rotation.recrypt_copy
+    original = recrypt.recrypt_copy
     done = threading.Event()
 
     def app_writes_then_recrypt(*args):
@@ -212,7 +212,7 @@ def test_a_row_the_application_changes_mid_batch_is_never_overwritten(home, monk
                 )
         return original(*args)
 
-    monkeypatch.setattr(rotation, "recrypt_copy", app_writes_then_recrypt)
+    monkeypatch.setattr(recrypt, "recrypt_copy", app_writes_then_recrypt)
     report = rotation.rotate_pii(home, batch=1000, workers=0)
     assert done.is_set() and report["retired"] == [1]
     home.reload_keyring()

@@ -18,9 +18,10 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bizosctl.errors import ConfigError, InvalidInput, OperationFailed
 
@@ -124,6 +125,11 @@ class EmbeddedCluster:
     def is_running(self) -> bool:
         return self.postmaster_pid() is not None and self.socket_file.exists()
 
+    #: pgdata -> when it was last seen running (monotonic): ``ensure_running`` is called on
+    #: every catalog access and session, and checking costs a file read and two stats.
+    _seen_running: ClassVar[dict[str, float]] = {}
+    SEEN_RUNNING_S: ClassVar[float] = 1.0
+
     # -- life cycle --------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -136,8 +142,17 @@ class EmbeddedCluster:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def ensure_running(self) -> bool:
-        """Start the cluster unless it runs. Returns True when this call started it."""
+        """Start the cluster unless it runs. Returns True when this call started it.
+
+        A cluster seen running less than a second ago is not checked again: one that died
+        meanwhile shows up as a connection error, and is started by the next call after that.
+        """
+        key = str(self.pgdata)
+        seen = self._seen_running.get(key)
+        if seen is not None and time.monotonic() - seen < self.SEEN_RUNNING_S:
+            return False
         if self.is_running():
+            self._seen_running[key] = time.monotonic()
             return False
         length = len(str(self.socket_file))
         if length > SOCKET_PATH_MAX:
@@ -254,6 +269,7 @@ class EmbeddedCluster:
 
     def stop(self, *, mode: str = "fast") -> bool:
         """Stop the cluster if it runs. Returns True when it was running."""
+        self._seen_running.pop(str(self.pgdata), None)
         if not (self.pgdata / "PG_VERSION").exists() or self.postmaster_pid() is None:
             return False
         with self._lock():

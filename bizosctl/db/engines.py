@@ -98,3 +98,19 @@ def translate_errors(what: str) -> Iterator[None]:
         if sqlstate(exc) in ("BZ423", "BZ503"):
             raise TenantNotWritable(db_message(exc)) from exc
         raise QueryFailed(f"{what}: {db_message(exc)}") from exc
+
+
+def psycopg_conninfo(url: str | URL) -> dict[str, str]:
+    """``psycopg.connect`` keyword arguments for a SQLAlchemy URL (Unix socket via ``?host=``)
+    — for worker processes and plain libpq connections that bypass SQLAlchemy."""
+    parsed = make_url(url)
+    kwargs: dict[str, str] = {"dbname": parsed.database or "", "user": parsed.username or ""}
+    if parsed.password:
+        kwargs["password"] = str(parsed.password)
+    if parsed.host:
+        kwargs["host"] = parsed.host
+    if parsed.port:
+        kwargs["port"] = str(parsed.port)
+    for key, value in parsed.query.items():
+        kwargs[key] = value if isinstance(value, str) else value[-1]
+    return kwargs

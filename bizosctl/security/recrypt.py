@@ -1,17 +1,21 @@
-"""Re-encrypting one batch of rows for a PII rotation: COPY text in, COPY text out.
+"""Re-encrypting a range of a table's pages for a PII rotation, with its own connection.
 
-Runs in a worker process for large tables (the cryptography then overlaps the database work
-on another core instead of competing with the I/O threads for the GIL) or in a thread of the
-rotating process for small ones. Rows travel as the text ``COPY ... TO STDOUT`` produced and go
-back as the text ``COPY ... FROM STDIN`` reads: a field is passed through untouched unless it is
-re-encrypted, so any value (``\\N`` for NULL, escapes included) round-trips exactly, and the
-rotating process never builds a Python object per row.
+:func:`rotate_pages` runs in worker processes for large tables (each has its own connection
+and works on its own pages, so one worker's cryptography overlaps another's database work on
+the other core, with no data crossing between processes) or in a thread of the rotating
+process for small ones. Per batch of pages: one ``COPY (SELECT ...) TO STDOUT`` in physical
+order (a ctid range: no index is walked), the cryptography on the COPY text, one ``COPY ...
+FROM STDIN`` into a temp table and one UPDATE that only touches the exact row version it read
+(ctid and xmin). Fields are passed through as COPY text untouched unless re-encrypted, so no
+Python object is built per row and any value round-trips exactly.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+from dataclasses import dataclass
+from typing import Any
 
 from bizosctl.security.fields import Recrypter, normalize_email
 
@@ -19,6 +23,101 @@ from bizosctl.security.fields import Recrypter, normalize_email
 Columns = tuple[tuple[str, bool], ...]
 Keys = tuple[tuple[int, bytes], ...]
 NULL = "\\N"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to re-encrypt pages of one table (picklable)."""
+
+    conninfo: tuple[tuple[str, str], ...]  # psycopg.connect keywords, as the superuser
+    schema: str
+    table: str
+    cols: tuple[tuple[str, str | None], ...]  # (encrypted column, its blind index column)
+    version: int
+    keys: Keys
+
+    def _q(self, ident: str) -> str:
+        return '"' + ident.replace('"', '""') + '"'
+
+    @functools.cached_property
+    def sql(self) -> tuple[str, str, str, str]:
+        """(read with {lo} and {hi} pages, temp table DDL, COPY into it, UPDATE from it)."""
+        relation = f"{self._q(self.schema)}.{self._q(self.table)}"
+        names = [c for c, _ in self.cols]
+        indexes = [b for _, b in self.cols if b]
+        old = " OR ".join(
+            f"({c} IS NOT NULL AND {c} NOT LIKE 'bz1.{int(self.version)}.%')" for c in names
+        )
+        read = (
+            f"COPY (SELECT ctid, xmin, tenant_id, {', '.join(names)} FROM {relation} "
+            "WHERE ctid >= '({lo},0)'::tid AND ctid < '({hi},0)'::tid "
+            f"AND ({old})) TO STDOUT"
+        )
+        temp = f"bz_rotate_{self.table}"
+        layout = ", ".join(["ct tid", "x xid", *(f"{c} text" for c in [*names, *indexes])])
+        ddl = f"CREATE TEMP TABLE IF NOT EXISTS {temp} ({layout}) ON COMMIT DELETE ROWS"
+        sets = ", ".join(f"{c} = coalesce(v.{c}, t.{c})" for c in [*names, *indexes])
+        # (ctid, xmin) names the row version that was read: if the application changed the
+        # row since, its current version has another ctid or xmin (also after EvalPlanQual),
+        # and the row is left to the sweep.
+        update = (
+            f"UPDATE {relation} AS t SET {sets} FROM pg_temp.{temp} AS v "
+            "WHERE t.ctid = v.ct AND t.xmin = v.x"
+        )
+        return read, ddl, f"COPY pg_temp.{temp} FROM STDIN", update
+
+
+_connections: dict[tuple[tuple[str, str], ...], Any] = {}
+
+
+def _connection(job: Job) -> Any:
+    """This process's connection for ``job``'s database, set up once: triggers off (a key
+    change is not a change of the tenant's data to audit), the temp table created."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    conn = _connections.get(job.conninfo)
+    if conn is None or conn.closed:
+        conn = psycopg.connect(make_conninfo(**dict(job.conninfo)))
+        conn.execute("SET session_replication_role = replica")
+        conn.commit()
+        _connections[job.conninfo] = conn
+    conn.execute(job.sql[1])
+    conn.commit()
+    return conn
+
+
+def close_connections() -> None:
+    while _connections:
+        _connections.popitem()[1].close()
+
+
+def rotate_pages(job: Job, lo: int, hi: int, step: int) -> tuple[int, int]:
+    """Re-encrypt the rows of pages ``lo <= page < hi``, ``step`` pages a transaction.
+    Returns (rows found with a value not under ``job.version``, rows rewritten)."""
+    read, _, copy_in, update = job.sql
+    cols = tuple((c, b is not None) for c, b in job.cols)
+    conn = _connection(job)
+    found = written = 0
+    try:
+        for start in range(lo, hi, step):
+            with conn.cursor() as cur:
+                with cur.copy(read.format(lo=start, hi=min(start + step, hi))) as copy:
+                    data = b"".join(copy)
+                conn.commit()
+                if not data:
+                    continue
+                n, rows = recrypt_copy(job.keys, job.version, job.table, cols, data)
+                found += n
+                if n:
+                    with cur.copy(copy_in) as copy:
+                        copy.write(rows)
+                    written += cur.execute(update).rowcount
+                conn.commit()
+    except BaseException:
+        conn.close()  # whatever state it is in, the next call starts afresh
+        raise
+    return found, written
 
 
 @functools.lru_cache(maxsize=4)

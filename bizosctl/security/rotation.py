@@ -5,23 +5,22 @@ The application keeps reading and writing throughout: values under the old versi
 decrypt (the old key stays live), new writes take the new primary as soon as a process
 re-reads its keyring (``BIZOS_KEYRING_RELOAD_SECONDS``). The new key is first added as a
 read-only version and becomes primary only one reload period later, so no process ever meets a
-value under a version it does not know. Re-encryption walks every target in
-primary-key order, in batches, each batch one short transaction whose UPDATE only replaces a
-value that is still the one it read (optimistic), so a concurrent application write is never
-overwritten. After the reload period a final sweep re-encrypts what stale writers wrote under
-the old key, and only when a sweep finds nothing left is the old version retired.
+value under a version it does not know. Re-encryption walks every table of every target in
+physical order, in batches, each batch one short transaction whose UPDATE only replaces the
+exact row version it read (ctid and xmin: optimistic), so a concurrent application write is
+never overwritten. After the reload period a final sweep re-encrypts what stale writers wrote
+under the old key (and the rows skipped), and only when a count finds nothing left is the old
+version retired. Large tables are re-encrypted by worker processes (see :class:`Crypto`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from typing import Any
 
 from sqlalchemy import select, text, update
@@ -30,11 +29,11 @@ from sqlalchemy.engine import Connection, Engine
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import KeyringEntry, Operation
 from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
-from bizosctl.db.engines import get_engine, translate_errors
+from bizosctl.db.engines import get_engine, psycopg_conninfo, translate_errors
 from bizosctl.errors import OperationFailed
 from bizosctl.faults import crash_point
 from bizosctl.security.keyring import Keyring, add_version, set_primary
-from bizosctl.security.recrypt import Columns, Keys, recrypt_copy
+from bizosctl.security.recrypt import Job, Keys, close_connections, rotate_pages
 from bizosctl.sync.targets import Target, list_targets
 from tenant_schema.models import ENCRYPTED_COLUMNS
 
@@ -48,11 +47,13 @@ def q(ident: str) -> str:
 
 #: A table this large (in pages, ~50 members each) is re-encrypted by worker processes.
 PROCESS_PAGES = 400
+CHUNKS_PER_WORKER = 4
 
 
 class Crypto:
-    """Where batches are re-encrypted: a thread for small tables, a pool of worker processes
-    (started on first need, ``workers`` of them; 0 = never) for large ones."""
+    """Where tables are re-encrypted: a thread for small tables, a pool of worker processes
+    (started on first need, ``workers`` of them; 0 = never) for large ones. Either way each
+    worker has its own database connection (closed with this object)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -60,21 +61,22 @@ class Crypto:
         self._pool: ProcessPoolExecutor | None = None
 
     def executor(self, pages: int) -> tuple[Executor, int]:
-        """The executor for a table of ``pages`` pages and how many batches to keep in flight."""
+        """The executor for a table of ``pages`` pages and how many workers it has."""
         if self.workers > 0 and pages >= PROCESS_PAGES:
             if self._pool is None:
                 ctx = multiprocessing.get_context("forkserver")
                 ctx.set_forkserver_preload(["bizosctl.security.recrypt"])
                 self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
-            return self._pool, self.workers + 1
+            return self._pool, self.workers
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="bz-recrypt")
-        return self._thread, 2
+        return self._thread, 1
 
     def close(self) -> None:
         for ex in (self._thread, self._pool):
             if ex is not None:
                 ex.shutdown(wait=True, cancel_futures=True)
+        close_connections()  # the thread's (a worker process's close when it exits)
 
     def __enter__(self) -> Crypto:
         return self
@@ -96,7 +98,10 @@ def _page_step(raw: Any, schema: str, table: str, batch: int) -> tuple[int, int]
 
 
 def default_workers() -> int:
-    return min(2, os.cpu_count() or 1)
+    """One more than the cores, at most 4: a worker alternates between its cryptography and
+    waiting for its database backend, so one extra keeps every core busy (measured on 2 cores:
+    3 workers beat 2)."""
+    return min(4, (os.cpu_count() or 1) + 1)
 
 
 def _keys(ring: Keyring) -> Keys:
@@ -116,99 +121,44 @@ def reencrypt_table(
 ) -> int:
     """Re-encrypt every value of ``table`` not under ``version``. Returns rows rewritten.
 
-    A pipeline: this thread reads the heap in physical order (``COPY`` of a ctid range of
-    about ``batch`` rows, so no index is walked and no Python object is built per row), the
-    ``crypto`` executor decrypts and encrypts, a writer thread ``COPY``s each result into a
-    temp table and applies it with one UPDATE that joins on the row's ctid and key and only
-    replaces values still equal to what was read (optimistic: a concurrent application write
-    is never overwritten; that row is left to the sweep). Reads, cryptography and writes of
-    successive batches overlap. Rows that move while this runs (a concurrent update, a page
-    appended at the end) are caught by the caller's sweep.
+    The table's pages are cut into chunks of a few batches (about ``batch`` rows each) that
+    the ``crypto`` executor's workers re-encrypt with :func:`rotate_pages`, each with its own
+    connection: in physical order, one short transaction per batch, never overwriting a row
+    the application changed meanwhile (see :mod:`bizosctl.security.recrypt`). Rows that move
+    while this runs (a concurrent update, a page appended at the end) are left to the
+    caller's sweep.
     """
-    cols = ENCRYPTED_COLUMNS[table]
-    bidx_cols = [b for b in cols.values() if b]
-    relation = f"{q(schema)}.{q(table)}"
-    old_filter = " OR ".join(
-        f"({c} IS NOT NULL AND {c} NOT LIKE 'bz1.{int(version)}.%')" for c in cols
-    )
-    read_sql = (
-        f"COPY (SELECT ctid, xmin, tenant_id, {', '.join(cols)} FROM {relation} "
-        "WHERE ctid >= '({lo},0)'::tid AND ctid < '({hi},0)'::tid "
-        f"AND ({old_filter})) TO STDOUT"
-    )
-    temp = f"bz_rotate_{table}"
-    layout = ", ".join(["ct tid", "x xid", *(f"{c} text" for c in [*cols, *bidx_cols])])
-    sets = ", ".join(f"{c} = coalesce(v.{c}, t.{c})" for c in [*cols, *bidx_cols])
-    # (ctid, xmin) names the row version that was read: if the application changed the row
-    # since, its current version has another ctid or xmin (also after EvalPlanQual), and the
-    # row is left to the sweep.
-    write_sql = (
-        f"UPDATE {relation} AS t SET {sets} FROM pg_temp.{temp} AS v "
-        "WHERE t.ctid = v.ct AND t.xmin = v.x"
-    )
-    spec: Columns = tuple((c, b is not None) for c, b in cols.items())
-    keys = _keys(ring)
-    pending: queue.Queue[Future[tuple[int, bytes]] | None] = queue.Queue()
-    written = [0]
-    failure: list[BaseException] = []
-    stop = threading.Event()
-
-    def writer(raw: Any) -> None:
-        try:
-            # Skip triggers: a key change is not a change of the tenant's data to audit.
-            raw.execute("SET session_replication_role = replica")
-            raw.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ({layout}) ON COMMIT DELETE ROWS")
-            raw.commit()
-            while (fut := pending.get()) is not None:
-                n, rows = fut.result()
-                if n:
-                    with raw.cursor() as cur:
-                        with cur.copy(f"COPY pg_temp.{temp} FROM STDIN") as copy:
-                            copy.write(rows)
-                        written[0] += cur.execute(write_sql, prepare=False).rowcount
-                    raw.commit()
-                if progress is not None:
-                    progress(table, n)
-            raw.execute("RESET session_replication_role")
-        except BaseException as exc:
-            failure.append(exc)
-            stop.set()
-            while (fut := pending.get()) is not None:  # drain so the reader can stop
-                fut.cancel()
-
-    with engine.connect() as rconn, engine.connect() as wconn:
-        raw: Any = rconn.connection.driver_connection
+    with engine.connect() as conn:
+        raw: Any = conn.connection.driver_connection
         pages, step = _page_step(raw, schema, table, batch)
-        executor, in_flight = crypto.executor(pages)
-        slots = threading.Semaphore(in_flight)
-        thread = threading.Thread(target=writer, args=(wconn.connection.driver_connection,))
-        thread.start()
-        try:
-            for lo in range(0, pages, step):
-                if stop.is_set():
-                    break
-                with raw.cursor() as cur:
-                    with cur.copy(read_sql.format(lo=lo, hi=lo + step)) as copy:
-                        data = b"".join(copy)
-                raw.commit()
-                if not data:
-                    continue
-                while not (free := slots.acquire(timeout=0.1)) and not stop.is_set():
-                    pass
-                if not free:
-                    break
-                fut = executor.submit(recrypt_copy, keys, version, table, spec, data)
-                fut.add_done_callback(lambda _: slots.release())
-                pending.put(fut)
-        except BaseException:
-            stop.set()
-            raise
-        finally:
-            pending.put(None)
-            thread.join()
-    if failure:
-        raise failure[0]
-    return written[0]
+    if not pages:
+        return 0
+    executor, parallel = crypto.executor(pages)
+    job = Job(
+        conninfo=tuple(sorted(psycopg_conninfo(engine.url).items())),
+        schema=schema,
+        table=table,
+        cols=tuple(ENCRYPTED_COLUMNS[table].items()),
+        version=version,
+        keys=_keys(ring),
+    )
+    # a few chunks per worker: all of them busy to the end, progress reported along the way
+    chunk = step * max(1, -(-pages // step) // (parallel * CHUNKS_PER_WORKER))
+    futures = [
+        executor.submit(rotate_pages, job, lo, min(lo + chunk, pages), step)
+        for lo in range(0, pages, chunk)
+    ]
+    written = 0
+    try:
+        for fut in as_completed(futures):
+            found, n = fut.result()
+            written += n
+            if progress is not None:
+                progress(table, found)
+    finally:
+        for fut in futures:
+            fut.cancel()
+    return written
 
 
 def count_by_version(conn: Connection, *, schema: str) -> dict[int, int]:
@@ -318,8 +268,8 @@ def rotate_pii(
 ) -> dict[str, Any]:
     """New primary ``pii`` key, every value re-encrypted, old versions retired. Resumable.
 
-    ``workers``: processes that re-encrypt large tables (default: up to 2, one per core;
-    0 keeps all the cryptography in this process).
+    ``workers``: processes that re-encrypt large tables (default: one more than the cores, at
+    most 4; 0 keeps all the work in a thread of this process).
     """
     op_id, resumed = _operation(ctl, "pii")
     crypto = Crypto(default_workers() if workers is None else workers)
