@@ -128,10 +128,6 @@ class Recrypter:
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
         self._index_prefix = f"{version}:"
 
-    @classmethod
-    def from_keyring(cls, keyring: Keyring, version: int, purpose: str = "pii") -> Recrypter:
-        return cls({k.version: k.key for k in keyring.versions(purpose)}, version)
-
     def _key(self, version: int) -> bytes:
         try:
             return self.keys[version]
