@@ -21,7 +21,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from bizosctl.moves.tables import TableInfo, q
+from bizosctl.moves.tables import TableInfo
+from bizosctl.tenancy.names import q
 
 SCHEMA = "bizos_move"
 

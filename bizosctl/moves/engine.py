@@ -31,7 +31,8 @@ from bizosctl.faults import crash_point
 from bizosctl.moves import capture
 from bizosctl.moves.copy import checksum, copy_table, sync_keys
 from bizosctl.moves.plan import Endpoint, MovePlan, MoveRequest, current_endpoint, make_plan
-from bizosctl.moves.tables import TableInfo, q, table_infos
+from bizosctl.moves.tables import TableInfo, table_infos
+from bizosctl.tenancy.names import q
 from bizosctl.tenancy.provision import login_roles
 from bizosctl.tenancy.servers import ensure_database, new_password, prepare_schema, set_login_role
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE

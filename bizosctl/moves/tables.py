@@ -7,11 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from bizosctl.tenancy.names import q
 from tenant_schema import TENANT_TABLES
-
-
-def q(ident: str) -> str:
-    return '"' + ident.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)

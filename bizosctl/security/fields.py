@@ -106,7 +106,7 @@ def blind_indexes(keyring: Keyring, value: str) -> list[str]:
 
 class Recrypter:
     """Re-encrypts values to one key version in bulk, fast: one tight loop per batch with the
-    cipher objects, associated data and the index key's HMAC states cached, base64 straight
+    cipher objects and the index key's HMAC states cached, base64 straight
     through ``binascii`` and the batch's nonces drawn from the OS at once. Produces exactly
     what :func:`encrypt` and :func:`blind_index` would, and accepts what :func:`decrypt`
     accepts (a test holds it to that)."""
@@ -120,7 +120,6 @@ class Recrypter:
         self.prefix = f"{PREFIX}.{version}."
         self._decrypt: dict[str, Callable[[bytes, bytes, bytes], bytes]] = {}
         self._encrypt = AESGCM(self._key(version)).encrypt
-        self._aad: dict[tuple[str, str, str], bytes] = {}
         # HMAC-SHA256 by hand: the inner and outer states after the padded key are copied per
         # value instead of keying a new HMAC (a third of the cost).
         key = _index_key(self._key(version)).ljust(64, b"\0")
@@ -141,13 +140,8 @@ class Recrypter:
         return fn
 
     def aad(self, tenant_id: str, table: str, column: str) -> bytes:
-        key = (tenant_id, table, column)
-        aad = self._aad.get(key)
-        if aad is None:
-            if len(self._aad) > 10_000:
-                self._aad.clear()
-            aad = self._aad[key] = _aad(tenant_id, table, column)
-        return aad
+        """The associated data of a value (callers keep it per tenant for a batch)."""
+        return _aad(tenant_id, table, column)
 
     def recrypt(self, items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
         """``(token, associated data)`` pairs to ``(token under this version, clear bytes)``.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bizosctl.security.fields import Recrypter, normalize_email
+from bizosctl.tenancy.names import q
 
 #: (column, whether it has a blind index column) for each encrypted column of a table
 Columns = tuple[tuple[str, bool], ...]
@@ -36,13 +37,10 @@ class Job:
     version: int
     keys: Keys
 
-    def _q(self, ident: str) -> str:
-        return '"' + ident.replace('"', '""') + '"'
-
     @functools.cached_property
     def sql(self) -> tuple[str, str, str, str]:
         """(read with {lo} and {hi} pages, temp table DDL, COPY into it, UPDATE from it)."""
-        relation = f"{self._q(self.schema)}.{self._q(self.table)}"
+        relation = f"{q(self.schema)}.{q(self.table)}"
         names = [c for c, _ in self.cols]
         indexes = [b for _, b in self.cols if b]
         old = " OR ".join(
@@ -68,6 +66,7 @@ class Job:
 
 
 _connections: dict[tuple[tuple[str, str], ...], Any] = {}
+_temp_tables: dict[int, set[str]] = {}  # id(connection) -> temp tables created on it
 
 
 def _connection(job: Job) -> Any:
@@ -82,14 +81,19 @@ def _connection(job: Job) -> Any:
         conn.execute("SET session_replication_role = replica")
         conn.commit()
         _connections[job.conninfo] = conn
-    conn.execute(job.sql[1])
-    conn.commit()
+        _temp_tables[id(conn)] = set()
+    if job.table not in _temp_tables[id(conn)]:
+        conn.execute(job.sql[1])
+        conn.commit()
+        _temp_tables[id(conn)].add(job.table)
     return conn
 
 
 def close_connections() -> None:
     while _connections:
-        _connections.popitem()[1].close()
+        conn = _connections.popitem()[1]
+        _temp_tables.pop(id(conn), None)
+        conn.close()
 
 
 def rotate_pages(job: Job, lo: int, hi: int, step: int) -> tuple[int, int]:

@@ -35,14 +35,11 @@ from bizosctl.faults import crash_point
 from bizosctl.security.keyring import Keyring, add_version, set_primary
 from bizosctl.security.recrypt import Job, Keys, close_connections, rotate_pages
 from bizosctl.sync.targets import Target, list_targets
+from bizosctl.tenancy.names import q
 from tenant_schema.models import ENCRYPTED_COLUMNS
 
 Progress = Callable[[str, int], None]
 SWEEPS = 5
-
-
-def q(ident: str) -> str:
-    return '"' + ident.replace('"', '""') + '"'
 
 
 #: A table this large (in pages, ~50 members each) is re-encrypted by worker processes.

@@ -26,8 +26,8 @@ from bizosctl.security.masterkey import (
     load_master_key,
     next_key_file,
 )
-from bizosctl.tenancy.names import check_slug
-from bizosctl.tenancy.servers import new_password, q, set_login_role
+from bizosctl.tenancy.names import check_slug, q
+from bizosctl.tenancy.servers import new_password, set_login_role
 from tenant_schema.ddl import APP_GROUP
 
 

@@ -14,9 +14,8 @@ from bizosctl.catalog.models import Route, Tenant
 from bizosctl.catalog.schemas import QueryResult, TenantDetail, TenantPublic
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import InvalidInput, NotFound
-from bizosctl.tenancy.names import check_region_name, check_slug, check_tier
+from bizosctl.tenancy.names import check_region_name, check_slug, check_tier, q
 from bizosctl.tenancy.router import tenant_session
-from bizosctl.tenancy.servers import q
 from tenant_schema import TENANT_TABLES
 
 STATUSES = ("provisioning", "active", "read_only", "suspended", "moving", "deleting")

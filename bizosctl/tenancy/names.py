@@ -42,6 +42,11 @@ SHARED_SCHEMA = "shared"
 SHARED_LOGIN = "bizos_app_shared"
 
 
+def q(ident: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + ident.replace('"', '""') + '"'
+
+
 def check_slug(slug: str) -> str:
     if not SLUG_RE.match(slug):
         raise InvalidInput(

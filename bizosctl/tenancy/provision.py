@@ -30,6 +30,7 @@ from bizosctl.tenancy.names import (
     SHARED_SCHEMA,
     check_slug,
     check_tier,
+    q,
     tenant_ident,
 )
 from bizosctl.tenancy.regions import default_server, region_exists
@@ -37,7 +38,6 @@ from bizosctl.tenancy.servers import (
     ensure_database,
     new_password,
     prepare_schema,
-    q,
     set_login_role,
 )
 from tenant_schema import TENANT_TABLES

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import upgrade
-from bizosctl.tenancy.names import SHARED_DB, SHARED_LOGIN, SHARED_SCHEMA
+from bizosctl.tenancy.names import SHARED_DB, SHARED_LOGIN, SHARED_SCHEMA, q
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
 if TYPE_CHECKING:
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 
 def new_password() -> str:
     return secrets.token_urlsafe(24)
-
-
-def q(ident: str) -> str:
-    return '"' + ident.replace('"', '""') + '"'
 
 
 def scram_verifier(conn: Connection, role: str, password: str) -> str:
