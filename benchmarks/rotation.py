@@ -526,6 +526,7 @@ def run_rotation(
     reader_mode: str,
     batch: int,
     workers: int | None,
+    fresh_key: bool,
     read_rate: float,
     log: Log,
 ) -> dict[str, Any]:
@@ -552,7 +553,9 @@ def run_rotation(
     with clocked(clock):
         t0 = time.monotonic()
         try:
-            report = rotate_pii(ctl, batch=batch, workers=workers, progress=progress)
+            report = rotate_pii(
+                ctl, batch=batch, workers=workers, fresh_key=fresh_key, progress=progress
+            )
         except BizosError as exc:
             error = f"{type(exc).__name__}: {exc}"
             log(f"  rotation failed: {error}")
@@ -669,7 +672,8 @@ def verify(ctl: Control, tenants: list[TenantSpec]) -> dict[str, Any]:
             versions[v] = versions.get(v, 0) + c
         problems.extend(ps)
     usage = pii_usage(ctl)
-    old = [v for v, _, retired in entries if v != new.version]
+    old = [retired for v, _, retired in entries if v < new.version]
+    staged = [v for v, _, retired in entries if v > new.version and not retired]
     return {
         "new_version": new.version,
         "values_checked": sum(r[0] for r in results),
@@ -679,7 +683,8 @@ def verify(ctl: Control, tenants: list[TenantSpec]) -> dict[str, Any]:
         "unexpected_members": unknown,
         "pii_usage": usage,
         "keyring": [{"version": v, "primary": p, "retired": r} for v, p, r in sorted(entries)],
-        "old_retired": bool(old) and all(r for v, _, r in entries if v != new.version),
+        "old_retired": bool(old) and all(old),
+        "staged": staged,
         "problems": problems[:10],
         "seconds": time.perf_counter() - t0,
         "ok": (
@@ -687,7 +692,9 @@ def verify(ctl: Control, tenants: list[TenantSpec]) -> dict[str, Any]:
             and not index
             and not unknown
             and set(versions) == {new.version}
-            and all(r for v, _, r in entries if v != new.version)
+            and bool(old)
+            and all(old)
+            and len(staged) == 1
         ),
     }
 
@@ -731,8 +738,14 @@ def print_human(doc: dict[str, Any]) -> None:
             f"(WAL {r['wal_mib']:.0f} MiB){ratio}"
         )
     print(
-        f"BIZOS_KEYRING_RELOAD_SECONDS={doc['keyring_reload_seconds']}: a rotation waits one "
-        "reload period between creating the key and making it primary"
+        f"BIZOS_KEYRING_RELOAD_SECONDS={doc['keyring_reload_seconds']}: "
+        + (
+            "--fresh-key: each rotation makes a new key and waits one reload period before "
+            "making it primary"
+            if doc["fresh_key"]
+            else "each rotation switches to the key staged one reload period or more before "
+            "(by init, then by the previous rotation), without waiting"
+        )
     )
     for rot in doc["rotations"]:
         print_rotation(rot)
@@ -776,6 +789,7 @@ def print_rotation(rot: dict[str, Any]) -> None:
         + ", ".join(
             f"v{e['version']}{' primary' if e['primary'] else ''}"
             f"{' retired' if e['retired'] else ''}"
+            f"{' staged' if e['version'] in ver['staged'] else ''}"
             for e in ver["keyring"]
         )
     )
@@ -823,6 +837,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rotations to run one after the other, by crypto worker processes: a comma list "
         "of numbers or 'auto' (default 'auto,0': the default, then all in-process); the "
         "target is judged on the first",
+    )
+    parser.add_argument(
+        "--fresh-key",
+        action="store_true",
+        help="rotate to a newly made key (waits one reload period) instead of the staged one",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
@@ -873,6 +892,7 @@ def main(argv: list[str] | None = None) -> int:
             "tenants": args.tenants,
             "batch": args.batch,
             "keyring_reload_seconds": ctl.settings.keyring_reload_seconds,
+            "fresh_key": args.fresh_key,
             "load_s": load_s,
             "vacuum_s": vacuum_s,
             "table_mib": table_size(ctl) / 2**20,
@@ -917,6 +937,7 @@ def main(argv: list[str] | None = None) -> int:
                 reader_mode=args.reader,
                 batch=args.batch,
                 workers=workers,
+                fresh_key=args.fresh_key,
                 read_rate=args.read_rate,
                 log=log,
             )

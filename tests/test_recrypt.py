@@ -22,7 +22,7 @@ from bizosctl.security.fields import (
     normalize_email,
 )
 from bizosctl.security.keyring import DataKey
-from bizosctl.security.recrypt import recrypt_copy
+from bizosctl.security.recrypt import recrypt_rows
 from bizosctl.tenancy.router import tenant_session
 from bizosctl.tenancy.sample import load_sample_data
 
@@ -113,19 +113,15 @@ def test_recrypt_unknown_or_retired_version():
         rc.recrypt([(enc("a@x.example"), rc.aad(T1, "members", "email"))])
 
 
-def copy_row(*fields: str | None) -> str:
-    return "\t".join("\\N" if f is None else f for f in fields)
-
-
-def test_recrypt_copy_rewrites_old_values_and_leaves_the_rest():
+def test_recrypt_rows_rewrites_old_values_and_leaves_the_rest():
     keys = tuple(KEYS.items())
     already = enc("new@x.example", version=2)
     rows = [
-        copy_row("(0,1)", "101", T1, enc("a@x.example"), enc("A", column="name"), None),
-        copy_row("(0,2)", "102", T1, already, enc("B", column="name"), enc("+62", column="phone")),
-        copy_row("(3,7)", "103", T2, already, enc("C", column="name", version=2), None),
+        ("(0,1)", "101", T1, enc("a@x.example"), enc("A", column="name"), None),
+        ("(0,2)", "102", T1, already, enc("B", column="name"), enc("+62", column="phone")),
+        ("(3,7)", "103", T2, already, enc("C", column="name", version=2), None),
     ]
-    n, out = recrypt_copy(keys, 2, "members", COLS, ("\n".join(rows) + "\n").encode())
+    n, out = recrypt_rows(keys, 2, "members", COLS, rows)
     lines = [line.split("\t") for line in out.decode().splitlines()]
     assert n == 2 and len(lines) == 2  # the third row has nothing under version 1
     new = Ring(2)
@@ -136,7 +132,7 @@ def test_recrypt_copy_rewrites_old_values_and_leaves_the_rest():
     assert bidx == blind_index(new, "a@x.example")
     assert second[:3] == ["(0,2)", "102", "\\N"] and second[5] == "\\N"  # e-mail already new
     assert key_version(second[3]) == 2 and key_version(second[4]) == 2
-    assert recrypt_copy(keys, 2, "members", COLS, b"") == (0, b"")
+    assert recrypt_rows(keys, 2, "members", COLS, []) == (0, b"")
 
 
 # -- against PostgreSQL -------------------------------------------------------------------------
@@ -194,7 +190,7 @@ def test_a_row_the_application_changes_mid_batch_is_never_overwritten(home, monk
     load_sample_data(home, "race-co")
     tid = home.route("race-co").tenant_id
     victim = next(iter(member_values(home, "race-co")))
-    original = recrypt.recrypt_copy
+    original = recrypt.recrypt_rows
     done = threading.Event()
 
     def app_writes_then_recrypt(*args):
@@ -212,7 +208,7 @@ def test_a_row_the_application_changes_mid_batch_is_never_overwritten(home, monk
                 )
         return original(*args)
 
-    monkeypatch.setattr(recrypt, "recrypt_copy", app_writes_then_recrypt)
+    monkeypatch.setattr(recrypt, "recrypt_rows", app_writes_then_recrypt)
     report = rotation.rotate_pii(home, batch=1000, workers=0)
     assert done.is_set() and report["retired"] == [1]
     home.reload_keyring()

@@ -92,10 +92,12 @@ def test_rotate_pii_reencrypts_every_tier_and_retires_the_old_key(home, cli):
         p["purpose"]: p["versions"]
         for p in json.loads(cli("secrets", "list", "--json").stdout)["purposes"]
     }
-    assert [(v["version"], v["values"], v["retired_at"] is not None) for v in listed["pii"]] == [
-        (1, 0, True),
-        (2, 39, False),
+    assert [(v["version"], v["values"], v["state"]) for v in listed["pii"]] == [
+        (1, 0, "retired"),
+        (2, 39, "primary"),
+        (3, 0, "staged"),  # the next rotation's key, already readable everywhere
     ]
+    assert doc["staged"] == 3 and doc["waited_s"] == 0  # init staged v2 long enough ago
 
 
 def test_rotate_pii_with_concurrent_application_writes(home):
@@ -323,7 +325,7 @@ def test_master_key_rotation_rewraps_everything(home, cli):
     old_key = (home.settings.key_file).read_text()
     r = cli("secrets", "rotate", "master-key", "--json")
     assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout)["rewrapped"] == 4
+    assert json.loads(r.stdout)["rewrapped"] == 6  # 4 purposes, staged pii and jwt keys too
     assert home.settings.key_file.read_text() != old_key
     assert oct(home.settings.key_file.stat().st_mode & 0o777) == "0o600"
     assert old_key.strip() not in r.stdout + r.stderr
@@ -525,3 +527,82 @@ def test_another_process_keeps_reading_during_a_rotation(home):
         thread.join(timeout=30)
     assert reads[0] > 10
     assert not failures, failures[:3]
+
+
+# -- staged keys --------------------------------------------------------------------------------
+def stale_process():
+    """Another application process that loaded its keyring now and will not re-read it."""
+    from bizosctl.catalog.control import Control
+    from bizosctl.config import Settings
+
+    other = Control(Settings(keyring_reload_seconds=3600))
+    _ = other.keyring
+    return other
+
+
+def test_a_process_that_never_reloads_reads_values_under_the_new_key(home):
+    """The rotation switches to the key staged before that process started: it decrypts every
+    re-encrypted value and still finds members by their new blind index."""
+    from bizosctl.security.fields import blind_indexes
+    from bizosctl.security.rotation import rotate_pii
+    from bizosctl.tenancy.provision import create_tenant
+
+    create_tenant(home, slug="stale-co", name="S", tier="shared", region="global")
+    load_sample_data(home, "stale-co")
+    other = stale_process()
+    report = rotate_pii(home, batch=2)
+    assert report["version"] == 2 and report["waited_s"] == 0
+    assert {key_version(r.email_enc) for r in members(home, "stale-co")} == {2}
+    assert len(emails(other, "stale-co")) == 5  # its keyring still has v1 primary, v2 staged
+    with tenant_session(other, "stale-co", actor="t", read_only=True) as s:
+        found = s.execute(
+            text("select count(*) from members where email_bidx = any(:b)"),
+            {"b": blind_indexes(other.keyring, normalize_email("ayu@stale-co.example"))},
+        ).scalar_one()
+    assert found == 1
+
+
+def test_jwt_signed_with_the_new_key_verifies_in_a_process_that_never_reloads(home, cli):
+    from bizosctl.security.jwt import issue_token, verify_token
+
+    other = stale_process()
+    r = cli("secrets", "rotate", "jwt", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["kid"], doc["staged"]) == ("jwt-v2", 3)
+    home.reload_keyring()
+    assert verify_token(other, issue_token(home, subject="u", tenant="acme"))["sub"] == "u"
+
+
+def test_fresh_key_skips_the_staged_key_and_waits_one_reload_period(home, cli):
+    from bizosctl.tenancy.provision import create_tenant
+
+    create_tenant(home, slug="fresh-co", name="F", tier="schema", region="global")
+    load_sample_data(home, "fresh-co")
+    dry = json.loads(cli("secrets", "rotate", "pii", "--fresh-key", "--dry-run", "--json").stdout)
+    assert dry["next_version"] is None and dry["would_wait_s"] == 0.2
+    r = cli("secrets", "rotate", "pii", "--fresh-key", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    # v2 (staged, possibly as exposed as v1) is skipped and retired with v1
+    assert (doc["version"], doc["retired"], doc["staged"]) == (3, [1, 2], 4)
+    assert 0.1 < doc["waited_s"] <= 0.2
+    assert {key_version(r.email_enc) for r in members(home, "fresh-co")} == {3}
+    r = cli("secrets", "rotate", "jwt", "--fresh-key", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["kid"] == "jwt-v3" and json.loads(r.stdout)["waited_s"] > 0.1
+
+
+def test_a_keyring_without_a_staged_key_makes_one_and_waits(home, cli):
+    """An older deployment (no staged key) rotates as before: a new key that reads for one
+    reload period before it writes, and the next one staged at the end."""
+    with home.catalog() as s:
+        s.execute(text("delete from keyring where purpose = 'pii' and version = 2"))
+    dry = json.loads(cli("secrets", "rotate", "pii", "--dry-run", "--json").stdout)
+    assert dry["next_version"] is None
+    r = cli("secrets", "rotate", "pii", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["version"], doc["staged"]) == (2, 3) and doc["waited_s"] > 0.1
+    dry = json.loads(cli("secrets", "rotate", "pii", "--dry-run", "--json").stdout)
+    assert dry["next_version"] == 3

@@ -37,6 +37,19 @@ def _ctl() -> Control:
     return get_control()
 
 
+def _next_key(ctl: Control, purpose: str, fresh: bool) -> dict[str, object]:
+    """What a rotation of ``purpose`` would switch to, and how long it would wait first."""
+    from bizosctl.security.keyring import staged_version
+
+    with ctl.catalog() as s:
+        staged = None if fresh else staged_version(s, purpose)
+    reload_s = ctl.settings.keyring_reload_seconds
+    return {
+        "next_version": staged[0] if staged else None,  # None: a new key would be made
+        "would_wait_s": round(max(0.0, reload_s - (staged[1] if staged else 0.0)), 3),
+    }
+
+
 def _done(doc: dict, json_out: bool, summary: str) -> None:  # type: ignore[type-arg]
     if json_out:
         print_json(doc)
@@ -47,9 +60,11 @@ def _done(doc: dict, json_out: bool, summary: str) -> None:  # type: ignore[type
 @app.command("list")
 @handle_errors
 def list_(json_out: bool = JsonOpt) -> None:
-    """Each purpose's key versions: primary, created, retired, how many values use each.
+    """Each purpose's key versions: state, created, retired, how many values use each.
 
-    Never shows key material.
+    States: primary (writes), staged (the next primary, which every process can already read,
+    so a rotation switches to it at once), readable (still decrypts), retired. Never shows key
+    material.
 
     Example: bizosctl secrets list --json
     """
@@ -63,7 +78,7 @@ def list_(json_out: bool = JsonOpt) -> None:
         [
             p.purpose,
             v.version,
-            "yes" if v.primary else "",
+            v.state,
             v.created_at.strftime("%Y-%m-%d %H:%M"),
             v.retired_at.strftime("%Y-%m-%d %H:%M") if v.retired_at else "",
             v.retire_after.strftime("%Y-%m-%d %H:%M") if v.retire_after else "",
@@ -79,7 +94,7 @@ def list_(json_out: bool = JsonOpt) -> None:
             [
                 "purpose",
                 "version",
-                "primary",
+                "state",
                 "created",
                 "retired",
                 "retire after",
@@ -100,14 +115,23 @@ def rotate_pii(
         "--workers",
         min=0,
         max=32,
-        help="Processes re-encrypting large tables (default: one per core, at most 2; 0 = none).",
+        help="Processes re-encrypting large tables (default: one more than the cores, at most 4; "
+        "0 = none).",
+    ),
+    fresh_key: bool = typer.Option(
+        False,
+        "--fresh-key",
+        help="Switch to a newly made key instead of the staged one (after a leak of the keyring:"
+        " the staged key is as exposed as the current one); waits one keyring reload period.",
     ),
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """New PII key, then re-encrypt every encrypted column of every tenant, online.
 
-    Resumable: after a crash, run it again. The old version is retired when nothing uses it.
+    The new key is the staged one (see `secrets list`), so the switch is immediate; the next
+    one is staged at the end. Resumable: after a crash, run it again. The old version is
+    retired when nothing uses it.
 
     Example: bizosctl secrets rotate pii
     """
@@ -121,11 +145,12 @@ def rotate_pii(
             "purpose": "pii",
             "values_by_version": usage,
             "would_rewrite": sum(usage.values()),
+            **_next_key(ctl, "pii", fresh_key),
         }
         _done(doc, json_out, f"would re-encrypt {doc['would_rewrite']} value(s): {usage}")
         return
     if json_out:
-        doc = rotate_pii(ctl, batch=batch, workers=workers)
+        doc = rotate_pii(ctl, batch=batch, workers=workers, fresh_key=fresh_key)
     else:
         counts = {"n": 0}
         with stderr_console().status("re-encrypting...") as status:
@@ -134,28 +159,43 @@ def rotate_pii(
                 counts["n"] += n
                 status.update(f"re-encrypting... {counts['n']} row(s) ({table_name})")
 
-            doc = rotate_pii(ctl, batch=batch, workers=workers, progress=progress)
+            doc = rotate_pii(
+                ctl, batch=batch, workers=workers, fresh_key=fresh_key, progress=progress
+            )
     _done(
         doc,
         json_out,
         f"pii is now v{doc['version']}: {doc['rows_rewritten']} row(s) re-encrypted, "
-        f"retired {doc['retired'] or 'nothing'}",
+        f"retired {doc['retired'] or 'nothing'}, v{doc['staged']} staged for the next rotation",
     )
 
 
 @rotate_app.command("jwt")
 @handle_errors
-def rotate_jwt(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
+def rotate_jwt(
+    fresh_key: bool = typer.Option(
+        False,
+        "--fresh-key",
+        help="Sign with a newly made key instead of the staged one; waits one keyring reload "
+        "period so that every process can verify it first.",
+    ),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
     """New JWT signing key with a new kid; tokens signed before stay valid until they expire.
+
+    The new key is the staged one, which every process already verifies with: no token meets
+    a process that does not know its kid.
 
     Example: bizosctl secrets rotate jwt
     """
     from bizosctl.security.secrets import rotate_jwt as rotate
 
     if dry_run:
-        _done({"dry_run": True, "purpose": "jwt"}, json_out, "would add a new JWT signing key")
+        doc = {"dry_run": True, "purpose": "jwt", **_next_key(_ctl(), "jwt", fresh_key)}
+        _done(doc, json_out, f"would sign with v{doc['next_version'] or '(new)'}")
         return
-    doc = rotate(_ctl())
+    doc = rotate(_ctl(), fresh_key=fresh_key)
     _done(
         doc,
         json_out,

@@ -21,6 +21,10 @@ from bizosctl.errors import KeyringError
 from bizosctl.security.masterkey import LocalMasterKey, MasterKey
 
 PURPOSES = ("pii", "jwt", "webhook", "db-credentials")
+#: Purposes whose next version is made ahead of time ("staged", as in a pre-published key
+#: rollover): every process can read it long before it becomes primary, so a rotation switches
+#: at once instead of waiting a reload period for the other processes to learn the new key.
+STAGED = ("pii", "jwt")
 #: A process re-reads the keyring this often, so it starts writing with a new primary soon
 #: after a rotation in another process (a rotation waits this long before its final sweep).
 RELOAD_SECONDS = 10.0
@@ -90,6 +94,8 @@ class Keyring:
         for purpose in PURPOSES:
             if purpose not in have:
                 session.add(new_entry(self.master, purpose, 1, primary=True))
+                if purpose in STAGED:
+                    session.add(new_entry(self.master, purpose, 2, primary=False))
                 made.append(purpose)
         session.flush()
         return made
@@ -136,10 +142,7 @@ def add_version(session: Session, master: MasterKey, purpose: str, *, primary: b
         from bizosctl.errors import InvalidInput
 
         raise InvalidInput(f"unknown key purpose {purpose!r}: choose one of {', '.join(PURPOSES)}")
-    # Serialise concurrent rotations of one purpose on the catalog.
-    session.execute(
-        select(func.pg_advisory_xact_lock(func.hashtextextended(f"keyring:{purpose}", 0)))
-    )
+    _lock_purpose(session, purpose)  # concurrent rotations of one purpose
     current = session.execute(
         select(func.max(KeyringEntry.version)).where(KeyringEntry.purpose == purpose)
     ).scalar_one()
@@ -151,6 +154,61 @@ def add_version(session: Session, master: MasterKey, purpose: str, *, primary: b
     session.add(new_entry(master, purpose, version, primary=primary))
     session.flush()
     return version
+
+
+def _lock_purpose(session: Session, purpose: str) -> None:
+    """Serialise changes to one purpose's versions (rotations, staging) on the catalog."""
+    session.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(f"keyring:{purpose}", 0)))
+    )
+
+
+def staged_version(session: Session, purpose: str) -> tuple[int, float] | None:
+    """The staged next version of ``purpose`` (live, not primary, newer than the primary) and
+    its age in seconds by the catalog's clock, or None."""
+    primary = (
+        select(func.max(KeyringEntry.version))
+        .where(KeyringEntry.purpose == purpose, KeyringEntry.is_primary)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        select(
+            KeyringEntry.version,
+            func.extract("epoch", func.now() - KeyringEntry.created_at),
+        )
+        .where(
+            KeyringEntry.purpose == purpose,
+            KeyringEntry.is_primary.is_(False),
+            KeyringEntry.retired_at.is_(None),
+            KeyringEntry.version > func.coalesce(primary, 0),
+        )
+        .order_by(KeyringEntry.version.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (int(row[0]), max(0.0, float(row[1])))
+
+
+def next_version(
+    session: Session, master: MasterKey, purpose: str, *, fresh: bool = False
+) -> tuple[int, float]:
+    """The version a rotation of ``purpose`` switches to, and how long every process has been
+    able to read it (seconds): the staged one, or (none staged, or ``fresh``: the staged key
+    may be as compromised as the primary) a new read-only version, age 0."""
+    _lock_purpose(session, purpose)
+    staged = None if fresh else staged_version(session, purpose)
+    if staged is not None:
+        return staged
+    return add_version(session, master, purpose, primary=False), 0.0
+
+
+def stage_next(session: Session, master: MasterKey, purpose: str) -> int:
+    """Make sure ``purpose`` has a staged next version (read-only until a rotation makes it
+    primary). Returns it."""
+    _lock_purpose(session, purpose)
+    staged = staged_version(session, purpose)
+    if staged is not None:
+        return staged[0]
+    return add_version(session, master, purpose, primary=False)
 
 
 def set_primary(session: Session, purpose: str, version: int) -> None:

@@ -3,14 +3,17 @@ version retired once nothing uses it.
 
 The application keeps reading and writing throughout: values under the old version still
 decrypt (the old key stays live), new writes take the new primary as soon as a process
-re-reads its keyring (``BIZOS_KEYRING_RELOAD_SECONDS``). The new key is first added as a
-read-only version and becomes primary only one reload period later, so no process ever meets a
-value under a version it does not know. Re-encryption walks every table of every target in
-physical order, in batches, each batch one short transaction whose UPDATE only replaces the
-exact row version it read (ctid and xmin: optimistic), so a concurrent application write is
-never overwritten. After the reload period a final sweep re-encrypts what stale writers wrote
-under the old key (and the rows skipped), and only when a count finds nothing left is the old
-version retired. Large tables are re-encrypted by worker processes (see :class:`Crypto`).
+re-reads its keyring (``BIZOS_KEYRING_RELOAD_SECONDS``). The new key is readable by every
+process before it becomes primary, so no process ever meets a value under a version it does
+not know: it is the version staged by the previous rotation (or by ``init``), which every
+process loaded long ago; without one (or with ``fresh_key``) a new read-only version is added
+and becomes primary one reload period later. A completed rotation stages the next one.
+Re-encryption walks every table of every target in physical order, in batches, each batch
+one short transaction whose UPDATE only replaces the exact row version it read (ctid and
+xmin: optimistic), so a concurrent application write is never overwritten. After the reload
+period a count finds what stale writers wrote under the old key (and the rows skipped), a
+final sweep re-encrypts it, and only when a count finds nothing left is the old version
+retired. Large tables are re-encrypted by worker processes (see :class:`Crypto`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
 from bizosctl.db.engines import get_engine, psycopg_conninfo, translate_errors
 from bizosctl.errors import OperationFailed
 from bizosctl.faults import crash_point
-from bizosctl.security.keyring import Keyring, add_version, set_primary
+from bizosctl.security.keyring import Keyring, next_version, set_primary, stage_next
 from bizosctl.security.recrypt import Job, Keys, close_connections, rotate_pages
 from bizosctl.sync.targets import Target, list_targets
 from bizosctl.tenancy.names import q
@@ -181,9 +184,10 @@ def _engine(ctl: Control, t: Target) -> Any:
     return get_engine(handle.admin_url(t.database), pooled=False)
 
 
-def pii_usage(ctl: Control) -> dict[int, int]:
+def pii_usage(ctl: Control, targets: list[Target] | None = None) -> dict[int, int]:
+    """How many encrypted values each ``pii`` version holds, over ``targets`` (default all)."""
     total: dict[int, int] = {}
-    for t in _targets(ctl):
+    for t in _targets(ctl) if targets is None else targets:
         with translate_errors(f"server {t.server}"), _engine(ctl, t).connect() as conn:
             for v, n in count_by_version(conn, schema=t.schema).items():
                 total[v] = total.get(v, 0) + n
@@ -261,26 +265,32 @@ def rotate_pii(
     *,
     batch: int = 2000,
     workers: int | None = None,
+    fresh_key: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """New primary ``pii`` key, every value re-encrypted, old versions retired. Resumable.
 
     ``workers``: processes that re-encrypt large tables (default: one more than the cores, at
-    most 4; 0 keeps all the work in a thread of this process).
+    most 4; 0 keeps all the work in a thread of this process). ``fresh_key``: do not switch to
+    the staged key (after a leak of the keyring it is as exposed as the current one) but to a
+    new one, which first waits one reload period.
     """
     op_id, resumed = _operation(ctl, "pii")
     crypto = Crypto(default_workers() if workers is None else workers)
     with crypto, OperationRun(ctl, op_id) as run:
         reload_s = ctl.settings.keyring_reload_seconds
-        # Phase 1: the new key exists but only reads. Once every process has re-read its
-        # keyring (one reload period), each of them can read values under it.
+        # Phase 1: the new key only reads until every process has re-read its keyring (one
+        # reload period after it was made), so that each of them can read values under it. A
+        # staged key was made long ago: no wait.
         if "new-key" not in run.completed:
             with ctl.catalog() as s:
-                version = add_version(s, ctl.keyring.master, "pii", primary=False)
-            run.step("new-key", version=version, at=time.time())
+                version, age = next_version(s, ctl.keyring.master, "pii", fresh=fresh_key)
+            run.step("new-key", version=version, at=time.time() - age)
             crash_point("rotate.new-key")
-        version = int(_step(run, "new-key")["version"])
-        _sleep_until(float(_step(run, "new-key")["at"]) + reload_s)
+        new_key = _step(run, "new-key")
+        version = int(new_key["version"])
+        waited = max(0.0, float(new_key["at"]) + reload_s - time.time())
+        _sleep_until(float(new_key["at"]) + reload_s)
         # Phase 2: it becomes primary; writes move to it within one more reload period.
         if "primary" not in run.completed:
             with ctl.catalog() as s:
@@ -305,15 +315,21 @@ def rotate_pii(
         # Processes that had not re-read their keyring yet may have written under the old
         # key: wait one reload period, then sweep until nothing old is left.
         _sleep_until(started + reload_s)
-        left: dict[int, int] = {}
-        for _ in range(SWEEPS):
-            for t in targets:
-                if not t.moving:
-                    rewritten += reencrypt_target(ctl, t, ring, version, batch, crypto)
-            left = {v: n for v, n in pii_usage(ctl).items() if v != version and n}
+        still = [t for t in targets if not t.moving]
+
+        def old_values() -> dict[int, int]:
+            return {v: n for v, n in pii_usage(ctl, still).items() if v != version and n}
+
+        # A count is cheaper than a sweep, and usually finds nothing to sweep.
+        left = old_values()
+        for _ in range(SWEEPS if left else 0):
+            for t in still:
+                rewritten += reencrypt_target(ctl, t, ring, version, batch, crypto)
+            left = old_values()
             if not left:
                 break
         retired: list[int] = []
+        staged: int | None = None
         if not left and not skipped:
             with ctl.catalog() as s:
                 retired = list(
@@ -328,7 +344,8 @@ def rotate_pii(
                         .returning(KeyringEntry.version)
                     ).scalars()
                 )
-            run.step("retire", versions=retired)
+                staged = stage_next(s, ctl.keyring.master, "pii")
+            run.step("retire", versions=retired, staged=staged)
         status = "done" if not left and not skipped else "failed"
         error = None
         if left:
@@ -344,6 +361,8 @@ def rotate_pii(
         "version": version,
         "rows_rewritten": rewritten,
         "retired": retired,
+        "staged": staged,
+        "waited_s": round(waited, 3),
         "left": left,
         "skipped": skipped,
     }

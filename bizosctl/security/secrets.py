@@ -17,7 +17,13 @@ from bizosctl.db.engines import dispose_all, get_engine, translate_errors
 from bizosctl.errors import ConfigError, InvalidInput, KeyringError, NotFound
 from bizosctl.faults import crash_point
 from bizosctl.security.fields import key_version
-from bizosctl.security.keyring import PURPOSES, add_version
+from bizosctl.security.keyring import (
+    PURPOSES,
+    add_version,
+    next_version,
+    set_primary,
+    stage_next,
+)
 from bizosctl.security.masterkey import (
     KmsMasterKey,
     LocalMasterKey,
@@ -34,6 +40,7 @@ from tenant_schema.ddl import APP_GROUP
 class KeyVersion(BaseModel):
     version: int
     primary: bool
+    state: str  # primary | staged (next primary, already readable) | readable | retired
     created_at: dt.datetime
     retired_at: dt.datetime | None
     retire_after: dt.datetime | None
@@ -80,27 +87,50 @@ def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
         )
     out = []
     for purpose in PURPOSES:
+        mine = [e for e in entries if e.purpose == purpose]
+        top = max((e.version for e in mine if e.is_primary), default=0)
+        staged = max(
+            (e.version for e in mine if not e.is_primary and not e.retired_at and e.version > top),
+            default=None,
+        )
         versions = [
             KeyVersion(
                 version=e.version,
                 primary=e.is_primary,
+                state=(
+                    "primary"
+                    if e.is_primary
+                    else "retired"
+                    if e.retired_at
+                    else "staged"
+                    if e.version == staged
+                    else "readable"
+                ),
                 created_at=e.created_at,
                 retired_at=e.retired_at,
                 retire_after=e.retire_after,
                 master=e.master_id,
                 values=usage[purpose].get(e.version, 0) if purpose in usage else None,
             )
-            for e in entries
-            if e.purpose == purpose
+            for e in mine
         ]
         out.append(PurposeKeys(purpose=purpose, versions=versions))
     return out
 
 
 # -- JWT ----------------------------------------------------------------------------------------
-def rotate_jwt(ctl: Control) -> dict[str, Any]:
-    """New signing key (new ``kid``); older live keys retire once their last token expired."""
+def rotate_jwt(ctl: Control, *, fresh_key: bool = False) -> dict[str, Any]:
+    """New signing key (new ``kid``); older live keys retire once their last token expired.
+
+    The new key is the staged one, which every process already verifies with; without one (or
+    with ``fresh_key``) a new key is made and signs nothing until every process has re-read its
+    keyring (one reload period), so that no verifier meets a ``kid`` it does not know.
+    """
     ttl = ctl.settings.jwt_ttl_seconds
+    with ctl.catalog() as s:
+        version, age = next_version(s, ctl.keyring.master, "jwt", fresh=fresh_key)
+    waited = max(0.0, ctl.settings.keyring_reload_seconds - age)
+    time.sleep(waited)
     with ctl.catalog() as s:
         due = list(
             s.execute(
@@ -121,16 +151,20 @@ def rotate_jwt(ctl: Control) -> dict[str, Any]:
                 KeyringEntry.purpose == "jwt",
                 KeyringEntry.retired_at.is_(None),
                 KeyringEntry.retire_after.is_(None),
+                KeyringEntry.version != version,
             )
             .values(retire_after=text(f"now() + interval '{int(ttl)} seconds'"))
         )
-        version = add_version(s, ctl.keyring.master, "jwt")
+        set_primary(s, "jwt", version)
+        staged = stage_next(s, ctl.keyring.master, "jwt")
     ctl.reload_keyring()
     return {
         "purpose": "jwt",
         "version": version,
         "kid": f"jwt-v{version}",
         "retired": due,
+        "staged": staged,
+        "waited_s": round(waited, 3),
         "previous_valid_for_s": ttl,
     }
 
