@@ -1,5 +1,6 @@
-"""The rotation's bulk re-encryption: same results as the one-value functions, COPY text in and
-out, the worker-process path, and the optimistic write that never overwrites the application."""
+"""The rotation's bulk re-encryption: same results as the one-value functions, rows in and COPY
+text out, the worker-process path, the optimistic write that never overwrites the application,
+and the counts by version."""
 
 from __future__ import annotations
 
@@ -265,3 +266,29 @@ def test_rotation_in_processes_with_concurrent_writes_loses_nothing(home, monkey
     after = member_values(home, "busy-p")
     assert {mid: v[1] for mid, v in after.items() if mid in renamed} == renamed
     assert {v[2] for v in after.values()} == {2}
+
+
+def test_count_by_version_tells_versions_apart(home):
+    """Every encrypted column is counted, NULLs are not, and version 1 is not a prefix of 12."""
+    from bizosctl.security.rotation import _engine, count_by_version
+    from bizosctl.sync.targets import list_targets
+    from bizosctl.tenancy.provision import create_tenant
+
+    create_tenant(home, slug="count-co", name="C", tier="schema", region="global")
+    load_sample_data(home, "count-co")  # 5 members (3 with a phone), 3 customers: 16 values
+    target = next(t for t in list_targets(home) if t.schema == "t_count_co")
+    engine = _engine(home, target)
+    with engine.begin() as conn:
+        conn.execute(text("SET session_replication_role = replica"))  # no audit, no guard
+        conn.execute(
+            text(
+                "UPDATE t_count_co.members SET name_enc = 'bz1.12.' || md5(id::text) "
+                "WHERE id = (SELECT id FROM t_count_co.members ORDER BY id LIMIT 1)"
+            )
+        )
+        conn.execute(text("UPDATE t_count_co.customers SET email_enc = 'bz1.2.AAAA'"))
+    with engine.connect() as conn:
+        everything = count_by_version(conn, schema="t_count_co")
+        others = count_by_version(conn, schema="t_count_co", other_than=1)
+    assert everything == {1: 12, 12: 1, 2: 3}
+    assert others == {12: 1, 2: 3}
