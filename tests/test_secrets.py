@@ -584,13 +584,20 @@ def test_fresh_key_skips_the_staged_key_and_waits_one_reload_period(home, cli):
     r = cli("secrets", "rotate", "pii", "--fresh-key", "--json")
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
-    # v2 (staged, possibly as exposed as v1) is skipped and retired with v1
-    assert (doc["version"], doc["retired"], doc["staged"]) == (3, [1, 2], 4)
+    # v2 (staged, possibly as exposed as v1) is skipped and retired at once
+    assert (doc["version"], doc["retired"], doc["staged"]) == (3, [1], 4)
     assert 0.1 < doc["waited_s"] <= 0.2
     assert {key_version(r.email_enc) for r in members(home, "fresh-co")} == {3}
     r = cli("secrets", "rotate", "jwt", "--fresh-key", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["kid"] == "jwt-v3" and json.loads(r.stdout)["waited_s"] > 0.1
+    states = {
+        p["purpose"]: [(v["version"], v["state"]) for v in p["versions"]]
+        for p in json.loads(cli("secrets", "list", "--json").stdout)["purposes"]
+    }
+    assert states["pii"] == [(1, "retired"), (2, "retired"), (3, "primary"), (4, "staged")]
+    # jwt v1 still verifies the tokens it signed until they expire; the skipped v2 never did
+    assert states["jwt"] == [(1, "readable"), (2, "retired"), (3, "primary"), (4, "staged")]
 
 
 def test_a_keyring_without_a_staged_key_makes_one_and_waits(home, cli):

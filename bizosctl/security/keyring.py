@@ -193,11 +193,19 @@ def next_version(
 ) -> tuple[int, float]:
     """The version a rotation of ``purpose`` switches to, and how long every process has been
     able to read it (seconds): the staged one, or (none staged, or ``fresh``: the staged key
-    may be as compromised as the primary) a new read-only version, age 0."""
+    may be as compromised as the primary) a new read-only version, age 0. A staged key that
+    ``fresh`` skips is retired at once: it never wrote or signed anything, and a leaked copy
+    must not verify a forged token."""
     _lock_purpose(session, purpose)
-    staged = None if fresh else staged_version(session, purpose)
-    if staged is not None:
+    staged = staged_version(session, purpose)
+    if staged is not None and not fresh:
         return staged
+    if staged is not None:
+        session.execute(
+            update(KeyringEntry)
+            .where(KeyringEntry.purpose == purpose, KeyringEntry.version == staged[0])
+            .values(retired_at=func.now())
+        )
     return add_version(session, master, purpose, primary=False), 0.0
 
 
