@@ -613,3 +613,20 @@ def test_a_keyring_without_a_staged_key_makes_one_and_waits(home, cli):
     assert (doc["version"], doc["staged"]) == (2, 3) and doc["waited_s"] > 0.1
     dry = json.loads(cli("secrets", "rotate", "pii", "--dry-run", "--json").stdout)
     assert dry["next_version"] == 3
+
+
+def test_rotate_dry_run_says_which_key_and_changes_nothing(home, cli):
+    def keyring():
+        with home.catalog() as s:
+            return s.execute(
+                text("select purpose, version, is_primary, retired_at from keyring order by 1, 2")
+            ).all()
+
+    before = keyring()
+    r = cli("secrets", "rotate", "pii", "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    assert "would switch to v2 (staged) after 0" in r.stdout
+    r = cli("secrets", "rotate", "jwt", "--fresh-key", "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    assert "would sign with a new key after 0.2s" in r.stdout
+    assert keyring() == before

@@ -147,7 +147,13 @@ def rotate_pii(
             "would_rewrite": sum(usage.values()),
             **_next_key(ctl, "pii", fresh_key),
         }
-        _done(doc, json_out, f"would re-encrypt {doc['would_rewrite']} value(s): {usage}")
+        target = f"v{doc['next_version']} (staged)" if doc["next_version"] else "a new key"
+        _done(
+            doc,
+            json_out,
+            f"would switch to {target} after {doc['would_wait_s']}s and re-encrypt "
+            f"{doc['would_rewrite']} value(s): {usage}",
+        )
         return
     if json_out:
         doc = rotate_pii(ctl, batch=batch, workers=workers, fresh_key=fresh_key)
@@ -193,7 +199,8 @@ def rotate_jwt(
 
     if dry_run:
         doc = {"dry_run": True, "purpose": "jwt", **_next_key(_ctl(), "jwt", fresh_key)}
-        _done(doc, json_out, f"would sign with v{doc['next_version'] or '(new)'}")
+        target = f"v{doc['next_version']} (staged)" if doc["next_version"] else "a new key"
+        _done(doc, json_out, f"would sign with {target} after {doc['would_wait_s']}s")
         return
     doc = rotate(_ctl(), fresh_key=fresh_key)
     _done(
