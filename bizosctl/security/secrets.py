@@ -23,6 +23,7 @@ from bizosctl.security.keyring import (
     next_version,
     set_primary,
     stage_next,
+    staged_version,
 )
 from bizosctl.security.masterkey import (
     KmsMasterKey,
@@ -85,14 +86,11 @@ def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
             .scalars()
             .all()
         )
+        staged_of = {p: staged_version(s, p) for p in PURPOSES}
     out = []
     for purpose in PURPOSES:
         mine = [e for e in entries if e.purpose == purpose]
-        top = max((e.version for e in mine if e.is_primary), default=0)
-        staged = max(
-            (e.version for e in mine if not e.is_primary and not e.retired_at and e.version > top),
-            default=None,
-        )
+        staged = (staged_of[purpose] or (None,))[0]
         versions = [
             KeyVersion(
                 version=e.version,
