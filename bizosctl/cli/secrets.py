@@ -37,17 +37,14 @@ def _ctl() -> Control:
     return get_control()
 
 
-def _next_key(ctl: Control, purpose: str, fresh: bool) -> dict[str, object]:
-    """What a rotation of ``purpose`` would switch to, and how long it would wait first."""
-    from bizosctl.security.keyring import staged_version
+def _next_key(ctl: Control, purpose: str, fresh: bool) -> tuple[dict[str, object], str]:
+    """A dry run's plan for the key (see ``next_key_plan``) and its description."""
+    from bizosctl.security.secrets import next_key_plan
 
-    with ctl.catalog() as s:
-        staged = None if fresh else staged_version(s, purpose)
-    reload_s = ctl.settings.keyring_reload_seconds
-    return {
-        "next_version": staged[0] if staged else None,  # None: a new key would be made
-        "would_wait_s": round(max(0.0, reload_s - (staged[1] if staged else 0.0)), 3),
-    }
+    plan = next_key_plan(ctl, purpose, fresh=fresh)
+    version = plan["next_version"]
+    target = f"v{version} (staged)" if version else "a new key"
+    return plan, f"{target} after {plan['would_wait_s']}s"
 
 
 def _done(doc: dict, json_out: bool, summary: str) -> None:  # type: ignore[type-arg]
@@ -145,14 +142,13 @@ def rotate_pii(
             "purpose": "pii",
             "values_by_version": usage,
             "would_rewrite": sum(usage.values()),
-            **_next_key(ctl, "pii", fresh_key),
         }
-        target = f"v{doc['next_version']} (staged)" if doc["next_version"] else "a new key"
+        plan, key = _next_key(ctl, "pii", fresh_key)
+        doc.update(plan)
         _done(
             doc,
             json_out,
-            f"would switch to {target} after {doc['would_wait_s']}s and re-encrypt "
-            f"{doc['would_rewrite']} value(s): {usage}",
+            f"would switch to {key} and re-encrypt {doc['would_rewrite']} value(s): {usage}",
         )
         return
     if json_out:
@@ -198,9 +194,8 @@ def rotate_jwt(
     from bizosctl.security.secrets import rotate_jwt as rotate
 
     if dry_run:
-        doc = {"dry_run": True, "purpose": "jwt", **_next_key(_ctl(), "jwt", fresh_key)}
-        target = f"v{doc['next_version']} (staged)" if doc["next_version"] else "a new key"
-        _done(doc, json_out, f"would sign with {target} after {doc['would_wait_s']}s")
+        plan, key = _next_key(_ctl(), "jwt", fresh_key)
+        _done({"dry_run": True, "purpose": "jwt", **plan}, json_out, f"would sign with {key}")
         return
     doc = rotate(_ctl(), fresh_key=fresh_key)
     _done(

@@ -116,6 +116,22 @@ def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
     return out
 
 
+def next_key_plan(ctl: Control, purpose: str, *, fresh: bool = False) -> dict[str, Any]:
+    """What a rotation of ``purpose`` would switch to (``next_version``: the staged version,
+    None for a new key) and how long it would wait before (``would_wait_s``). Changes nothing."""
+    with ctl.catalog() as s:
+        staged = None if fresh else staged_version(s, purpose)
+    return {
+        "next_version": staged[0] if staged else None,
+        "would_wait_s": round(_wait_before_switch(ctl, staged[1] if staged else 0.0), 3),
+    }
+
+
+def _wait_before_switch(ctl: Control, age: float) -> float:
+    """A key ``age`` seconds old writes or signs only once every process can read it."""
+    return max(0.0, ctl.settings.keyring_reload_seconds - age)
+
+
 # -- JWT ----------------------------------------------------------------------------------------
 def rotate_jwt(ctl: Control, *, fresh_key: bool = False) -> dict[str, Any]:
     """New signing key (new ``kid``); older live keys retire once their last token expired.
@@ -127,7 +143,7 @@ def rotate_jwt(ctl: Control, *, fresh_key: bool = False) -> dict[str, Any]:
     ttl = ctl.settings.jwt_ttl_seconds
     with ctl.catalog() as s:
         version, age = next_version(s, ctl.keyring.master, "jwt", fresh=fresh_key)
-    waited = max(0.0, ctl.settings.keyring_reload_seconds - age)
+    waited = _wait_before_switch(ctl, age)
     time.sleep(waited)
     with ctl.catalog() as s:
         due = list(
