@@ -102,6 +102,7 @@ def run_doctor(ctl: Control) -> DoctorReport:
         checks.append(Check(name="catalog", ok=False, detail=exc.message))
         return DoctorReport(ok=False, checks=checks)
 
+    checks += _name_checks(ctl)
     tenant_head = head("tenant")
     for handle in handles:
         label = f"server {handle.name}"
@@ -142,6 +143,10 @@ def run_doctor(ctl: Control) -> DoctorReport:
                 checks += _target_checks(
                     conn, f"{handle.name}/{SHARED_SCHEMA}", SHARED_SCHEMA, tenant_head
                 )
+                isolated = [
+                    t.database for t in targets if t.server == handle.name and t.tier == "isolated"
+                ]
+                checks += _connect_checks(conn, handle.name, [SHARED_DB, *isolated])
             checks.append(_password_enforced(handle))
         except BizosError as exc:
             checks.append(Check(name=label, ok=False, detail=exc.message))
@@ -158,6 +163,90 @@ def run_doctor(ctl: Control) -> DoctorReport:
             except BizosError as exc:
                 checks.append(Check(name=f"tenant {slug}", ok=False, detail=exc.message))
     return DoctorReport(ok=all(c.ok for c in checks), checks=checks)
+
+
+def _name_checks(ctl: Control) -> list[Check]:
+    """No database, schema or login role serves two tenants; every slug follows the rule that
+    makes names unique (older tenants may not: ``x--b`` took ``x``'s second login role)."""
+    from bizosctl.tenancy.claims import double_claims
+    from bizosctl.tenancy.names import is_new_slug_valid
+
+    doubles = double_claims(ctl)
+    with ctl.catalog() as cs:
+        slugs = cs.execute(
+            select(Tenant.slug).where(Tenant.status != "deleted").order_by(Tenant.slug)
+        ).scalars()
+        invalid = [repr(slug) for slug in slugs if not is_new_slug_valid(slug)]
+    return [
+        Check(
+            name="tenant names",
+            ok=not doubles,
+            detail="; ".join(doubles)
+            if doubles
+            else "no role, database or schema serves two tenants",
+        ),
+        Check(
+            name="tenant slugs",
+            ok=not invalid,
+            detail=(
+                "not valid under the current rule (no '--', no trailing '-'), their names may "
+                f"meet another tenant's: {', '.join(invalid)}; move their data to a new tenant"
+                if invalid
+                else "every slug is valid"
+            ),
+        ),
+    ]
+
+
+CONNECT_SQL = text(
+    "SELECT d.datname, coalesce(r.rolname, 'PUBLIC') AS grantee, a.privilege_type "
+    "FROM pg_database d "
+    "CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a "
+    "LEFT JOIN pg_roles r ON r.oid = a.grantee "
+    "WHERE a.privilege_type IN ('CONNECT', 'TEMPORARY') AND d.datname = ANY(:dbs) "
+    "AND NOT coalesce(r.rolsuper, false) ORDER BY 1, 2"
+)
+
+
+def _connect_checks(conn: object, server: str, databases: list[str]) -> list[Check]:
+    """Who may connect: nobody but superusers to ``template1``, no tenant database open to
+    PUBLIC, and no login role into two of the tenant databases."""
+    from sqlalchemy.engine import Connection
+
+    assert isinstance(conn, Connection)
+    rows = conn.execute(CONNECT_SQL, {"dbs": ["template1", *databases]}).all()
+    template1 = sorted({p for d, g, p in rows if d == "template1" and g == "PUBLIC"})
+    opened: dict[str, list[str]] = {}
+    public = []
+    for database, grantee, privilege in rows:
+        if database == "template1" or privilege != "CONNECT":
+            continue
+        if grantee == "PUBLIC":
+            public.append(database)
+        else:
+            opened.setdefault(grantee, []).append(database)
+    problems = [f"PUBLIC can connect to {d}" for d in public] + [
+        f"role {role} can connect to {', '.join(dbs)}"
+        for role, dbs in sorted(opened.items())
+        if len(dbs) > 1
+    ]
+    return [
+        Check(
+            name=f"template1 {server}",
+            ok=not template1,
+            detail=(
+                f"PUBLIC can connect to template1 ({', '.join(template1)}): "
+                "REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC"
+                if template1
+                else "no login role can connect to template1"
+            ),
+        ),
+        Check(
+            name=f"connect {server}",
+            ok=not problems,
+            detail="; ".join(problems) if problems else "each login role opens one database",
+        ),
+    ]
 
 
 def _password_enforced(handle: object) -> Check:

@@ -7,12 +7,12 @@ import re
 from bizosctl.errors import InvalidInput
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 
 
 def parse_ms(value: str, *, what: str = "duration", allow_zero: bool = True) -> int:
     """Milliseconds in ``value``; a bare number means seconds."""
-    m = _RE.match(value)
+    m = _RE.fullmatch(value)
     if not m:
         raise InvalidInput(f"invalid {what} {value!r}: use e.g. 500ms, 5s, 2m, 1h or 7d")
     ms = int(float(m.group(1)) * _UNITS_MS[m.group(2) or "s"])

@@ -256,7 +256,10 @@ def rotate_db_password(
         )
         return
     doc = rotate(_ctl(), tenant=tenant, grace_s=grace_ms / 1000)
-    _done(doc, json_out, f"rotated {len(doc['rotated'])} login role password(s)")
+    summary = f"rotated {len(doc['rotated'])} login role password(s)"
+    for item in doc.get("refused", []):
+        summary += f"\nnot rotated {item['tenant']}: {item['reason']}"
+    _done(doc, json_out, summary)
 
 
 @rotate_app.command("master-key")

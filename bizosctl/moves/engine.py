@@ -33,7 +33,7 @@ from bizosctl.moves.copy import checksum, copy_table, sync_keys
 from bizosctl.moves.plan import Endpoint, MovePlan, MoveRequest, current_endpoint, make_plan
 from bizosctl.moves.tables import TableInfo, table_infos
 from bizosctl.tenancy.names import q
-from bizosctl.tenancy.provision import login_roles
+from bizosctl.tenancy.provision import own_login_roles
 from bizosctl.tenancy.servers import ensure_database, new_password, prepare_schema, set_login_role
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
@@ -479,7 +479,10 @@ def drop_endpoint(ctl: Control, ep: Endpoint, tenant_id: uuid.UUID) -> None:
             admin = get_engine(handle.admin_url("postgres"), pooled=False)
             with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text(f"DROP DATABASE IF EXISTS {q(ep.database)} WITH (FORCE)"))
-                for role in login_roles(ep.database):
+                roles = own_login_roles(
+                    ctl, server=ep.server, database=ep.database, tenant_id=tenant_id
+                )
+                for role in roles:
                     conn.execute(text(f"DROP ROLE IF EXISTS {q(role)}"))
         elif ep.tier == "schema":
             with get_engine(handle.admin_url(ep.database), pooled=False).begin() as conn:

@@ -21,7 +21,7 @@ from bizosctl.tenancy.names import (
     SHARED_SCHEMA,
     check_slug,
     check_tier,
-    tenant_ident,
+    tenant_names,
 )
 
 DAY_MS = 86_400_000
@@ -134,12 +134,12 @@ def target_endpoint(ctl: Control, req: MoveRequest, source: Endpoint) -> Endpoin
             f"moving {req.slug!r} from region {source.region} to {region} changes where its data "
             'lives: pass --residency-change "reason" (it is recorded)'
         )
-    ident = tenant_ident(req.slug)
+    names = tenant_names(req.slug)
     if req.to_tier == "shared":
         return Endpoint("shared", region, server, SHARED_DB, SHARED_SCHEMA, SHARED_LOGIN)
     if req.to_tier == "schema":
-        return Endpoint("schema", region, server, SHARED_DB, ident, SHARED_LOGIN)
-    return Endpoint("isolated", region, server, ident, ident, ident)
+        return Endpoint("schema", region, server, SHARED_DB, names.schema, SHARED_LOGIN)
+    return Endpoint("isolated", region, server, names.database, names.schema, names.roles[0])
 
 
 def _free_bytes(ctl: Control, server: str) -> int | None:
@@ -147,6 +147,24 @@ def _free_bytes(ctl: Control, server: str) -> int | None:
     if handle.provider != "embedded":
         return None  # unknown for a server we do not run
     return shutil.disk_usage(handle.cluster.pgdata).free
+
+
+def _check_target_names(ctl: Control, target: Endpoint, tenant_id: uuid.UUID, slug: str) -> None:
+    """The target's names must serve no other tenant (one made under the old naming)."""
+    from bizosctl.tenancy.claims import claims
+
+    if target.tier == "shared":
+        return
+    for (server, kind, name), holders in sorted(
+        claims(ctl, names=tenant_names(slug).all()).items()
+    ):
+        others = sorted(s for tid, s in holders.items() if tid != tenant_id)
+        needed = kind == "schema" if target.tier == "schema" else kind != "schema"
+        if server == target.server and others and needed:
+            raise InvalidInput(
+                f"{kind} {name} on {server} already serves tenant {others[0]!r}: "
+                f"{slug!r} cannot move there (run `bizosctl doctor`)"
+            )
 
 
 def make_plan(ctl: Control, req: MoveRequest) -> MovePlan:
@@ -166,6 +184,7 @@ def make_plan(ctl: Control, req: MoveRequest) -> MovePlan:
     if tenant.status != "active":
         raise InvalidInput(f"tenant {req.slug!r} is {tenant.status}; only active tenants move")
     target = target_endpoint(ctl, req, source)
+    _check_target_names(ctl, target, tenant.id, req.slug)
     plan = MovePlan(tenant.id, req.slug, source, target, residency_change=req.residency_change)
     src = ctl.server(source.server)
     src.ensure_ready()

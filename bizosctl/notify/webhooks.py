@@ -37,8 +37,8 @@ from bizosctl.errors import InvalidInput, InvalidSignature, NotFound, OperationF
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
-EVENT_RE = re.compile(r"^[a-z]+(\.[a-z_]+)+$")
-MSG_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+EVENT_RE = re.compile(r"[a-z]+(\.[a-z_]+)+")
+MSG_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 URL_MAX = 2048
 MAX_OVERLAP_MS = 30 * 86_400_000
@@ -144,7 +144,7 @@ def check_events(events: list[str]) -> list[str]:
     """Event names like ``invoice.paid``; at least one; duplicates dropped."""
     out: list[str] = []
     for event in events:
-        if not EVENT_RE.match(event):
+        if not EVENT_RE.fullmatch(event):
             raise InvalidInput(
                 f"invalid event name {event!r}: use lowercase dotted names like invoice.paid"
             )
@@ -337,7 +337,7 @@ def sign(
         timestamp: when the delivery is attempted, in unix seconds.
         payload: the exact bytes of the request body.
     """
-    if not MSG_ID_RE.match(msg_id):
+    if not MSG_ID_RE.fullmatch(msg_id):
         raise InvalidInput(
             f"invalid webhook message id {msg_id!r}: use 1-255 letters, digits, '_' or '-'"
         )

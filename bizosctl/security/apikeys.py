@@ -29,9 +29,9 @@ from bizosctl.catalog.lookups import live_tenant_id
 from bizosctl.catalog.models import ApiKey, Tenant
 from bizosctl.errors import Forbidden, InvalidInput, NotFound, OperationFailed, Unauthorized
 
-TOKEN_RE = re.compile(r"^bz_([a-z0-9]{10})_([A-Za-z0-9_-]{20,128})$")
-PREFIX_RE = re.compile(r"^[a-z0-9]{10}$")
-SCOPE_RE = re.compile(r"^[a-z][a-z_]*:(read|write)$")
+TOKEN_RE = re.compile(r"bz_([a-z0-9]{10})_([A-Za-z0-9_-]{20,128})")
+PREFIX_RE = re.compile(r"[a-z0-9]{10}")
+SCOPE_RE = re.compile(r"[a-z][a-z_]*:(read|write)")
 PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 PREFIX_LEN = 10
 NAME_MAX = 100
@@ -125,7 +125,7 @@ def check_scopes(scopes: list[str]) -> list[str]:
     """The scopes, each ``<resource>:read``, ``<resource>:write`` or ``*``; duplicates dropped."""
     out: list[str] = []
     for scope in scopes:
-        if scope != "*" and not SCOPE_RE.match(scope):
+        if scope != "*" and not SCOPE_RE.fullmatch(scope):
             raise InvalidInput(
                 f"invalid scope {scope!r}: use <resource>:read, <resource>:write or *, "
                 "e.g. invoices:read"
@@ -162,10 +162,10 @@ def shown_key(key: str) -> str:
 
 def _key_filter(key: str) -> ColumnElement[bool]:
     """The condition naming one key by its id, its prefix or a whole token."""
-    token = TOKEN_RE.match(key)
+    token = TOKEN_RE.fullmatch(key)
     if token is not None:
         return ApiKey.prefix == token.group(1)
-    if PREFIX_RE.match(key):
+    if PREFIX_RE.fullmatch(key):
         return ApiKey.prefix == key
     try:
         return ApiKey.id == uuid.UUID(key)
@@ -372,7 +372,7 @@ def verify_api_key(ctl: Control, token: str, *, tenant: str) -> ApiKeyPublic:
         Unauthorized: the token is malformed, unknown, revoked or expired (one message).
         Forbidden: the key is valid but belongs to another tenant.
     """
-    match = TOKEN_RE.match(token)
+    match = TOKEN_RE.fullmatch(token)
     if match is None:
         raise Unauthorized(INVALID_KEY)
     prefix, secret = match.groups()

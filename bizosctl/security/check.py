@@ -10,7 +10,7 @@ from bizosctl.doctor import Check
 from bizosctl.errors import BizosError
 from bizosctl.security.masterkey import key_file_mode
 
-RATE_RE = re.compile(r"^\d+/(second|minute|hour|day)$")
+RATE_RE = re.compile(r"\d+/(second|minute|hour|day)")
 
 
 def _mode(key: str | None, live: str, test: str) -> str | None:
@@ -117,7 +117,7 @@ def run_checks(ctl: Control) -> list[Check]:
             if cors_ok
             else "production needs an explicit BIZOS_CORS_ORIGINS list, not '*'",
         )
-    rate_ok = bool(s.rate_limit and RATE_RE.match(s.rate_limit))
+    rate_ok = bool(s.rate_limit and RATE_RE.fullmatch(s.rate_limit))
     if not s.rate_limit:
         add("rate limit", False, "set BIZOS_RATE_LIMIT, e.g. 100/minute")
     else:

@@ -33,7 +33,8 @@ from bizosctl.security.masterkey import (
     load_master_key,
     next_key_file,
 )
-from bizosctl.tenancy.names import check_slug, q
+from bizosctl.tenancy.claims import check_role_free
+from bizosctl.tenancy.names import check_slug, other_login_role, q
 from bizosctl.tenancy.servers import new_password, set_login_role
 from tenant_schema.ddl import APP_GROUP
 
@@ -251,11 +252,6 @@ def rotate_credentials_key(ctl: Control) -> dict[str, Any]:
 
 
 # -- database passwords -------------------------------------------------------------------------
-def _other_role(role: str) -> str:
-    """Isolated tenants alternate between two login roles: ``t_x`` and ``t_x__b``."""
-    return role.removesuffix("__b") if role.endswith("__b") else role + "__b"
-
-
 def rotate_db_password(
     ctl: Control, *, tenant: str | None = None, grace_s: float = 2.0
 ) -> dict[str, Any]:
@@ -284,14 +280,33 @@ def rotate_db_password(
             f"no isolated tenant named {tenant!r} (only isolated tenants have their own role)"
         )
     done = []
+    refused: list[dict[str, str]] = []  # with --all: tenants whose other role is not theirs
     for slug, route in rows:
-        old, new = route.role, _other_role(route.role)
+        old = route.role
         password = new_password()
         handle = ctl.server(route.server)
         handle.ensure_ready()
         with translate_errors(f"server {route.server}"):
             admin = get_engine(handle.admin_url("postgres"), pooled=False)
             with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                try:
+                    # The other of the two login roles, derived from the database name: never
+                    # from the role name, which a tenant made under the old naming
+                    # (``x--b`` → ``t_x__b``) shares with another tenant's second role.
+                    new = other_login_role(route.database, route.role)
+                    check_role_free(
+                        ctl,
+                        conn,
+                        role=new,
+                        server=route.server,
+                        tenant_id=route.tenant_id,
+                        database=route.database,
+                    )
+                except InvalidInput as exc:
+                    if tenant is not None:
+                        raise
+                    refused.append({"tenant": slug, "reason": exc.message})
+                    continue
                 set_login_role(conn, new, password, member_of=APP_GROUP)
                 conn.execute(text(f"GRANT CONNECT ON DATABASE {q(route.database)} TO {q(new)}"))
             with ctl.catalog() as s:
@@ -315,7 +330,8 @@ def rotate_db_password(
                 conn.execute(text(f"ALTER ROLE {q(old)} NOLOGIN PASSWORD NULL"))
         dispose_all(host_contains=f"{old}:")  # this process's idle connections of the old role
     return {
-        "rotated": [{"tenant": slug, "role": new, "previous": old} for slug, _r, old, new in done]
+        "rotated": [{"tenant": slug, "role": new, "previous": old} for slug, _r, old, new in done],
+        "refused": refused,
     }
 
 

@@ -28,13 +28,17 @@ from bizosctl.tenancy.names import (
     SHARED_DB,
     SHARED_LOGIN,
     SHARED_SCHEMA,
+    check_new_slug,
     check_slug,
+    check_tenant_name,
     check_tier,
+    login_roles,
     q,
-    tenant_ident,
+    tenant_names,
 )
 from bizosctl.tenancy.regions import default_server, region_exists
 from bizosctl.tenancy.servers import (
+    close_template1,
     ensure_database,
     new_password,
     prepare_schema,
@@ -65,14 +69,14 @@ def placement_for(ctl: Control, *, slug: str, tier: str, region: str) -> Placeme
     server = default_server(ctl, region)
     if tier == "shared":
         return Placement(server, SHARED_DB, SHARED_SCHEMA, SHARED_LOGIN)
-    ident = tenant_ident(slug)
+    names = tenant_names(slug)
     if tier == "schema":
-        return Placement(server, SHARED_DB, ident, SHARED_LOGIN)
-    return Placement(server, ident, ident, ident)
+        return Placement(server, SHARED_DB, names.schema, SHARED_LOGIN)
+    return Placement(server, names.database, names.schema, names.roles[0])
 
 
 def _validate(ctl: Control, *, slug: str, tier: str, region: str) -> None:
-    check_slug(slug)
+    check_new_slug(slug)
     check_tier(tier)
     if not region_exists(ctl, region):
         _unknown_region(ctl, region)
@@ -99,10 +103,9 @@ def create_tenant(
     Catalog round trips are few on purpose (one lookup, one registration, one closing
     transaction): provisioning should cost little more than the tenant's own DDL.
     """
-    check_slug(slug)
+    check_new_slug(slug)
     check_tier(tier)
-    if not name.strip():
-        raise InvalidInput("the tenant name must not be empty")
+    check_tenant_name(name)
     with ctl.catalog() as s:  # one round trip: the live tenant of that slug, the region's server
         row = s.execute(
             text(
@@ -130,6 +133,7 @@ def create_tenant(
             raise Busy(f"tenant {slug!r} is being created by another process right now")
         route, op_id = ctl.route(slug), existing.operation_id
     else:
+        _check_available(ctl, slug=slug, server=server)
         route, op_id = _register(
             ctl,
             slug=slug,
@@ -152,6 +156,20 @@ def create_tenant(
     return route.tenant_id
 
 
+def _check_available(ctl: Control, *, slug: str, server: str) -> None:
+    """No name of ``slug`` may be taken, in the catalog or on its server (whatever the tier:
+    a later move to another tier needs them too)."""
+    from bizosctl.tenancy.claims import check_names_free
+
+    handle = ctl.server(server)
+    handle.ensure_ready()
+    with (
+        translate_errors(f"server {server}"),
+        get_engine(handle.admin_url(SHARED_DB)).connect() as conn,
+    ):
+        check_names_free(ctl, conn, slug=slug, server=server)
+
+
 def _register(
     ctl: Control,
     *,
@@ -163,10 +181,10 @@ def _register(
     owner_email: str | None,
 ) -> tuple[RouteInfo, uuid.UUID]:
     """Commit the tenant (provisioning), its route and its operation in one transaction."""
-    ident = tenant_ident(slug)
-    database = ident if tier == "isolated" else SHARED_DB
-    schema = SHARED_SCHEMA if tier == "shared" else ident
-    role = ident if tier == "isolated" else SHARED_LOGIN
+    names = tenant_names(slug)
+    database = names.database if tier == "isolated" else SHARED_DB
+    schema = SHARED_SCHEMA if tier == "shared" else names.schema
+    role = names.roles[0] if tier == "isolated" else SHARED_LOGIN
     tenant_id, op_id = uuid.uuid4(), uuid.uuid4()
     password, password_enc = "", None
     if tier == "isolated":
@@ -247,6 +265,7 @@ def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
         if isolated and "database" not in run.completed:
             admin = get_engine(handle.admin_url("postgres"))
             with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                close_template1(conn)  # servers bootstrapped before it was closed there
                 set_login_role(conn, route.role, route.password, member_of=APP_GROUP)
                 ensure_database(conn, route.database, owner_login=route.role)
             run.step("database")
@@ -275,9 +294,17 @@ def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
 
 
 # -- deletion -------------------------------------------------------------------------------
-def login_roles(database: str) -> list[str]:
-    """An isolated tenant's two login roles (password rotation alternates between them)."""
-    return [database, database + "__b"]
+def own_login_roles(ctl: Control, *, server: str, database: str, tenant_id: uuid.UUID) -> list[str]:
+    """The login roles of an isolated tenant that no other tenant uses (a tenant made under
+    the old naming, ``x--b``, lives on the second role of ``x``): the ones to drop with it."""
+    from bizosctl.tenancy.claims import claims
+
+    held = claims(ctl, names=set(login_roles(database)))
+    return [
+        role
+        for role in login_roles(database)
+        if not set(held.get((server, "role", role), {})) - {tenant_id}
+    ]
 
 
 def delete_plan(ctl: Control, slug: str) -> list[PlanStep]:
@@ -303,7 +330,12 @@ def delete_plan(ctl: Control, slug: str) -> list[PlanStep]:
         ),
         PlanStep(
             f"drop login roles of {route.database}",
-            [f"DROP ROLE IF EXISTS {q(role)}" for role in login_roles(route.database)],
+            [
+                f"DROP ROLE IF EXISTS {q(role)}"
+                for role in own_login_roles(
+                    ctl, server=route.server, database=route.database, tenant_id=route.tenant_id
+                )
+            ],
         ),
     ]
 

@@ -59,16 +59,31 @@ def ensure_group_roles(conn: Connection) -> None:
 
 
 def ensure_database(conn: Connection, database: str, *, owner_login: str) -> bool:
-    """Create the database (autocommit connection) and restrict CONNECT to one login role."""
+    """Create the database (autocommit connection) and restrict CONNECT to one login role.
+
+    Built from ``template0``: ``template1`` is writable by whoever could ever connect to it
+    (large objects, tables), and what it holds would appear in every new database. Created
+    with ALLOW_CONNECTIONS false, opened only once PUBLIC has lost CONNECT and TEMPORARY, so
+    no other login role gets in between (issue 11, item 8).
+    """
     created = False
     if not conn.execute(
         text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
     ).first():
-        conn.execute(text(f"CREATE DATABASE {q(database)}"))
+        conn.execute(
+            text(f"CREATE DATABASE {q(database)} TEMPLATE template0 ALLOW_CONNECTIONS false")
+        )
         created = True
     conn.execute(text(f"REVOKE CONNECT, TEMPORARY ON DATABASE {q(database)} FROM PUBLIC"))
     conn.execute(text(f"GRANT CONNECT ON DATABASE {q(database)} TO {q(owner_login)}"))
+    conn.execute(text(f"ALTER DATABASE {q(database)} ALLOW_CONNECTIONS true"))
     return created
+
+
+def close_template1(conn: Connection) -> None:
+    """No login role may connect to ``template1``: it is a channel between tenants (NOTIFY,
+    large objects, temporary tables) and the seed of databases others create."""
+    conn.execute(text("REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC"))
 
 
 def prepare_schema(conn: Connection, schema: str, *, extension: bool = True) -> None:
@@ -89,6 +104,7 @@ def bootstrap_server(handle: ServerHandle, *, app_password: str) -> None:
             set_login_role(conn, SHARED_LOGIN, app_password, member_of=APP_GROUP)
             ensure_database(conn, SHARED_DB, owner_login=SHARED_LOGIN)
             conn.execute(text("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC"))
+            close_template1(conn)
         shared = get_engine(handle.admin_url(SHARED_DB), pooled=False)
         with shared.begin() as conn:
             prepare_schema(conn, SHARED_SCHEMA)
