@@ -120,6 +120,9 @@ def test_create_refuses_slug_whose_objects_exist(cli, ctl, kind, tier):
         r = create(cli, slug, tier)
         assert r.exit_code == 2, r.stderr
         assert f"{what} already exists on global-1" in r.stderr
+        dry = create(cli, slug, tier, "--dry-run")
+        assert dry.exit_code == 2
+        assert f"{what} already exists on global-1" in dry.stderr
         assert cli("tenant", "show", slug).exit_code == 3  # nothing registered
     finally:
         with admin(ctl, drop[1]) as c:
@@ -251,6 +254,22 @@ def test_new_tenant_database_is_built_from_template0(ctl, make_tenant):
             c.execute(text("drop table if exists planted_by_someone"))
 
 
+def test_half_created_database_admits_no_login_role(ctl, make_tenant, run_bizosctl):
+    """Killed between CREATE DATABASE and its grants: nobody gets into the new database."""
+    other = make_tenant(tier="isolated")  # the attacker holds this tenant's credentials
+    slug = unique_slug("w")
+    args = ("tenant", "create", slug, "--name", "W", "--region", "global", "--tier", "isolated")
+    assert run_bizosctl(*args, env={"BIZOS_CRASH_AT": "database.created"}).returncode == -9
+    with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+        psycopg.connect(**login(ctl, other, database=f"t_{slug}")).close()
+    finished = run_bizosctl(*args)
+    assert finished.returncode == 0, finished.stderr
+    with psycopg.connect(**login(ctl, slug)) as c:
+        assert c.execute("select current_database()").fetchone() == (f"t_{slug}",)
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(**login(ctl, other, database=f"t_{slug}")).close()
+
+
 def test_doctor_flags_template1_open_to_public(ctl):
     with admin(ctl) as c:
         c.execute(text("grant connect on database template1 to public"))
@@ -316,6 +335,12 @@ def test_region_name_with_trailing_newline_is_refused(cli):
 
 def test_tenant_name_longer_than_200_is_refused(cli):
     r = create(cli, unique_slug(), "shared", name="n" * 201)
+    assert r.exit_code == 2
+    assert "tenant name is too long (201 characters; at most 200)" in r.stderr
+
+
+def test_dry_run_refuses_long_name_too(cli):
+    r = create(cli, unique_slug(), "shared", "--dry-run", name="n" * 201)
     assert r.exit_code == 2
     assert "tenant name is too long (201 characters; at most 200)" in r.stderr
 

@@ -76,7 +76,7 @@ def create(
 
     ctl = _ctl()
     if dry_run:
-        _validate(ctl, slug=slug, tier=tier, region=region)
+        _validate(ctl, slug=slug, tier=tier, region=region, name=name)
         place = placement_for(ctl, slug=slug, tier=tier, region=region)
         plan = {
             "dry_run": True,

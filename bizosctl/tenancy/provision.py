@@ -75,11 +75,18 @@ def placement_for(ctl: Control, *, slug: str, tier: str, region: str) -> Placeme
     return Placement(server, names.database, names.schema, names.roles[0])
 
 
-def _validate(ctl: Control, *, slug: str, tier: str, region: str) -> None:
+def _validate(ctl: Control, *, slug: str, tier: str, region: str, name: str | None = None) -> None:
+    """What ``create_tenant`` would refuse, without changing anything (``--dry-run``)."""
     check_new_slug(slug)
     check_tier(tier)
+    if name is not None:
+        check_tenant_name(name)
     if not region_exists(ctl, region):
         _unknown_region(ctl, region)
+    try:
+        ctl.route(slug)
+    except NotFound:  # a new tenant (a half-created one resumes on its own names)
+        _check_available(ctl, slug=slug, server=default_server(ctl, region))
 
 
 def _unknown_region(ctl: Control, region: str) -> NoReturn:

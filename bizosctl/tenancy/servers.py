@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import upgrade
+from bizosctl.faults import crash_point
 from bizosctl.tenancy.names import SHARED_DB, SHARED_LOGIN, SHARED_SCHEMA, q
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
@@ -74,6 +75,7 @@ def ensure_database(conn: Connection, database: str, *, owner_login: str) -> boo
             text(f"CREATE DATABASE {q(database)} TEMPLATE template0 ALLOW_CONNECTIONS false")
         )
         created = True
+        crash_point("database.created")
     conn.execute(text(f"REVOKE CONNECT, TEMPORARY ON DATABASE {q(database)} FROM PUBLIC"))
     conn.execute(text(f"GRANT CONNECT ON DATABASE {q(database)} TO {q(owner_login)}"))
     conn.execute(text(f"ALTER DATABASE {q(database)} ALLOW_CONNECTIONS true"))
