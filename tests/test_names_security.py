@@ -270,6 +270,23 @@ def test_half_created_database_admits_no_login_role(ctl, make_tenant, run_bizosc
         psycopg.connect(**login(ctl, other, database=f"t_{slug}")).close()
 
 
+def test_byo_server_closes_template1(fresh_home, cli, tcp_cluster_factory):
+    """A server bizosctl does not run gets template1 closed when it is registered."""
+    from bizosctl.catalog.control import get_control
+
+    assert cli("init").exit_code == 0
+    port, _stop = tcp_cluster_factory()
+    url = f"postgresql://byo_admin:byo-pass-123@127.0.0.1:{port}/postgres"
+    assert cli("region", "add", "far", "--url", url).exit_code == 0
+    slug = unique_slug("f")
+    r = cli("tenant", "create", slug, "--name", "F", "--region", "far", "--tier", "isolated")
+    assert r.exit_code == 0, r.stderr
+    ctl = get_control()
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(**login(ctl, slug, database="template1")).close()
+    assert check(run_doctor(ctl), "template1 far-1").ok
+
+
 def test_doctor_flags_template1_open_to_public(ctl):
     with admin(ctl) as c:
         c.execute(text("grant connect on database template1 to public"))

@@ -58,7 +58,7 @@ def init_home(ctl: Control) -> InitResult:
             if not conn.execute(
                 text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": CATALOG_DB}
             ).first():
-                conn.execute(text(f'CREATE DATABASE "{CATALOG_DB}"'))
+                conn.execute(text(f'CREATE DATABASE "{CATALOG_DB}" TEMPLATE template0'))
                 conn.execute(text(f'REVOKE CONNECT ON DATABASE "{CATALOG_DB}" FROM PUBLIC'))
                 result.created.append("catalog database")
         with ctl.catalog_engine.begin() as conn:
