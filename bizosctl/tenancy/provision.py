@@ -247,7 +247,9 @@ def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
         if isolated and "database" not in run.completed:
             admin = get_engine(handle.admin_url("postgres"))
             with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                set_login_role(conn, route.role, route.password, member_of=APP_GROUP)
+                set_login_role(
+                    conn, route.role, route.password, member_of=APP_GROUP, settings=ctl.settings
+                )
                 ensure_database(conn, route.database, owner_login=route.role)
             run.step("database")
             crash_point("tenant.create.database")
