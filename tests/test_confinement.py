@@ -134,6 +134,10 @@ def test_query_write_in_read_only_mode_is_refused(ctl, make_tenant, cli):
         ("/* hi */ rollback", "ROLLBACK is refused"),
         ("do $$ begin perform 1; end $$", "DO is refused"),
         ("select 1; select 2", "tenant query runs exactly one statement"),
+        (
+            "update pg_settings set setting = '{b}' where name = 'bizos.tenant_id'",
+            "pg_settings is refused: tenant query cannot change settings",
+        ),
         ("select U&\"\\0073et_config\"('bizos.actor', 'm', true)", "U& is refused"),
     ],
 )
@@ -244,6 +248,59 @@ def test_revision_0002_scrubs_existing_audit_rows(ctl):
     assert got.old == {**old, "email_enc": "<redacted>", "email_bidx": "<redacted>"}
     assert got.new == {**new, "email_enc": "<changed>", "email_bidx": "<redacted>"}
     assert forced
+
+
+def test_revision_0002_online_through_alembic_command_line(ctl):
+    """The same upgrade run online (``alembic upgrade``, one revision at a time), in another
+    process: the audit row is scrubbed and the target has the 0002 functions and policies."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bizosctl.tenancy.names import SHARED_DB
+    from bizosctl.tenancy.regions import default_server
+    from bizosctl.tenancy.servers import prepare_schema
+
+    root = Path(__file__).resolve().parent.parent
+    home = ctl.server(default_server(ctl, ctl.settings.home_region))
+    url = home.admin_url(SHARED_DB)
+    schema = f"t_online_{uuid.uuid4().hex[:8]}"
+    engine = get_engine(url, pooled=False)
+
+    def alembic(revision):
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "-c", "migrations/tenant/alembic.ini",
+             "-x", f"url={url.render_as_string(hide_password=False)}", "-x", f"schema={schema}",
+             "upgrade", revision],
+            cwd=root, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    with engine.begin() as conn:
+        prepare_schema(conn, schema, extension=False)
+    try:
+        alembic("0001")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    f'insert into "{schema}".audit_logs (tenant_id, action, table_name, new) '
+                    "values (:t, 'insert', 'customers', cast(:n as jsonb))"
+                ),
+                {"t": uuid.uuid4(), "n": json.dumps({"email_enc": "v1:x", "name": "n"})},
+            )
+        alembic("0002")
+        with engine.connect() as conn:
+            got = conn.execute(text(f'select new from "{schema}".audit_logs')).scalar_one()
+            policy = conn.execute(
+                text("select qual from pg_policies where schemaname = :s and tablename = 'tasks'"),
+                {"s": schema},
+            ).scalar_one()
+            rev = conn.execute(text(f'select version_num from "{schema}".alembic_version'))
+            assert rev.scalar_one() == "0002"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f'drop schema "{schema}" cascade'))
+    assert got == {"email_enc": "<redacted>", "name": "n"}
+    assert "bizos_tenant()" in policy
 
 
 # -- 11. suspended tenants, actors of status changes, timeouts -----------------------------------

@@ -31,6 +31,8 @@ _FUNCTIONS = re.compile(
     r"cursor_to_xml|cursor_to_xmlschema|ts_stat|ts_rewrite)\b",
     re.IGNORECASE,
 )
+#: An UPDATE of this view is a set_config() (a rewrite rule).
+_SETTINGS_VIEW = re.compile(r"\bpg_settings\b", re.IGNORECASE)
 #: Unicode-escaped identifiers and strings (U&"\0073et_config") hide a name from the check.
 _UNICODE_ESCAPE = re.compile(r"\bu&['\"]", re.IGNORECASE)
 _LEADING_NOISE = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|\()+")
@@ -85,5 +87,7 @@ def check_statement(sql: str) -> None:
         raise InvalidInput(
             f"{found.group(1).lower()}() is refused: it runs SQL that tenant query cannot check"
         )
+    if _SETTINGS_VIEW.search(sql):
+        raise InvalidInput("pg_settings is refused: tenant query cannot change settings")
     if _UNICODE_ESCAPE.search(sql):
         raise InvalidInput("U& is refused: escaped names could hide what the statement calls")
