@@ -308,24 +308,29 @@ def test_revision_0002_online_through_alembic_command_line(ctl):
 
 @pytest.mark.parametrize("tier", ["shared", "schema"])
 def test_suspended_tenant_reads_nothing_over_a_raw_app_connection(ctl, make_tenant, tier):
+    """psycopg straight to the server as the tenant's login role, the context set by hand."""
+    import psycopg
+
+    from bizosctl.db.engines import psycopg_conninfo
+
     slug = make_tenant(tier=tier)
     load_sample_data(ctl, slug)
+    route = ctl.route(slug)
+    url = ctl.server(route.server).login_url(route.database, route.role, route.password)
+
+    def counts():
+        with psycopg.connect(**psycopg_conninfo(url)) as conn:
+            conn.execute("select set_config('bizos.tenant_id', %s, false)", (str(route.tenant_id),))
+            return {
+                t: conn.execute(f'select count(*) from "{route.schema}".{t}').fetchone()[0]
+                for t in ("tasks", "members", "audit_logs", "invoices")
+            }
+
+    assert counts()["tasks"] == 8
     set_status(ctl, slug, status="suspended", reason="fraud")
-    conn, route = app_connection(ctl, slug)
-    with conn:
-        conn.execute(
-            text("select set_config('bizos.tenant_id', :t, false)"), {"t": str(route.tenant_id)}
-        )
-        for table in ("tasks", "members", "audit_logs", "invoices"):
-            n = conn.execute(text(f'select count(*) from "{route.schema}".{table}')).scalar_one()
-            assert n == 0, table
+    assert counts() == {"tasks": 0, "members": 0, "audit_logs": 0, "invoices": 0}
     set_status(ctl, slug, status="active")
-    conn, route = app_connection(ctl, slug)
-    with conn:
-        conn.execute(
-            text("select set_config('bizos.tenant_id', :t, false)"), {"t": str(route.tenant_id)}
-        )
-        assert conn.execute(text(f'select count(*) from "{route.schema}".tasks')).scalar() == 8
+    assert counts()["tasks"] == 8
 
 
 def test_suspended_tenant_query_is_refused(ctl, make_tenant, cli):
@@ -335,6 +340,9 @@ def test_suspended_tenant_query_is_refused(ctl, make_tenant, cli):
     r = cli("tenant", "query", slug, "select count(*) from tasks")
     assert r.exit_code == 1, r.stdout
     assert f"tenant {slug!r} is suspended: reads and writes are refused" in r.stderr
+    r = cli("tenant", "show", slug, "--json")  # the catalog still shows it (no row counts)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "suspended"
 
 
 def test_api_key_and_jwt_of_suspended_tenant_are_refused(ctl, make_tenant):
@@ -435,3 +443,22 @@ def test_app_role_timeouts_are_set_and_idle_transaction_is_ended(ctl, cli):
     with pytest.raises(DBAPIError):
         conn.execute(text("select 1"))
     conn.invalidate()
+
+
+def test_doctor_flags_an_app_role_without_timeouts(ctl, make_tenant, cli):
+    from bizosctl.tenancy.servers import apply_role_timeouts
+
+    slug = make_tenant(tier="isolated")
+    route = ctl.route(slug)
+    name = f"role timeouts {route.server}"
+    checks = {c["name"]: c for c in json.loads(cli("doctor", "--json").stdout)["checks"]}
+    assert checks[name]["ok"], checks[name]
+    admin = get_engine(ctl.server(route.server).admin_url("postgres"), pooled=False)
+    with admin.begin() as conn:
+        conn.execute(text(f'alter role "{route.role}" reset all'))
+    try:
+        checks = {c["name"]: c for c in json.loads(cli("doctor", "--json").stdout)["checks"]}
+        assert not checks[name]["ok"] and route.role in checks[name]["detail"]
+    finally:
+        with admin.begin() as conn:
+            apply_role_timeouts(conn, route.role, ctl.settings)
