@@ -408,6 +408,7 @@ def test_move_freeze_and_switch_name_the_operation(ctl, make_tenant, cli):
 def test_app_role_timeouts_are_set_and_idle_transaction_is_ended(ctl, cli):
     from bizosctl.catalog.control import get_control
     from bizosctl.config import reset_settings
+    from bizosctl.tenancy.servers import apply_role_timeouts
 
     slug = f"tmo{uuid.uuid4().hex[:8]}"
     env = {
@@ -443,6 +444,9 @@ def test_app_role_timeouts_are_set_and_idle_transaction_is_ended(ctl, cli):
     with pytest.raises(DBAPIError):
         conn.execute(text("select 1"))
     conn.invalidate()
+    # back to the fleet's settings (doctor compares every app role with them)
+    with admin.begin() as a:
+        apply_role_timeouts(a, route.role, ctl.settings)
 
 
 def test_doctor_flags_an_app_role_without_timeouts(ctl, make_tenant, cli):
