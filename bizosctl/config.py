@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         default=5, ge=1, le=100, description="Connections per (server, database, role)."
     )
     statement_timeout_ms: int = Field(default=30_000, ge=0)
+    # Set on the application login roles (ALTER ROLE ... SET): one tenant cannot hold locks
+    # that stall the others for long. PostgreSQL units: ms, s, min, h (0 turns one off).
+    app_lock_timeout: str = Field(default="5s", pattern=r"^[0-9]+(ms|s|min|h)?$")
+    app_statement_timeout: str = Field(default="30s", pattern=r"^[0-9]+(ms|s|min|h)?$")
+    app_idle_in_transaction_timeout: str = Field(default="60s", pattern=r"^[0-9]+(ms|s|min|h)?$")
     env: Literal["development", "staging", "production"] = "development"
     kms_key_id: str | None = Field(
         default=None, description="AWS KMS key (id, ARN or alias) wrapping the data keys."

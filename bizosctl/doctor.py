@@ -11,6 +11,7 @@ from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import current_revision, head
 from bizosctl.errors import BizosError
 from bizosctl.tenancy.names import SHARED_DB, SHARED_LOGIN, SHARED_SCHEMA
+from bizosctl.tenancy.servers import app_roles_without_timeouts
 from tenant_schema import TENANT_TABLES
 
 
@@ -138,6 +139,17 @@ def run_doctor(ctl: Control) -> DoctorReport:
                         detail="no application role bypasses RLS"
                         if bypass is None
                         else f"roles with BYPASSRLS or SUPERUSER: {bypass}",
+                    )
+                )
+                untimed = app_roles_without_timeouts(conn, s)
+                checks.append(
+                    Check(
+                        name=f"role timeouts {handle.name}",
+                        ok=not untimed,
+                        detail="application login roles have lock, statement and idle timeouts"
+                        if not untimed
+                        else f"without the configured timeouts: {', '.join(untimed)} "
+                        "(set at the next password rotation, or ALTER ROLE ... SET)",
                     )
                 )
                 checks += _target_checks(

@@ -76,6 +76,13 @@ class TenantNotWritable(BizosError):
     code = "tenant-not-writable"
 
 
+class TenantSuspended(TenantNotWritable):
+    """The tenant is suspended: its data and credentials are refused."""
+
+    http_status = 423
+    code = "tenant-suspended"
+
+
 class QueryFailed(InvalidInput):
     """The SQL statement failed."""
 

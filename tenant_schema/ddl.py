@@ -3,8 +3,11 @@
 Rendered per target schema, because the SECURITY DEFINER functions pin their search_path to
 it (a definer function that follows the caller's search_path can be hijacked).
 
-Revision 0001 executes this SQL. Once a release has shipped, change it only together with a
-new revision that replaces the functions, policies or triggers in existing targets.
+Revision 0001 executes this SQL, so a new target (built by rendering the whole history) gets
+the current definitions at once. Once a release has shipped, change it only together with a new
+revision that replaces the functions, policies or triggers in existing targets: 0002 replaces the
+functions (``CREATE OR REPLACE``) and the ``tenant_isolation`` policies (:func:`policy_sql`,
+drop and create), which is a no-op on a target that 0001 built from this version.
 """
 
 from __future__ import annotations
@@ -14,6 +17,12 @@ from tenant_schema.models import metadata
 OWNER_ROLE = "bizos_owner"  # NOLOGIN: owns every tenant table, so FORCE RLS applies to it
 APP_GROUP = "bizos_app"  # NOLOGIN: DML on tenant tables; login roles are its members
 TENANT_EXPR = "NULLIF(current_setting('bizos.tenant_id', true), '')::uuid"
+#: What the policies compare with: the tenant of the context, or NULL when it is suspended. A
+#: sub-select, so the planner evaluates the (STABLE) function once per statement, not per row.
+POLICY_TENANT = "(SELECT bizos_tenant())"
+#: Columns the audit trail never copies: ciphertexts and blind indexes (a retired key would
+#: still decrypt them there). The trail records only that they changed.
+SECRET_COLUMN_RE = "_(enc|bidx)$"
 
 #: Tables the application may only read: written by triggers or by the control plane.
 READ_ONLY_TABLES = ("audit_logs", "tenant_state")
@@ -26,6 +35,29 @@ def _q(ident: str) -> str:
 def functions_sql(schema: str) -> list[str]:
     path = f"{_q(schema)}, pg_catalog, pg_temp"
     return [
+        # IMMUTABLE and not SECURITY DEFINER: also used by 0002 to scrub existing audit rows.
+        f"""
+CREATE OR REPLACE FUNCTION bizos_redact(j jsonb, other jsonb DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT CASE WHEN j IS NULL OR jsonb_typeof(j) <> 'object' THEN j ELSE
+    j || COALESCE((
+      SELECT jsonb_object_agg(e.key, CASE
+        WHEN e.value = 'null'::jsonb THEN e.value
+        WHEN other IS NOT NULL AND (other -> e.key) IS DISTINCT FROM e.value
+          THEN '"<changed>"'::jsonb
+        ELSE '"<redacted>"'::jsonb END)
+      FROM jsonb_each(j) AS e WHERE e.key ~ '{SECRET_COLUMN_RE}'), '{{}}'::jsonb)
+  END
+$fn$""",
+        # SECURITY DEFINER (owner role): reads tenant_state, whose own policy compares with
+        # the raw setting (a policy calling this function on tenant_state would recurse).
+        f"""
+CREATE OR REPLACE FUNCTION bizos_tenant() RETURNS uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = {path} AS $fn$
+  SELECT c.tid FROM (SELECT {TENANT_EXPR} AS tid) AS c
+  WHERE NOT EXISTS (
+    SELECT 1 FROM tenant_state AS s WHERE s.tenant_id = c.tid AND s.status = 'suspended')
+$fn$""",
         f"""
 CREATE OR REPLACE FUNCTION bizos_audit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = {path} AS $fn$
@@ -45,7 +77,7 @@ BEGIN
   INSERT INTO audit_logs (tenant_id, actor, action, table_name, row_key, old, new)
   VALUES (COALESCE(n ->> 'tenant_id', o ->> 'tenant_id')::uuid,
           NULLIF(current_setting('bizos.actor', true), ''),
-          lower(TG_OP), TG_TABLE_NAME, k, o, n);
+          lower(TG_OP), TG_TABLE_NAME, k, bizos_redact(o), bizos_redact(n, o));
   RETURN NULL;
 END
 $fn$""",
@@ -82,16 +114,13 @@ def table_security_sql(table: str) -> list[str]:
     ]
     if table == "audit_logs":
         stmts += [
-            f"CREATE POLICY tenant_isolation ON {t} FOR SELECT USING (tenant_id = {TENANT_EXPR})",
+            *policy_sql(table),
             # Only the trigger function (owned by the owner role) inserts audit rows.
             f"CREATE POLICY audit_writer ON {t} FOR INSERT TO {OWNER_ROLE} WITH CHECK (true)",
             f"GRANT SELECT ON {t} TO {APP_GROUP}",
         ]
         return stmts
-    stmts.append(
-        f"CREATE POLICY tenant_isolation ON {t} USING (tenant_id = {TENANT_EXPR}) "
-        f"WITH CHECK (tenant_id = {TENANT_EXPR})"
-    )
+    stmts += policy_sql(table)
     if table in READ_ONLY_TABLES:
         stmts.append(f"GRANT SELECT ON {t} TO {APP_GROUP}")
     else:
@@ -105,6 +134,38 @@ def table_security_sql(table: str) -> list[str]:
         f"FOR EACH ROW EXECUTE FUNCTION bizos_audit({key_args})"
     )
     return stmts
+
+
+def policy_sql(table: str) -> list[str]:
+    """The ``tenant_isolation`` policy of one table, dropped first (0002 replaces it)."""
+    t = _q(table)
+    drop = f"DROP POLICY IF EXISTS tenant_isolation ON {t}"
+    if table == "audit_logs":
+        return [drop, f"CREATE POLICY tenant_isolation ON {t} FOR SELECT USING "
+                f"(tenant_id = {POLICY_TENANT})"]  # fmt: skip
+    # tenant_state keeps the raw setting: bizos_tenant() reads it (no recursion), and a
+    # suspended tenant may still read its own status.
+    tenant = TENANT_EXPR if table == "tenant_state" else POLICY_TENANT
+    return [
+        drop,
+        f"CREATE POLICY tenant_isolation ON {t} USING (tenant_id = {tenant}) "
+        f"WITH CHECK (tenant_id = {tenant})",
+    ]
+
+
+def scrub_audit_sql() -> list[str]:
+    """Replace the ciphertexts and blind indexes in existing audit rows (revision 0002).
+
+    audit_logs has FORCE ROW LEVEL SECURITY and no UPDATE policy, so the owner lifts FORCE
+    for this one statement (the transaction is the migration's: no one sees it lifted).
+    """
+    return [
+        "ALTER TABLE audit_logs NO FORCE ROW LEVEL SECURITY",
+        "UPDATE audit_logs SET old = bizos_redact(old), new = bizos_redact(new, old) "
+        "WHERE old IS DISTINCT FROM bizos_redact(old) "
+        "OR new IS DISTINCT FROM bizos_redact(new, old)",
+        "ALTER TABLE audit_logs FORCE ROW LEVEL SECURITY",
+    ]
 
 
 def schema_grants_sql(schema: str) -> list[str]:

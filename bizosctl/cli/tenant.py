@@ -251,7 +251,12 @@ def query(
 ) -> None:
     """Run SQL as the application role inside the tenant's context: the operator's safe psql.
 
-    Row-level security applies: you see and change only this tenant's rows.
+    Row-level security applies: you see and change only this tenant's rows. Exactly one
+    statement, in a read-only transaction unless --write. Refused (exit 2): transaction
+    control, SET/RESET/DISCARD, set_config(), pg_settings, DO/CALL, PREPARE/EXECUTE/DECLARE,
+    functions that run SQL text (ts_stat, query_to_xml, ...) and U& escapes. A statement that
+    changes the tenant context anyway is rolled back and returns nothing. A suspended tenant
+    is refused (exit 1).
 
     Example: bizosctl tenant query acme "select status, count(*) from tasks group by 1"
     """

@@ -129,7 +129,9 @@ class _Move:
                 password = self.ctl.unseal(t.password_enc, context=f"role:{t.role}")
                 admin = get_engine(handle.admin_url("postgres"), pooled=False)
                 with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    set_login_role(conn, t.role, password, member_of=APP_GROUP)
+                    set_login_role(
+                        conn, t.role, password, member_of=APP_GROUP, settings=self.ctl.settings
+                    )
                     ensure_database(conn, t.database, owner_login=t.role)
             if t.tier != "shared":
                 with self.dst.begin() as conn:
@@ -226,8 +228,14 @@ class _Move:
                 src.rollback()
         return total
 
+    @property
+    def actor(self) -> str:
+        """Who the audit trail names for the move's own writes (freeze, unfreeze, switch)."""
+        return f"bizosctl:tenant.move:{self.run.id}"
+
     def set_source_status(self, status: str) -> None:
         with translate_errors(f"source {self.source.server}"), self.src.begin() as conn:
+            conn.execute(text("SELECT set_config('bizos.actor', :a, true)"), {"a": self.actor})
             conn.execute(
                 text(
                     f"UPDATE {q(self.source.schema)}.tenant_state SET status = :s, "
@@ -340,6 +348,7 @@ class _Move:
     def switch(self, freeze_ms: float) -> None:
         t = self.target
         with translate_errors(f"target {t.server}"), self.dst.begin() as conn:
+            conn.execute(text("SELECT set_config('bizos.actor', :a, true)"), {"a": self.actor})
             conn.execute(
                 text(
                     f"UPDATE {q(t.schema)}.tenant_state SET status = 'active', updated_at = now() "

@@ -27,7 +27,14 @@ from sqlalchemy.orm import Session
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.lookups import live_tenant_id
 from bizosctl.catalog.models import ApiKey, Tenant
-from bizosctl.errors import Forbidden, InvalidInput, NotFound, OperationFailed, Unauthorized
+from bizosctl.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    OperationFailed,
+    TenantSuspended,
+    Unauthorized,
+)
 
 TOKEN_RE = re.compile(r"bz_([a-z0-9]{10})_([A-Za-z0-9_-]{20,128})")
 PREFIX_RE = re.compile(r"[a-z0-9]{10}")
@@ -371,6 +378,7 @@ def verify_api_key(ctl: Control, token: str, *, tenant: str) -> ApiKeyPublic:
     Raises:
         Unauthorized: the token is malformed, unknown, revoked or expired (one message).
         Forbidden: the key is valid but belongs to another tenant.
+        TenantSuspended: the key is valid but its tenant is suspended.
     """
     match = TOKEN_RE.fullmatch(token)
     if match is None:
@@ -380,7 +388,7 @@ def verify_api_key(ctl: Control, token: str, *, tenant: str) -> ApiKeyPublic:
     now = _now()
     with ctl.catalog() as s:
         row = s.execute(
-            select(ApiKey, Tenant.slug)
+            select(ApiKey, Tenant.slug, Tenant.status)
             .join(Tenant, Tenant.id == ApiKey.tenant_id)
             .where(ApiKey.prefix == prefix, Tenant.status != "deleted")
         ).one_or_none()
@@ -390,6 +398,8 @@ def verify_api_key(ctl: Control, token: str, *, tenant: str) -> ApiKeyPublic:
         key, slug = row[0], row[1]
         if slug != tenant:
             raise Forbidden(f"this API key does not belong to tenant {tenant!r}")
+        if row[2] == "suspended":
+            raise TenantSuspended(f"tenant {slug!r} is suspended: its API keys are refused")
         # At most one write a minute per key: concurrent requests with one key must not queue
         # on its row.
         if key.last_used_at is None or now - key.last_used_at > dt.timedelta(minutes=1):

@@ -13,7 +13,7 @@ from typing import Any
 import jwt as pyjwt
 
 from bizosctl.catalog.control import Control
-from bizosctl.errors import BizosError
+from bizosctl.errors import BizosError, TenantSuspended
 
 ALGORITHM = "HS256"
 
@@ -39,6 +39,20 @@ def issue_token(ctl: Control, *, subject: str, tenant: str, ttl_seconds: int | N
     return pyjwt.encode(payload, dk.key, algorithm=ALGORITHM, headers={"kid": kid(dk.version)})
 
 
+def _refuse_suspended(ctl: Control, tenant: object) -> None:
+    """A suspended tenant's tokens are refused (its data is too, in the database)."""
+    from sqlalchemy import select
+
+    from bizosctl.catalog.models import Tenant
+
+    with ctl.catalog() as s:
+        status = s.execute(
+            select(Tenant.status).where(Tenant.slug == str(tenant), Tenant.status != "deleted")
+        ).scalar_one_or_none()
+    if status == "suspended":
+        raise TenantSuspended(f"tenant {tenant!r} is suspended: its session tokens are refused")
+
+
 def verify_token(ctl: Control, token: str) -> dict[str, Any]:
     try:
         header = pyjwt.get_unverified_header(token)
@@ -52,6 +66,7 @@ def verify_token(ctl: Control, token: str) -> dict[str, Any]:
         claims: dict[str, Any] = pyjwt.decode(
             token, dk.key, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
         )
+        _refuse_suspended(ctl, claims.get("tenant"))
         return claims
     except pyjwt.ExpiredSignatureError as exc:
         raise InvalidToken("the token has expired") from exc

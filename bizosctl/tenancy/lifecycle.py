@@ -15,11 +15,16 @@ from bizosctl.catalog.schemas import QueryResult, TenantDetail, TenantPublic
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.tenancy.names import check_region_name, check_slug, check_tier, q
-from bizosctl.tenancy.router import tenant_session
+from bizosctl.tenancy.router import search_path, tenant_session
+from bizosctl.tenancy.statement import check_statement
 from tenant_schema import TENANT_TABLES
 
 STATUSES = ("provisioning", "active", "read_only", "suspended", "moving", "deleting")
 LOCK_STATUSES = ("read_only", "suspended")
+_CONTEXT_CHECK = text(
+    "SELECT current_setting('bizos.tenant_id', true), current_setting('bizos.actor', true),"
+    " current_setting('search_path')"
+)
 
 
 def _public(tenant: Tenant, route: Route | None) -> dict[str, Any]:
@@ -78,7 +83,8 @@ def get_tenant(ctl: Control, slug: str, *, row_counts: bool = True) -> TenantDet
             raise NotFound(f"no tenant named {slug!r}")
         tenant, route = row
         detail = TenantDetail(**_public(tenant, route), status_reason=tenant.status_reason)
-    if row_counts and route is not None and tenant.status != "provisioning":
+    # A suspended tenant's rows are refused to everyone, show included.
+    if row_counts and route is not None and tenant.status not in ("provisioning", "suspended"):
         detail.row_counts = count_rows(ctl, slug)
     return detail
 
@@ -108,7 +114,8 @@ def set_status(ctl: Control, slug: str, *, status: str, reason: str | None = Non
         get_engine(handle.admin_url(route.database), pooled=False).begin() as conn,
     ):
         conn.execute(text(f"SET LOCAL search_path TO {q(route.schema)}, public"))
-        conn.execute(text("SELECT set_config('bizos.actor', 'bizosctl', true)"))
+        actor = "bizosctl:tenant.unlock" if status == "active" else "bizosctl:tenant.lock"
+        conn.execute(text("SELECT set_config('bizos.actor', :a, true)"), {"a": actor})
         conn.execute(
             text("UPDATE tenant_state SET status = :s, updated_at = now() WHERE tenant_id = :t"),
             {"s": status, "t": route.tenant_id},
@@ -134,15 +141,48 @@ def _jsonable(value: Any) -> Any:
 def run_query(
     ctl: Control, slug: str, sql: str, *, write: bool = False, limit: int = 1000
 ) -> QueryResult:
-    """Run one SQL statement as the application role in the tenant's context."""
+    """Run one SQL statement as the application role in the tenant's context.
+
+    The statement is checked first (:func:`bizosctl.tenancy.statement.check_statement`: no
+    transaction control, settings, ``set_config`` or SQL-running functions), then sent alone
+    with the extended protocol (a second statement is a server error), in a ``BEGIN READ
+    ONLY`` transaction unless ``write``. Afterwards the context must be the one we set: if the
+    statement changed it, the transaction rolls back and no row is returned.
+
+    Args:
+        slug: the tenant.
+        sql: one statement, sent as written (no bind-parameter parsing of ':name' or '%').
+        write: allow writes (a read-write transaction).
+        limit: at most this many rows are returned.
+    """
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
     check_slug(slug)
-    if not sql.strip():
-        raise InvalidInput("the SQL statement is empty")
-    with tenant_session(ctl, slug, actor="bizosctl:query", read_only=not write) as s:
-        # Sent as written: no bind-parameter parsing of ':name' or '%' in the operator's SQL.
-        result = s.connection().exec_driver_sql(sql, execution_options={"no_parameters": True})
-        if result.returns_rows:
-            columns = list(result.keys())
-            rows = [[_jsonable(v) for v in row] for row in result.fetchmany(limit)]
+    check_statement(sql)
+    actor = "bizosctl:query"
+    with tenant_session(ctl, slug, actor=actor, read_only=not write) as s:
+        route = ctl.route(slug)
+        raw = s.connection().connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        try:
+            with raw.cursor() as cur:
+                # Pipeline mode always uses the extended protocol: exactly one statement.
+                with raw.pipeline():
+                    cur.execute(sql.encode())
+                columns = [d.name for d in cur.description] if cur.description else []
+                fetched = cur.fetchmany(limit) if columns else []
+                rowcount = cur.rowcount
+        except psycopg.Error as exc:
+            if "cannot insert multiple commands" in str(exc):
+                raise InvalidInput("tenant query runs exactly one statement") from exc
+            raise sa_exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+        after = s.execute(_CONTEXT_CHECK).one()
+        if tuple(after) != (str(route.tenant_id), actor, search_path(route)):
+            # Raising rolls the transaction back; the rows read under another context are
+            # dropped with it.
+            raise InvalidInput("the statement changed the tenant context: rolled back")
+        rows = [[_jsonable(v) for v in row] for row in fetched]
+        if columns:
             return QueryResult(columns=columns, rows=rows, rowcount=len(rows), read_only=not write)
-        return QueryResult(columns=[], rows=[], rowcount=result.rowcount, read_only=not write)
+        return QueryResult(columns=[], rows=[], rowcount=rowcount, read_only=not write)

@@ -273,7 +273,9 @@ def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
             admin = get_engine(handle.admin_url("postgres"))
             with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 close_template1(conn)  # servers bootstrapped before it was closed there
-                set_login_role(conn, route.role, route.password, member_of=APP_GROUP)
+                set_login_role(
+                    conn, route.role, route.password, member_of=APP_GROUP, settings=ctl.settings
+                )
                 ensure_database(conn, route.database, owner_login=route.role)
             run.step("database")
             crash_point("tenant.create.database")

@@ -3,7 +3,10 @@
 It looks the route up in the catalog, connects as the application's login role (never the
 superuser), and sets the tenant, the actor and the search_path with ``set_config(..., true)``,
 which is ``SET LOCAL``: the settings die with the transaction, so a pooled connection never
-carries one tenant's context into the next request.
+carries one tenant's context into the next request. A read-only session is ``BEGIN READ ONLY``.
+
+The database enforces what the context allows (RLS, the write guard, a suspended tenant reads
+nothing); setting the context is the application's job: the login role may set any tenant.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from bizosctl.catalog.control import Control, RouteInfo
 from bizosctl.db.engines import get_engine, translate_errors
-from bizosctl.errors import TenantNotWritable
+from bizosctl.errors import TenantSuspended
 
 _CONTEXT_SQL = text(
     "SELECT set_config('bizos.tenant_id', :tenant, true),"
@@ -36,11 +39,15 @@ def tenant_session(
 ) -> Iterator[Session]:
     """A session inside one transaction in ``slug``'s context; committed on success."""
     route = ctl.route(slug)
-    if route.status == "suspended" and not read_only:
-        raise TenantNotWritable(f"tenant {slug!r} is suspended")
+    if route.status == "suspended":
+        # The database refuses it too (bizos_tenant() is NULL): this is the clear message.
+        raise TenantSuspended(f"tenant {slug!r} is suspended: reads and writes are refused")
     handle = ctl.server(route.server)
     handle.ensure_ready()
     engine = get_engine(handle.login_url(route.database, route.role, route.password))
+    if read_only:
+        # psycopg then opens the transaction with BEGIN READ ONLY (reset when pooled back).
+        engine = engine.execution_options(postgresql_readonly=True)
     with translate_errors(f"tenant {slug}"), Session(engine) as session, session.begin():
         # One round trip: SET LOCAL of the context, and READ ONLY (set before any query).
         session.execute(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 
+from bizosctl.config import Settings, get_settings
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import upgrade
 from bizosctl.faults import crash_point
@@ -36,7 +37,47 @@ def scram_verifier(conn: Connection, role: str, password: str) -> str:
     return verifier.decode()
 
 
-def set_login_role(conn: Connection, role: str, password: str, *, member_of: str) -> None:
+def role_timeouts(settings: Settings) -> dict[str, str]:
+    """The session settings every application login role gets (``ALTER ROLE ... SET``)."""
+    return {
+        "lock_timeout": settings.app_lock_timeout,
+        "statement_timeout": settings.app_statement_timeout,
+        "idle_in_transaction_session_timeout": settings.app_idle_in_transaction_timeout,
+    }
+
+
+def apply_role_timeouts(conn: Connection, role: str, settings: Settings | None = None) -> None:
+    """Set the timeouts on one login role (cluster-wide: roles are not per database). They
+    apply to its new sessions; a role cannot take them off (ALTER ROLE needs CREATEROLE)."""
+    for name, value in role_timeouts(settings or get_settings()).items():
+        # values are checked by Settings (digits and a unit): safe to inline, as SET needs
+        conn.execute(text(f"ALTER ROLE {q(role)} SET {name} = '{value}'"))
+
+
+def app_roles_without_timeouts(conn: Connection, settings: Settings) -> list[str]:
+    """Login roles of the application group whose timeouts differ from the settings."""
+    want = sorted(f"{k}={v}" for k, v in role_timeouts(settings).items())
+    rows = conn.execute(
+        text(
+            "SELECT r.rolname, COALESCE(s.setconfig, '{}') FROM pg_roles r "
+            "JOIN pg_auth_members m ON m.member = r.oid "
+            "JOIN pg_roles g ON g.oid = m.roleid AND g.rolname = :g "
+            "LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0 "
+            "WHERE r.rolcanlogin ORDER BY 1"
+        ),
+        {"g": APP_GROUP},
+    ).all()
+    return [role for role, config in rows if not set(want) <= set(config)]
+
+
+def set_login_role(
+    conn: Connection,
+    role: str,
+    password: str,
+    *,
+    member_of: str,
+    settings: Settings | None = None,
+) -> None:
     verifier = scram_verifier(conn, role, password).replace("'", "''")
     exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
     verb = "ALTER" if exists else "CREATE"
@@ -46,6 +87,8 @@ def set_login_role(conn: Connection, role: str, password: str, *, member_of: str
         f"PASSWORD '{verifier}'"
     )
     conn.execute(text(f"GRANT {q(member_of)} TO {q(role)}"))
+    if member_of == APP_GROUP:
+        apply_role_timeouts(conn, role, settings)
 
 
 def ensure_group_roles(conn: Connection) -> None:

@@ -1,7 +1,7 @@
 """Test revision: a column with a default and an index on two tables.
 
 Revision ID: t002
-Revises: 0001
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "t002"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 offline_safe = True
