@@ -492,3 +492,87 @@ def test_deleting_a_moved_tenant_drops_its_kept_source(ctl, make_tenant, cli):
     assert r.exit_code == 0, r.stderr
     assert exists_at(ctl, old.server, old.database, old.schema, old.tenant_id) == 0
     assert exists_at(ctl, "global-1", "t_" + slug, "t_" + slug, old.tenant_id) == 0
+
+
+@pytest.mark.parametrize("isolation", ["read committed", "repeatable read"])
+def test_statement_that_changes_its_row_after_the_freeze_is_not_lost(ctl, make_tenant, isolation):
+    """An UPDATE passes the statement-level write guard before the freeze, then waits in a
+    subquery (pg_sleep) and changes its row after the move switched. It must either fail with
+    the retryable BZ503 (and then land on the target when retried) or be at the target: an
+    acknowledged write on the abandoned source is a lost write."""
+    slug = make_tenant(tier="shared", region="global")
+    load_sample_data(ctl, slug)
+    with tenant_session(ctl, slug, actor="w") as s:
+        task = s.execute(text("select id from tasks order by id limit 1")).scalar_one()
+    outcome: dict[str, object] = {}
+    started = threading.Event()
+
+    def slow_update() -> None:
+        # As the application would: the route's login role, the tenant context set by hand
+        # (tenant_session cannot choose the isolation level), retried on a retryable error.
+        while True:
+            route = ctl.route(slug)
+            handle = ctl.server(route.server)
+            eng = get_engine(handle.login_url(route.database, route.role, route.password))
+            try:
+                with eng.connect().execution_options(isolation_level=isolation.upper()) as c:
+                    c.execute(
+                        text(
+                            "select set_config('bizos.tenant_id', :t, true), "
+                            "set_config('search_path', :p, true)"
+                        ),
+                        {"t": str(route.tenant_id), "p": f'"{route.schema}"'},
+                    )
+                    started.set()
+                    c.execute(
+                        text(
+                            "update tasks set description = 'late write' where id = "
+                            "(select :id from (select pg_sleep(1.5)) as z)"
+                        ),
+                        {"id": task},
+                    )
+                    c.commit()
+                outcome["acked"] = True
+                return
+            except Exception as exc:
+                msg = str(exc)
+                if "tenant is moving" not in msg and "could not serialize" not in msg:
+                    outcome["error"] = exc
+                    return
+                outcome["refused"] = msg
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=slow_update)
+
+    def before_verify(move):
+        # Start the writer and wait until its statement sleeps, past the write guard.
+        thread.start()
+        assert started.wait(10)
+        admin = ctl.server(move.source.server)
+        eng = get_engine(admin.admin_url(move.source.database), pooled=False)
+        deadline = time.monotonic() + 10
+        with eng.connect() as c:
+            while time.monotonic() < deadline:
+                if c.execute(
+                    text("select count(*) from pg_stat_activity where wait_event = 'PgSleep'")
+                ).scalar_one():
+                    return
+                c.rollback()
+                time.sleep(0.01)
+        raise AssertionError("the slow update never started")
+
+    report = move_tenant(
+        ctl,
+        MoveRequest(slug=slug, to_tier="isolated", max_freeze_ms=5000),
+        hooks={"before_verify": before_verify},
+    )
+    thread.join(timeout=30)
+    assert report.status == "done"
+    assert "error" not in outcome, outcome
+    assert outcome.get("acked")
+    assert "refused" in outcome  # the late change met the freeze, and was retried
+    with tenant_session(ctl, slug, actor="check", read_only=True) as s:
+        value = s.execute(
+            text("select description from tasks where id = :id"), {"id": task}
+        ).scalar_one()
+    assert value == "late write"  # the acknowledged write is where the tenant lives now

@@ -146,7 +146,9 @@ class _Move:
     def start_capture(self, tables: list[TableInfo]) -> None:
         with translate_errors(f"source {self.source.server}"):
             with self.src.begin() as conn:
-                capture.install_log(conn, op_id=self.run.id)
+                capture.install_log(
+                    conn, op_id=self.run.id, schema=self.source.schema, tenant_id=self.tenant_id
+                )
             # One table per transaction: CREATE TRIGGER locks its table, and holding several at
             # once deadlocks against writers (a write locks its table, then audit_logs).
             for t in tables:
