@@ -576,3 +576,28 @@ def test_statement_that_changes_its_row_after_the_freeze_is_not_lost(ctl, make_t
             text("select description from tasks where id = :id"), {"id": task}
         ).scalar_one()
     assert value == "late write"  # the acknowledged write is where the tenant lives now
+
+
+def test_rerunning_a_finished_move_is_done_and_a_tenant_already_there_is_refused(
+    ctl, make_tenant, cli
+):
+    """A script reruns the move it issued (a kill after the switch, a retry on timeout): the
+    move is done (exit 0, when); the same request for a tenant that was always there is bad
+    input (exit 2)."""
+    slug = make_tenant(tier="shared", region="global")
+    first = cli("tenant", "move", slug, "--to-tier", "isolated", "--json")
+    assert first.exit_code == 0, first.output
+    again = cli("tenant", "move", slug, "--to-tier", "isolated", "--json")
+    assert again.exit_code == 0, again.output
+    doc = json.loads(again.stdout)
+    assert doc["status"] == "done"
+    assert doc["operation"] == json.loads(first.stdout)["operation"]
+    assert doc["done_at"]
+    born_isolated = make_tenant(tier="isolated", region="global")
+    refused = cli("tenant", "move", born_isolated, "--to-tier", "isolated")
+    assert refused.exit_code == 2
+    assert "is already isolated" in refused.output
+    # Another destination is a new move, not the old one.
+    other = cli("tenant", "move", slug, "--to-tier", "schema", "--json")
+    assert other.exit_code == 0, other.output
+    assert json.loads(other.stdout)["operation"] != doc["operation"]

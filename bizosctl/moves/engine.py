@@ -56,6 +56,9 @@ class MoveReport:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     keep_until: float | None = None
     resumed: bool = False
+    #: Set when the request was a move that had already finished (a rerun after a crash
+    #: that came after the switch): when it finished, ISO 8601.
+    done_at: str | None = None
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -571,10 +574,55 @@ def move_tenant(
     (a crashed run) is resumed instead: running the same command again finishes it."""
     if unfinished_move(ctl, req.slug) is not None:
         return resume_move(ctl, req.slug, hooks=hooks, progress=progress)
+    finished = finished_move(ctl, req)
+    if finished is not None:
+        return finished
     plan = make_plan(ctl, req)
     op_id = _register(ctl, plan, req)
     crash_point("move.registered")
     return _run(ctl, op_id, hooks=hooks, progress=progress, resumed=False)
+
+
+def finished_move(ctl: Control, req: MoveRequest) -> MoveReport | None:
+    """The report of the tenant's last move when it is the move ``req`` asks for and it has
+    finished: the tenant is where that move put it, so running the same command again (say,
+    after a crash that came after the switch) is done, not an error. A tenant that was
+    already there before any move is still refused by the plan."""
+    tenant, here = current_endpoint(ctl, req.slug)
+    with ctl.catalog() as s:
+        op = s.execute(
+            select(Operation)
+            .where(Operation.kind == "tenant.move", Operation.target == req.slug)
+            .order_by(Operation.started_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    if op is None or op.status != "done" or op.params.get("tenant_id") != str(tenant.id):
+        return None
+    target = Endpoint(**op.params["target"])
+    wanted = (
+        req.to_tier,
+        req.to_region or here.region,
+        req.to_server or here.server,
+    )
+    if (target.tier, target.region, target.server) != wanted:
+        return None
+    if (here.tier, here.region, here.server, here.database, here.schema) != (
+        target.tier,
+        target.region,
+        target.server,
+        target.database,
+        target.schema,
+    ):
+        return None
+    return MoveReport(
+        operation=str(op.id),
+        slug=req.slug,
+        source=Endpoint(**op.params["source"]).public(),
+        target=target.public(),
+        status="done",
+        keep_until=op.params.get("keep_until"),
+        done_at=op.finished_at.isoformat() if op.finished_at else None,
+    )
 
 
 def resume_move(
