@@ -601,3 +601,41 @@ def test_rerunning_a_finished_move_is_done_and_a_tenant_already_there_is_refused
     other = cli("tenant", "move", slug, "--to-tier", "schema", "--json")
     assert other.exit_code == 0, other.output
     assert json.loads(other.stdout)["operation"] != doc["operation"]
+
+
+@pytest.mark.parametrize(
+    ("rate", "message"),
+    [
+        ("fast", "invalid --max-rate 'fast'"),
+        ("10", "--max-rate must be at least 64KB a second"),
+        ("20MB\n", "invalid --max-rate"),
+        ("-5MB", "invalid --max-rate"),
+    ],
+)
+def test_move_max_rate_bad_input(make_tenant, cli, rate, message):
+    slug = make_tenant(tier="shared")
+    result = cli("tenant", "move", slug, "--to-tier", "isolated", "--max-rate", rate)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_gentle_move_copies_under_its_rate(ctl, make_tenant, cli):
+    """--max-rate caps the copy: the copy steps together take at least bytes / rate."""
+    slug = make_tenant(tier="shared")
+    load_sample_data(ctl, slug)
+    with tenant_session(ctl, slug, actor="load") as s:  # about 2 MB of task descriptions
+        s.execute(
+            text(
+                "insert into tasks (tenant_id, project_id, title, description, position) "
+                "select tenant_id, (select id from projects limit 1), 'bulk-' || g, "
+                "repeat(md5(g::text), 64), g from tenant_state, generate_series(1, 1000) g"
+            )
+        )
+    started = time.monotonic()
+    result = cli("tenant", "move", slug, "--to-tier", "isolated", "--max-rate", "1MB", "--json")
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["copied_bytes"] > 2 * 1024 * 1024
+    # A lower bound only (the cap is a promise about slowness, not speed).
+    assert elapsed >= doc["copied_bytes"] / (1024 * 1024) - 0.1

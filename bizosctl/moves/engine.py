@@ -35,6 +35,7 @@ from bizosctl.moves.tables import TableInfo, table_infos
 from bizosctl.tenancy.names import q
 from bizosctl.tenancy.provision import own_login_roles
 from bizosctl.tenancy.servers import ensure_database, new_password, prepare_schema, set_login_role
+from bizosctl.throttle import Throttle
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
 Hooks = dict[str, Callable[..., None]]
@@ -167,6 +168,8 @@ class _Move:
 
     def copy(self, tables: list[TableInfo]) -> None:
         todo = [t for t in tables if f"copy:{t.name}" not in self.run.completed]
+        rate = self.params.get("max_rate_bytes")
+        throttle = Throttle(int(rate)) if rate else None
 
         def one(t: TableInfo) -> tuple[str, int, float]:
             started = time.perf_counter()
@@ -179,6 +182,7 @@ class _Move:
                     src_schema=self.source.schema,
                     dst_schema=self.target.schema,
                     tenant_id=self.tenant_id,
+                    throttle=throttle,
                 )
                 dst.commit()
                 src.rollback()
@@ -519,6 +523,7 @@ def _register(ctl: Control, plan: MovePlan, req: MoveRequest) -> uuid.UUID:
         "parallel": req.parallel,
         "keep_source_ms": req.keep_source_ms,
         "max_freeze_ms": req.max_freeze_ms,
+        "max_rate_bytes": req.max_rate_bytes,
         "keep_until": None,
         "residency_change": req.residency_change,
         "plan": {"rows": plan.rows, "bytes": plan.bytes},

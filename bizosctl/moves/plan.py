@@ -56,6 +56,8 @@ class MoveRequest:
     max_freeze_ms: int = 2000
     residency_change: str | None = None
     parallel: int = 4
+    #: Gentle mode: bytes a second the copy may move, all tables together (None: no cap).
+    max_rate_bytes: int | None = None
 
 
 @dataclass
