@@ -639,3 +639,70 @@ def test_gentle_move_copies_under_its_rate(ctl, make_tenant, cli):
     assert doc["copied_bytes"] > 2 * 1024 * 1024
     # A lower bound only (the cap is a promise about slowness, not speed).
     assert elapsed >= doc["copied_bytes"] / (1024 * 1024) - 0.1
+
+
+def test_another_destination_while_a_move_is_unfinished_is_refused(
+    ctl, make_tenant, run_bizosctl, cli
+):
+    """`tenant move X --to-tier shared` while X's move to isolated is unfinished names that
+    move instead of silently resuming it."""
+    slug = make_tenant(tier="schema", region="global")
+    killed = run_bizosctl(
+        "tenant", "move", slug, "--to-tier", "isolated", env={"BIZOS_CRASH_AT": "move.capture"}
+    )
+    assert killed.returncode == -9
+    r = cli("tenant", "move", slug, "--to-tier", "shared")
+    assert r.exit_code == 2, r.output
+    assert "has an unfinished move to isolated on global-1" in r.stderr
+    assert f"tenant move {slug} --resume" in r.stderr and "--abort" in r.stderr
+    assert ctl.route(slug).tier == "schema"
+    # the same command again finishes that move
+    again = cli("tenant", "move", slug, "--to-tier", "isolated", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["resumed"] is True
+
+
+def _admin(ctl, slug):
+    route = ctl.route(slug)
+    return route, get_engine(ctl.server(route.server).admin_url(route.database), pooled=False)
+
+
+def test_move_of_a_drifted_source_is_refused_before_anything_is_made(ctl, make_tenant, cli):
+    slug = make_tenant(tier="schema", region="global")
+    load_sample_data(ctl, slug)
+    route, eng = _admin(ctl, slug)
+    with eng.begin() as c:
+        c.execute(text(f'alter table "{route.schema}".tasks add column hand_made text'))
+    r = cli("tenant", "move", slug, "--to-tier", "isolated")
+    assert r.exit_code == 2, r.output
+    assert "differs from revision" in r.stderr and "tasks.hand_made" in r.stderr
+    assert "Nothing was changed" in r.stderr
+    assert ctl.route(slug).status == "active"
+    assert exists_at(ctl, "global-1", "t_" + slug, "t_" + slug, route.tenant_id) == 0
+
+
+def test_move_of_a_source_ahead_of_the_code_is_refused(ctl, make_tenant, cli):
+    slug = make_tenant(tier="schema", region="global")
+    route, eng = _admin(ctl, slug)
+    with eng.begin() as c:
+        c.execute(text(f"update \"{route.schema}\".alembic_version set version_num = 't999'"))
+    r = cli("tenant", "move", slug, "--to-tier", "isolated")
+    assert r.exit_code == 2, r.output
+    assert "is at revision t999, which this bizosctl does not know" in r.stderr
+    assert ctl.route(slug).status == "active"
+
+
+def test_a_move_that_fails_after_it_started_says_how_to_continue_or_undo(ctl, make_tenant, cli):
+    slug = make_tenant(tier="shared", region="global")
+
+    def fail(move, tables):
+        raise OperationFailed("the target went away")
+
+    with pytest.raises(OperationFailed) as err:
+        move_tenant(ctl, MoveRequest(slug=slug, to_tier="isolated"), hooks={"after_copy": fail})
+    message = str(err.value)
+    assert message.startswith("the target went away. The move of")
+    assert f"tenant move {slug} --resume" in message and f"tenant move {slug} --abort" in message
+    r = cli("tenant", "move", slug, "--abort", "--json")
+    assert r.exit_code == 0, r.output
+    assert ctl.route(slug).status == "active" and ctl.route(slug).tier == "shared"

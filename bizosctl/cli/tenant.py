@@ -328,7 +328,7 @@ def move(
         doc = engine.purge_source(ctl, slug, force=force)
     else:
         progress = None if json_out else (lambda msg: stderr_console().print(f"[dim]{msg}[/]"))
-        if resume or (engine.unfinished_move(ctl, slug) is not None and not dry_run):
+        if resume:  # the same destination again also resumes (in move_tenant)
             doc = engine.resume_move(ctl, slug, progress=progress).public()
         else:
             if to_tier is None:

@@ -26,7 +26,7 @@ from bizosctl.catalog.models import Operation
 from bizosctl.catalog.operations import OperationRun, is_alive
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import migrate
-from bizosctl.errors import Busy, InvalidInput, NotFound, OperationFailed
+from bizosctl.errors import BizosError, Busy, InvalidInput, NotFound, OperationFailed
 from bizosctl.faults import crash_point
 from bizosctl.moves import capture
 from bizosctl.moves.copy import checksum, copy_table, sync_keys
@@ -577,7 +577,9 @@ def move_tenant(
 ) -> MoveReport:
     """Plan and run a move (see the module docstring). An unfinished move of the same tenant
     (a crashed run) is resumed instead: running the same command again finishes it."""
-    if unfinished_move(ctl, req.slug) is not None:
+    unfinished = unfinished_move(ctl, req.slug)
+    if unfinished is not None:
+        _same_move_or_refuse(ctl, unfinished, req)
         return resume_move(ctl, req.slug, hooks=hooks, progress=progress)
     finished = finished_move(ctl, req)
     if finished is not None:
@@ -586,6 +588,19 @@ def move_tenant(
     op_id = _register(ctl, plan, req)
     crash_point("move.registered")
     return _run(ctl, op_id, hooks=hooks, progress=progress, resumed=False)
+
+
+def _same_move_or_refuse(ctl: Control, op: Operation, req: MoveRequest) -> None:
+    """Running the same command again resumes its move; another destination is refused."""
+    target = Endpoint(**op.params["target"])
+    source = Endpoint(**op.params["source"])
+    wanted = (req.to_tier, req.to_region or source.region, req.to_server or target.server)
+    if (target.tier, target.region, target.server) != wanted:
+        raise InvalidInput(
+            f"tenant {req.slug!r} has an unfinished move to {target.tier} on {target.server} "
+            f"in {target.region} (operation {op.id}): `bizosctl tenant move {req.slug} "
+            f"--resume` finishes it, `bizosctl tenant move {req.slug} --abort` undoes it"
+        )
 
 
 def finished_move(ctl: Control, req: MoveRequest) -> MoveReport | None:
@@ -658,7 +673,17 @@ def _run(
         run.conn.rollback()
         move = _Move(ctl, run, params, hooks, progress)
         move.report.resumed = resumed
-        report = move.execute()
+        try:
+            report = move.execute()
+        except BizosError as exc:
+            if run.final_status is not None:
+                raise  # aborted (a mismatch): the tenant is back where it was
+            slug = params["slug"]
+            raise type(exc)(
+                f"{exc}. The move of {slug!r} is unfinished (operation {op_id}) and its writes "
+                f"go on at the source: `bizosctl tenant move {slug} --resume` continues it, "
+                f"`bizosctl tenant move {slug} --abort` undoes it"
+            ) from exc
         keep_until = time.time() + params["keep_source_ms"] / 1000
 
         def keep(conn: Connection) -> None:
