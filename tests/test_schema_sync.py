@@ -281,7 +281,7 @@ def test_target_held_by_another_sync_is_reported_busy(small_fleet, cli):
 
     holder = _hold_target_lock(get_control(), "t_alpha")
     try:
-        r, doc = sync(cli)
+        r, doc = sync(cli, "--no-wait")
     finally:
         holder.rollback()
         holder.close()
@@ -291,13 +291,13 @@ def test_target_held_by_another_sync_is_reported_busy(small_fleet, cli):
     assert busy["error"] == "another migration holds this target (bizosctl:sync:other-op)"
 
 
-def test_wait_waits_for_the_other_sync(small_fleet, cli):
+def test_a_second_sync_waits_for_the_other_by_default(small_fleet, cli):
     from bizosctl.catalog.control import get_control
 
     holder = _hold_target_lock(get_control(), "t_alpha")
     release = threading.Timer(1.0, lambda: (holder.rollback(), holder.close()))
     release.start()
-    r, doc = sync(cli, "--wait", "--tenant", "alpha")
+    r, doc = sync(cli, "--tenant", "alpha")
     release.join()
     assert r.exit_code == 0, doc
     assert doc["summary"] == {"migrated": 1}

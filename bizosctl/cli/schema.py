@@ -107,7 +107,10 @@ def sync(
         "0", "--statement-timeout", help="Per statement; 0 = none."
     ),
     wait: bool = typer.Option(
-        False, "--wait", help="Wait for targets another sync holds, instead of failing."
+        True,
+        "--wait/--no-wait",
+        help="A target another sync holds: wait for it (the default; a target the other run "
+        "migrated counts as done) or, with --no-wait, report it busy and exit 1.",
     ),
     yes: bool = typer.Option(
         False, "--yes", "-y", help="Confirm a downgrade (--to below the current revision)."
