@@ -376,3 +376,28 @@ def test_drift_detects_hand_made_changes(small_fleet, cli):
     )
     assert "missing policy roles.tenant_isolation" in drifted["alpha"]
     assert any(d.startswith("changed table members: rls on, forced no") for d in drifted["gamma"])
+
+
+def test_code_older_than_the_fleet_neither_syncs_nor_creates(small_fleet, cli):
+    """The fleet is at t002; this code (no extra migrations) knows only 0001."""
+    r, doc = sync(cli)
+    assert r.exit_code == 0, doc
+    r = cli("schema", "status", "--json")
+    assert r.exit_code == 1
+    doc = json.loads(r.stdout)
+    assert doc["unknown_revisions"] == ["t002"]
+    assert "does not know" in r.stderr
+    r = cli("schema", "sync", "--dry-run", "--json")
+    assert r.exit_code == 2
+    assert json.loads(r.stdout)["error"]["message"].startswith(
+        "cannot sync the fleet: the fleet is at revision(s) t002 ("
+    )
+    r = cli(
+        "tenant", "create", "late-co", "--name", "Late", "--region", "global", "--tier", "schema"
+    )
+    assert r.exit_code == 2, r.output
+    assert "cannot create 'late-co': the fleet is at revision(s) t002" in r.stderr
+    from bizosctl.db.migrate import head
+
+    assert f"its head is {head('tenant')})" in r.stderr
+    assert cli("tenant", "show", "late-co").exit_code == 3

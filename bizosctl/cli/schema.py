@@ -47,8 +47,16 @@ def status(
     from bizosctl.sync.engine import status_report
 
     doc = status_report(get_control(), _selection(tenant, tier, region))
+    unknown = doc["unknown_revisions"]
+    warning = (
+        f"the fleet is at revision(s) {', '.join(unknown)} that this bizosctl does not know "
+        f"(its head is {doc['head']}): it is older than the fleet; run the release that has them"
+    )
     if json_out:
         print_json(doc)
+        if unknown:
+            stderr_console().print(warning, markup=False, highlight=False)
+            raise typer.Exit(1)
         return
     rows = [
         [
@@ -83,6 +91,9 @@ def status(
         )
     )
     out.print("summary: " + ", ".join(f"{rev}: {n}" for rev, n in sorted(doc["summary"].items())))
+    if unknown:
+        stderr_console().print(warning, markup=False, highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command("sync")
