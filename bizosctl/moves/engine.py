@@ -776,3 +776,46 @@ def purge_source(ctl: Control, slug: str, *, force: bool = False) -> dict[str, A
             {"id": op.id},
         )
     return {"slug": slug, "purged": source.public(), "operation": str(op.id)}
+
+
+def kept_sources_all(ctl: Control, slug: str | None = None) -> list[dict[str, Any]]:
+    """Every source a finished move kept and nothing purged yet, oldest move first: of one
+    tenant, or of every live tenant. A source that is where the tenant lives again (moved
+    back there since) is not a kept copy and is left out."""
+    from bizosctl.catalog.models import Route, Tenant
+
+    with ctl.catalog() as s:
+        stmt = (
+            select(Operation, Tenant.slug, Route.server, Route.database, Route.schema)
+            .join(Tenant, Tenant.slug == Operation.target)
+            .join(Route, Route.tenant_id == Tenant.id)
+            .where(
+                Operation.kind == "tenant.move",
+                Operation.status == "done",
+                Tenant.status != "deleted",
+            )
+            .order_by(Operation.started_at)
+        )
+        if slug is not None:
+            stmt = stmt.where(Operation.target == slug)
+        rows = s.execute(stmt).all()
+    out = []
+    now = time.time()
+    for op, tslug, server, database, schema in rows:
+        params = op.params
+        if params.get("source_purged") or "source" not in params:
+            continue
+        source = Endpoint(**params["source"])
+        if (source.server, source.database, source.schema) == (server, database, schema):
+            continue
+        keep_until = params.get("keep_until")
+        out.append(
+            {
+                "slug": tslug,
+                "operation": str(op.id),
+                "source": source.public(),
+                "keep_until": keep_until,
+                "expired": (keep_until or 0) <= now,
+            }
+        )
+    return out
