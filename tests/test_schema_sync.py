@@ -401,3 +401,22 @@ def test_code_older_than_the_fleet_neither_syncs_nor_creates(small_fleet, cli):
 
     assert f"its head is {head('tenant')})" in r.stderr
     assert cli("tenant", "show", "late-co").exit_code == 3
+
+
+def test_status_and_sync_of_a_shared_tier_tenant_name_the_shared_target(small_fleet, cli):
+    r = cli("schema", "status", "--tenant", "delta", "--json")
+    assert r.exit_code == 0, r.output
+    [target] = json.loads(r.stdout)["targets"]
+    assert (target["kind"], target["server"], target["schema"]) == ("shared", "global-1", "shared")
+    assert target["holds"] == ["delta"]
+    r, doc = sync(cli, "--tenant", "delta", "--dry-run")
+    assert r.exit_code == 0, doc
+    [planned] = doc["targets"]
+    assert planned["holds"] == ["delta"] and planned["status"] == "planned"
+
+
+def test_sync_refuses_bad_input_before_drawing_progress(small_fleet, cli):
+    r = cli("schema", "sync", "--to", "nope")
+    assert r.exit_code == 2
+    assert "unknown revision 'nope'" in r.stderr
+    assert "sync" not in r.stderr.split("unknown revision")[0]  # no progress bar drawn first

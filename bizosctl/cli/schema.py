@@ -155,6 +155,7 @@ def sync(
         wait=wait,
     )
     ctl = get_control()
+    opts.validate()  # bad input is refused before any progress bar is drawn
     if json_out or dry_run:
         report = run_sync(ctl, opts)
     else:

@@ -53,7 +53,7 @@ class SyncOptions:
     statement_timeout_ms: int = 0
     dry_run: bool = False
     yes: bool = False
-    wait: bool = False
+    wait: bool = True  # a target another run holds: wait for it (a deploy must not fail)
 
     def validate(self) -> None:
         for name, value, low in (
@@ -66,6 +66,7 @@ class SyncOptions:
         if self.parallel > 256 or self.per_server > 256:
             raise InvalidInput("--parallel and --per-server are capped at 256")
         self.selection.validate()
+        resolve("tenant", self.to)  # an unknown --to is bad input, before anything starts
 
     def params(self) -> dict[str, Any]:
         return {"to": self.to, "selection": self.selection.describe()}
