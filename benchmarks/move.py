@@ -1,7 +1,13 @@
 """Move benchmark: ``tenant move`` (shared tier to an isolated database) against a bare COPY floor.
 
 Run as ``python benchmarks/move.py [--rows 1000000] [--rate 100] [--json] [--fast]
-[--second-freeze-ms 1000]``.
+[--second-freeze-ms 1000] [--long-every 5] [--gentle-rate 8MB]``.
+
+``--long-every N`` makes every Nth writer update a long statement (it finds its row by title,
+with no index, after a ``pg_sleep`` of 50-300 ms in a subquery): it passes the write guard
+before a freeze and changes its row after it began, the race that used to lose writes.
+``--gentle-rate R`` adds a third tenant, ``mover-c``, moved with ``--max-rate R``; the
+writer's rate during its copy against its rate alone is the gentle mode's figure (target 90 %).
 
 Everything happens in a throw-away ``BIZOS_HOME`` (``/tmp/bzb-XXXXXXXX``, short so that the
 Unix socket path stays under 108 bytes) with one embedded server, ``global-1``:
@@ -54,6 +60,8 @@ if TYPE_CHECKING:
 
 TARGET_RATIO = 1.7  # total move time at most 1.7x the (parallel) floor
 TARGET_FREEZE_MS = 1000.0  # freeze under 1 s
+TARGET_GENTLE = 0.9  # with --max-rate: the writer keeps 90 % of its rate alone during the copy
+MOVER_C = "mover-c"
 REGION = "global"
 SERVER = "global-1"
 SHARED_DB = "bizos_shared"
@@ -295,9 +303,21 @@ class Writer(threading.Thread):
     operation's first attempt to its acknowledgement is what the application waited.
     """
 
-    def __init__(self, ctl: Control, slug: str, rate: float, project_id: uuid.UUID) -> None:
+    def __init__(
+        self,
+        ctl: Control,
+        slug: str,
+        rate: float,
+        project_id: uuid.UUID,
+        *,
+        long_every: int = 0,
+    ) -> None:
         super().__init__(name=f"writer-{slug}", daemon=True)
         self.ctl, self.slug, self.rate, self.project_id = ctl, slug, rate, project_id
+        #: every Nth update finds its row by title (no index: a scan of the tenant's tasks)
+        #: and waits 50-300 ms in a subquery before it changes it (0: none)
+        self.long_every = long_every
+        self.long_updates = 0
         self.stop_event = threading.Event()
         self.acked: dict[str, int] = {}  # title -> position after its last acknowledged update
         self.ids: list[tuple[str, uuid.UUID]] = []
@@ -346,9 +366,14 @@ class Writer(threading.Thread):
                 title, row_id = self.ids[rng.randrange(len(self.ids))]
             started = time.monotonic()
             tries, ok = 0, False
+            slow = (
+                rng.uniform(0.05, 0.3)
+                if not insert and self.long_every and n % self.long_every == 0
+                else 0.0
+            )
             while True:
                 try:
-                    row_id = self._write(insert, title, row_id)
+                    row_id = self._write(insert, title, row_id, slow=slow)
                     ok = True
                     break
                 except TenantNotWritable:
@@ -374,10 +399,15 @@ class Writer(threading.Thread):
                 self.ids.append((title, row_id))
             else:
                 self.updates += 1
+                self.long_updates += 1 if slow else 0
                 self.acked[title] += 1
 
-    def _write(self, insert: bool, title: str, row_id: uuid.UUID) -> uuid.UUID:
-        """One application transaction; returns the task's id."""
+    def _write(
+        self, insert: bool, title: str, row_id: uuid.UUID, *, slow: float = 0.0
+    ) -> uuid.UUID:
+        """One application transaction; returns the task's id. ``slow``: a long statement
+        (found by title, no index, after ``pg_sleep(slow)``): it passes the write guard
+        at once and changes its row only later, possibly after a freeze began."""
         from sqlalchemy import text
 
         from bizosctl.tenancy.router import tenant_session
@@ -392,13 +422,22 @@ class Writer(threading.Thread):
                     {"p": self.project_id, "k": title},
                 ).scalar_one()
                 return new_id
-            changed = s.execute(
-                text(
-                    "UPDATE tasks SET position = position + 1, updated_at = now() "
-                    "WHERE id = :id RETURNING id"
-                ),
-                {"id": row_id},
-            ).all()
+            if slow:
+                changed = s.execute(
+                    text(
+                        "UPDATE tasks SET position = position + 1, updated_at = now() "
+                        "WHERE title = (SELECT :k FROM (SELECT pg_sleep(:w)) AS z) RETURNING id"
+                    ),
+                    {"k": title, "w": slow},
+                ).all()
+            else:
+                changed = s.execute(
+                    text(
+                        "UPDATE tasks SET position = position + 1, updated_at = now() "
+                        "WHERE id = :id RETURNING id"
+                    ),
+                    {"id": row_id},
+                ).all()
             if len(changed) != 1:
                 raise RuntimeError(f"the update of {title} changed {len(changed)} rows")
             return row_id
@@ -590,7 +629,14 @@ def ops_rate(
 
 # -- the move -----------------------------------------------------------------------------------
 def run_move(
-    ctl: Control, slug: str, *, rate: float, max_freeze_ms: int, log: Log
+    ctl: Control,
+    slug: str,
+    *,
+    rate: float,
+    max_freeze_ms: int,
+    log: Log,
+    long_every: int = 0,
+    max_rate_bytes: int | None = None,
 ) -> dict[str, Any]:
     from sqlalchemy import text
 
@@ -601,7 +647,7 @@ def run_move(
 
     with tenant_session(ctl, slug, actor="bench-setup", read_only=True) as s:
         project = s.execute(text("SELECT id FROM projects ORDER BY id LIMIT 1")).scalar_one()
-    writer = Writer(ctl, slug, rate, project)
+    writer = Writer(ctl, slug, rate, project, long_every=long_every)
     writer.start()
     time.sleep(WARMUP_S)  # the writer's rate alone, with its engine and route warm
     timeline = Timeline()
@@ -612,13 +658,22 @@ def run_move(
 
     error = None
     report = None
-    log(f"move {slug}: shared -> isolated, max_freeze_ms={max_freeze_ms}, writer {rate:g} ops/s")
+    gentle = f", max_rate {max_rate_bytes / 2**20:g} MiB/s" if max_rate_bytes else ""
+    log(
+        f"move {slug}: shared -> isolated, max_freeze_ms={max_freeze_ms}{gentle}, "
+        f"writer {rate:g} ops/s"
+    )
     with instrumented(timeline):
         timeline.origin = time.monotonic()
         try:
             report = move_tenant(
                 ctl,
-                MoveRequest(slug=slug, to_tier="isolated", max_freeze_ms=max_freeze_ms),
+                MoveRequest(
+                    slug=slug,
+                    to_tier="isolated",
+                    max_freeze_ms=max_freeze_ms,
+                    max_rate_bytes=max_rate_bytes,
+                ),
                 progress=progress,
             )
         except BizosError as exc:
@@ -642,6 +697,7 @@ def run_move(
     out: dict[str, Any] = {
         "slug": slug,
         "max_freeze_ms": max_freeze_ms,
+        "max_rate_bytes": max_rate_bytes,
         "seconds": seconds,
         "error": error,
         "status": report.status if report else "failed",
@@ -659,6 +715,7 @@ def run_move(
             "rate_during_copy": ops_rate(writer.acks, *copying[0], exclude=[]) if copying else None,
             "total_pause_s": sum(pauses),
             "retries": writer.retries,
+            "long_updates": writer.long_updates,
             "paused_ops": len(pauses),
             "longest_pause_s": pauses[0] if pauses else 0.0,
             "pauses_over_100ms_s": [round(p, 3) for p in pauses if p > 0.1][:10],
@@ -701,6 +758,11 @@ def targets(floor: dict[str, Any], move: dict[str, Any]) -> dict[str, Any]:
     freeze = move["freeze_ms"]
     w = move["writer"]
     ok = move["status"] == "done"
+    gentle = (
+        w["rate_during_copy"] / w["rate_alone"]
+        if w["rate_during_copy"] is not None and w["rate_alone"]
+        else None
+    )
     return {
         "ratio": ratio,
         "ratio_sequential": move["seconds"] / floor["sequential_s"]
@@ -718,6 +780,19 @@ def targets(floor: dict[str, Any], move: dict[str, Any]) -> dict[str, Any]:
             "target": "zero writes lost",
             "met": w["lost"] == 0 and w["duplicated"] == 0,
         },
+        **(
+            {
+                "gentle_writer": {
+                    "target": f"writer keeps at least {TARGET_GENTLE:.0%} of its rate alone "
+                    "during the copy",
+                    "ratio": gentle,
+                    "met": None if gentle is None else gentle >= TARGET_GENTLE,
+                }
+            }
+            if move.get("max_rate_bytes")
+            else {}
+        ),
+        "writer_copy_ratio": gentle,
     }
 
 
@@ -743,8 +818,13 @@ def print_human(doc: dict[str, Any]) -> None:
     for mv in doc["moves"]:
         w, tg, ph = mv["writer"], mv["targets"], mv["phases"]
         print()
+        gentle = (
+            f", gentle: max_rate {mv['max_rate_bytes'] / 2**20:g} MiB/s"
+            if mv.get("max_rate_bytes")
+            else ""
+        )
         print(
-            f"move {mv['slug']} (max_freeze_ms={mv['max_freeze_ms']}): {mv['status']} in "
+            f"move {mv['slug']} (max_freeze_ms={mv['max_freeze_ms']}{gentle}): {mv['status']} in "
             f"{mv['seconds']:.2f}s, now {mv['tier_after']}"
             + (f"; error: {mv['error']}" if mv["error"] else "")
         )
@@ -790,12 +870,18 @@ def print_human(doc: dict[str, Any]) -> None:
             f"freezes); latency p50 {w['latency_p50_ms'] or 0:.1f} ms, "
             f"p99 {w['latency_p99_ms'] or 0:.1f} ms"
         )
+        ratio = tg.get("writer_copy_ratio")
+        if ratio is not None:
+            print(f"  writer rate ratio during the copy / alone: {ratio:.2f}")
         print(
-            f"  writer: {w['retries']} retries in {w['paused_ops']} paused ops, longest pause "
+            f"  writer: {w['long_updates']} long updates acknowledged; "
+            f"{w['retries']} retries in {w['paused_ops']} paused ops, longest pause "
             f"{w['longest_pause_s']:.2f}s, all pauses {w['total_pause_s']:.2f}s, "
             f"{w['error_count']} errors" + (f" (first: {w['errors'][0]})" if w["errors"] else "")
         )
-        for key in ("total_time", "freeze", "zero_lost"):
+        for key in ("total_time", "freeze", "zero_lost", "gentle_writer"):
+            if key not in tg:
+                continue
             t = tg[key]
             print(f"  target: {t['target']}: {verdict(t['met'])}")
 
@@ -811,6 +897,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1000,
         metavar="MS",
         help="also move a second, identical tenant with this max_freeze_ms (0: skip)",
+    )
+    parser.add_argument(
+        "--long-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="every Nth writer update is a long statement (scan by title after pg_sleep)",
+    )
+    parser.add_argument(
+        "--gentle-rate",
+        default="",
+        metavar="RATE",
+        help="also move a third tenant in gentle mode, --max-rate RATE (e.g. 8MB)",
     )
     parser.add_argument("--fast", action="store_true", help="BIZOS_EMBEDDED_DURABLE=false")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -859,14 +958,30 @@ def main(argv: list[str] | None = None) -> int:
         }
         doc["floor"] = run_floor(ctl, mover_id, log)
         quiesce(ctl, log)
-        moves = [run_move(ctl, MOVER, rate=args.rate, max_freeze_ms=2000, log=log)]
+        le = args.long_every
+        moves = [run_move(ctl, MOVER, rate=args.rate, max_freeze_ms=2000, log=log, long_every=le)]
+        extra: list[tuple[str, int, int | None]] = []
         if args.second_freeze_ms > 0:
-            create_tenant(ctl, slug=MOVER_B, name="Benchmark b", tier="shared", region=REGION)
-            log(f"loading {args.rows:,} rows for {MOVER_B}")
-            load_tenants(ctl, [(ctl.route(MOVER_B).tenant_id, args.rows)], log)
+            extra.append((MOVER_B, args.second_freeze_ms, None))
+        if args.gentle_rate:
+            from bizosctl.throttle import parse_rate
+
+            extra.append((MOVER_C, 2000, parse_rate(args.gentle_rate, what="--gentle-rate")))
+        for slug, freeze_ms, max_rate in extra:
+            create_tenant(ctl, slug=slug, name=f"Benchmark {slug}", tier="shared", region=REGION)
+            log(f"loading {args.rows:,} rows for {slug}")
+            load_tenants(ctl, [(ctl.route(slug).tenant_id, args.rows)], log)
             quiesce(ctl, log)
             moves.append(
-                run_move(ctl, MOVER_B, rate=args.rate, max_freeze_ms=args.second_freeze_ms, log=log)
+                run_move(
+                    ctl,
+                    slug,
+                    rate=args.rate,
+                    max_freeze_ms=freeze_ms,
+                    log=log,
+                    long_every=le,
+                    max_rate_bytes=max_rate,
+                )
             )
         for mv in moves:
             mv["targets"] = targets(doc["floor"], mv)

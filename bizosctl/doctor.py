@@ -64,6 +64,7 @@ def _target_checks(conn: object, label: str, schema: str, tenant_head: str) -> l
 
 
 def run_doctor(ctl: Control) -> DoctorReport:
+    from bizosctl.fleet_health import fleet_checks
     from bizosctl.security.masterkey import key_file_mode
 
     checks: list[Check] = []
@@ -104,6 +105,7 @@ def run_doctor(ctl: Control) -> DoctorReport:
         return DoctorReport(ok=False, checks=checks)
 
     checks += _name_checks(ctl)
+    checks += fleet_checks(ctl)
     tenant_head = head("tenant")
     for handle in handles:
         label = f"server {handle.name}"

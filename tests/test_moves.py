@@ -492,3 +492,217 @@ def test_deleting_a_moved_tenant_drops_its_kept_source(ctl, make_tenant, cli):
     assert r.exit_code == 0, r.stderr
     assert exists_at(ctl, old.server, old.database, old.schema, old.tenant_id) == 0
     assert exists_at(ctl, "global-1", "t_" + slug, "t_" + slug, old.tenant_id) == 0
+
+
+@pytest.mark.parametrize("isolation", ["read committed", "repeatable read"])
+def test_statement_that_changes_its_row_after_the_freeze_is_not_lost(ctl, make_tenant, isolation):
+    """An UPDATE passes the statement-level write guard before the freeze, then waits in a
+    subquery (pg_sleep) and changes its row after the move switched. It must either fail with
+    the retryable BZ503 (and then land on the target when retried) or be at the target: an
+    acknowledged write on the abandoned source is a lost write."""
+    slug = make_tenant(tier="shared", region="global")
+    load_sample_data(ctl, slug)
+    with tenant_session(ctl, slug, actor="w") as s:
+        task = s.execute(text("select id from tasks order by id limit 1")).scalar_one()
+    outcome: dict[str, object] = {}
+    started = threading.Event()
+
+    def slow_update() -> None:
+        # As the application would: the route's login role, the tenant context set by hand
+        # (tenant_session cannot choose the isolation level), retried on a retryable error.
+        while True:
+            route = ctl.route(slug)
+            handle = ctl.server(route.server)
+            eng = get_engine(handle.login_url(route.database, route.role, route.password))
+            try:
+                with eng.connect().execution_options(isolation_level=isolation.upper()) as c:
+                    c.execute(
+                        text(
+                            "select set_config('bizos.tenant_id', :t, true), "
+                            "set_config('search_path', :p, true)"
+                        ),
+                        {"t": str(route.tenant_id), "p": f'"{route.schema}"'},
+                    )
+                    started.set()
+                    c.execute(
+                        text(
+                            "update tasks set description = 'late write' where id = "
+                            "(select :id from (select pg_sleep(1.5)) as z)"
+                        ),
+                        {"id": task},
+                    )
+                    c.commit()
+                outcome["acked"] = True
+                return
+            except Exception as exc:
+                msg = str(exc)
+                if "tenant is moving" not in msg and "could not serialize" not in msg:
+                    outcome["error"] = exc
+                    return
+                outcome["refused"] = msg
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=slow_update)
+
+    def before_verify(move):
+        # Start the writer and wait until its statement sleeps, past the write guard.
+        thread.start()
+        assert started.wait(10)
+        admin = ctl.server(move.source.server)
+        eng = get_engine(admin.admin_url(move.source.database), pooled=False)
+        deadline = time.monotonic() + 10
+        with eng.connect() as c:
+            while time.monotonic() < deadline:
+                if c.execute(
+                    text("select count(*) from pg_stat_activity where wait_event = 'PgSleep'")
+                ).scalar_one():
+                    return
+                c.rollback()
+                time.sleep(0.01)
+        raise AssertionError("the slow update never started")
+
+    report = move_tenant(
+        ctl,
+        MoveRequest(slug=slug, to_tier="isolated", max_freeze_ms=5000),
+        hooks={"before_verify": before_verify},
+    )
+    thread.join(timeout=30)
+    assert report.status == "done"
+    assert "error" not in outcome, outcome
+    assert outcome.get("acked")
+    assert "refused" in outcome  # the late change met the freeze, and was retried
+    with tenant_session(ctl, slug, actor="check", read_only=True) as s:
+        value = s.execute(
+            text("select description from tasks where id = :id"), {"id": task}
+        ).scalar_one()
+    assert value == "late write"  # the acknowledged write is where the tenant lives now
+
+
+def test_rerunning_a_finished_move_is_done_and_a_tenant_already_there_is_refused(
+    ctl, make_tenant, cli
+):
+    """A script reruns the move it issued (a kill after the switch, a retry on timeout): the
+    move is done (exit 0, when); the same request for a tenant that was always there is bad
+    input (exit 2)."""
+    slug = make_tenant(tier="shared", region="global")
+    first = cli("tenant", "move", slug, "--to-tier", "isolated", "--json")
+    assert first.exit_code == 0, first.output
+    again = cli("tenant", "move", slug, "--to-tier", "isolated", "--json")
+    assert again.exit_code == 0, again.output
+    doc = json.loads(again.stdout)
+    assert doc["status"] == "done"
+    assert doc["operation"] == json.loads(first.stdout)["operation"]
+    assert doc["done_at"]
+    born_isolated = make_tenant(tier="isolated", region="global")
+    refused = cli("tenant", "move", born_isolated, "--to-tier", "isolated")
+    assert refused.exit_code == 2
+    assert "is already isolated" in refused.output
+    # Another destination is a new move, not the old one.
+    other = cli("tenant", "move", slug, "--to-tier", "schema", "--json")
+    assert other.exit_code == 0, other.output
+    assert json.loads(other.stdout)["operation"] != doc["operation"]
+
+
+@pytest.mark.parametrize(
+    ("rate", "message"),
+    [
+        ("fast", "invalid --max-rate 'fast'"),
+        ("10", "--max-rate must be at least 64KB a second"),
+        ("20MB\n", "invalid --max-rate"),
+        ("-5MB", "invalid --max-rate"),
+    ],
+)
+def test_move_max_rate_bad_input(make_tenant, cli, rate, message):
+    slug = make_tenant(tier="shared")
+    result = cli("tenant", "move", slug, "--to-tier", "isolated", "--max-rate", rate)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_gentle_move_copies_under_its_rate(ctl, make_tenant, cli):
+    """--max-rate caps the copy: the copy steps together take at least bytes / rate."""
+    slug = make_tenant(tier="shared")
+    load_sample_data(ctl, slug)
+    with tenant_session(ctl, slug, actor="load") as s:  # about 2 MB of task descriptions
+        s.execute(
+            text(
+                "insert into tasks (tenant_id, project_id, title, description, position) "
+                "select tenant_id, (select id from projects limit 1), 'bulk-' || g, "
+                "repeat(md5(g::text), 64), g from tenant_state, generate_series(1, 1000) g"
+            )
+        )
+    started = time.monotonic()
+    result = cli("tenant", "move", slug, "--to-tier", "isolated", "--max-rate", "1MB", "--json")
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["copied_bytes"] > 2 * 1024 * 1024
+    # A lower bound only (the cap is a promise about slowness, not speed).
+    assert elapsed >= doc["copied_bytes"] / (1024 * 1024) - 0.1
+
+
+def test_another_destination_while_a_move_is_unfinished_is_refused(
+    ctl, make_tenant, run_bizosctl, cli
+):
+    """`tenant move X --to-tier shared` while X's move to isolated is unfinished names that
+    move instead of silently resuming it."""
+    slug = make_tenant(tier="schema", region="global")
+    killed = run_bizosctl(
+        "tenant", "move", slug, "--to-tier", "isolated", env={"BIZOS_CRASH_AT": "move.capture"}
+    )
+    assert killed.returncode == -9
+    r = cli("tenant", "move", slug, "--to-tier", "shared")
+    assert r.exit_code == 2, r.output
+    assert "has an unfinished move to isolated on global-1" in r.stderr
+    assert f"tenant move {slug} --resume" in r.stderr and "--abort" in r.stderr
+    assert ctl.route(slug).tier == "schema"
+    # the same command again finishes that move
+    again = cli("tenant", "move", slug, "--to-tier", "isolated", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["resumed"] is True
+
+
+def _admin(ctl, slug):
+    route = ctl.route(slug)
+    return route, get_engine(ctl.server(route.server).admin_url(route.database), pooled=False)
+
+
+def test_move_of_a_drifted_source_is_refused_before_anything_is_made(ctl, make_tenant, cli):
+    slug = make_tenant(tier="schema", region="global")
+    load_sample_data(ctl, slug)
+    route, eng = _admin(ctl, slug)
+    with eng.begin() as c:
+        c.execute(text(f'alter table "{route.schema}".tasks add column hand_made text'))
+    r = cli("tenant", "move", slug, "--to-tier", "isolated")
+    assert r.exit_code == 2, r.output
+    assert "differs from revision" in r.stderr and "tasks.hand_made" in r.stderr
+    assert "Nothing was changed" in r.stderr
+    assert ctl.route(slug).status == "active"
+    assert exists_at(ctl, "global-1", "t_" + slug, "t_" + slug, route.tenant_id) == 0
+
+
+def test_move_of_a_source_ahead_of_the_code_is_refused(ctl, make_tenant, cli):
+    slug = make_tenant(tier="schema", region="global")
+    route, eng = _admin(ctl, slug)
+    with eng.begin() as c:
+        c.execute(text(f"update \"{route.schema}\".alembic_version set version_num = 't999'"))
+    r = cli("tenant", "move", slug, "--to-tier", "isolated")
+    assert r.exit_code == 2, r.output
+    assert "is at revision t999, which this bizosctl does not know" in r.stderr
+    assert ctl.route(slug).status == "active"
+
+
+def test_a_move_that_fails_after_it_started_says_how_to_continue_or_undo(ctl, make_tenant, cli):
+    slug = make_tenant(tier="shared", region="global")
+
+    def fail(move, tables):
+        raise OperationFailed("the target went away")
+
+    with pytest.raises(OperationFailed) as err:
+        move_tenant(ctl, MoveRequest(slug=slug, to_tier="isolated"), hooks={"after_copy": fail})
+    message = str(err.value)
+    assert message.startswith("the target went away. The move of")
+    assert f"tenant move {slug} --resume" in message and f"tenant move {slug} --abort" in message
+    r = cli("tenant", "move", slug, "--abort", "--json")
+    assert r.exit_code == 0, r.output
+    assert ctl.route(slug).status == "active" and ctl.route(slug).tier == "shared"

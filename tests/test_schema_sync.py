@@ -281,7 +281,7 @@ def test_target_held_by_another_sync_is_reported_busy(small_fleet, cli):
 
     holder = _hold_target_lock(get_control(), "t_alpha")
     try:
-        r, doc = sync(cli)
+        r, doc = sync(cli, "--no-wait")
     finally:
         holder.rollback()
         holder.close()
@@ -291,13 +291,13 @@ def test_target_held_by_another_sync_is_reported_busy(small_fleet, cli):
     assert busy["error"] == "another migration holds this target (bizosctl:sync:other-op)"
 
 
-def test_wait_waits_for_the_other_sync(small_fleet, cli):
+def test_a_second_sync_waits_for_the_other_by_default(small_fleet, cli):
     from bizosctl.catalog.control import get_control
 
     holder = _hold_target_lock(get_control(), "t_alpha")
     release = threading.Timer(1.0, lambda: (holder.rollback(), holder.close()))
     release.start()
-    r, doc = sync(cli, "--wait", "--tenant", "alpha")
+    r, doc = sync(cli, "--tenant", "alpha")
     release.join()
     assert r.exit_code == 0, doc
     assert doc["summary"] == {"migrated": 1}
@@ -376,3 +376,47 @@ def test_drift_detects_hand_made_changes(small_fleet, cli):
     )
     assert "missing policy roles.tenant_isolation" in drifted["alpha"]
     assert any(d.startswith("changed table members: rls on, forced no") for d in drifted["gamma"])
+
+
+def test_code_older_than_the_fleet_neither_syncs_nor_creates(small_fleet, cli):
+    """The fleet is at t002; this code (no extra migrations) knows only 0001."""
+    r, doc = sync(cli)
+    assert r.exit_code == 0, doc
+    r = cli("schema", "status", "--json")
+    assert r.exit_code == 1
+    doc = json.loads(r.stdout)
+    assert doc["unknown_revisions"] == ["t002"]
+    assert "does not know" in r.stderr
+    r = cli("schema", "sync", "--dry-run", "--json")
+    assert r.exit_code == 2
+    assert json.loads(r.stdout)["error"]["message"].startswith(
+        "cannot sync the fleet: the fleet is at revision(s) t002 ("
+    )
+    r = cli(
+        "tenant", "create", "late-co", "--name", "Late", "--region", "global", "--tier", "schema"
+    )
+    assert r.exit_code == 2, r.output
+    assert "cannot create 'late-co': the fleet is at revision(s) t002" in r.stderr
+    from bizosctl.db.migrate import head
+
+    assert f"its head is {head('tenant')})" in r.stderr
+    assert cli("tenant", "show", "late-co").exit_code == 3
+
+
+def test_status_and_sync_of_a_shared_tier_tenant_name_the_shared_target(small_fleet, cli):
+    r = cli("schema", "status", "--tenant", "delta", "--json")
+    assert r.exit_code == 0, r.output
+    [target] = json.loads(r.stdout)["targets"]
+    assert (target["kind"], target["server"], target["schema"]) == ("shared", "global-1", "shared")
+    assert target["holds"] == ["delta"]
+    r, doc = sync(cli, "--tenant", "delta", "--dry-run")
+    assert r.exit_code == 0, doc
+    [planned] = doc["targets"]
+    assert planned["holds"] == ["delta"] and planned["status"] == "planned"
+
+
+def test_sync_refuses_bad_input_before_drawing_progress(small_fleet, cli):
+    r = cli("schema", "sync", "--to", "nope")
+    assert r.exit_code == 2
+    assert "unknown revision 'nope'" in r.stderr
+    assert "sync" not in r.stderr.split("unknown revision")[0]  # no progress bar drawn first

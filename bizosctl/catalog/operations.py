@@ -43,6 +43,8 @@ class OperationRun:
         self.id = op_id
         self._conn: Connection | None = None
         self.completed: set[str] = set()
+        #: The status ``finish`` closed the operation with (None while it is open).
+        self.final_status: str | None = None
 
     @property
     def conn(self) -> Connection:
@@ -119,6 +121,7 @@ class OperationRun:
                 {"s": status, "e": error, "id": self.id},
             )
             self.conn.commit()
+        self.final_status = status
 
 
 def create_operation(

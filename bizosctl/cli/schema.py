@@ -47,8 +47,16 @@ def status(
     from bizosctl.sync.engine import status_report
 
     doc = status_report(get_control(), _selection(tenant, tier, region))
+    unknown = doc["unknown_revisions"]
+    warning = (
+        f"the fleet is at revision(s) {', '.join(unknown)} that this bizosctl does not know "
+        f"(its head is {doc['head']}): it is older than the fleet; run the release that has them"
+    )
     if json_out:
         print_json(doc)
+        if unknown:
+            stderr_console().print(warning, markup=False, highlight=False)
+            raise typer.Exit(1)
         return
     rows = [
         [
@@ -83,6 +91,9 @@ def status(
         )
     )
     out.print("summary: " + ", ".join(f"{rev}: {n}" for rev, n in sorted(doc["summary"].items())))
+    if unknown:
+        stderr_console().print(warning, markup=False, highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command("sync")
@@ -107,7 +118,10 @@ def sync(
         "0", "--statement-timeout", help="Per statement; 0 = none."
     ),
     wait: bool = typer.Option(
-        False, "--wait", help="Wait for targets another sync holds, instead of failing."
+        True,
+        "--wait/--no-wait",
+        help="A target another sync holds: wait for it (the default; a target the other run "
+        "migrated counts as done) or, with --no-wait, report it busy and exit 1.",
     ),
     yes: bool = typer.Option(
         False, "--yes", "-y", help="Confirm a downgrade (--to below the current revision)."
@@ -141,6 +155,7 @@ def sync(
         wait=wait,
     )
     ctl = get_control()
+    opts.validate()  # bad input is refused before any progress bar is drawn
     if json_out or dry_run:
         report = run_sync(ctl, opts)
     else:

@@ -284,6 +284,12 @@ def move(
         None, "--residency-change", help="Reason, required to leave the tenant's region."
     ),
     parallel: int = typer.Option(4, "--parallel", help="Tables copied at once."),
+    max_rate: str | None = typer.Option(
+        None,
+        "--max-rate",
+        help="Gentle mode: cap the copy at this many bytes a second (e.g. 20MB), all tables "
+        "together, so the application's own writes keep their pace.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted move."),
     status: bool = typer.Option(False, "--status", help="Show the tenant's last move."),
     abort: bool = typer.Option(False, "--abort", help="Undo a move that has not switched yet."),
@@ -297,12 +303,13 @@ def move(
     Writes pause only for the final catch-up and verification (at most --max-freeze). Running
     the same command again after a crash continues from the last checkpoint.
 
-    Example: bizosctl tenant move acme --to-tier isolated --max-freeze 1s
+    Example: bizosctl tenant move acme --to-tier isolated --max-freeze 1s --max-rate 20MB
     """
     from bizosctl.durations import parse_ms
     from bizosctl.errors import InvalidInput
     from bizosctl.moves import engine
     from bizosctl.moves.plan import MoveRequest, make_plan
+    from bizosctl.throttle import parse_rate
 
     ctl = _ctl()
     modes = [
@@ -326,7 +333,7 @@ def move(
         doc = engine.purge_source(ctl, slug, force=force)
     else:
         progress = None if json_out else (lambda msg: stderr_console().print(f"[dim]{msg}[/]"))
-        if resume or (engine.unfinished_move(ctl, slug) is not None and not dry_run):
+        if resume:  # the same destination again also resumes (in move_tenant)
             doc = engine.resume_move(ctl, slug, progress=progress).public()
         else:
             if to_tier is None:
@@ -340,6 +347,7 @@ def move(
                 max_freeze_ms=parse_ms(max_freeze, what="--max-freeze", allow_zero=False),
                 residency_change=residency_change,
                 parallel=parallel,
+                max_rate_bytes=parse_rate(max_rate) if max_rate is not None else None,
             )
             if dry_run:
                 doc = {"dry_run": True, "plan": make_plan(ctl, req).public()}

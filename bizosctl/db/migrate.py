@@ -88,6 +88,23 @@ def known_revision(history: History, revision: str) -> bool:
     return True
 
 
+def refuse_unknown_revisions(history: History, revisions: dict[str, int], *, doing: str) -> None:
+    """InvalidInput when targets stand at revisions this code does not know: code older than
+    the fleet must neither migrate it nor add targets at its own, older head.
+
+    ``revisions`` maps each revision found to how many targets are at it."""
+    unknown = {rev: n for rev, n in revisions.items() if not known_revision(history, rev)}
+    if unknown:
+        found = ", ".join(
+            f"{rev} ({n} target{'s' if n != 1 else ''})" for rev, n in unknown.items()
+        )
+        raise InvalidInput(
+            f"cannot {doing}: the fleet is at revision(s) {found} that this bizosctl does not "
+            f"know (its head is {head(history)}); run the bizosctl release that has them (or "
+            "add their directory to BIZOS_TENANT_MIGRATIONS_EXTRA)"
+        )
+
+
 @lru_cache(maxsize=256)
 def _ancestors(extra: str | None, history: History, revision: str) -> frozenset[str]:
     script = _config_and_script(history, extra)[1]

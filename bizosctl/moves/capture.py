@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 
 from bizosctl.moves.tables import TableInfo
 from bizosctl.tenancy.names import q
+from tenant_schema.ddl import READ_ONLY_TABLES
 
 SCHEMA = "bizos_move"
 
@@ -32,9 +33,23 @@ def names(op_id: uuid.UUID) -> tuple[str, str, str]:
     return f"log_{short}", f"capture_{short}", f"bizos_move_{short}"
 
 
-def install_log(conn: Connection, *, op_id: uuid.UUID) -> None:
-    """The change log and the trigger function of one move (idempotent; as the superuser)."""
+def install_log(conn: Connection, *, op_id: uuid.UUID, schema: str, tenant_id: uuid.UUID) -> None:
+    """The change log and the trigger function of one move (idempotent; as the superuser).
+
+    The trigger also closes the freeze to statements that passed the statement-level write
+    guard before it began: a statement can pass the guard, then wait (a slow scan, a
+    subquery, a lock) and change its row after the freeze, when its transaction had no xid
+    yet for the freeze to wait on. Every changed row of the moving tenant therefore reads
+    ``tenant_state`` again and is refused with BZ503 once it says ``moving``. In READ
+    COMMITTED that read takes a fresh snapshot (a volatile function's statements do); under
+    a transaction snapshot it locks the row ``FOR SHARE`` instead, which conflicts with the
+    freeze's UPDATE: a writer that locked first makes the freeze wait for its commit (and
+    so for ``wait_for_writers``'s snapshot), one that comes after fails to serialise.
+    """
     log, fn, _ = names(op_id)
+    state = f"{q(schema)}.tenant_state"
+    tid = str(uuid.UUID(str(tenant_id)))
+    guarded_out = ", ".join(f"'{t}'" for t in READ_ONLY_TABLES)
     conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
     conn.execute(text(f"REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC"))
     conn.execute(
@@ -48,8 +63,20 @@ def install_log(conn: Connection, *, op_id: uuid.UUID) -> None:
             f"CREATE OR REPLACE FUNCTION {SCHEMA}.{fn}() RETURNS trigger LANGUAGE plpgsql "
             f"SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$\n"
             "DECLARE n jsonb; o jsonb; k jsonb := '{}'::jsonb; ko jsonb := '{}'::jsonb;"
-            " col text;\n"
+            " col text; st text;\n"
             "BEGIN\n"
+            # The control plane's own writes (the freeze itself, and the audit rows it makes)
+            # go to the tables the application may only read.
+            f"  IF TG_TABLE_NAME IN ({guarded_out}) THEN NULL;\n"
+            "  ELSIF current_setting('transaction_isolation') = 'read committed' THEN\n"
+            f"    SELECT status INTO st FROM {state} WHERE tenant_id = '{tid}';\n"
+            "  ELSE\n"
+            f"    SELECT status INTO st FROM {state} WHERE tenant_id = '{tid}' FOR SHARE;\n"
+            "  END IF;\n"
+            "  IF st = 'moving' THEN\n"
+            "    RAISE EXCEPTION 'tenant is moving: writes pause briefly, retry'\n"
+            "      USING ERRCODE = 'BZ503', HINT = 'retry in a moment';\n"
+            "  END IF;\n"
             "  IF TG_OP <> 'DELETE' THEN n := to_jsonb(NEW); END IF;\n"
             "  IF TG_OP <> 'INSERT' THEN o := to_jsonb(OLD); END IF;\n"
             "  IF TG_NARGS > 0 THEN FOREACH col IN ARRAY TG_ARGV LOOP\n"

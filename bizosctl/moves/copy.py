@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from bizosctl.moves.tables import TableInfo
 from bizosctl.tenancy.names import q
+from bizosctl.throttle import Throttle
 
 
 def _raw(conn: Connection) -> Any:
@@ -45,8 +46,11 @@ def copy_rows(
     dst_schema: str,
     tenant_id: uuid.UUID,
     where: str = "true",
+    throttle: Throttle | None = None,
 ) -> int:
-    """COPY the tenant's matching rows from source to target in binary. Returns bytes moved."""
+    """COPY the tenant's matching rows from source to target in binary. Returns bytes moved.
+
+    ``throttle`` caps the bytes a second (shared by every table copied at once)."""
     tid = str(uuid.UUID(str(tenant_id)))
     cols = t.column_list()
     out_sql = (
@@ -60,6 +64,8 @@ def copy_rows(
             for chunk in out:
                 moved += len(chunk)
                 inp.write(chunk)
+                if throttle is not None:
+                    throttle.take(len(chunk))
     return moved
 
 
@@ -71,6 +77,7 @@ def copy_table(
     src_schema: str,
     dst_schema: str,
     tenant_id: uuid.UUID,
+    throttle: Throttle | None = None,
 ) -> int:
     """Replace the tenant's rows of one table in the target by the source's (one transaction
     on the target side, committed by the caller)."""
@@ -78,7 +85,15 @@ def copy_table(
     dst.execute(
         text(f"DELETE FROM {q(dst_schema)}.{q(t.name)} WHERE tenant_id = :t"), {"t": tenant_id}
     )
-    return copy_rows(src, dst, t, src_schema=src_schema, dst_schema=dst_schema, tenant_id=tenant_id)
+    return copy_rows(
+        src,
+        dst,
+        t,
+        src_schema=src_schema,
+        dst_schema=dst_schema,
+        tenant_id=tenant_id,
+        throttle=throttle,
+    )
 
 
 def sync_keys(

@@ -26,7 +26,7 @@ from bizosctl.catalog.models import Operation
 from bizosctl.catalog.operations import OperationRun, is_alive
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import migrate
-from bizosctl.errors import Busy, InvalidInput, NotFound, OperationFailed
+from bizosctl.errors import BizosError, Busy, InvalidInput, NotFound, OperationFailed
 from bizosctl.faults import crash_point
 from bizosctl.moves import capture
 from bizosctl.moves.copy import checksum, copy_table, sync_keys
@@ -35,6 +35,7 @@ from bizosctl.moves.tables import TableInfo, table_infos
 from bizosctl.tenancy.names import q
 from bizosctl.tenancy.provision import own_login_roles
 from bizosctl.tenancy.servers import ensure_database, new_password, prepare_schema, set_login_role
+from bizosctl.throttle import Throttle
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
 Hooks = dict[str, Callable[..., None]]
@@ -56,6 +57,9 @@ class MoveReport:
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     keep_until: float | None = None
     resumed: bool = False
+    #: Set when the request was a move that had already finished (a rerun after a crash
+    #: that came after the switch): when it finished, ISO 8601.
+    done_at: str | None = None
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +152,9 @@ class _Move:
     def start_capture(self, tables: list[TableInfo]) -> None:
         with translate_errors(f"source {self.source.server}"):
             with self.src.begin() as conn:
-                capture.install_log(conn, op_id=self.run.id)
+                capture.install_log(
+                    conn, op_id=self.run.id, schema=self.source.schema, tenant_id=self.tenant_id
+                )
             # One table per transaction: CREATE TRIGGER locks its table, and holding several at
             # once deadlocks against writers (a write locks its table, then audit_logs).
             for t in tables:
@@ -164,6 +170,8 @@ class _Move:
 
     def copy(self, tables: list[TableInfo]) -> None:
         todo = [t for t in tables if f"copy:{t.name}" not in self.run.completed]
+        rate = self.params.get("max_rate_bytes")
+        throttle = Throttle(int(rate)) if rate else None
 
         def one(t: TableInfo) -> tuple[str, int, float]:
             started = time.perf_counter()
@@ -176,6 +184,7 @@ class _Move:
                     src_schema=self.source.schema,
                     dst_schema=self.target.schema,
                     tenant_id=self.tenant_id,
+                    throttle=throttle,
                 )
                 dst.commit()
                 src.rollback()
@@ -523,6 +532,7 @@ def _register(ctl: Control, plan: MovePlan, req: MoveRequest) -> uuid.UUID:
         "parallel": req.parallel,
         "keep_source_ms": req.keep_source_ms,
         "max_freeze_ms": req.max_freeze_ms,
+        "max_rate_bytes": req.max_rate_bytes,
         "keep_until": None,
         "residency_change": req.residency_change,
         "plan": {"rows": plan.rows, "bytes": plan.bytes},
@@ -576,12 +586,72 @@ def move_tenant(
 ) -> MoveReport:
     """Plan and run a move (see the module docstring). An unfinished move of the same tenant
     (a crashed run) is resumed instead: running the same command again finishes it."""
-    if unfinished_move(ctl, req.slug) is not None:
+    unfinished = unfinished_move(ctl, req.slug)
+    if unfinished is not None:
+        _same_move_or_refuse(ctl, unfinished, req)
         return resume_move(ctl, req.slug, hooks=hooks, progress=progress)
+    finished = finished_move(ctl, req)
+    if finished is not None:
+        return finished
     plan = make_plan(ctl, req)
     op_id = _register(ctl, plan, req)
     crash_point("move.registered")
     return _run(ctl, op_id, hooks=hooks, progress=progress, resumed=False)
+
+
+def _same_move_or_refuse(ctl: Control, op: Operation, req: MoveRequest) -> None:
+    """Running the same command again resumes its move; another destination is refused."""
+    target = Endpoint(**op.params["target"])
+    source = Endpoint(**op.params["source"])
+    wanted = (req.to_tier, req.to_region or source.region, req.to_server or target.server)
+    if (target.tier, target.region, target.server) != wanted:
+        raise InvalidInput(
+            f"tenant {req.slug!r} has an unfinished move to {target.tier} on {target.server} "
+            f"in {target.region} (operation {op.id}): `bizosctl tenant move {req.slug} "
+            f"--resume` finishes it, `bizosctl tenant move {req.slug} --abort` undoes it"
+        )
+
+
+def finished_move(ctl: Control, req: MoveRequest) -> MoveReport | None:
+    """The report of the tenant's last move when it is the move ``req`` asks for and it has
+    finished: the tenant is where that move put it, so running the same command again (say,
+    after a crash that came after the switch) is done, not an error. A tenant that was
+    already there before any move is still refused by the plan."""
+    tenant, here = current_endpoint(ctl, req.slug)
+    with ctl.catalog() as s:
+        op = s.execute(
+            select(Operation)
+            .where(Operation.kind == "tenant.move", Operation.target == req.slug)
+            .order_by(Operation.started_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    if op is None or op.status != "done" or op.params.get("tenant_id") != str(tenant.id):
+        return None
+    target = Endpoint(**op.params["target"])
+    wanted = (
+        req.to_tier,
+        req.to_region or here.region,
+        req.to_server or here.server,
+    )
+    if (target.tier, target.region, target.server) != wanted:
+        return None
+    if (here.tier, here.region, here.server, here.database, here.schema) != (
+        target.tier,
+        target.region,
+        target.server,
+        target.database,
+        target.schema,
+    ):
+        return None
+    return MoveReport(
+        operation=str(op.id),
+        slug=req.slug,
+        source=Endpoint(**op.params["source"]).public(),
+        target=target.public(),
+        status="done",
+        keep_until=op.params.get("keep_until"),
+        done_at=op.finished_at.isoformat() if op.finished_at else None,
+    )
 
 
 def resume_move(
@@ -612,7 +682,17 @@ def _run(
         run.conn.rollback()
         move = _Move(ctl, run, params, hooks, progress)
         move.report.resumed = resumed
-        report = move.execute()
+        try:
+            report = move.execute()
+        except BizosError as exc:
+            if run.final_status is not None:
+                raise  # aborted (a mismatch): the tenant is back where it was
+            slug = params["slug"]
+            raise type(exc)(
+                f"{exc}. The move of {slug!r} is unfinished (operation {op_id}) and its writes "
+                f"go on at the source: `bizosctl tenant move {slug} --resume` continues it, "
+                f"`bizosctl tenant move {slug} --abort` undoes it"
+            ) from exc
         keep_until = time.time() + params["keep_source_ms"] / 1000
 
         def keep(conn: Connection) -> None:
@@ -705,3 +785,46 @@ def purge_source(ctl: Control, slug: str, *, force: bool = False) -> dict[str, A
             {"id": op.id},
         )
     return {"slug": slug, "purged": source.public(), "operation": str(op.id)}
+
+
+def kept_sources_all(ctl: Control, slug: str | None = None) -> list[dict[str, Any]]:
+    """Every source a finished move kept and nothing purged yet, oldest move first: of one
+    tenant, or of every live tenant. A source that is where the tenant lives again (moved
+    back there since) is not a kept copy and is left out."""
+    from bizosctl.catalog.models import Route, Tenant
+
+    with ctl.catalog() as s:
+        stmt = (
+            select(Operation, Tenant.slug, Route.server, Route.database, Route.schema)
+            .join(Tenant, Tenant.slug == Operation.target)
+            .join(Route, Route.tenant_id == Tenant.id)
+            .where(
+                Operation.kind == "tenant.move",
+                Operation.status == "done",
+                Tenant.status != "deleted",
+            )
+            .order_by(Operation.started_at)
+        )
+        if slug is not None:
+            stmt = stmt.where(Operation.target == slug)
+        rows = s.execute(stmt).all()
+    out = []
+    now = time.time()
+    for op, tslug, server, database, schema in rows:
+        params = op.params
+        if params.get("source_purged") or "source" not in params:
+            continue
+        source = Endpoint(**params["source"])
+        if (source.server, source.database, source.schema) == (server, database, schema):
+            continue
+        keep_until = params.get("keep_until")
+        out.append(
+            {
+                "slug": tslug,
+                "operation": str(op.id),
+                "source": source.public(),
+                "keep_until": keep_until,
+                "expired": (keep_until or 0) <= now,
+            }
+        )
+    return out

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import select, text
+from sqlalchemy.engine import Connection
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Route, Server, Tenant
@@ -15,6 +16,7 @@ from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.moves.copy import table_bytes
 from bizosctl.moves.tables import table_infos
+from bizosctl.sync.drift import diff
 from bizosctl.tenancy.names import (
     SHARED_DB,
     SHARED_LOGIN,
@@ -23,6 +25,7 @@ from bizosctl.tenancy.names import (
     check_tier,
     tenant_names,
 )
+from tenant_schema import TENANT_TABLES
 
 DAY_MS = 86_400_000
 #: Free space a move leaves on the target's disk beyond the tenant's own size.
@@ -56,6 +59,8 @@ class MoveRequest:
     max_freeze_ms: int = 2000
     residency_change: str | None = None
     parallel: int = 4
+    #: Gentle mode: bytes a second the copy may move, all tables together (None: no cap).
+    max_rate_bytes: int | None = None
 
 
 @dataclass
@@ -142,6 +147,44 @@ def target_endpoint(ctl: Control, req: MoveRequest, source: Endpoint) -> Endpoin
     return Endpoint("isolated", region, server, names.database, names.schema, names.roles[0])
 
 
+def _check_source(
+    ctl: Control, conn: Connection, slug: str, source: Endpoint, revision: str | None
+) -> None:
+    """Refuse, before anything is made, a source the move could not finish: a revision this
+    code does not know (the fleet is ahead of it), or tables that drifted from their revision
+    (a hand-added column fails the copy half-way)."""
+    from bizosctl.db.migrate import head, known_revision
+    from bizosctl.sync.drift import expected_shape, introspect
+
+    if revision is None or not known_revision("tenant", revision):
+        raise InvalidInput(
+            f"tenant {slug!r} is at revision {revision or 'none'}, which this bizosctl does not "
+            f"know (its head is {head('tenant')}): upgrade bizosctl before moving it"
+        )
+    actual = introspect(conn, source.schema)
+    conn.rollback()  # introspect pins the search_path for its transaction only
+    expected = expected_shape(ctl, revision)
+    # The copy reads and writes columns by name: only tables and columns must agree.
+    drift = [
+        line
+        for line in diff(expected, actual)
+        if line.split(" ", 2)[1] in ("table", "column")
+        and (source.tier != "shared" or _is_tenant_table(line))
+    ]
+    if drift:
+        shown = "; ".join(drift[:3]) + (f"; and {len(drift) - 3} more" if len(drift) > 3 else "")
+        raise InvalidInput(
+            f"the source of {slug!r} ({source.schema} on {source.server}) differs from revision "
+            f"{revision}: {shown}. Nothing was changed; fix the drift (`bizosctl schema drift "
+            f"--tenant {slug}`) and move again"
+        )
+
+
+def _is_tenant_table(line: str) -> bool:
+    name = line.split(" ", 2)[2].split(":", 1)[0].split(".", 1)[0]
+    return name in TENANT_TABLES
+
+
 def _free_bytes(ctl: Control, server: str) -> int | None:
     handle = ctl.server(server)
     if handle.provider != "embedded":
@@ -193,6 +236,7 @@ def make_plan(ctl: Control, req: MoveRequest) -> MovePlan:
         get_engine(src.admin_url(source.database), pooled=False).connect() as conn,
     ):
         plan.revision = current_revision(conn, schema=source.schema)
+        _check_source(ctl, conn, req.slug, source, plan.revision)
         infos = table_infos(conn, source.schema)
         sizes = table_bytes(conn, schema=source.schema, tables=[t.name for t in infos])
         union = " UNION ALL ".join(

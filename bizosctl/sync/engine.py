@@ -25,7 +25,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation, SchemaTarget
 from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
-from bizosctl.db.migrate import EXTRA_ENV, direction, head, offline_sql, resolve
+from bizosctl.db.migrate import (
+    EXTRA_ENV,
+    direction,
+    head,
+    known_revision,
+    offline_sql,
+    refuse_unknown_revisions,
+    resolve,
+)
 from bizosctl.errors import InvalidInput
 from bizosctl.faults import crash_point
 from bizosctl.sync.targets import Selection, Target, list_targets, read_revisions
@@ -45,7 +53,7 @@ class SyncOptions:
     statement_timeout_ms: int = 0
     dry_run: bool = False
     yes: bool = False
-    wait: bool = False
+    wait: bool = True  # a target another run holds: wait for it (a deploy must not fail)
 
     def validate(self) -> None:
         for name, value, low in (
@@ -58,6 +66,7 @@ class SyncOptions:
         if self.parallel > 256 or self.per_server > 256:
             raise InvalidInput("--parallel and --per-server are capped at 256")
         self.selection.validate()
+        resolve("tenant", self.to)  # an unknown --to is bad input, before anything starts
 
     def params(self) -> dict[str, Any]:
         return {"to": self.to, "selection": self.selection.describe()}
@@ -365,6 +374,9 @@ def run_sync(
     report = SyncReport(head=head("tenant"), to=dest, dry_run=opts.dry_run)
     targets = list_targets(ctl, opts.selection)
     read_revisions(ctl, targets, sizes=opts.canary > 0)
+    refuse_unknown_revisions(
+        "tenant", Counter(t.revision for t in targets if t.revision), doing="sync the fleet"
+    )
     todo, downs, decided = _classify(targets, dest)
     if downs and not opts.yes:
         names = ", ".join(t.label for t in downs[:5]) + (" ..." if len(downs) > 5 else "")
@@ -450,8 +462,11 @@ def status_report(ctl: Control, selection: Selection) -> dict[str, Any]:
     targets = list_targets(ctl, selection)
     read_revisions(ctl, targets)
     summary = Counter(t.revision or "none" for t in targets)
+    unknown = sorted(r for r in summary if r != "none" and not known_revision("tenant", r))
     return {
         "head": head("tenant"),
         "targets": [t.public() for t in targets],
         "summary": dict(summary),
+        # revisions the fleet has and this code does not: the code is older than the fleet
+        "unknown_revisions": unknown,
     }

@@ -33,6 +33,8 @@ class Target:
     size_bytes: int = 0
     reachable: bool = True
     moving: str | None = None  # why a tenant move holds this target, if one does
+    #: selected shared-tier tenants whose rows live in this (shared) target
+    holds: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -47,6 +49,7 @@ class Target:
             "kind": self.kind, "tenant": self.tenant, "region": self.region, "server": self.server,
             "database": self.database, "schema": self.schema, "revision": self.revision,
             "status": self.status, "error": self.error,
+            **({"holds": self.holds} if self.holds else {}),
         }  # fmt: skip
 
 
@@ -108,9 +111,21 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
                 targets.append(
                     Target("shared", None, srv.region, srv.name, SHARED_DB, SHARED_SCHEMA)
                 )
+    by_server = {srv.name: srv for (srv,) in servers}
     for r in rows:
         if r.tier == "shared":
-            continue  # lives in its server's shared target
+            # It lives in its server's shared target: a selected shared-tier tenant selects
+            # that target (once), which says whose rows it holds.
+            if r.slug in sel.tenants:
+                shared = next(
+                    (t for t in targets if t.kind == "shared" and t.server == r.server), None
+                )
+                if shared is None:
+                    srv = by_server[r.server]
+                    shared = Target("shared", None, srv.region, srv.name, SHARED_DB, SHARED_SCHEMA)
+                    targets.append(shared)
+                shared.holds.append(r.slug)
+            continue
         if sel.tenants and r.slug not in sel.tenants:
             continue
         if sel.tier not in (None, r.tier) or sel.region not in (None, r.region):

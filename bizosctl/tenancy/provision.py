@@ -20,7 +20,7 @@ from bizosctl.catalog.control import Control, RouteInfo
 from bizosctl.catalog.models import Operation, Tenant
 from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
 from bizosctl.db.engines import get_engine, translate_errors
-from bizosctl.db.migrate import upgrade
+from bizosctl.db.migrate import refuse_unknown_revisions, upgrade
 from bizosctl.errors import AlreadyExists, BizosError, Busy, InvalidInput, NotFound
 from bizosctl.faults import crash_point
 from bizosctl.security.fields import blind_index, normalize_email
@@ -118,13 +118,18 @@ def create_tenant(
             text(
                 "SELECT (SELECT name FROM servers WHERE region = :r "
                 "        ORDER BY is_default DESC, name LIMIT 1) AS server, t.id, t.status, "
-                "t.tier, t.region, t.operation_id FROM (SELECT 1) AS one "
+                "t.tier, t.region, t.operation_id, "
+                "(SELECT json_object_agg(revision, n) FROM (SELECT revision, count(*) AS n "
+                "  FROM schema_targets WHERE revision IS NOT NULL GROUP BY revision) AS r) "
+                "AS revisions FROM (SELECT 1) AS one "
                 "LEFT JOIN tenants t ON t.slug = :s AND t.status <> 'deleted'"
             ),
             {"r": region, "s": slug},
         ).one()
     server = row.server
     existing = row if row.id is not None else None
+    # A tenant made at this code's head in a fleet that is ahead of it would be behind it.
+    refuse_unknown_revisions("tenant", row.revisions or {}, doing=f"create {slug!r}")
     if server is None:
         _unknown_region(ctl, region)
     if existing is not None:
