@@ -304,8 +304,8 @@ def test_db_password_rotation_under_load_has_no_failed_query(home, cli):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "pass either --tenant SLUG or --all"),
-        (("--tenant", "x1y", "--all"), "pass either --tenant SLUG or --all"),
+        ((), "pass one of --tenant SLUG, --shared REGION, --server NAME or --all"),
+        (("--tenant", "x1y", "--all"), "pass one of --tenant SLUG"),
         (("--tenant", "nobody-here"), "no isolated tenant named 'nobody-here'"),
         (("--all", "--grace", "soon"), "invalid --grace 'soon'"),
     ],

@@ -231,6 +231,10 @@ class Control:
             cached = self._app_passwords[name] = self.unseal(token, context=f"server:{name}:app")
         return cached
 
+    def forget_app_password(self, name: str) -> None:
+        """After a rotation of the server's shared login role."""
+        self._app_passwords.pop(name, None)
+
     def route(self, slug: str) -> RouteInfo:
         """Where ``slug`` lives and how the application logs in there: one catalog query per
         call (a move or a password rotation takes effect for the very next session); the

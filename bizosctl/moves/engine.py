@@ -351,7 +351,11 @@ class _Move:
         conn.execute(
             text(
                 "UPDATE routes SET server = :server, database = :db, schema = :schema, "
-                "role = :role, password_enc = :pw, updated_at = now() WHERE tenant_id = :t"
+                # shared and schema tiers: the server's shared login role now (a rotation of it
+                # since the move was planned switched it)
+                "role = CASE WHEN CAST(:pw AS text) IS NULL THEN (SELECT app_role FROM servers "
+                "WHERE name = :server) ELSE :role END, "
+                "password_enc = :pw, updated_at = now() WHERE tenant_id = :t"
             ),
             {
                 "server": t.server,
@@ -370,6 +374,31 @@ class _Move:
         )
         self.run.step("switch", freeze_ms=round(freeze_ms, 1))  # commits the whole transaction
         crash_point("move.switch")
+
+    def retire_source_logins(self) -> None:
+        """An isolated source's login roles lose LOGIN and their sessions at the switch: the
+        kept copy is for the operator (``--purge-source``, a move back), not the application.
+        Shared and schema sources keep the shared role, which serves the other tenants."""
+        src = self.source
+        if src.tier != "isolated" or (src.server, src.database) == (
+            self.target.server,
+            self.target.database,
+        ):
+            return
+        from bizosctl.security.dbpasswords import end_login
+
+        handle = self.ctl.server(src.server)
+        ended = 0
+        with translate_errors(f"source {src.server}"):
+            admin = get_engine(handle.admin_url("postgres"), pooled=False)
+            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                for role in login_roles(src.database):
+                    ended += end_login(conn, role)
+        from bizosctl.db.engines import dispose_all
+
+        for role in login_roles(src.database):
+            dispose_all(host_contains=f"{role}:")
+        self.checkpoint("retire_source_logins", sessions_terminated=ended)
 
     def remove_capture(self, tables: list[TableInfo]) -> None:
         with translate_errors(f"source {self.source.server}"):
@@ -400,6 +429,8 @@ class _Move:
             self.hooks["after_copy"](self, tables)
         if "switch" not in done:
             self._freeze_verify_switch(tables)
+        if "retire_source_logins" not in done:
+            self.retire_source_logins()
         if "cleanup" not in done:
             self.cleanup(tables)
         data = self.step_data("switch")

@@ -23,10 +23,10 @@ from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import upgrade
 from bizosctl.errors import AlreadyExists, BizosError, Busy, InvalidInput, NotFound
 from bizosctl.faults import crash_point
+from bizosctl.security.dbpasswords import shared_login
 from bizosctl.security.fields import blind_index, normalize_email
 from bizosctl.tenancy.names import (
     SHARED_DB,
-    SHARED_LOGIN,
     SHARED_SCHEMA,
     check_slug,
     check_tier,
@@ -64,10 +64,10 @@ class PlanStep:
 def placement_for(ctl: Control, *, slug: str, tier: str, region: str) -> Placement:
     server = default_server(ctl, region)
     if tier == "shared":
-        return Placement(server, SHARED_DB, SHARED_SCHEMA, SHARED_LOGIN)
+        return Placement(server, SHARED_DB, SHARED_SCHEMA, shared_login(ctl, server))
     ident = tenant_ident(slug)
     if tier == "schema":
-        return Placement(server, SHARED_DB, ident, SHARED_LOGIN)
+        return Placement(server, SHARED_DB, ident, shared_login(ctl, server))
     return Placement(server, ident, ident, ident)
 
 
@@ -166,7 +166,7 @@ def _register(
     ident = tenant_ident(slug)
     database = ident if tier == "isolated" else SHARED_DB
     schema = SHARED_SCHEMA if tier == "shared" else ident
-    role = ident if tier == "isolated" else SHARED_LOGIN
+    role = ident if tier == "isolated" else shared_login(ctl, server)
     tenant_id, op_id = uuid.uuid4(), uuid.uuid4()
     password, password_enc = "", None
     if tier == "isolated":
