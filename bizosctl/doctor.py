@@ -98,6 +98,9 @@ def run_doctor(ctl: Control) -> DoctorReport:
         )
         _ = ctl.keyring
         checks.append(Check(name="keyring", ok=True, detail="the master key opens every data key"))
+        from bizosctl.security.check import row_binding_check
+
+        checks.append(row_binding_check(ctl))
     except BizosError as exc:
         checks.append(Check(name="catalog", ok=False, detail=exc.message))
         return DoctorReport(ok=False, checks=checks)

@@ -127,9 +127,9 @@ class KeyringEntry(Base):
     retired_at: Mapped[dt.datetime | None]
     master_id: Mapped[str | None]  # fingerprint of the master key that wrapped it
     retire_after: Mapped[dt.datetime | None]  # e.g. a JWT key: when its last token expires
-    # True: the row key is part of the associated data of every value this version encrypts
-    # (every version made since revision 0005; older ones stay readable without it)
-    binds_rows: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    # True: the row's id is part of the associated data of every value this version encrypts
+    # (every pii version made since revision 0005; older ones stay readable without it)
+    binds_rows: Mapped[bool] = mapped_column(Boolean, server_default="false")
 
 
 class SchemaTarget(Base):

@@ -44,6 +44,7 @@ class KeyVersion(BaseModel):
     retire_after: dt.datetime | None
     master: str | None
     values: int | None  # how many stored values use it; None where nothing is stored
+    binds_rows: bool = False  # pii: its values are bound to their row (see security.fields)
 
 
 class PurposeKeys(BaseModel):
@@ -106,6 +107,7 @@ def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
                 retire_after=e.retire_after,
                 master=e.master_id,
                 values=usage[purpose].get(e.version, 0) if purpose in usage else None,
+                binds_rows=e.binds_rows,
             )
             for e in mine
         ]

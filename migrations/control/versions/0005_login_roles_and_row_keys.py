@@ -24,12 +24,18 @@ def upgrade() -> None:
         sa.Column("app_role", sa.Text(), server_default="bizos_app_shared", nullable=False),
     )
     # Existing versions wrote ciphertexts without the row: they stay readable that way. Every
-    # version made from now on binds the row (the server default is for new rows).
+    # pii version made from now on binds the row (the code sets it), and so does the staged
+    # next pii version: it has never encrypted anything (a version newer than the primary
+    # never was primary), so the next rotation re-encrypts every value bound to its row.
     op.add_column(
         "keyring",
         sa.Column("binds_rows", sa.Boolean(), server_default=sa.false(), nullable=False),
     )
-    op.alter_column("keyring", "binds_rows", server_default=sa.true())
+    op.execute(
+        "UPDATE keyring AS k SET binds_rows = true WHERE k.purpose = 'pii' "
+        "AND NOT k.is_primary AND k.retired_at IS NULL AND k.version > coalesce(("
+        "SELECT max(p.version) FROM keyring AS p WHERE p.purpose = 'pii' AND p.is_primary), 0)"
+    )
 
 
 def downgrade() -> None:
