@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 from sqlalchemy import select, text
 
@@ -89,6 +91,14 @@ def run_doctor(ctl: Control) -> DoctorReport:
                 .order_by(Tenant.slug)
             ).all()
             control_rev = current_revision(cs.connection(), schema=None)
+            logins: dict[str, set[str]] = {}  # the login roles the catalog uses, per server
+            for name, role in cs.execute(
+                text(
+                    "SELECT name, app_role FROM servers UNION SELECT r.server, r.role FROM routes "
+                    "AS r JOIN tenants AS t ON t.id = r.tenant_id WHERE t.status <> 'deleted'"
+                )
+            ).all():
+                logins.setdefault(name, set()).add(role)
         checks.append(
             Check(
                 name="catalog",
@@ -145,6 +155,7 @@ def run_doctor(ctl: Control) -> DoctorReport:
                 checks += _target_checks(
                     conn, f"{handle.name}/{SHARED_SCHEMA}", SHARED_SCHEMA, tenant_head
                 )
+                checks.append(_idle_logins(conn, handle.name, logins.get(handle.name, set())))
             checks.append(_password_enforced(handle))
         except BizosError as exc:
             checks.append(Check(name=label, ok=False, detail=exc.message))
@@ -161,6 +172,30 @@ def run_doctor(ctl: Control) -> DoctorReport:
             except BizosError as exc:
                 checks.append(Check(name=f"tenant {slug}", ok=False, detail=exc.message))
     return DoctorReport(ok=all(c.ok for c in checks), checks=checks)
+
+
+def _idle_logins(conn: Any, server: str, used: set[str]) -> Check:
+    """Application login roles that can log in although the catalog uses none of them: the
+    previous role of an unfinished password rotation, or a moved tenant's source."""
+    idle = sorted(
+        set(
+            conn.execute(
+                text(
+                    "SELECT rolname FROM pg_roles WHERE rolcanlogin "
+                    "AND (rolname LIKE 't\\_%' OR rolname LIKE 'bizos\\_app\\_shared%')"
+                )
+            ).scalars()
+        )
+        - used
+    )
+    return Check(
+        name=f"login roles {server}",
+        ok=not idle,
+        detail="only the roles the catalog uses can log in"
+        if not idle
+        else f"can log in but unused: {', '.join(idle)} (finish their rotation: bizosctl "
+        "secrets rotate db-password --finish)",
+    )
 
 
 def _password_enforced(handle: object) -> Check:

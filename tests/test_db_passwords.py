@@ -184,9 +184,10 @@ def test_interrupted_grace_is_finished_by_the_next_run(ctl, make_tenant, run_biz
         assert "secrets rotate db-password --finish" in " ".join(err.split())
     new = ctl.route(slug)
     assert new.role != old.role
-    # interrupted in its grace: both roles log in for now (today: forever)
+    # interrupted in its grace: both roles log in for now (today: forever), doctor says so
     assert can_login(ctl, old)
     assert can_login(ctl, new)
+    assert old.role in _login_roles_check(run_bizosctl, old.server)["detail"]
     r = run_bizosctl("secrets", "rotate", "db-password", "--finish", "--json")
     assert r.returncode == 0, r.stderr
     finished = json.loads(r.stdout)["finished"]
@@ -196,6 +197,13 @@ def test_interrupted_grace_is_finished_by_the_next_run(ctl, make_tenant, run_biz
     assert not can_login(ctl, old)
     assert can_login(ctl, new)
     assert rotation_ops(ctl)[-1].status == "done"
+    assert _login_roles_check(run_bizosctl, old.server)["ok"]
+
+
+def _login_roles_check(run_bizosctl, server):
+    r = run_bizosctl("doctor", "--json")
+    [check] = [c for c in json.loads(r.stdout)["checks"] if c["name"] == f"login roles {server}"]
+    return check
 
 
 def test_next_rotation_finishes_an_interrupted_one_first(ctl, make_tenant, run_bizosctl):

@@ -224,7 +224,6 @@ def _switch(ctl: Control, run: OperationRun, sw: Switch) -> None:
             {"new": sw.new, "server": sw.server, "old": sw.old},
         )
     run.step(f"switch:{sw.name}")
-    ctl.forget_app_password(sw.server)
     crash_point("rotate.db-password.switch")
 
 
