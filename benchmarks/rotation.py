@@ -132,12 +132,13 @@ def _gen_chunk(job: tuple[int, str, int, int]) -> bytes:
     out = []
     for i in range(start, stop):
         email, name, phone = plaintext(k, i)
+        mid = member_id(tenant, i)
         enc = [
-            encrypt(_RING, v, tenant_id=tenant, table="members", column=c)
+            encrypt(_RING, v, tenant_id=tenant, table="members", column=c, row=mid)
             for v, c in zip((email, name, phone), COLUMNS, strict=True)
         ]
         bidx = blind_index(_RING, normalize_email(email))
-        out.append(f"{tid}\t{member_id(tenant, i)}\t{enc[0]}\t{bidx}\t{enc[1]}\t{enc[2]}\n")
+        out.append(f"{tid}\t{mid}\t{enc[0]}\t{bidx}\t{enc[1]}\t{enc[2]}\n")
     return "".join(out).encode()
 
 
@@ -328,7 +329,9 @@ class Reader:
             ).first()
             if row is None:
                 return "miss"
-            got = decrypt(ring, row.email_enc, tenant_id=tid, table="members", column="email")
+            got = decrypt(
+                ring, row.email_enc, tenant_id=tid, table="members", column="email", row=row.id
+            )
             return "ok" if got == email else "mismatch"
 
 
@@ -615,7 +618,10 @@ def _verify_chunk(rows: list[tuple[Any, ...]]) -> tuple[int, int, dict[int, int]
             try:
                 v = key_version(token)
                 versions[v] = versions.get(v, 0) + 1
-                got = decrypt(_RING, token, tenant_id=tid, table="members", column=col)
+                got = decrypt(
+                    _RING, token, tenant_id=tid, table="members", column=col,
+                    row=member_id(tid, i),
+                )  # fmt: skip
                 ok = got == want
             except Exception as exc:
                 ok, got = False, f"{type(exc).__name__}: {exc}"

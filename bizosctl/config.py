@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     rate_limit: str | None = Field(default=None, description="e.g. 100/minute per API key")
+    webhook_allow_hosts: str = Field(
+        default="",
+        description="Comma-separated webhook hosts allowed although not public (labs, tests); "
+        "outside development every other webhook target must be a public address.",
+    )
     embedded_durable: bool = Field(
         default=True,
         description="fsync on the embedded clusters; tests and throw-away setups may turn it off.",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 from sqlalchemy import select, text
 
@@ -91,6 +93,14 @@ def run_doctor(ctl: Control) -> DoctorReport:
                 .order_by(Tenant.slug)
             ).all()
             control_rev = current_revision(cs.connection(), schema=None)
+            logins: dict[str, set[str]] = {}  # the login roles the catalog uses, per server
+            for name, role in cs.execute(
+                text(
+                    "SELECT name, app_role FROM servers UNION SELECT r.server, r.role FROM routes "
+                    "AS r JOIN tenants AS t ON t.id = r.tenant_id WHERE t.status <> 'deleted'"
+                )
+            ).all():
+                logins.setdefault(name, set()).add(role)
         checks.append(
             Check(
                 name="catalog",
@@ -100,6 +110,9 @@ def run_doctor(ctl: Control) -> DoctorReport:
         )
         _ = ctl.keyring
         checks.append(Check(name="keyring", ok=True, detail="the master key opens every data key"))
+        from bizosctl.security.check import row_binding_check
+
+        checks.append(row_binding_check(ctl))
     except BizosError as exc:
         checks.append(Check(name="catalog", ok=False, detail=exc.message))
         return DoctorReport(ok=False, checks=checks)
@@ -161,6 +174,7 @@ def run_doctor(ctl: Control) -> DoctorReport:
                     t.database for t in targets if t.server == handle.name and t.tier == "isolated"
                 ]
                 checks += _connect_checks(conn, handle.name, [SHARED_DB, *isolated])
+                checks.append(_idle_logins(conn, handle.name, logins.get(handle.name, set())))
             checks.append(_password_enforced(handle))
         except BizosError as exc:
             checks.append(Check(name=label, ok=False, detail=exc.message))
@@ -261,6 +275,30 @@ def _connect_checks(conn: object, server: str, databases: list[str]) -> list[Che
             detail="; ".join(problems) if problems else "each login role opens one database",
         ),
     ]
+
+
+def _idle_logins(conn: Any, server: str, used: set[str]) -> Check:
+    """Application login roles that can log in although the catalog uses none of them: the
+    previous role of an unfinished password rotation, or a moved tenant's source."""
+    idle = sorted(
+        set(
+            conn.execute(
+                text(
+                    "SELECT rolname FROM pg_roles WHERE rolcanlogin "
+                    "AND (rolname LIKE 't\\_%' OR rolname LIKE 'bizos\\_app\\_shared%')"
+                )
+            ).scalars()
+        )
+        - used
+    )
+    return Check(
+        name=f"login roles {server}",
+        ok=not idle,
+        detail="only the roles the catalog uses can log in"
+        if not idle
+        else f"can log in but unused: {', '.join(idle)} (finish their rotation: bizosctl "
+        "secrets rotate db-password --finish)",
+    )
 
 
 def _password_enforced(handle: object) -> Check:

@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.conftest import unique_slug
+from conftest import unique_slug
 
 CRASH_POINTS = [
     "tenant.create.registered",

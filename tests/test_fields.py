@@ -16,14 +16,17 @@ from bizosctl.security.keyring import Keyring
 from bizosctl.security.masterkey import create_key_file, encode, load_master_key
 
 T1, T2 = uuid.uuid4(), uuid.uuid4()
+ROW = uuid.uuid4()
 
 
 def test_roundtrip_and_version_in_value(ctl):
-    token = encrypt(ctl.keyring, "ayu@example.com", tenant_id=T1, table="members", column="email")
+    token = encrypt(
+        ctl.keyring, "ayu@example.com", tenant_id=T1, table="members", column="email", row=ROW
+    )
     assert token.startswith("bz1.1.") and "ayu" not in token
     assert key_version(token) == 1
     assert (
-        decrypt(ctl.keyring, token, tenant_id=T1, table="members", column="email")
+        decrypt(ctl.keyring, token, tenant_id=T1, table="members", column="email", row=ROW)
         == "ayu@example.com"
     )
 
@@ -33,28 +36,28 @@ def test_roundtrip_and_version_in_value(ctl):
     [(T2, "members", "email"), (T1, "customers", "email"), (T1, "members", "name")],
 )
 def test_value_bound_to_tenant_table_column(ctl, tenant, table, column):
-    token = encrypt(ctl.keyring, "secret", tenant_id=T1, table="members", column="email")
+    token = encrypt(ctl.keyring, "secret", tenant_id=T1, table="members", column="email", row=ROW)
     with pytest.raises(DecryptionFailed, match="does not decrypt"):
-        decrypt(ctl.keyring, token, tenant_id=tenant, table=table, column=column)
+        decrypt(ctl.keyring, token, tenant_id=tenant, table=table, column=column, row=ROW)
 
 
 def test_tampered_ciphertext_is_rejected(ctl):
-    token = encrypt(ctl.keyring, "secret", tenant_id=T1, table="members", column="email")
+    token = encrypt(ctl.keyring, "secret", tenant_id=T1, table="members", column="email", row=ROW)
     raw = bytearray(base64.urlsafe_b64decode(token.split(".", 2)[2]))
     raw[14] ^= 0x01  # one bit of the ciphertext
     tampered = "bz1.1." + base64.urlsafe_b64encode(bytes(raw)).decode()
     with pytest.raises(DecryptionFailed):
-        decrypt(ctl.keyring, tampered, tenant_id=T1, table="members", column="email")
+        decrypt(ctl.keyring, tampered, tenant_id=T1, table="members", column="email", row=ROW)
 
 
 @pytest.mark.parametrize("token", ["plain text", "bz2.1.abcd", "bz1.x.abcd"])
 def test_not_an_encrypted_value(ctl, token):
     with pytest.raises(DecryptionFailed, match="not an encrypted value"):
-        decrypt(ctl.keyring, token, tenant_id=T1, table="members", column="email")
+        decrypt(ctl.keyring, token, tenant_id=T1, table="members", column="email", row=ROW)
 
 
 def test_unknown_key_version(ctl):
-    token = encrypt(ctl.keyring, "secret", tenant_id=T1, table="members", column="email")
+    token = encrypt(ctl.keyring, "secret", tenant_id=T1, table="members", column="email", row=ROW)
     with pytest.raises(KeyringError, match="'pii' key version 9 is unknown or retired"):
         decrypt(
             ctl.keyring,
@@ -62,6 +65,7 @@ def test_unknown_key_version(ctl):
             tenant_id=T1,
             table="members",
             column="email",
+            row=ROW,
         )
 
 
@@ -89,7 +93,7 @@ def test_members_pii_is_stored_encrypted(ctl, make_tenant):
     load_sample_data(ctl, slug)
     tid = ctl.route(slug).tenant_id
     with tenant_session(ctl, slug, actor="t", read_only=True) as s:
-        rows = s.execute(text("select email_enc, name_enc, email_bidx from members")).all()
+        rows = s.execute(text("select id, email_enc, name_enc, email_bidx from members")).all()
         audit = (
             s.execute(text("select new::text from audit_logs where table_name = 'members'"))
             .scalars()
@@ -98,7 +102,7 @@ def test_members_pii_is_stored_encrypted(ctl, make_tenant):
     assert all("example" not in r.email_enc for r in rows)
     assert all("@" not in a for a in audit)
     emails = {
-        decrypt(ctl.keyring, r.email_enc, tenant_id=tid, table="members", column="email")
+        decrypt(ctl.keyring, r.email_enc, tenant_id=tid, table="members", column="email", row=r.id)
         for r in rows
     }
     assert f"ayu@{slug}.example" in emails

@@ -11,6 +11,7 @@ import re
 
 import psycopg
 import pytest
+from conftest import unique_slug
 from sqlalchemy import text
 
 from bizosctl.db.engines import dispose_all, get_engine, psycopg_conninfo
@@ -19,7 +20,6 @@ from bizosctl.errors import InvalidInput, Unauthorized
 from bizosctl.security.apikeys import create_api_key, verify_api_key
 from bizosctl.security.secrets import rotate_db_password
 from bizosctl.tenancy.sample import load_sample_data
-from tests.conftest import unique_slug
 
 
 def create(cli, slug: str, tier: str = "isolated", *extra: str, name: str = "Col"):

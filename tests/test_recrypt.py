@@ -28,6 +28,7 @@ from bizosctl.tenancy.router import tenant_session
 from bizosctl.tenancy.sample import load_sample_data
 
 T1, T2 = "7d7c2f2e-1111-4c1a-9e0e-000000000001", "7d7c2f2e-2222-4c1a-9e0e-000000000002"
+R1, R2 = "0b0e7a8e-0000-4000-8000-00000000000a", "0b0e7a8e-0000-4000-8000-00000000000b"
 KEYS = {1: os.urandom(32), 2: os.urandom(32)}
 COLS = (("email_enc", True), ("name_enc", False), ("phone_enc", False))
 
@@ -35,8 +36,8 @@ COLS = (("email_enc", True), ("name_enc", False), ("phone_enc", False))
 class Ring:
     """The two versions of ``KEYS`` as a keyring (``primary`` is the one given)."""
 
-    def __init__(self, primary: int) -> None:
-        self.keys = {v: DataKey("pii", v, k, v == primary) for v, k in KEYS.items()}
+    def __init__(self, primary: int, binds: tuple[int, ...] = ()) -> None:
+        self.keys = {v: DataKey("pii", v, k, v == primary, v in binds) for v, k in KEYS.items()}
         self.top = primary
 
     def primary(self, purpose: str) -> DataKey:
@@ -59,7 +60,7 @@ def test_recrypt_matches_encrypt_decrypt_and_blind_index():
     rc = Recrypter(KEYS, 2)
     new = Ring(2)
     items = [(enc(f"m{i}@x.example", T1 if i % 2 else T2), i) for i in range(50)]
-    out = rc.recrypt([(t, rc.aad(T1 if i % 2 else T2, "members", "email")) for t, i in items])
+    out = rc.recrypt([(t, rc.aad(T1 if i % 2 else T2, "members", "email"), b"") for t, i in items])
     for (old, i), (token, clear) in zip(items, out, strict=True):
         tenant = T1 if i % 2 else T2
         assert token.startswith("bz1.2.") and token != old
@@ -73,7 +74,7 @@ def test_recrypt_matches_encrypt_decrypt_and_blind_index():
 
 def test_recrypt_keeps_the_associated_data_binding():
     rc = Recrypter(KEYS, 2)
-    token, _ = rc.recrypt([(enc("a@x.example"), rc.aad(T1, "members", "email"))])[0]
+    token, _ = rc.recrypt([(enc("a@x.example"), rc.aad(T1, "members", "email"), b"")])[0]
     with pytest.raises(DecryptionFailed):
         decrypt(Ring(2), token, tenant_id=T2, table="members", column="email")
 
@@ -102,8 +103,8 @@ def test_recrypt_refuses_what_does_not_decrypt(kind):
     with pytest.raises(DecryptionFailed, match="does not decrypt"):
         rc.recrypt(
             [
-                (good, rc.aad(T1, "members", "email")),
-                (token, rc.aad(aad_tenant, "members", "email")),
+                (good, rc.aad(T1, "members", "email"), b""),
+                (token, rc.aad(aad_tenant, "members", "email"), b""),
             ]
         )
 
@@ -111,16 +112,16 @@ def test_recrypt_refuses_what_does_not_decrypt(kind):
 def test_recrypt_unknown_or_retired_version():
     rc = Recrypter({2: KEYS[2]}, 2)  # version 1 retired
     with pytest.raises(KeyringError, match="'pii' key version 1 is unknown or retired"):
-        rc.recrypt([(enc("a@x.example"), rc.aad(T1, "members", "email"))])
+        rc.recrypt([(enc("a@x.example"), rc.aad(T1, "members", "email"), b"")])
 
 
 def test_recrypt_rows_rewrites_old_values_and_leaves_the_rest():
     keys = tuple(KEYS.items())
     already = enc("new@x.example", version=2)
     rows = [
-        ("(0,1)", "101", T1, enc("a@x.example"), enc("A", column="name"), None),
-        ("(0,2)", "102", T1, already, enc("B", column="name"), enc("+62", column="phone")),
-        ("(3,7)", "103", T2, already, enc("C", column="name", version=2), None),
+        ("(0,1)", "101", T1, R1, enc("a@x.example"), enc("A", column="name"), None),
+        ("(0,2)", "102", T1, R2, already, enc("B", column="name"), enc("+62", column="phone")),
+        ("(3,7)", "103", T2, R1, already, enc("C", column="name", version=2), None),
     ]
     n, out = recrypt_rows(keys, 2, "members", COLS, rows)
     lines = [line.split("\t") for line in out.decode().splitlines()]
@@ -134,6 +135,45 @@ def test_recrypt_rows_rewrites_old_values_and_leaves_the_rest():
     assert second[:3] == ["(0,2)", "102", "\\N"] and second[5] == "\\N"  # e-mail already new
     assert key_version(second[3]) == 2 and key_version(second[4]) == 2
     assert recrypt_rows(keys, 2, "members", COLS, []) == (0, b"")
+
+
+def test_recrypt_to_a_binding_version_binds_each_value_to_its_row():
+    """v1 (made before row binding) to v2 (binds rows): the v2 value decrypts on its row only."""
+    rc = Recrypter(KEYS, 2, binds={2})
+    new = Ring(2, binds=(2,))
+    aad = rc.aad(T1, "members", "email")
+    (a, _), (b, _) = rc.recrypt(
+        [(enc("a@x.example"), aad, rc.row_suffix(R1)), (enc("b@x.example"), aad, rc.row_suffix(R2))]
+    )
+    assert decrypt(new, a, tenant_id=T1, table="members", column="email", row=R1) == "a@x.example"
+    with pytest.raises(DecryptionFailed, match="does not decrypt"):
+        decrypt(new, a, tenant_id=T1, table="members", column="email", row=R2)
+    with pytest.raises(DecryptionFailed, match="binds values to their row"):
+        decrypt(new, a, tenant_id=T1, table="members", column="email")
+    # and a later rotation between binding versions keeps the binding
+    back = Recrypter(KEYS, 1, binds={1, 2})
+    (again, clear), = back.recrypt([(b, aad, back.row_suffix(R2))])  # fmt: skip
+    assert clear == b"b@x.example"
+    both = Ring(1, binds=(1, 2))
+    assert decrypt(both, again, tenant_id=T1, table="members", column="email", row=R2) == (
+        "b@x.example"
+    )
+    with pytest.raises(DecryptionFailed):
+        back.recrypt([(b, aad, back.row_suffix(R1))])  # b copied onto row R1
+
+
+def test_recrypt_rows_binds_the_row_id():
+    keys = tuple(KEYS.items())
+    rows = [("(0,1)", "101", T1, R1, enc("a@x.example"), enc("A", column="name"), None)]
+    _, out = recrypt_rows(keys, 2, "members", COLS, rows, binds=(2,))
+    [line] = out.decode().splitlines()
+    _ct, _x, email, name, _phone, _bidx = line.split("\t")
+    new = Ring(2, binds=(2,))
+    assert decrypt(new, email, tenant_id=T1, table="members", column="email", row=R1) == (
+        "a@x.example"
+    )
+    with pytest.raises(DecryptionFailed):
+        decrypt(new, name, tenant_id=T1, table="members", column="name", row=R2)
 
 
 # -- against PostgreSQL -------------------------------------------------------------------------
@@ -152,8 +192,8 @@ def member_values(ctl, slug):
     ring = ctl.keyring
     return {
         r.id: (
-            decrypt(ring, r.email_enc, tenant_id=tid, table="members", column="email"),
-            decrypt(ring, r.name_enc, tenant_id=tid, table="members", column="name"),
+            decrypt(ring, r.email_enc, tenant_id=tid, table="members", column="email", row=r.id),
+            decrypt(ring, r.name_enc, tenant_id=tid, table="members", column="name", row=r.id),
             key_version(r.email_enc),
             r.email_bidx.split(":")[0],
         )
@@ -194,7 +234,7 @@ def test_a_row_the_application_changes_mid_batch_is_never_overwritten(home, monk
     original = recrypt.recrypt_rows
     done = threading.Event()
 
-    def app_writes_then_recrypt(*args):
+    def app_writes_then_recrypt(*args, **kw):
         if not done.is_set():
             done.set()
             with tenant_session(home, "race-co", actor="app") as s:
@@ -202,12 +242,17 @@ def test_a_row_the_application_changes_mid_batch_is_never_overwritten(home, monk
                     text("update members set name_enc = :n where id = :i"),
                     {
                         "n": encrypt(
-                            home.keyring, "Changed", tenant_id=tid, table="members", column="name"
+                            home.keyring,
+                            "Changed",
+                            tenant_id=tid,
+                            table="members",
+                            column="name",
+                            row=victim,
                         ),
                         "i": victim,
                     },
                 )
-        return original(*args)
+        return original(*args, **kw)
 
     monkeypatch.setattr(recrypt, "recrypt_rows", app_writes_then_recrypt)
     report = rotation.rotate_pii(home, batch=1000, workers=0)
@@ -243,7 +288,12 @@ def test_rotation_in_processes_with_concurrent_writes_loses_nothing(home, monkey
                         text("update members set name_enc = :n where id = :i"),
                         {
                             "n": encrypt(
-                                home.keyring, name, tenant_id=tid, table="members", column="name"
+                                home.keyring,
+                                name,
+                                tenant_id=tid,
+                                table="members",
+                                column="name",
+                                row=mid,
                             ),
                             "i": mid,
                         },

@@ -32,7 +32,7 @@ def members(ctl, slug):
 def emails(ctl, slug):
     tid = ctl.route(slug).tenant_id
     return sorted(
-        decrypt(ctl.keyring, r.email_enc, tenant_id=tid, table="members", column="email")
+        decrypt(ctl.keyring, r.email_enc, tenant_id=tid, table="members", column="email", row=r.id)
         for r in members(ctl, slug)
     )
 
@@ -118,20 +118,28 @@ def test_rotate_pii_with_concurrent_application_writes(home):
             while not stop.is_set():
                 n += 1
                 email = f"new{n}@busy.example"
+                mid = uuid.uuid4()  # the row's id is part of its values' associated data
+                ring = home.keyring
                 with tenant_session(home, "busy-co", actor="app") as s:
                     s.execute(
                         text(
-                            "insert into members (tenant_id, email_enc, email_bidx, name_enc) "
-                            "values (:t, :e, :b, :n)"
+                            "insert into members (tenant_id, id, email_enc, email_bidx, name_enc) "
+                            "values (:t, :i, :e, :b, :n)"
                         ),
                         {
                             "t": tid,
+                            "i": mid,
                             "e": encrypt(
-                                home.keyring, email, tenant_id=tid, table="members", column="email"
+                                ring, email, tenant_id=tid, table="members", column="email", row=mid
                             ),
-                            "b": blind_index(home.keyring, email),
+                            "b": blind_index(ring, email),
                             "n": encrypt(
-                                home.keyring, f"N{n}", tenant_id=tid, table="members", column="name"
+                                ring,
+                                f"N{n}",
+                                tenant_id=tid,
+                                table="members",
+                                column="name",
+                                row=mid,
                             ),
                         },
                     )
@@ -304,8 +312,8 @@ def test_db_password_rotation_under_load_has_no_failed_query(home, cli):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "pass either --tenant SLUG or --all"),
-        (("--tenant", "x1y", "--all"), "pass either --tenant SLUG or --all"),
+        ((), "pass one of --tenant SLUG, --shared REGION, --server NAME or --all"),
+        (("--tenant", "x1y", "--all"), "pass one of --tenant SLUG"),
         (("--tenant", "nobody-here"), "no isolated tenant named 'nobody-here'"),
         (("--all", "--grace", "soon"), "invalid --grace 'soon'"),
     ],
@@ -512,7 +520,12 @@ def test_another_process_keeps_reading_during_a_rotation(home):
             try:
                 for r in members(other, "reader-co"):
                     decrypt(
-                        other.keyring, r.email_enc, tenant_id=tid, table="members", column="email"
+                        other.keyring,
+                        r.email_enc,
+                        tenant_id=tid,
+                        table="members",
+                        column="email",
+                        row=r.id,
                     )
                 reads[0] += 1
             except BaseException as exc:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import unique_slug
 
 from tenant_schema import TENANT_TABLES
-from tests.conftest import unique_slug
 
 
 @pytest.mark.parametrize(

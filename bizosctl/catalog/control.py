@@ -51,7 +51,6 @@ class Control:
         self._servers: dict[str, ServerHandle] = {}
         self._lock = threading.Lock()
         self._catalog_at_head = False
-        self._app_passwords: dict[str, str] = {}
         self._unsealed: dict[tuple[str, str], str] = {}
 
     # -- the home region and the catalog -----------------------------------------------------
@@ -215,21 +214,19 @@ class Control:
         )
 
     def route_password_for_server(self, name: str) -> str:
-        """Password of the shared database's login role on that server (cached)."""
-        cached = self._app_passwords.get(name)
-        if cached is None:
-            from sqlalchemy import select
+        """Password of the shared database's login role on that server (read each time: a
+        rotation in another process changes it; decrypted once per ciphertext)."""
+        from sqlalchemy import select
 
-            from bizosctl.catalog.models import Server
+        from bizosctl.catalog.models import Server
 
-            with self.catalog() as s:
-                token = s.execute(
-                    select(Server.app_password_enc).where(Server.name == name)
-                ).scalar_one()
-            if token is None:
-                raise NotFound(f"server {name!r} has no application password")
-            cached = self._app_passwords[name] = self.unseal(token, context=f"server:{name}:app")
-        return cached
+        with self.catalog() as s:
+            token = s.execute(
+                select(Server.app_password_enc).where(Server.name == name)
+            ).scalar_one()
+        if token is None:
+            raise NotFound(f"server {name!r} has no application password")
+        return self._unseal_cached(token, context=f"server:{name}:app")
 
     def route(self, slug: str) -> RouteInfo:
         """Where ``slug`` lives and how the application logs in there: one catalog query per

@@ -57,6 +57,8 @@ class Server(Base):
     port: Mapped[int | None] = mapped_column(Integer)  # embedded: TCP port, None = socket only
     url_enc: Mapped[str | None]  # postgres: the operator's URL, encrypted (db-credentials)
     app_password_enc: Mapped[str | None]  # password of the shared database's login role
+    # that login role now: bizos_app_shared or bizos_app_shared__b (rotation alternates)
+    app_role: Mapped[str] = mapped_column(server_default="bizos_app_shared")
     is_default: Mapped[bool] = mapped_column(Boolean, server_default="true")
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
 
@@ -125,6 +127,9 @@ class KeyringEntry(Base):
     retired_at: Mapped[dt.datetime | None]
     master_id: Mapped[str | None]  # fingerprint of the master key that wrapped it
     retire_after: Mapped[dt.datetime | None]  # e.g. a JWT key: when its last token expires
+    # True: the row's id is part of the associated data of every value this version encrypts
+    # (every pii version made since revision 0005; older ones stay readable without it)
+    binds_rows: Mapped[bool] = mapped_column(Boolean, server_default="false")
 
 
 class SchemaTarget(Base):

@@ -233,30 +233,109 @@ def rotate_credentials(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> N
 @rotate_app.command("db-password")
 @handle_errors
 def rotate_db_password(
-    tenant: str | None = typer.Option(None, "--tenant", help="One isolated tenant."),
-    all_: bool = typer.Option(False, "--all", help="Every isolated tenant."),
-    grace: str = typer.Option("2s", "--grace", help="How long the previous role keeps logging in."),
+    tenant: str | None = typer.Option(None, "--tenant", help="One isolated tenant's role."),
+    shared: str | None = typer.Option(
+        None, "--shared", help="The shared login role of every server of this region."
+    ),
+    server: str | None = typer.Option(None, "--server", help="This server's shared login role."),
+    all_: bool = typer.Option(
+        False, "--all", help="Every isolated tenant and every server's shared login role."
+    ),
+    grace: str = typer.Option(
+        "2s",
+        "--grace",
+        help="How long the previous role keeps logging in (at most 1h); then it loses LOGIN "
+        "and its sessions are terminated.",
+    ),
+    finish: bool = typer.Option(
+        False,
+        "--finish",
+        help="Only end the grace of rotations an interrupted run left unfinished.",
+    ),
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """New password for isolated tenants' login roles, with no failed request.
+    """New password for database login roles, with no failed request.
+
+    Each login role alternates between two roles (t_x / t_x__b for an isolated tenant,
+    bizos_app_shared / bizos_app_shared__b for a server's shared and schema tiers): the idle
+    one gets a new password, the catalog switches to it, and after --grace the previous one
+    loses LOGIN and its password, and its sessions are terminated. A run interrupted during
+    the grace is finished by the next run (or --finish).
 
     Example: bizosctl secrets rotate db-password --all
     """
     from bizosctl.durations import parse_ms
-    from bizosctl.errors import InvalidInput
-    from bizosctl.security.secrets import rotate_db_password as rotate
+    from bizosctl.security.dbpasswords import (
+        check_grace,
+        finish_db_password_rotations,
+        pending_rotations,
+        plan_rotation,
+    )
+    from bizosctl.security.dbpasswords import rotate_db_password as rotate
 
-    if (tenant is None) == (not all_):
-        raise InvalidInput("pass either --tenant SLUG or --all")
-    grace_ms = parse_ms(grace, what="--grace")
-    if dry_run:
+    ctl = _ctl()
+    if finish:
+        if tenant or shared or server or all_:
+            from bizosctl.errors import InvalidInput
+
+            raise InvalidInput("--finish takes no --tenant, --shared, --server or --all")
+        if dry_run:
+            ops = [str(op.id) for op in pending_rotations(ctl)]
+            _done(
+                {"dry_run": True, "would_finish": ops},
+                json_out,
+                f"would finish {len(ops)} interrupted rotation(s)",
+            )
+            return
+        done = finish_db_password_rotations(ctl)
+        retired = [r for d in done for r in d["retired"]]
+        killed = sum(d["sessions_terminated"] for d in done)
         _done(
-            {"dry_run": True, "tenant": tenant, "all": all_}, json_out, "would rotate db passwords"
+            {"finished": done},
+            json_out,
+            f"finished {len(done)} rotation(s): retired {', '.join(retired) or 'nothing'}, "
+            f"{killed} session(s) terminated",
         )
         return
-    doc = rotate(_ctl(), tenant=tenant, grace_s=grace_ms / 1000)
-    summary = f"rotated {len(doc['rotated'])} login role password(s)"
+    grace_ms = check_grace(parse_ms(grace, what="--grace"))
+    refused: list[dict[str, str]] = []
+    switches = plan_rotation(
+        ctl, tenant=tenant, all_=all_, server=server, region=shared, refused=refused
+    )
+    if dry_run:
+        plan = [sw.public() for sw in switches]
+        pending = [str(op.id) for op in pending_rotations(ctl)]
+        lines = [f"would rotate {len(plan)} login role(s), grace {grace_ms} ms:"]
+        lines += [f"  {p['previous']} -> {p['role']} on {p['server']}" for p in plan]
+        if pending:
+            lines.append(f"and first finish {len(pending)} interrupted rotation(s)")
+        _done(
+            {
+                "dry_run": True,
+                "would_rotate": plan,
+                "grace_ms": grace_ms,
+                "would_finish": pending,
+                "refused": refused,
+            },
+            json_out,
+            "\n".join(lines),
+        )
+        return
+    try:
+        doc = rotate(ctl, tenant=tenant, all_=all_, server=server, region=shared, grace_ms=grace_ms)
+    except KeyboardInterrupt:
+        stderr_console().print(
+            "the previous login roles keep LOGIN until the next run: "
+            "bizosctl secrets rotate db-password --finish",
+            markup=False,
+        )
+        raise
+    summary = (
+        f"rotated {len(doc['rotated'])} login role password(s); retired "
+        f"{', '.join(doc['retired']) or 'nothing'}, {doc['sessions_terminated']} session(s) "
+        "terminated"
+    )
     for item in doc.get("refused", []):
         summary += f"\nnot rotated {item['tenant']}: {item['reason']}"
     _done(doc, json_out, summary)

@@ -32,7 +32,7 @@ from bizosctl.moves import capture
 from bizosctl.moves.copy import checksum, copy_table, sync_keys
 from bizosctl.moves.plan import Endpoint, MovePlan, MoveRequest, current_endpoint, make_plan
 from bizosctl.moves.tables import TableInfo, table_infos
-from bizosctl.tenancy.names import q
+from bizosctl.tenancy.names import login_roles, q
 from bizosctl.tenancy.provision import own_login_roles
 from bizosctl.tenancy.servers import ensure_database, new_password, prepare_schema, set_login_role
 from bizosctl.throttle import Throttle
@@ -369,7 +369,11 @@ class _Move:
         conn.execute(
             text(
                 "UPDATE routes SET server = :server, database = :db, schema = :schema, "
-                "role = :role, password_enc = :pw, updated_at = now() WHERE tenant_id = :t"
+                # shared and schema tiers: the server's shared login role now (a rotation of it
+                # since the move was planned switched it)
+                "role = CASE WHEN CAST(:pw AS text) IS NULL THEN (SELECT app_role FROM servers "
+                "WHERE name = :server) ELSE :role END, "
+                "password_enc = :pw, updated_at = now() WHERE tenant_id = :t"
             ),
             {
                 "server": t.server,
@@ -388,6 +392,31 @@ class _Move:
         )
         self.run.step("switch", freeze_ms=round(freeze_ms, 1))  # commits the whole transaction
         crash_point("move.switch")
+
+    def retire_source_logins(self) -> None:
+        """An isolated source's login roles lose LOGIN and their sessions at the switch: the
+        kept copy is for the operator (``--purge-source``, a move back), not the application.
+        Shared and schema sources keep the shared role, which serves the other tenants."""
+        src = self.source
+        if src.tier != "isolated" or (src.server, src.database) == (
+            self.target.server,
+            self.target.database,
+        ):
+            return
+        from bizosctl.security.dbpasswords import end_login
+
+        handle = self.ctl.server(src.server)
+        ended = 0
+        with translate_errors(f"source {src.server}"):
+            admin = get_engine(handle.admin_url("postgres"), pooled=False)
+            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                for role in login_roles(src.database):
+                    ended += end_login(conn, role)
+        from bizosctl.db.engines import dispose_all
+
+        for role in login_roles(src.database):
+            dispose_all(host_contains=f"{role}:")
+        self.checkpoint("retire_source_logins", sessions_terminated=ended)
 
     def remove_capture(self, tables: list[TableInfo]) -> None:
         with translate_errors(f"source {self.source.server}"):
@@ -418,6 +447,8 @@ class _Move:
             self.hooks["after_copy"](self, tables)
         if "switch" not in done:
             self._freeze_verify_switch(tables)
+        if "retire_source_logins" not in done:
+            self.retire_source_logins()
         if "cleanup" not in done:
             self.cleanup(tables)
         data = self.step_data("switch")

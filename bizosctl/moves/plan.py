@@ -16,10 +16,10 @@ from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.moves.copy import table_bytes
 from bizosctl.moves.tables import table_infos
+from bizosctl.security.dbpasswords import shared_login
 from bizosctl.sync.drift import diff
 from bizosctl.tenancy.names import (
     SHARED_DB,
-    SHARED_LOGIN,
     SHARED_SCHEMA,
     check_slug,
     check_tier,
@@ -141,9 +141,13 @@ def target_endpoint(ctl: Control, req: MoveRequest, source: Endpoint) -> Endpoin
         )
     names = tenant_names(req.slug)
     if req.to_tier == "shared":
-        return Endpoint("shared", region, server, SHARED_DB, SHARED_SCHEMA, SHARED_LOGIN)
+        return Endpoint(
+            "shared", region, server, SHARED_DB, SHARED_SCHEMA, shared_login(ctl, server)
+        )
     if req.to_tier == "schema":
-        return Endpoint("schema", region, server, SHARED_DB, names.schema, SHARED_LOGIN)
+        return Endpoint(
+            "schema", region, server, SHARED_DB, names.schema, shared_login(ctl, server)
+        )
     return Endpoint("isolated", region, server, names.database, names.schema, names.roles[0])
 
 

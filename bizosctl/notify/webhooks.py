@@ -33,7 +33,9 @@ from sqlalchemy.orm import Session
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.lookups import live_tenant_id
 from bizosctl.catalog.models import Tenant, WebhookEndpoint
+from bizosctl.config import Settings, get_settings
 from bizosctl.errors import InvalidInput, InvalidSignature, NotFound, OperationFailed
+from bizosctl.notify.targets import check_host
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -43,6 +45,7 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 URL_MAX = 2048
 MAX_OVERLAP_MS = 30 * 86_400_000
 TOLERANCE_S = 300
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class WebhookSecretInfo(BaseModel):
@@ -117,8 +120,9 @@ def _public(ep: WebhookEndpoint, slug: str, now: dt.datetime) -> EndpointPublic:
 
 
 # -- validation -------------------------------------------------------------------------------
-def check_url(url: str) -> str:
-    """An http(s) URL with a host; plain http only on loopback; no credentials in it."""
+def check_url(url: str, settings: Settings | None = None) -> str:
+    """An http(s) URL with a host; plain http only on loopback; no credentials in it; outside
+    development a public host only (see ``bizosctl.notify.targets``)."""
     bad = f"invalid webhook URL {url!r}: use https://host[:port]/path"
     if not url or len(url) > URL_MAX or any(c.isspace() or not c.isprintable() for c in url):
         raise InvalidInput(bad)
@@ -137,6 +141,7 @@ def check_url(url: str) -> str:
         raise InvalidInput(
             f"webhook URL {url!r} must use https (plain http only for localhost or 127.0.0.1)"
         )
+    check_host(host, parts.port or _DEFAULT_PORTS[parts.scheme], settings or get_settings())
     return url
 
 
@@ -225,7 +230,9 @@ def _seal_entry(ctl: Control, endpoint_id: uuid.UUID, secret: str, now: dt.datet
 # -- verbs ------------------------------------------------------------------------------------
 def plan_endpoint(ctl: Control, *, tenant: str, url: str, events: list[str]) -> EndpointCreate:
     """Validate a new endpoint without adding it (``--dry-run``)."""
-    request = EndpointCreate(tenant=tenant, url=check_url(url), events=check_events(events))
+    request = EndpointCreate(
+        tenant=tenant, url=check_url(url, ctl.settings), events=check_events(events)
+    )
     with ctl.catalog() as s:
         live_tenant_id(s, tenant)
     return request
@@ -241,7 +248,7 @@ def add_endpoint(
         url: where deliveries go; https, or http on localhost / 127.0.0.1.
         events: event names like ``invoice.paid``; at least one.
     """
-    url = check_url(url)
+    url = check_url(url, ctl.settings)
     events = check_events(events)
     now = _now()
     endpoint_id = uuid.uuid4()

@@ -23,6 +23,25 @@ def _mode(key: str | None, live: str, test: str) -> str | None:
     return "unknown"
 
 
+def row_binding_check(ctl: Control) -> Check:
+    """Fails while the primary PII key does not bind values to their row (a key made before
+    catalog revision 0005): a ciphertext copied to another row of its column decrypts there."""
+    try:
+        dk = ctl.keyring.primary("pii")
+    except BizosError as exc:
+        return Check(name="PII row binding", ok=False, detail=exc.message)
+    if dk.binds_rows:
+        return Check(
+            name="PII row binding", ok=True, detail=f"v{dk.version} binds each value to its row"
+        )
+    return Check(
+        name="PII row binding",
+        ok=False,
+        detail=f"v{dk.version} binds values to tenant, table and column only (a value copied to "
+        "another row decrypts there): run `bizosctl secrets rotate pii`",
+    )
+
+
 def run_checks(ctl: Control) -> list[Check]:
     s = ctl.settings
     out: list[Check] = []
@@ -50,6 +69,7 @@ def run_checks(ctl: Control) -> list[Check]:
                 add(label, bits >= 256, f"v{dk.version}, {bits} bits")
             except BizosError as exc:
                 add(label, False, exc.message)
+        out.append(row_binding_check(ctl))
     except BizosError as exc:
         add("keyring", False, exc.message)
 

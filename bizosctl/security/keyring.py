@@ -36,6 +36,7 @@ class DataKey:
     version: int
     key: bytes
     primary: bool
+    binds_rows: bool = False  # the row's id is part of its values' associated data
 
 
 def _aad(purpose: str, version: int) -> bytes:
@@ -67,6 +68,8 @@ def new_entry(master: MasterKey, purpose: str, version: int, *, primary: bool) -
         wrapped_key=master.wrap(_aad(purpose, version), key),
         is_primary=primary,
         master_id=master.id,
+        # PII values made from now on are bound to their row (catalog revision 0005)
+        binds_rows=purpose == "pii",
     )
 
 
@@ -107,7 +110,13 @@ class Keyring:
         keys: dict[tuple[str, int], DataKey] = {}
         primary: dict[str, DataKey] = {}
         for entry in rows:
-            dk = DataKey(entry.purpose, entry.version, unwrap(self.master, entry), entry.is_primary)
+            dk = DataKey(
+                entry.purpose,
+                entry.version,
+                unwrap(self.master, entry),
+                entry.is_primary,
+                entry.binds_rows,
+            )
             keys[(entry.purpose, entry.version)] = dk
             if entry.is_primary:
                 primary[entry.purpose] = dk

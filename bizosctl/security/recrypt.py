@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bizosctl.security.fields import Recrypter, normalize_email
+from bizosctl.security.fields import ROW_KEY, Recrypter, normalize_email
 from bizosctl.tenancy.names import q
 
 #: (column, whether it has a blind index column) for each encrypted column of a table
@@ -39,6 +39,7 @@ class Job:
     cols: tuple[tuple[str, str | None], ...]  # (encrypted column, its blind index column)
     version: int
     keys: Keys
+    binds: tuple[int, ...] = ()  # the versions among ``keys`` that bind values to their row
 
     @functools.cached_property
     def sql(self) -> tuple[str, str, str, str]:
@@ -50,7 +51,8 @@ class Job:
             f"({c} IS NOT NULL AND {c} NOT LIKE 'bz1.{int(self.version)}.%')" for c in names
         )
         read = (
-            f"SELECT ctid::text, xmin::text, tenant_id::text, {', '.join(names)} FROM {relation} "
+            f"SELECT ctid::text, xmin::text, tenant_id::text, {ROW_KEY}::text, {', '.join(names)} "
+            f"FROM {relation} "
             "WHERE ctid >= '({lo},0)'::tid AND ctid < '({hi},0)'::tid "
             f"AND ({old})"
         )
@@ -113,7 +115,9 @@ def rotate_pages(job: Job, lo: int, hi: int, step: int) -> tuple[int, int]:
                 conn.commit()
                 if not data:
                     continue
-                n, rows = recrypt_rows(job.keys, job.version, job.table, cols, data)
+                n, rows = recrypt_rows(
+                    job.keys, job.version, job.table, cols, data, binds=job.binds
+                )
                 found += n
                 if n:
                     with cur.copy(copy_in) as copy:
@@ -127,14 +131,21 @@ def rotate_pages(job: Job, lo: int, hi: int, step: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=4)
-def _recrypter(keys: Keys, version: int) -> Recrypter:
-    return Recrypter(dict(keys), version)
+def _recrypter(keys: Keys, version: int, binds: tuple[int, ...]) -> Recrypter:
+    return Recrypter(dict(keys), version, binds)
 
 
 def recrypt_rows(
-    keys: Keys, version: int, table: str, cols: Columns, data: Sequence[Sequence[str | None]]
+    keys: Keys,
+    version: int,
+    table: str,
+    cols: Columns,
+    data: Sequence[Sequence[str | None]],
+    *,
+    binds: tuple[int, ...] = (),
 ) -> tuple[int, bytes]:
-    """``data``: rows ``ctid, xmin, tenant_id, *cols`` (text). Returns how many rows hold a
+    """``data``: rows ``ctid, xmin, tenant_id, id, *cols`` (text). ``binds``: the versions
+    that bind values to their row (``id``). Returns how many rows hold a
     value not under ``version``, and those rows as COPY text ``ctid, xmin, *new cols, *new
     index cols`` where ``\\N`` means "leave as it is" (a NULL value is never re-encrypted).
 
@@ -146,16 +157,21 @@ def recrypt_rows(
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _recrypt_rows(keys, version, table, cols, data)
+        return _recrypt_rows(keys, version, table, cols, data, binds)
     finally:
         if enabled:
             gc.enable()
 
 
 def _recrypt_rows(
-    keys: Keys, version: int, table: str, cols: Columns, data: Sequence[Sequence[str | None]]
+    keys: Keys,
+    version: int,
+    table: str,
+    cols: Columns,
+    data: Sequence[Sequence[str | None]],
+    binds: tuple[int, ...],
 ) -> tuple[int, bytes]:
-    rc = _recrypter(keys, version)
+    rc = _recrypter(keys, version, binds)
     k = len(cols)
     names = [c.removesuffix("_enc") for c, _ in cols]
     index_of = []  # for each column, the output field of its blind index, or -1
@@ -166,19 +182,23 @@ def _recrypt_rows(
     prefix = rc.prefix
     aads: dict[str, list[bytes]] = {}
     rows: list[tuple[str, list[str]]] = []  # (ctid and xmin, new fields)
-    todo: list[tuple[str, bytes]] = []  # values to re-encrypt, in row order
+    todo: list[tuple[str, bytes, bytes]] = []  # values to re-encrypt, in row order
+    suffix = rc.row_suffix
     where: list[tuple[list[str], int, int]] = []  # (its row's new fields, field, index field)
     for fields in data:
         new = [NULL] * (k + n_index)
         tenant = fields[2] or ""
+        row = b""
         for j in range(k):
-            old = fields[3 + j]
+            old = fields[4 + j]
             if old is None or old.startswith(prefix):
                 continue
             aad_row = aads.get(tenant)
             if aad_row is None:
                 aad_row = aads[tenant] = [rc.aad(tenant, table, n) for n in names]
-            todo.append((old, aad_row[j]))
+            if not row:
+                row = suffix(fields[3] or "")
+            todo.append((old, aad_row[j], row))
             where.append((new, j, index_of[j]))
         if len(todo) and where[-1][0] is new:
             rows.append((f"{fields[0]}\t{fields[1]}\t", new))

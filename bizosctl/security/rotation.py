@@ -152,6 +152,7 @@ def reencrypt_table(
         cols=tuple(ENCRYPTED_COLUMNS[table].items()),
         version=version,
         keys=_keys(ring),
+        binds=tuple(k.version for k in ring.versions("pii") if k.binds_rows),
     )
     # a few chunks per worker: all of them busy to the end, progress reported along the way
     chunk = step * max(1, -(-pages // step) // (parallel * CHUNKS_PER_WORKER))

@@ -1,5 +1,6 @@
 """The keyring as operators see it, and the rotations that are not re-encryption sweeps:
-JWT signing keys, catalog credentials, database passwords and the master key."""
+JWT signing keys, catalog credentials and the master key (database passwords:
+``bizosctl.security.dbpasswords``)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from pydantic import BaseModel
 from sqlalchemy import select, text, update
 
 from bizosctl.catalog.control import Control
-from bizosctl.catalog.models import KeyringEntry, Route, Server, Tenant
-from bizosctl.db.engines import dispose_all, get_engine, translate_errors
-from bizosctl.errors import ConfigError, InvalidInput, KeyringError, NotFound
+from bizosctl.catalog.models import KeyringEntry, Route, Server
+from bizosctl.errors import ConfigError, InvalidInput, KeyringError
 from bizosctl.faults import crash_point
 from bizosctl.security.fields import key_version
 from bizosctl.security.keyring import (
@@ -33,10 +33,6 @@ from bizosctl.security.masterkey import (
     load_master_key,
     next_key_file,
 )
-from bizosctl.tenancy.claims import check_role_free
-from bizosctl.tenancy.names import check_slug, other_login_role, q
-from bizosctl.tenancy.servers import new_password, set_login_role
-from tenant_schema.ddl import APP_GROUP
 
 
 class KeyVersion(BaseModel):
@@ -48,6 +44,7 @@ class KeyVersion(BaseModel):
     retire_after: dt.datetime | None
     master: str | None
     values: int | None  # how many stored values use it; None where nothing is stored
+    binds_rows: bool = False  # pii: its values are bound to their row (see security.fields)
 
 
 class PurposeKeys(BaseModel):
@@ -110,6 +107,7 @@ def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
                 retire_after=e.retire_after,
                 master=e.master_id,
                 values=usage[purpose].get(e.version, 0) if purpose in usage else None,
+                binds_rows=e.binds_rows,
             )
             for e in mine
         ]
@@ -248,90 +246,6 @@ def rotate_credentials_key(ctl: Control) -> dict[str, Any]:
         "version": version,
         "resealed": resealed,
         "retired": retired,
-    }
-
-
-# -- database passwords -------------------------------------------------------------------------
-def rotate_db_password(
-    ctl: Control, *, tenant: str | None = None, grace_s: float = 2.0
-) -> dict[str, Any]:
-    """New password for isolated tenants' login roles, with no failed request.
-
-    The new password goes to the tenant's *other* login role (same grants through the
-    application group); the route switches to it in one catalog transaction, so new
-    connections use it while open ones keep working; after ``grace_s`` the previous role loses
-    its password and LOGIN.
-    """
-    stmt = (
-        select(Tenant.slug, Route)
-        .join(Route, Route.tenant_id == Tenant.id)
-        .where(
-            Tenant.status.not_in(["deleted", "provisioning", "deleting"]),
-            Route.password_enc.is_not(None),
-        )
-    )
-    if tenant is not None:
-        check_slug(tenant)
-        stmt = stmt.where(Tenant.slug == tenant)
-    with ctl.catalog() as s:
-        rows = s.execute(stmt).all()
-    if tenant is not None and not rows:
-        raise NotFound(
-            f"no isolated tenant named {tenant!r} (only isolated tenants have their own role)"
-        )
-    done = []
-    refused: list[dict[str, str]] = []  # with --all: tenants whose other role is not theirs
-    for slug, route in rows:
-        old = route.role
-        password = new_password()
-        handle = ctl.server(route.server)
-        handle.ensure_ready()
-        with translate_errors(f"server {route.server}"):
-            admin = get_engine(handle.admin_url("postgres"), pooled=False)
-            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                try:
-                    # The other of the two login roles, derived from the database name: never
-                    # from the role name, which a tenant made under the old naming
-                    # (``x--b`` → ``t_x__b``) shares with another tenant's second role.
-                    new = other_login_role(route.database, route.role)
-                    check_role_free(
-                        ctl,
-                        conn,
-                        role=new,
-                        server=route.server,
-                        tenant_id=route.tenant_id,
-                        database=route.database,
-                    )
-                except InvalidInput as exc:
-                    if tenant is not None:
-                        raise
-                    refused.append({"tenant": slug, "reason": exc.message})
-                    continue
-                set_login_role(conn, new, password, member_of=APP_GROUP)
-                conn.execute(text(f"GRANT CONNECT ON DATABASE {q(route.database)} TO {q(new)}"))
-            with ctl.catalog() as s:
-                s.execute(
-                    update(Route)
-                    .where(Route.tenant_id == route.tenant_id)
-                    .values(
-                        role=new,
-                        password_enc=ctl.seal(password, context=f"role:{new}"),
-                        updated_at=text("now()"),
-                    )
-                )
-            done.append((slug, route, old, new))
-    if done and grace_s > 0:
-        time.sleep(grace_s)  # sessions that looked the route up just before the switch
-    for _slug, route, old, _new in done:
-        handle = ctl.server(route.server)
-        with translate_errors(f"server {route.server}"):
-            admin = get_engine(handle.admin_url("postgres"), pooled=False)
-            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(text(f"ALTER ROLE {q(old)} NOLOGIN PASSWORD NULL"))
-        dispose_all(host_contains=f"{old}:")  # this process's idle connections of the old role
-    return {
-        "rotated": [{"tenant": slug, "role": new, "previous": old} for slug, _r, old, new in done],
-        "refused": refused,
     }
 
 

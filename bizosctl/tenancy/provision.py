@@ -23,10 +23,10 @@ from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import refuse_unknown_revisions, upgrade
 from bizosctl.errors import AlreadyExists, BizosError, Busy, InvalidInput, NotFound
 from bizosctl.faults import crash_point
+from bizosctl.security.dbpasswords import shared_login
 from bizosctl.security.fields import blind_index, normalize_email
 from bizosctl.tenancy.names import (
     SHARED_DB,
-    SHARED_LOGIN,
     SHARED_SCHEMA,
     check_new_slug,
     check_slug,
@@ -68,10 +68,10 @@ class PlanStep:
 def placement_for(ctl: Control, *, slug: str, tier: str, region: str) -> Placement:
     server = default_server(ctl, region)
     if tier == "shared":
-        return Placement(server, SHARED_DB, SHARED_SCHEMA, SHARED_LOGIN)
+        return Placement(server, SHARED_DB, SHARED_SCHEMA, shared_login(ctl, server))
     names = tenant_names(slug)
     if tier == "schema":
-        return Placement(server, SHARED_DB, names.schema, SHARED_LOGIN)
+        return Placement(server, SHARED_DB, names.schema, shared_login(ctl, server))
     return Placement(server, names.database, names.schema, names.roles[0])
 
 
@@ -196,7 +196,7 @@ def _register(
     names = tenant_names(slug)
     database = names.database if tier == "isolated" else SHARED_DB
     schema = SHARED_SCHEMA if tier == "shared" else names.schema
-    role = names.roles[0] if tier == "isolated" else SHARED_LOGIN
+    role = names.roles[0] if tier == "isolated" else shared_login(ctl, server)
     tenant_id, op_id = uuid.uuid4(), uuid.uuid4()
     password, password_enc = "", None
     if tier == "isolated":

@@ -50,8 +50,8 @@ def load_sample_data(ctl: Control, slug: str) -> bool:
     domain = f"{slug}.example"
     today = dt.date(2026, 11, 2)
 
-    def enc(value: str, table: str, column: str) -> str:
-        return encrypt(ring, value, tenant_id=tid, table=table, column=column)
+    def enc(value: str, table: str, column: str, row: uuid.UUID) -> str:
+        return encrypt(ring, value, tenant_id=tid, table=table, column=column, row=row)
 
     with tenant_session(ctl, slug, actor="bizosctl:sample") as s:
         if s.execute(select(func.count()).select_from(Member)).scalar_one():
@@ -65,10 +65,10 @@ def load_sample_data(ctl: Control, slug: str) -> bool:
                 insert(Member).values(
                     tenant_id=tid,
                     id=mid,
-                    email_enc=enc(email, "members", "email"),
+                    email_enc=enc(email, "members", "email", mid),
                     email_bidx=blind_index(ring, normalize_email(email)),
-                    name_enc=enc(name, "members", "name"),
-                    phone_enc=enc(phone, "members", "phone") if phone else None,
+                    name_enc=enc(name, "members", "name", mid),
+                    phone_enc=enc(phone, "members", "phone", mid) if phone else None,
                 )
             )
         role_ids = {}
