@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import drop_os_user
 from sqlalchemy import text
 
 from bizosctl.db.embedded import EmbeddedCluster
@@ -113,6 +114,7 @@ def tcp_cluster():
         c.commit()
     yield port
     cluster.stop()
+    drop_os_user(base)
     shutil.rmtree(base, ignore_errors=True)
 
 

@@ -60,6 +60,7 @@ class Control:
         return EmbeddedCluster(
             self.settings.regions_dir / self.settings.home_region,
             durable=self.settings.embedded_durable,
+            home=self.settings.home,
         )
 
     def is_initialized(self) -> bool:

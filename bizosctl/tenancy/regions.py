@@ -229,6 +229,6 @@ def stop_embedded(ctl: Control) -> list[str]:
         return stopped
     for region_dir in sorted(regions_dir.iterdir()):
         if (region_dir / "pgdata" / "PG_VERSION").exists():
-            if EmbeddedCluster(region_dir).stop():
+            if EmbeddedCluster(region_dir, home=ctl.settings.home).stop():
                 stopped.append(region_dir.name)
     return stopped
