@@ -11,7 +11,7 @@ from bizosctl.catalog.control import CATALOG_DB, Control
 from bizosctl.catalog.models import Region, Server
 from bizosctl.catalog.schemas import RegionPublic, ServerPublic
 from bizosctl.db.engines import get_engine, make_url, redact, translate_errors
-from bizosctl.errors import AlreadyExists, ConfigError, InvalidInput, NotFound
+from bizosctl.errors import AlreadyExists, InvalidInput, NotFound
 from bizosctl.providers.local import ServerHandle
 from bizosctl.tenancy.names import check_region_name
 from bizosctl.tenancy.servers import bootstrap_server, new_password
@@ -25,28 +25,24 @@ class InitResult:
     created: list[str] = field(default_factory=list)
 
 
-def _check_writable(home: Path) -> None:
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        probe = home / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            f"BIZOS_HOME {home} is not writable ({exc.strerror}): set BIZOS_HOME to a directory "
-            "you can write to"
-        ) from exc
-
-
 def init_home(ctl: Control) -> InitResult:
     """Create the home, the master key, the home region's server and the catalog. Idempotent."""
     from bizosctl.db.migrate import upgrade
+    from bizosctl.home import (
+        HOME_REGION_MARKER,
+        check_home,
+        check_home_region,
+        check_writable,
+        create_private,
+    )
     from bizosctl.security.keyring import Keyring
     from bizosctl.security.masterkey import create_key_file, load_master
 
     settings = ctl.settings
     result = InitResult(home=settings.home)
-    _check_writable(settings.home)
+    check_home(settings.home, create=True)
+    check_writable(settings.home)
+    check_home_region(settings.home, settings.regions_dir, settings.home_region)
     if settings.master_key is None and create_key_file(settings.key_file):
         result.created.append(f"master key {settings.key_file}")
     master = load_master(settings)
@@ -71,6 +67,7 @@ def init_home(ctl: Control) -> InitResult:
     _ = ctl.keyring  # fails now, clearly, when the master key does not open the keyring
     if ensure_region(ctl, settings.home_region):
         result.created.append(f"region {settings.home_region}")
+    create_private(settings.home / HOME_REGION_MARKER, f"{settings.home_region}\n".encode())
     return result
 
 
