@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import BaseModel
 from sqlalchemy import select, text
 
@@ -71,13 +73,10 @@ def run_doctor(ctl: Control) -> DoctorReport:
         checks.append(Check(name="master key", ok=True, detail="from BIZOS_MASTER_KEY"))
     else:
         mode = key_file_mode(s.key_file)
-        checks.append(
-            Check(
-                name="master key",
-                ok=mode == 0o600,
-                detail=f"{s.key_file} missing" if mode is None else f"{s.key_file} mode {mode:04o}",
-            )
-        )
+        detail = f"{s.key_file} missing" if mode is None else f"{s.key_file} mode {mode:04o}"
+        if mode is not None and os.path.islink(s.key_file):
+            detail = f"{s.key_file} is a symlink (refused)"
+        checks.append(Check(name="master key", ok=mode == 0o600, detail=detail))
     try:
         with ctl.catalog() as cs:
             servers = cs.execute(select(Server).order_by(Server.name)).scalars().all()

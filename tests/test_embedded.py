@@ -140,3 +140,22 @@ def test_os_user_that_useradd_refuses_is_reported_clearly():
 
     with pytest.raises(OperationFailed, match=r"cannot create the OS user 'bad name!'.*useradd"):
         ensure_os_user("bad name!")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a separate cluster user exists only as root")
+def test_parent_the_cluster_user_cannot_traverse_is_named_not_changed():
+    """bizosctl used to add o+x to every parent silently; now it names the one to fix."""
+    private = Path(tempfile.mkdtemp(prefix="bzp", dir="/tmp"))  # mode 0700
+    home = private / "home"
+    home.mkdir(mode=0o700)
+    try:
+        with pytest.raises(ConfigError) as err:
+            EmbeddedCluster(home / "regions" / "r", home=home, durable=False).ensure_running()
+        assert f"{private} is mode 0700. Allow traversal with `chmod o+x {private}`" in str(
+            err.value
+        )
+        assert (private.stat().st_mode & 0o777) == 0o700
+        assert not (home / "regions" / "r" / "pgdata").exists()
+    finally:
+        drop_os_user(home)
+        shutil.rmtree(private, ignore_errors=True)
