@@ -141,6 +141,8 @@ def run_doctor(ctl: Control) -> DoctorReport:
                 checks += _target_checks(
                     conn, f"{handle.name}/{SHARED_SCHEMA}", SHARED_SCHEMA, tenant_head
                 )
+                if handle.provider != "embedded":
+                    checks.append(_tls_check(conn, handle.name))
             checks.append(_password_enforced(handle))
         except BizosError as exc:
             checks.append(Check(name=label, ok=False, detail=exc.message))
@@ -157,6 +159,24 @@ def run_doctor(ctl: Control) -> DoctorReport:
             except BizosError as exc:
                 checks.append(Check(name=f"tenant {slug}", ok=False, detail=exc.message))
     return DoctorReport(ok=all(c.ok for c in checks), checks=checks)
+
+
+def _tls_check(conn: object, server: str) -> Check:
+    """A server of our own network path (not embedded) must be reached over TLS."""
+    from sqlalchemy.engine import Connection
+
+    assert isinstance(conn, Connection)
+    row = conn.execute(
+        text("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    ).one_or_none()
+    if row is not None and row[0]:
+        return Check(name=f"tls {server}", ok=True, detail=f"encrypted ({row[1]})")
+    return Check(
+        name=f"tls {server}",
+        ok=False,
+        detail="the connection is not encrypted (added with --insecure?): enable TLS on the "
+        "server, then re-add it without --insecure",
+    )
 
 
 def _password_enforced(handle: object) -> Check:
