@@ -231,3 +231,12 @@ def test_missing_bizos_config_file_is_refused(cli, bare_home):
     r = cli("tenant", "list", env={"BIZOS_HOME": str(bare_home), "BIZOS_CONFIG": str(missing)})
     assert r.exit_code == 2
     assert f"config file {missing} (BIZOS_CONFIG) does not exist" in r.stderr
+
+
+def test_home_region_typo_in_a_home_without_marker_names_the_servers(cli, bare_home):
+    """Homes made before the marker: the servers on disk are named instead."""
+    (bare_home / "regions" / "global" / "pgdata").mkdir(parents=True)
+    (bare_home / "regions" / "global" / "pgdata" / "PG_VERSION").write_text("18\n")
+    r = cli("tenant", "list", env={"BIZOS_HOME": str(bare_home), "BIZOS_HOME_REGION": "mars"})
+    assert r.exit_code == 2
+    assert f"home_region is 'mars' but {bare_home} already has servers for 'global'" in r.stderr

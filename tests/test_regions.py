@@ -280,3 +280,33 @@ def test_region_add_byo_server_then_isolated_tenant(fresh_home, cli, tcp_cluster
     assert r.exit_code == 0, r.stderr
     r = cli("tenant", "query", "byo-tenant", "select count(*) from settings", "--json")
     assert json.loads(r.stdout)["rows"] == [[1]]
+
+
+def test_region_add_reads_the_password_from_stdin(fleet, tcp_cluster):
+    """A wrong password read from stdin reaches the server (over SCRAM): it was read."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bizosctl",
+            "region",
+            "add",
+            "byostdin",
+            "--url",
+            f"postgresql://byo_admin@127.0.0.1:{tcp_cluster}/postgres",
+            "--password-stdin",
+            "--insecure",
+        ],
+        input="stdin-wrong-pw\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert r.returncode == 2
+    assert 'password authentication failed for user "byo_admin"' in r.stderr
+    assert "stdin-wrong-pw" not in r.stdout + r.stderr
