@@ -69,6 +69,40 @@ def read_config_file() -> dict[str, Any]:
     return data
 
 
+def update_config_file(values: dict[str, str | int | float | bool]) -> Path:
+    """Set ``values`` in the config file (created 0600), replacing it atomically.
+
+    The old file is read the checked way; the new one is written to a fresh ``O_EXCL``
+    temporary file beside it and renamed over it, so no symlink is ever written through.
+    """
+    import secrets
+
+    path = config_file_path()
+    data = read_config_file()
+    data.update(values)
+    lines = [f"{k} = {_toml(v)}" for k, v in data.items()]
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class _TomlSource(PydanticBaseSettingsSource):
     """Reads the config file lazily so that ``BIZOS_HOME`` decides where it is."""
 

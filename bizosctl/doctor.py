@@ -144,6 +144,8 @@ def run_doctor(ctl: Control) -> DoctorReport:
                 if handle.provider != "embedded":
                     checks.append(_tls_check(conn, handle.name))
             checks.append(_password_enforced(handle))
+            if handle.provider == "embedded":
+                checks += _host_checks(handle)
         except BizosError as exc:
             checks.append(Check(name=label, ok=False, detail=exc.message))
             continue
@@ -159,6 +161,65 @@ def run_doctor(ctl: Control) -> DoctorReport:
             except BizosError as exc:
                 checks.append(Check(name=f"tenant {slug}", ok=False, detail=exc.message))
     return DoctorReport(ok=all(c.ok for c in checks), checks=checks)
+
+
+#: Caller secrets that must never be in an embedded server's environment.
+ENV_SECRETS = (b"BIZOS_", b"AWS_SECRET", b"STRIPE")
+
+
+def _host_checks(handle: object) -> list[Check]:
+    """The embedded server runs as its home's own OS user, with a minimal environment."""
+    import pwd
+
+    from bizosctl.db.embedded import os_user_name
+    from bizosctl.providers.local import ServerHandle
+
+    assert isinstance(handle, ServerHandle)
+    cluster = handle.cluster
+    out: list[Check] = []
+    if os.geteuid() == 0:
+        owner = os.stat(cluster.pgdata).st_uid
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = str(owner)
+        expected = os_user_name(cluster.owner_root)
+        out.append(
+            Check(
+                name=f"os user {handle.name}",
+                ok=name == expected,
+                detail=f"runs as {name}, this home's own user"
+                if name == expected
+                else f"runs as {name!r}, which other homes may share: `bizosctl down`, then "
+                f"`chown -R {expected}: {cluster.pgdata}` (useradd --system --user-group "
+                f"{expected} first if it does not exist)",
+            )
+        )
+    pid = cluster.postmaster_pid()
+    if pid is not None:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read()
+        except OSError:
+            environ = b""
+        leaked = sorted(
+            {
+                var.split(b"=", 1)[0].decode(errors="replace")
+                for var in environ.split(b"\0")
+                if any(var.startswith(prefix) for prefix in ENV_SECRETS)
+            }
+        )
+        out.append(
+            Check(
+                name=f"environment {handle.name}",
+                ok=not leaked,
+                detail="minimal (no caller secrets)"
+                if not leaked
+                else f"started with the caller's {', '.join(leaked)}: restart it "
+                "(`bizosctl down`; the next command starts it clean)",
+            )
+        )
+    return out
 
 
 def _tls_check(conn: object, server: str) -> Check:

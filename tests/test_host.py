@@ -41,8 +41,14 @@ def test_cluster_holds_no_caller_secret_and_cannot_read_another_home(
             assert environ, "the test must really read the environment"
             for secret in (AWS_SECRET, MASTER, "sk_test_h4secret", "BIZOS_"):
                 assert secret.encode() not in bytes(environ)
+    import json
+
+    checks = {c["name"]: c for c in json.loads(cli("doctor", "--json").stdout)["checks"]}
+    assert checks["environment global-1"]["ok"] is True
+    with get_engine(ctl.home_cluster.url("postgres"), pooled=False).connect() as c:
         if os.geteuid() != 0:
             return  # one OS user runs every home: no isolation between homes to test
+        assert checks["os user global-1"]["ok"] is True
         other = fleet.home_cluster.pgdata
         for sql, arg in (
             ("select pg_ls_dir(:d)", str(other)),
