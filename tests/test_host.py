@@ -246,3 +246,15 @@ def test_home_region_typo_in_a_home_without_marker_names_the_servers(cli, bare_h
     r = cli("tenant", "list", env={"BIZOS_HOME": str(bare_home), "BIZOS_HOME_REGION": "mars"})
     assert r.exit_code == 2
     assert f"home_region is 'mars' but {bare_home} already has servers for 'global'" in r.stderr
+
+
+def test_lock_file_symlink_is_refused_and_its_target_untouched(cli, bare_home, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (bare_home / "regions" / "global").mkdir(parents=True, mode=0o700)
+    (bare_home / "regions" / "global" / ".lock").symlink_to(victim)
+    r = cli("init", env={"BIZOS_HOME": str(bare_home)})
+    assert r.exit_code == 2
+    assert f"cannot open the lock file {bare_home / 'regions' / 'global' / '.lock'}" in r.stderr
+    assert victim.read_text() == "precious"
+    assert not (bare_home / "regions" / "global" / "pgdata").exists()
