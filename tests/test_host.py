@@ -58,15 +58,26 @@ def test_cluster_holds_no_caller_secret_and_cannot_read_another_home(
             with pytest.raises(DBAPIError, match=r"[Pp]ermission denied"):
                 c.execute(text(sql), {"d": arg})
             c.rollback()
+    # nor does a home's superuser read its own home's key file
+    with get_engine(fleet.home_cluster.url("postgres"), pooled=False).connect() as c:
+        with pytest.raises(DBAPIError, match=r"[Pp]ermission denied"):
+            c.execute(text("select pg_read_file(:f)"), {"f": str(fleet.settings.key_file)})
 
 
 # -- item 6: the home is not trusted blindly -----------------------------------------------
 @pytest.fixture
-def bare_home(tmp_path):
-    """An empty home of ours (mode 0700) under a private directory."""
-    home = tmp_path / "home"
+def bare_home():
+    """An empty home of ours (mode 0700) under a private directory with a short path (a
+    Unix socket path must stay under 108 bytes)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="bzh", dir="/tmp"))
+    home = base / "home"
     home.mkdir(mode=0o700)
-    return home
+    yield home
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_planted_master_key_symlink_is_refused(cli, bare_home, tmp_path):
