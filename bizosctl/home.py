@@ -53,10 +53,13 @@ def check_home(home: Path, *, create: bool = False) -> None:
     home = Path(os.path.abspath(home))
     try:
         st = os.stat(home)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         st = None
-    except NotADirectoryError:
-        st = None
+    except PermissionError as exc:
+        raise ConfigError(
+            f"BIZOS_HOME {home} cannot be checked ({exc.strerror}): set BIZOS_HOME to a "
+            "directory you can reach"
+        ) from exc
     if st is not None and not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"BIZOS_HOME {home} is not a directory: point BIZOS_HOME at a directory")
     real = Path(os.path.realpath(home))
@@ -64,10 +67,13 @@ def check_home(home: Path, *, create: bool = False) -> None:
     for parent in real.parents if st is not None else [real, *real.parents]:
         try:
             pst = os.stat(parent)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        except NotADirectoryError:
-            continue
+        except PermissionError as exc:
+            raise ConfigError(
+                f"BIZOS_HOME {home} cannot be checked ({parent}: {exc.strerror}): set "
+                "BIZOS_HOME to a directory you can reach"
+            ) from exc
         if not stat.S_ISDIR(pst.st_mode):
             raise ConfigError(
                 f"BIZOS_HOME {home} is not writable ({parent} is not a directory): set "
