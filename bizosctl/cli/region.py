@@ -85,8 +85,9 @@ def add(
 ) -> None:
     """Add a region with an embedded server, or one that points at an existing server.
 
-    A --url server is reached with TLS (verify-full), SCRAM and channel binding; its
-    password comes from --password-file, --password-stdin or BIZOS_SERVER_PASSWORD.
+    A --url server is reached with TLS (verify-full), SCRAM and channel binding.
+
+    Its password comes from --password-file, --password-stdin or BIZOS_SERVER_PASSWORD.
 
     Example: bizosctl region add id
     Example: bizosctl region add eu --url postgresql://admin@db.example/postgres --password-file pw
