@@ -7,7 +7,6 @@ The config file is ``$BIZOS_CONFIG`` or ``$BIZOS_HOME/config.toml``. Read settin
 from __future__ import annotations
 
 import os
-import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +28,81 @@ def config_file_path() -> Path:
     return _default_home() / "config.toml"
 
 
+def read_config_file() -> dict[str, Any]:
+    """The config file's settings, checked: no symlink, owned by us or root, writable by
+    nobody else, no unknown key, and no secret in a file that others can read.
+
+    A missing ``$BIZOS_HOME/config.toml`` is fine; a missing ``$BIZOS_CONFIG`` is an error.
+    """
+    import tomllib
+
+    from bizosctl.errors import ConfigError
+    from bizosctl.home import file_mode, open_private, read_fd
+
+    path = config_file_path()
+    explicit = bool(os.environ.get("BIZOS_CONFIG"))
+    try:
+        fd = open_private(path, what="config file")
+    except (FileNotFoundError, NotADirectoryError):
+        if explicit:
+            raise ConfigError(
+                f"config file {path} (BIZOS_CONFIG) does not exist: create it or unset BIZOS_CONFIG"
+            ) from None
+        return {}
+    mode = file_mode(fd)
+    try:
+        data = tomllib.loads(read_fd(fd).decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting {unknown[0]!r} (see `bizosctl --help` and "
+            "the README for the settings)"
+        )
+    secret = sorted(set(data) & secret_fields())
+    if secret and mode & 0o077:
+        raise ConfigError(
+            f"config file {path} holds the secret {secret[0]!r} but others can read it "
+            f"(mode {mode:04o}): run chmod 600 {path}, or set BIZOS_{secret[0].upper()} instead"
+        )
+    return data
+
+
+def update_config_file(values: dict[str, str | int | float | bool]) -> Path:
+    """Set ``values`` in the config file (created 0600), replacing it atomically.
+
+    The old file is read the checked way; the new one is written to a fresh ``O_EXCL``
+    temporary file beside it and renamed over it, so no symlink is ever written through.
+    """
+    import secrets
+
+    path = config_file_path()
+    data = read_config_file()
+    data.update(values)
+    lines = [f"{k} = {_toml(v)}" for k, v in data.items()]
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class _TomlSource(PydanticBaseSettingsSource):
     """Reads the config file lazily so that ``BIZOS_HOME`` decides where it is."""
 
@@ -36,23 +110,14 @@ class _TomlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = config_file_path()
-        if not path.is_file():
-            return {}
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            from bizosctl.errors import ConfigError
-
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        return data
+        return read_config_file()
 
 
 class Settings(BaseSettings):
     """Everything an operator can configure. Each field is also ``BIZOS_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="BIZOS_", extra="ignore")
+    # An empty variable means unset: BIZOS_HOME="" must not make the home the working directory.
+    model_config = SettingsConfigDict(env_prefix="BIZOS_", extra="ignore", env_ignore_empty=True)
 
     home: Path = Field(
         default_factory=_default_home, description="Where regions, keys and state live."
@@ -127,6 +192,23 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, _TomlSource(settings_cls)
+
+
+def secret_fields() -> set[str]:
+    """Settings that hold secrets (``SecretStr``): refused in a config file others can read."""
+    return {n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+
+
+def secret_source(name: str) -> str | None:
+    """Where the secret setting ``name`` comes from: its variable or the config file."""
+    var = f"BIZOS_{name.upper()}"
+    if any(k.upper() == var and v for k, v in os.environ.items()):
+        return f"environment variable {var}"
+    try:
+        in_file = name in read_config_file()
+    except Exception:  # a bad file is reported by get_settings already
+        in_file = False
+    return f"config file {config_file_path()}" if in_file else None
 
 
 @lru_cache(maxsize=1)

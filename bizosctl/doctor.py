@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel
@@ -75,13 +76,10 @@ def run_doctor(ctl: Control) -> DoctorReport:
         checks.append(Check(name="master key", ok=True, detail="from BIZOS_MASTER_KEY"))
     else:
         mode = key_file_mode(s.key_file)
-        checks.append(
-            Check(
-                name="master key",
-                ok=mode == 0o600,
-                detail=f"{s.key_file} missing" if mode is None else f"{s.key_file} mode {mode:04o}",
-            )
-        )
+        detail = f"{s.key_file} missing" if mode is None else f"{s.key_file} mode {mode:04o}"
+        if mode is not None and os.path.islink(s.key_file):
+            detail = f"{s.key_file} is a symlink (refused)"
+        checks.append(Check(name="master key", ok=mode == 0o600, detail=detail))
     try:
         with ctl.catalog() as cs:
             servers = cs.execute(select(Server).order_by(Server.name)).scalars().all()
@@ -175,7 +173,11 @@ def run_doctor(ctl: Control) -> DoctorReport:
                 ]
                 checks += _connect_checks(conn, handle.name, [SHARED_DB, *isolated])
                 checks.append(_idle_logins(conn, handle.name, logins.get(handle.name, set())))
+                if handle.provider != "embedded":
+                    checks.append(_tls_check(conn, handle.name))
             checks.append(_password_enforced(handle))
+            if handle.provider == "embedded":
+                checks += _host_checks(handle)
         except BizosError as exc:
             checks.append(Check(name=label, ok=False, detail=exc.message))
             continue
@@ -298,6 +300,83 @@ def _idle_logins(conn: Any, server: str, used: set[str]) -> Check:
         if not idle
         else f"can log in but unused: {', '.join(idle)} (finish their rotation: bizosctl "
         "secrets rotate db-password --finish)",
+    )
+
+
+#: Caller secrets that must never be in an embedded server's environment.
+ENV_SECRETS = (b"BIZOS_", b"AWS_SECRET", b"STRIPE")
+
+
+def _host_checks(handle: object) -> list[Check]:
+    """The embedded server runs as its home's own OS user, with a minimal environment."""
+    import pwd
+
+    from bizosctl.db.embedded import os_user_name
+    from bizosctl.providers.local import ServerHandle
+
+    assert isinstance(handle, ServerHandle)
+    cluster = handle.cluster
+    out: list[Check] = []
+    if os.geteuid() == 0:
+        owner = os.stat(cluster.pgdata).st_uid
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = str(owner)
+        expected = os_user_name(cluster.owner_root)
+        out.append(
+            Check(
+                name=f"os user {handle.name}",
+                ok=name == expected,
+                detail=f"runs as {name}, this home's own user"
+                if name == expected
+                else f"runs as {name!r}, which other homes may share: `bizosctl down`, then "
+                f"`chown -R {expected}: {cluster.pgdata}` (useradd --system --user-group "
+                f"{expected} first if it does not exist)",
+            )
+        )
+    pid = cluster.postmaster_pid()
+    if pid is not None:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read()
+        except OSError:
+            environ = b""
+        leaked = sorted(
+            {
+                var.split(b"=", 1)[0].decode(errors="replace")
+                for var in environ.split(b"\0")
+                if any(var.startswith(prefix) for prefix in ENV_SECRETS)
+            }
+        )
+        out.append(
+            Check(
+                name=f"environment {handle.name}",
+                ok=not leaked,
+                detail="minimal (no caller secrets)"
+                if not leaked
+                else f"started with the caller's {', '.join(leaked)}: restart it "
+                "(`bizosctl down`; the next command starts it clean)",
+            )
+        )
+    return out
+
+
+def _tls_check(conn: object, server: str) -> Check:
+    """A server of our own network path (not embedded) must be reached over TLS."""
+    from sqlalchemy.engine import Connection
+
+    assert isinstance(conn, Connection)
+    row = conn.execute(
+        text("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    ).one_or_none()
+    if row is not None and row[0]:
+        return Check(name=f"tls {server}", ok=True, detail=f"encrypted ({row[1]})")
+    return Check(
+        name=f"tls {server}",
+        ok=False,
+        detail="the connection is not encrypted (added with --insecure?): enable TLS on the "
+        "server, then re-add it without --insecure",
     )
 
 

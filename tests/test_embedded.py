@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
+from conftest import drop_os_user
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
@@ -22,6 +28,7 @@ def base():
     yield d
     for region in d.iterdir():
         EmbeddedCluster(region).stop(mode="immediate")
+    drop_os_user(d)
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -86,3 +93,69 @@ def test_socket_path_too_long(base):
     deep = base / ("x" * 60) / ("y" * 40)
     with pytest.raises(ConfigError, match="too long for a Unix socket"):
         EmbeddedCluster(deep).ensure_running()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates OS users: root only")
+def test_os_user_creation_is_safe_across_processes(tmp_path):
+    """Eight processes (like pytest-xdist workers on a fresh CI machine) need the same new OS
+    user at once: every one gets it, with one uid, and passwd holds exactly one entry."""
+    name = f"bzr{uuid.uuid4().hex[:10]}"
+    go = tmp_path / "go"
+    code = (
+        "import sys, time, pathlib\n"
+        "from bizosctl.db.embedded import ensure_os_user\n"
+        "deadline = time.monotonic() + 60\n"
+        "while not pathlib.Path(sys.argv[2]).exists() and time.monotonic() < deadline:\n"
+        "    pass\n"
+        "print(ensure_os_user(sys.argv[1]).pw_uid)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, name, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    try:
+        go.write_text("")
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 8, outs
+        uids = {out.strip() for out, _ in outs}
+        assert len(uids) == 1, outs
+        assert pwd.getpwuid(int(uids.pop())).pw_name == name
+        entries = [
+            line for line in Path("/etc/passwd").read_text().splitlines() if line.startswith(name)
+        ]
+        assert len(entries) == 1
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="useradd refusal: root only")
+def test_os_user_that_useradd_refuses_is_reported_clearly():
+    from bizosctl.db.embedded import ensure_os_user
+    from bizosctl.errors import OperationFailed
+
+    with pytest.raises(OperationFailed, match=r"cannot create the OS user 'bad name!'.*useradd"):
+        ensure_os_user("bad name!")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a separate cluster user exists only as root")
+def test_parent_the_cluster_user_cannot_traverse_is_named_not_changed():
+    """bizosctl used to add o+x to every parent silently; now it names the one to fix."""
+    private = Path(tempfile.mkdtemp(prefix="bzp", dir="/tmp"))  # mode 0700
+    home = private / "home"
+    home.mkdir(mode=0o700)
+    try:
+        with pytest.raises(ConfigError) as err:
+            EmbeddedCluster(home / "regions" / "r", home=home, durable=False).ensure_running()
+        assert f"{private} is mode 0700. Allow traversal with `chmod o+x {private}`" in str(
+            err.value
+        )
+        assert (private.stat().st_mode & 0o777) == 0o700
+        assert not (home / "regions" / "r" / "pgdata").exists()
+    finally:
+        drop_os_user(home)
+        shutil.rmtree(private, ignore_errors=True)

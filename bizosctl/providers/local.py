@@ -37,7 +37,10 @@ class ServerHandle:
         if self._cluster is None:
             assert self.regions_dir is not None
             self._cluster = EmbeddedCluster(
-                self.regions_dir / self.region, port=self.port, durable=self.durable
+                self.regions_dir / self.region,
+                port=self.port,
+                durable=self.durable,
+                home=self.regions_dir.parent,
             )
         return self._cluster
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 
 from bizosctl.catalog.control import Control
+from bizosctl.config import secret_source
 from bizosctl.doctor import Check
 from bizosctl.errors import BizosError
-from bizosctl.security.masterkey import key_file_mode
+from bizosctl.security.masterkey import key_file_mode, load_master_key
 
 RATE_RE = re.compile(r"\d+/(second|minute|hour|day)")
 
@@ -49,16 +50,22 @@ def run_checks(ctl: Control) -> list[Check]:
     def add(name: str, ok: bool, detail: str) -> None:
         out.append(Check(name=name, ok=ok, detail=detail))
 
+    # Each secret's detail names where it really comes from (variable, file, key file, KMS).
     if s.kms_key_id:
         add("master key", True, f"AWS KMS key {s.kms_key_id}")
     elif s.master_key is not None:
-        add("master key", True, "from BIZOS_MASTER_KEY")
+        add("master key", True, f"from {secret_source('master_key') or 'BIZOS_MASTER_KEY'}")
     else:
+        problem: str | None = None
+        try:
+            load_master_key(s)
+        except BizosError as exc:
+            problem = exc.message
         mode = key_file_mode(s.key_file)
         add(
             "master key",
-            mode == 0o600,
-            f"{s.key_file} missing" if mode is None else f"{s.key_file} mode {mode:04o}",
+            problem is None,
+            f"from key file {s.key_file} (mode {mode:04o})" if problem is None else problem,
         )
     try:
         ring = ctl.keyring
@@ -83,7 +90,7 @@ def run_checks(ctl: Control) -> list[Check]:
         sk_mode in ("live", "test"),
         "missing (BIZOS_STRIPE_SECRET_KEY)"
         if sk is None
-        else f"{sk_mode} key"
+        else f"{sk_mode} key, from {secret_source('stripe_secret_key')}"
         if sk_mode != "unknown"
         else "not a Stripe secret key (sk_live_/sk_test_)",
     )
@@ -101,7 +108,7 @@ def run_checks(ctl: Control) -> list[Check]:
         bool(wh and wh.startswith("whsec_")),
         "missing (BIZOS_STRIPE_WEBHOOK_SECRET)"
         if not wh
-        else "whsec_ secret"
+        else f"whsec_ secret, from {secret_source('stripe_webhook_secret')}"
         if wh.startswith("whsec_")
         else "not a webhook secret (whsec_...)",
     )

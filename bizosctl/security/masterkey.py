@@ -33,37 +33,44 @@ def encode(key: bytes) -> str:
 
 
 def create_key_file(path: Path) -> bool:
-    """Create a new random master key file (mode 0600). False when one exists already."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as fh:
-        fh.write(encode(secrets.token_bytes(KEY_BYTES)) + "\n")
-    return True
+    """Create a new random master key file (mode 0600). False when one exists already.
+
+    ``O_EXCL|O_NOFOLLOW``: a symlink planted at ``path`` is never written through.
+    """
+    from bizosctl.home import create_private
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return create_private(path, (encode(secrets.token_bytes(KEY_BYTES)) + "\n").encode())
 
 
 def key_file_mode(path: Path) -> int | None:
+    """The key file's mode (a symlink shows as one: its mode is 0777, never the target's)."""
     try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
+        return stat.S_IMODE(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
 def load_master_key(settings: Settings) -> bytes:
     if settings.master_key is not None:
         return _decode(settings.master_key.get_secret_value(), "BIZOS_MASTER_KEY")
+    from bizosctl.home import file_mode, open_private, read_fd
+
     path = settings.key_file
-    mode = key_file_mode(path)
-    if mode is None:
+    # Opened once, without following a symlink; owner and mode are checked on the open
+    # descriptor, so the file cannot be swapped between the check and the read.
+    try:
+        fd = open_private(path, what="master key file")
+    except (FileNotFoundError, NotADirectoryError):
         raise KeyringError(
             f"no master key: {path} does not exist and BIZOS_MASTER_KEY is not set "
             "(run `bizosctl init`)"
-        )
+        ) from None
+    mode = file_mode(fd)
     if mode & 0o077:
+        os.close(fd)
         raise KeyringError(f"master key file {path} has mode {mode:04o}; run chmod 600 {path}")
-    return _decode(path.read_text(), f"master key file {path}")
+    return _decode(read_fd(fd).decode(errors="replace"), f"master key file {path}")
 
 
 # -- master keys that wrap data keys --------------------------------------------------------

@@ -320,22 +320,6 @@ def finish_interrupted_rotation(ctl: Control, error: KeyringError) -> bool:
 
 
 def _write_config(settings: Any, values: dict[str, str]) -> None:
-    import tomllib
+    from bizosctl.config import update_config_file
 
-    from bizosctl.config import config_file_path
-
-    path = config_file_path()
-    data: dict[str, Any] = {}
-    if path.exists():
-        data = tomllib.loads(path.read_text())
-    data.update(values)
-    lines = [f"{k} = {_toml(v)}" for k, v in data.items()]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    update_config_file(dict(values))  # checked read, 0600, atomic, never through a symlink

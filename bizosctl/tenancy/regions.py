@@ -11,7 +11,7 @@ from bizosctl.catalog.control import CATALOG_DB, Control
 from bizosctl.catalog.models import Region, Server
 from bizosctl.catalog.schemas import RegionPublic, ServerPublic
 from bizosctl.db.engines import get_engine, make_url, redact, translate_errors
-from bizosctl.errors import AlreadyExists, ConfigError, InvalidInput, NotFound
+from bizosctl.errors import AlreadyExists, InvalidInput, NotFound
 from bizosctl.providers.local import ServerHandle
 from bizosctl.tenancy.names import check_region_name
 from bizosctl.tenancy.servers import bootstrap_server, new_password
@@ -25,28 +25,24 @@ class InitResult:
     created: list[str] = field(default_factory=list)
 
 
-def _check_writable(home: Path) -> None:
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        probe = home / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            f"BIZOS_HOME {home} is not writable ({exc.strerror}): set BIZOS_HOME to a directory "
-            "you can write to"
-        ) from exc
-
-
 def init_home(ctl: Control) -> InitResult:
     """Create the home, the master key, the home region's server and the catalog. Idempotent."""
     from bizosctl.db.migrate import upgrade
+    from bizosctl.home import (
+        HOME_REGION_MARKER,
+        check_home,
+        check_home_region,
+        check_writable,
+        create_private,
+    )
     from bizosctl.security.keyring import Keyring
     from bizosctl.security.masterkey import create_key_file, load_master
 
     settings = ctl.settings
     result = InitResult(home=settings.home)
-    _check_writable(settings.home)
+    check_home(settings.home, create=True)
+    check_writable(settings.home)
+    check_home_region(settings.home, settings.regions_dir, settings.home_region)
     if settings.master_key is None and create_key_file(settings.key_file):
         result.created.append(f"master key {settings.key_file}")
     master = load_master(settings)
@@ -71,6 +67,7 @@ def init_home(ctl: Control) -> InitResult:
     _ = ctl.keyring  # fails now, clearly, when the master key does not open the keyring
     if ensure_region(ctl, settings.home_region):
         result.created.append(f"region {settings.home_region}")
+    create_private(settings.home / HOME_REGION_MARKER, f"{settings.home_region}\n".encode())
     return result
 
 
@@ -87,7 +84,73 @@ def ensure_region(ctl: Control, name: str) -> bool:
     return True
 
 
-def _check_url(url: str) -> None:
+#: What a bring-your-own server URL gets unless it says otherwise: TLS with the server's
+#: certificate checked against the system's CAs, SCRAM only (libpq refuses a server that
+#: asks for a cleartext or MD5 password), and channel binding (no TLS-stripping relay).
+SECURE_PARAMS = {
+    "sslmode": "verify-full",
+    "sslrootcert": "system",
+    "require_auth": "scram-sha-256",
+    "channel_binding": "require",
+}
+
+
+def server_url(
+    url: str, *, password: str | None, insecure: bool = False, allow_url_password: bool = False
+) -> str:
+    """The URL bizosctl stores for a bring-your-own server: password added, downgrades shut.
+
+    Args:
+        url: the operator's ``postgresql://`` URL, normally without a password.
+        password: the superuser's password (from a file, stdin or BIZOS_SERVER_PASSWORD).
+        insecure: labs only: no TLS required; ``require_auth=scram-sha-256`` is still set
+            unless the URL names its own ``require_auth``.
+        allow_url_password: accept a password inside ``url`` (it shows in ``ps``).
+    """
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInput(f"not a database URL: {redact(url) if '://' in url else url!r}") from exc
+    if not parsed.drivername.startswith("postgresql"):
+        raise InvalidInput(f"only postgresql:// URLs are supported, not {parsed.drivername}://")
+    if parsed.password is not None and not allow_url_password:
+        raise InvalidInput(
+            "--url holds a password, which other users of this machine see in the process "
+            "list: pass it with --password-file, --password-stdin or BIZOS_SERVER_PASSWORD "
+            "(or --allow-url-password)"
+        )
+    if password is not None:
+        if parsed.password is not None:
+            raise InvalidInput("a password is both in --url and given separately: keep one")
+        parsed = parsed.set(password=password)
+    query = dict(parsed.query)
+    host = parsed.host or str(query.get("host", ""))
+    if not host or host.startswith("/"):
+        return parsed.render_as_string(hide_password=False)  # a Unix socket: no network
+    if insecure:
+        query.setdefault("require_auth", "scram-sha-256")
+    else:
+        accepted = {"sslmode": ("verify-full", "verify-ca")}
+        weak = [
+            f"{k}={query[k]}"
+            for k in ("sslmode", "require_auth", "channel_binding")
+            if k in query and str(query[k]) not in accepted.get(k, (SECURE_PARAMS[k],))
+        ]
+        if weak:
+            raise InvalidInput(
+                f"--url asks for {', '.join(weak)}, which lets a server or relay downgrade "
+                "the connection: remove it, or pass --insecure for a lab"
+            )
+        for key, value in SECURE_PARAMS.items():
+            if key == "sslrootcert" and query.get("sslmode", "verify-full") != "verify-full":
+                continue  # libpq allows the system CAs with verify-full only
+            query.setdefault(key, value)
+    return parsed.set(query=query).render_as_string(hide_password=False)
+
+
+def _check_url(url: str, *, insecure: bool = False) -> None:
     """A bring-your-own server must be reachable, PostgreSQL ≥ 15, able to create vector."""
     from sqlalchemy.exc import ArgumentError
 
@@ -113,7 +176,11 @@ def _check_url(url: str) -> None:
     except DBAPIError as exc:
         from bizosctl.db.engines import db_message
 
-        raise InvalidInput(f"cannot connect to {shown}: {db_message(exc)}") from exc
+        message = db_message(exc)
+        hint = ""
+        if not insecure and ("SSL" in message or "certificate" in message):
+            hint = " (bizosctl requires TLS with a verified certificate; --insecure for a lab)"
+        raise InvalidInput(f"cannot connect to {shown}: {message}{hint}") from exc
     if int(version) < MIN_SERVER_VERSION:
         raise InvalidInput(
             f"{shown} runs PostgreSQL {int(version) // 10000}; bizosctl needs 15 or newer"
@@ -128,17 +195,32 @@ def _check_url(url: str) -> None:
 
 
 def add_region(
-    ctl: Control, name: str, *, url: str | None = None, port: int | None = None
+    ctl: Control,
+    name: str,
+    *,
+    url: str | None = None,
+    port: int | None = None,
+    password: str | None = None,
+    insecure: bool = False,
+    allow_url_password: bool = False,
 ) -> RegionPublic:
+    """Add a region with an embedded server, or with the server at ``url`` (see
+    :func:`server_url` for ``password``, ``insecure`` and ``allow_url_password``)."""
     check_region_name(name)
     if url is not None and port is not None:
         raise InvalidInput("--port is for embedded servers; put the port in --url instead")
+    if url is None and (password is not None or insecure):
+        raise InvalidInput("a password and --insecure are for --url servers only")
+    if url is not None:
+        url = server_url(
+            url, password=password, insecure=insecure, allow_url_password=allow_url_password
+        )
     if port is not None and not 1024 <= port <= 65535:
         raise InvalidInput(f"port {port} is out of range (1024-65535)")
     if region_exists(ctl, name):
         raise AlreadyExists(f"region {name!r} already exists")
     if url is not None:
-        _check_url(url)
+        _check_url(url, insecure=insecure)
     server_name = f"{name}-1"
     handle = ServerHandle(
         name=server_name,
@@ -229,6 +311,6 @@ def stop_embedded(ctl: Control) -> list[str]:
         return stopped
     for region_dir in sorted(regions_dir.iterdir()):
         if (region_dir / "pgdata" / "PG_VERSION").exists():
-            if EmbeddedCluster(region_dir).stop():
+            if EmbeddedCluster(region_dir, home=ctl.settings.home).stop():
                 stopped.append(region_dir.name)
     return stopped
