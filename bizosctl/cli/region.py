@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bizosctl.cli.output import JsonOpt, handle_errors, print_json, stdout_console, table
+from bizosctl.cli.output import DryRunOpt, JsonOpt, handle_errors, print_json, stdout_console, table
 
 app = typer.Typer(
     help="Regions and their database servers.\n\nExample: bizosctl region list",
@@ -27,7 +27,7 @@ def add(
     port: int | None = typer.Option(
         None, "--port", help="Embedded server: also listen on 127.0.0.1:PORT."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show what would be done."),
+    dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Add a region with an embedded server, or one that points at an existing server.
@@ -47,12 +47,20 @@ def add(
         if region_exists(ctl, name):
             raise AlreadyExists(f"region {name!r} already exists")
         plan = {
+            "dry_run": True,
             "region": name,
             "server": f"{name}-1",
             "provider": "postgres" if url else "embedded",
-            "dry_run": True,
+            "port": port,
         }
-        print_json(plan) if json_out else stdout_console().print(f"would add {plan}")
+        if json_out:
+            print_json(plan)
+            return
+        where = "an existing PostgreSQL server (--url)" if url else "a new embedded server"
+        listen = f", also listening on 127.0.0.1:{port}" if port else ""
+        stdout_console().print(
+            f"would add region {name} with server {name}-1: {where}{listen}", markup=False
+        )
         return
     region = add_region(ctl, name, url=url, port=port)
     if json_out:

@@ -9,6 +9,8 @@ import typer
 from bizosctl.cli.output import (
     DryRunOpt,
     JsonOpt,
+    YesOpt,
+    confirm_destructive,
     handle_errors,
     print_json,
     stderr_console,
@@ -148,7 +150,8 @@ def rotate_pii(
         _done(
             doc,
             json_out,
-            f"would switch to {key} and re-encrypt {doc['would_rewrite']} value(s): {usage}",
+            f"would switch to {key} and re-encrypt {doc['would_rewrite']} value(s)"
+            + (": " + ", ".join(f"{n} at v{v}" for v, n in sorted(usage.items())) if usage else ""),
         )
         return
     if json_out:
@@ -251,9 +254,23 @@ def rotate_db_password(
         raise InvalidInput("pass either --tenant SLUG or --all")
     grace_ms = parse_ms(grace, what="--grace")
     if dry_run:
-        _done(
-            {"dry_run": True, "tenant": tenant, "all": all_}, json_out, "would rotate db passwords"
+        from bizosctl.security.rotation_plans import plan_db_password
+
+        plan = plan_db_password(_ctl(), tenant=tenant, grace_s=grace_ms / 1000)
+        if json_out:
+            print_json({"dry_run": True, **plan})
+            return
+        out = stdout_console()
+        rows = [
+            [t["tenant"], t["server"], t["database"], t["previous"], t["role"]]
+            for t in plan["tenants"]
+        ]
+        out.print(
+            f"would give {len(rows)} tenant(s) a new password on their other login role; the "
+            f"previous role would keep logging in for {plan['grace_s']:g}s, then lose LOGIN"
         )
+        if rows:
+            out.print(table(None, ["tenant", "server", "database", "from role", "to role"], rows))
         return
     doc = rotate(_ctl(), tenant=tenant, grace_s=grace_ms / 1000)
     _done(doc, json_out, f"rotated {len(doc['rotated'])} login role password(s)")
@@ -265,19 +282,35 @@ def rotate_master(
     to_kms: str | None = typer.Option(
         None, "--to-kms", help="Wrap the data keys with this AWS KMS key."
     ),
+    yes: bool = YesOpt,
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Re-wrap every data key under a new master key (a new key file, or a KMS key).
 
-    Example: bizosctl secrets rotate master-key
+    The old key file is replaced: keep a backup of it until the rotation is done. Needs --yes.
+
+    Example: bizosctl secrets rotate master-key --dry-run
     """
+    from bizosctl.security.rotation_plans import plan_master_key
     from bizosctl.security.secrets import rotate_master_key
 
+    ctl = _ctl()
+    plan = plan_master_key(ctl, to_kms=to_kms)
     if dry_run:
-        _done({"dry_run": True, "to_kms": to_kms}, json_out, "would re-wrap every data key")
+        if json_out:
+            print_json({"dry_run": True, **plan})
+            return
+        target = plan["to"] if to_kms else f"a new key file written to {plan['key_file']}"
+        checked = " (the KMS key answered)" if plan["key_checked"] else ""
+        stdout_console().print(
+            f"would re-wrap {plan['data_keys']} data key(s), now under {plan['from']}, "
+            f"with {target}{checked}",
+            markup=False,
+        )
         return
-    doc = rotate_master_key(_ctl(), to_kms=to_kms)
+    confirm_destructive(yes, "replacing the master key")
+    doc = rotate_master_key(ctl, to_kms=to_kms)
     _done(doc, json_out, f"re-wrapped {doc['rewrapped']} data key(s) under {doc['master']}")
 
 

@@ -143,6 +143,13 @@ def run_query(
         result = s.connection().exec_driver_sql(sql, execution_options={"no_parameters": True})
         if result.returns_rows:
             columns = list(result.keys())
-            rows = [[_jsonable(v) for v in row] for row in result.fetchmany(limit)]
-            return QueryResult(columns=columns, rows=rows, rowcount=len(rows), read_only=not write)
+            fetched = result.fetchmany(limit + 1)  # one more: to say whether rows were cut
+            rows = [[_jsonable(v) for v in row] for row in fetched[:limit]]
+            return QueryResult(
+                columns=columns,
+                rows=rows,
+                rowcount=len(rows),
+                read_only=not write,
+                truncated=len(fetched) > limit,
+            )
         return QueryResult(columns=[], rows=[], rowcount=result.rowcount, read_only=not write)
