@@ -109,7 +109,7 @@ def quickstart(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
         for item in result.changed:
             stderr_console().print(f"[green]+[/] {escape(item)}")
     else:
-        stderr_console().print("Everything was already in place: nothing changed.")
+        out.print("Everything was already in place: nothing changed.")
     rows = []
     for t in result.tenants:
         total = sum(t.row_counts.values())
