@@ -166,3 +166,18 @@ def test_sync_summary_shows_zero_counts(make_tenant, cli):
     r = cli("schema", "sync")
     assert r.exit_code == 0, r.stderr
     assert "migrated: 0, unchanged: " in r.stdout and "failed: 0" in r.stdout
+
+
+def test_abort_and_resume_print_sentences(ctl, make_tenant, cli, run_bizosctl):
+    slug = make_tenant(tier="schema", region="global")
+    args = ("tenant", "move", slug, "--to-tier", "isolated")
+    assert run_bizosctl(*args, env={"BIZOS_CRASH_AT": "move.capture"}).returncode == -9
+    r = cli("tenant", "move", slug, "--abort")
+    assert r.exit_code == 0, r.stderr
+    out = " ".join(r.stdout.split())  # Rich wraps long lines
+    assert out.startswith(f"aborted the move of {slug} (operation ")
+    assert "the tenant is back where it was and writes resumed" in out
+    assert run_bizosctl(*args, env={"BIZOS_CRASH_AT": "move.capture"}).returncode == -9
+    r = cli("tenant", "move", slug, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert " ".join(r.stdout.split()).startswith(f"resumed and moved {slug}: schema on global-1")
