@@ -181,3 +181,44 @@ def test_abort_and_resume_print_sentences(ctl, make_tenant, cli, run_bizosctl):
     r = cli("tenant", "move", slug, "--resume")
     assert r.exit_code == 0, r.stderr
     assert " ".join(r.stdout.split()).startswith(f"resumed and moved {slug}: schema on global-1")
+
+
+def _at_a_terminal(args: list[str], answer: str) -> tuple[int, str]:
+    """Run bizosctl with stdin and stderr on a pseudo-terminal; answer its prompt."""
+    import os
+    import select
+    import subprocess
+    import sys
+    import time
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bizosctl", *args],
+        stdin=slave,
+        stderr=slave,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    os.close(slave)
+    seen, deadline = b"", time.monotonic() + 60
+    while b"Continue?" not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            try:
+                seen += os.read(master, 1024)
+            except OSError:  # the child closed the terminal: it exited without asking
+                break
+    os.write(master, answer.encode() + b"\n")
+    proc.communicate(timeout=60)
+    os.close(master)
+    return proc.returncode, seen.decode(errors="replace")
+
+
+def test_destructive_command_asks_at_a_terminal(ctl, make_tenant, cli):
+    slug = make_tenant(tier="shared")
+    code, prompt = _at_a_terminal(["tenant", "delete", slug], "n")
+    assert code == 1 and f"deleting tenant '{slug}' is destructive. Continue?" in prompt
+    assert ctl.route(slug).status == "active"
+    code, _ = _at_a_terminal(["tenant", "delete", slug], "y")
+    assert code == 0
+    assert json.loads(cli("tenant", "show", slug, "--json").stdout)["error"]["exit_code"] == 3
