@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.schemas import TenantDetail
+from bizosctl.tenancy.home_plans import plan_init
 from bizosctl.tenancy.lifecycle import get_tenant, list_tenants
 from bizosctl.tenancy.provision import create_tenant
-from bizosctl.tenancy.regions import ensure_region, init_home
+from bizosctl.tenancy.regions import ensure_region, init_home, region_exists
 from bizosctl.tenancy.sample import load_sample_data
 
 REGIONS = ("global", "id")
@@ -49,3 +50,25 @@ def run_quickstart(ctl: Control) -> QuickstartResult:
             result.changed.append(f"sample data for {slug}")
     result.tenants = [get_tenant(ctl, slug) for slug, *_ in TENANTS]
     return result
+
+
+def plan_quickstart(ctl: Control) -> list[str]:
+    """What ``run_quickstart`` would add, in its words, changing nothing (``--dry-run``)."""
+    from bizosctl.tenancy.lifecycle import count_rows
+
+    init = plan_init(ctl)
+    changes = list(init.would_create)
+    catalog = init.catalog_checked and not any(
+        c.startswith(("catalog database", "catalog schema")) and "upgrade" not in c for c in changes
+    )
+    for r in REGIONS:
+        if f"region {r}" not in changes and (not catalog or not region_exists(ctl, r)):
+            changes.append(f"region {r}")
+    existing = {t.slug: t for t in list_tenants(ctl)} if catalog else {}
+    for slug, _name, tier, region in TENANTS:
+        current = existing.get(slug)
+        if current is None or current.status == "provisioning":
+            changes += [f"tenant {slug} ({tier}, {region})", f"sample data for {slug}"]
+        elif not count_rows(ctl, slug).get("members"):
+            changes.append(f"sample data for {slug}")
+    return changes

@@ -27,10 +27,23 @@ def test_commands_before_init_say_what_to_do(fresh_home, cli):
 
 
 def test_quickstart_twice_then_doctor_then_down(fresh_home, cli):
+    r = cli("quickstart", "--dry-run", "--json")
+    assert r.exit_code == 0, r.stderr
+    plan = json.loads(r.stdout)["would_change"]
+    assert plan[0] == f"master key {fresh_home / 'master.key'}"
+    assert {"region id", "tenant acme (shared, global)", "sample data for garuda"} <= set(plan)
+    assert not any(fresh_home.iterdir())  # nothing made, not even the master key
+    r = cli("quickstart")
+    assert r.exit_code == 0, r.stderr
+    # progress on stderr, the summary on stdout
+    assert "+ tenant acme (shared, global)" in r.stderr and "+ tenant" not in r.stdout
+    assert "Tenants" in r.stdout and "garuda" in r.stdout
+    r = cli("quickstart", "--dry-run")
+    assert "quickstart would change nothing" in r.stdout
     r = cli("quickstart", "--json")
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert "tenant acme (shared, global)" in doc["changed"]
+    assert doc["changed"] == []
     tiers = {t["slug"]: (t["tier"], t["region"]) for t in doc["tenants"]}
     assert tiers == {
         "acme": ("shared", "global"),
@@ -60,8 +73,15 @@ def test_quickstart_twice_then_doctor_then_down(fresh_home, cli):
         "roles global-1",
     } <= names
 
+    r = cli("down", "--dry-run", "--json")
+    assert sorted(json.loads(r.stdout)["would_stop"]) == ["global", "id"]
+    assert cli("down", "--dry-run").stdout.startswith("would stop: global, id")
     r = cli("down", "--json")
     assert sorted(json.loads(r.stdout)["stopped"]) == ["global", "id"]
+    r = cli("down", "--dry-run")
+    assert "no embedded server is running: nothing to stop" in r.stdout
+    r = cli("init", "--dry-run", "--json")  # does not start the stopped server to find out
+    assert json.loads(r.stdout)["would_create"][0] == "start the global server"
     # any command brings the servers back
     r = cli("tenant", "show", "garuda", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["row_counts"]["members"] == 5
@@ -91,8 +111,15 @@ def test_doctor_finds_rls_turned_off_and_key_mode(fresh_home, cli):
 
 
 def test_init_twice_changes_nothing(fresh_home, cli):
-    first = json.loads(cli("init", "--json").stdout)
-    assert "catalog schema" in first["created"]
+    plan = json.loads(cli("init", "--dry-run", "--json").stdout)
+    assert plan["would_create"][0] == f"master key {fresh_home / 'master.key'}"
+    assert not any(fresh_home.iterdir())
+    first = cli("init")
+    assert first.exit_code == 0, first.stderr
+    assert "+ started global server" in first.stdout and "created started" not in first.stdout
+    assert "+ catalog schema" in first.stdout
+    r = cli("init", "--dry-run")
+    assert r.exit_code == 0 and "already initialised" in r.stdout and "nothing to do" in r.stdout
     second = cli("init", "--json")
     assert json.loads(second.stdout)["created"] == []
 

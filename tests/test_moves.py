@@ -72,7 +72,7 @@ def test_move_every_direction(ctl, make_tenant, cli, src, dst):
     # the source is kept, frozen, until purged; the neighbour in the shared tables is untouched
     assert exists_at(ctl, old.server, old.database, old.schema, old.tenant_id) == 5
     assert count_rows(ctl, neighbour)["members"] == 5
-    r = cli("tenant", "move", slug, "--purge-source", "--force", "--json")
+    r = cli("tenant", "move", slug, "--purge-source", "--force", "--yes", "--json")
     assert r.exit_code == 0, r.stderr
     assert exists_at(ctl, old.server, old.database, old.schema, old.tenant_id) == 0
     assert count_rows(ctl, neighbour)["members"] == 5

@@ -81,7 +81,7 @@ def test_sync_migrates_every_tier_then_noop(small_fleet, cli):
 
     r, doc = sync(cli, "--parallel", "3")
     assert r.exit_code == 0, [f["error"] for f in doc["failed"]]
-    assert doc["ok"] is True and doc["summary"] == {"migrated": 5}
+    assert doc["ok"] is True and doc["summary"] == {"migrated": 5, "unchanged": 0, "failed": 0}
     assert status(cli)["summary"] == {"t002": 5}
     ctl = get_control()
     assert column_exists(ctl, "id-1", "t_gamma", "t_gamma", "tasks", "priority")
@@ -98,7 +98,7 @@ def test_sync_migrates_every_tier_then_noop(small_fleet, cli):
     )
     assert r.exit_code == 0
     r, doc = sync(cli)
-    assert r.exit_code == 0 and doc["summary"] == {"unchanged": 5}
+    assert r.exit_code == 0 and doc["summary"] == {"unchanged": 5, "migrated": 0, "failed": 0}
     # the catalog recorded each target
     assert {t["status"] for t in status(cli)["targets"]} == {"ok"}
 
@@ -175,7 +175,9 @@ def test_sync_unknown_tenant(small_fleet, cli):
 def test_failing_migration_in_one_target_others_finish(small_fleet, cli):
     r, doc = sync(cli, extra=FAILING)
     assert r.exit_code == 1
-    assert doc["summary"] == {"migrated": 4, "failed": 1}, [t["error"] for t in doc["failed"]]
+    assert doc["summary"] == {"migrated": 4, "failed": 1, "unchanged": 0}, [
+        t["error"] for t in doc["failed"]
+    ]
     [failed] = doc["failed"]
     assert failed["tenant"] == "boom-co" and failed["revision"] == "0002"
     assert "RuntimeError: boom: this migration refuses this target" in failed["error"]
@@ -262,9 +264,9 @@ def test_lock_timeout_is_retried_then_reported(small_fleet, cli):
     assert failed["error"].startswith(
         "lock_timeout (200 ms): canceling statement due to lock timeout"
     )
-    assert doc["summary"] == {"migrated": 4, "failed": 1}
+    assert doc["summary"] == {"migrated": 4, "failed": 1, "unchanged": 0}
     r, doc = sync(cli)  # the tenant is free again: the same command finishes it
-    assert r.exit_code == 0 and doc["summary"] == {"migrated": 1, "unchanged": 4}
+    assert r.exit_code == 0 and doc["summary"] == {"migrated": 1, "unchanged": 4, "failed": 0}
 
 
 def _hold_target_lock(ctl, schema, app="bizosctl:sync:other-op"):
@@ -301,7 +303,7 @@ def test_a_second_sync_waits_for_the_other_by_default(small_fleet, cli):
     r, doc = sync(cli, "--tenant", "alpha")
     release.join()
     assert r.exit_code == 0, doc
-    assert doc["summary"] == {"migrated": 1}
+    assert doc["summary"] == {"migrated": 1, "unchanged": 0, "failed": 0}
 
 
 def test_sigkill_mid_run_then_resume(small_fleet, run_bizosctl):
@@ -315,7 +317,7 @@ def test_sigkill_mid_run_then_resume(small_fleet, run_bizosctl):
     second = run_bizosctl("schema", "sync", "--parallel", "1", "--json", env=env)
     assert second.returncode == 0, second.stderr
     doc = json.loads(second.stdout)
-    assert doc["summary"] == {"unchanged": 2, "migrated": 3}
+    assert doc["summary"] == {"unchanged": 2, "migrated": 3, "failed": 0}
     # the interrupted operation was resumed, not duplicated
     from sqlalchemy import select
 
@@ -339,7 +341,7 @@ def test_downgrade_needs_yes(small_fleet, cli):
     )
     assert status(cli)["summary"] == {"t002": 5}
     r, doc = sync(cli, "--to", "0002", "--yes")
-    assert r.exit_code == 0 and doc["summary"] == {"migrated": 5}
+    assert r.exit_code == 0 and doc["summary"] == {"migrated": 5, "unchanged": 0, "failed": 0}
     assert status(cli)["summary"] == {"0002": 5}
 
 

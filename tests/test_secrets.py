@@ -331,7 +331,14 @@ def test_master_key_rotation_rewraps_everything(home, cli):
     load_sample_data(home, "mk-co")
     before = emails(home, "mk-co")
     old_key = (home.settings.key_file).read_text()
-    r = cli("secrets", "rotate", "master-key", "--json")
+    r = cli("secrets", "rotate", "master-key", "--dry-run", "--json")
+    assert r.exit_code == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["data_keys"] == 6 and plan["to"] == "a new key file"
+    r = cli("secrets", "rotate", "master-key")
+    assert r.exit_code == 2 and "replacing the master key is destructive: pass --yes" in r.stderr
+    assert home.settings.key_file.read_text() == old_key
+    r = cli("secrets", "rotate", "master-key", "--yes", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["rewrapped"] == 6  # 4 purposes, staged pii and jwt keys too
     assert home.settings.key_file.read_text() != old_key
@@ -349,7 +356,11 @@ def test_master_key_rotation_rewraps_everything(home, cli):
 
 def test_master_key_rotation_killed_after_commit_finishes_on_next_use(home, run_bizosctl):
     first = run_bizosctl(
-        "secrets", "rotate", "master-key", env={"BIZOS_CRASH_AT": "rotate.master.rewrapped"}
+        "secrets",
+        "rotate",
+        "master-key",
+        "--yes",
+        env={"BIZOS_CRASH_AT": "rotate.master.rewrapped"},
     )
     assert first.returncode == -9
     nxt = home.settings.key_file.with_name("master.key.next")
@@ -397,12 +408,24 @@ def test_rotate_to_kms_then_the_keyring_opens_through_kms(home, cli, kms):
     create_tenant(home, slug="kms-co", name="K", tier="schema", region="global")
     load_sample_data(home, "kms-co")
     before = emails(home, "kms-co")
+    env = {"BIZOS_KMS_ENDPOINT_URL": url}
+    # the dry run checks the KMS key and names it, and changes nothing
+    r = cli("secrets", "rotate", "master-key", "--to-kms", key_id, "--dry-run", env=env)
+    assert r.exit_code == 0, r.stderr
+    assert "would re-wrap 6 data key(s)" in r.stdout and f"kms:{key_id}" in r.stdout
+    assert "the KMS key answered" in r.stdout
+    r = cli("secrets", "rotate", "master-key", "--to-kms", "no-such-key", "--dry-run", env=env)
+    assert r.exit_code == 1 and "KMS key no-such-key" in r.stderr
+    r = cli("secrets", "rotate", "master-key", "--to-kms", key_id, env=env)
+    assert r.exit_code == 2 and "pass --yes to confirm" in r.stderr
+    assert home.settings.key_file.exists()
     r = cli(
         "secrets",
         "rotate",
         "master-key",
         "--to-kms",
         key_id,
+        "--yes",
         "--json",
         env={"BIZOS_KMS_ENDPOINT_URL": url},
     )
@@ -477,7 +500,7 @@ def test_whole_rotation_run_prints_no_secret(home):
         ["secrets", "rotate", "jwt"],
         ["secrets", "rotate", "db-credentials"],
         ["secrets", "rotate", "db-password", "--all", "--grace", "0s"],
-        ["secrets", "rotate", "master-key"],
+        ["secrets", "rotate", "master-key", "--yes"],
         ["secrets", "list"],
         ["secrets", "check"],
         ["--debug", "secrets", "list", "--json"],

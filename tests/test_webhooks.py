@@ -35,7 +35,7 @@ def add(cli, tenant: str, *, url: str = URL, events: str = "invoice.paid,task.do
 
 
 def rotate(cli, endpoint_id: str, overlap: str = "24h"):
-    r = cli("webhook-secret", "rotate", "--endpoint", endpoint_id, "--overlap", overlap, "--json")
+    r = cli("webhook-secret", "rotate", "--endpoint", endpoint_id, "--grace", overlap, "--json")
     assert r.exit_code == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -219,9 +219,9 @@ def test_rotate_rejects_bad_overlap(cli, make_tenant):
 
 def test_rotate_rejects_overlap_beyond_thirty_days(cli, make_tenant):
     ep = add(cli, make_tenant(tier="shared"))["endpoint"]
-    r = cli("webhook-secret", "rotate", "--endpoint", ep["id"], "--overlap", "31d")
+    r = cli("webhook-secret", "rotate", "--endpoint", ep["id"], "--grace", "31d")
     assert r.exit_code == 2
-    assert "overlap must be at most 30d" in r.stderr
+    assert "grace period must be at most 30d" in r.stderr
 
 
 def test_sign_rejects_bad_message_id(cli, ctl, make_tenant):

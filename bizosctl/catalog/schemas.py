@@ -44,3 +44,4 @@ class QueryResult(BaseModel):
     rows: list[list[object]]
     rowcount: int
     read_only: bool
+    truncated: bool = False  # more rows than --limit: only the first ones are in rows

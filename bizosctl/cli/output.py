@@ -123,9 +123,15 @@ def table(
 
 
 def confirm_destructive(yes: bool, what: str) -> None:
-    if not yes:
-        from bizosctl.errors import InvalidInput
+    """Go on with --yes, or when a person at a terminal says so; refuse (exit 2) otherwise."""
+    if yes:
+        return
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        if typer.confirm(f"{what} is destructive. Continue?", default=False, err=True):
+            return
+        raise typer.Exit(1)
+    from bizosctl.errors import InvalidInput
 
-        raise InvalidInput(
-            f"{what} is destructive: pass --yes to confirm (or --dry-run to see the plan)"
-        )
+    raise InvalidInput(
+        f"{what} is destructive: pass --yes to confirm (or --dry-run to see the plan)"
+    )

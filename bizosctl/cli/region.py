@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bizosctl.cli.output import JsonOpt, handle_errors, print_json, stdout_console, table
+from bizosctl.cli.output import DryRunOpt, JsonOpt, handle_errors, print_json, stdout_console, table
 
 app = typer.Typer(
     help="Regions and their database servers.\n\nExample: bizosctl region list",
@@ -80,7 +80,7 @@ def add(
     allow_url_password: bool = typer.Option(
         False, "--allow-url-password", help="Accept a password inside --url (visible in ps)."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show what would be done."),
+    dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Add a region with an embedded server, or one that points at an existing server.
@@ -109,12 +109,20 @@ def add(
         if region_exists(ctl, name):
             raise AlreadyExists(f"region {name!r} already exists")
         plan = {
+            "dry_run": True,
             "region": name,
             "server": f"{name}-1",
             "provider": "postgres" if url else "embedded",
-            "dry_run": True,
+            "port": port,
         }
-        print_json(plan) if json_out else stdout_console().print(f"would add {plan}")
+        if json_out:
+            print_json(plan)
+            return
+        where = "an existing PostgreSQL server (--url)" if url else "a new embedded server"
+        listen = f", also listening on 127.0.0.1:{port}" if port else ""
+        stdout_console().print(
+            f"would add region {name} with server {name}-1: {where}{listen}", markup=False
+        )
         return
     region = add_region(
         ctl,

@@ -218,7 +218,7 @@ def _render_sync(doc: dict) -> None:  # type: ignore[type-arg]
             )
             out.print(group["sql"], markup=False, highlight=False)
         return
-    summary = ", ".join(f"{k}: {v}" for k, v in sorted(doc["summary"].items())) or "no targets"
+    summary = ", ".join(f"{k}: {v}" for k, v in doc["summary"].items()) or "no targets"
     out.print(
         f"operation {doc['operation']}: {summary} in {doc['elapsed_s']:.2f}s (to {doc['to']})"
     )

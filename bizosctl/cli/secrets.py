@@ -9,6 +9,8 @@ import typer
 from bizosctl.cli.output import (
     DryRunOpt,
     JsonOpt,
+    YesOpt,
+    confirm_destructive,
     handle_errors,
     print_json,
     stderr_console,
@@ -148,7 +150,8 @@ def rotate_pii(
         _done(
             doc,
             json_out,
-            f"would switch to {key} and re-encrypt {doc['would_rewrite']} value(s): {usage}",
+            f"would switch to {key} and re-encrypt {doc['would_rewrite']} value(s)"
+            + (": " + ", ".join(f"{n} at v{v}" for v, n in sorted(usage.items())) if usage else ""),
         )
         return
     if json_out:
@@ -347,19 +350,35 @@ def rotate_master(
     to_kms: str | None = typer.Option(
         None, "--to-kms", help="Wrap the data keys with this AWS KMS key."
     ),
+    yes: bool = YesOpt,
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Re-wrap every data key under a new master key (a new key file, or a KMS key).
 
-    Example: bizosctl secrets rotate master-key
+    The old key file is replaced: keep a backup of it until the rotation is done. Needs --yes.
+
+    Example: bizosctl secrets rotate master-key --dry-run
     """
+    from bizosctl.security.rotation_plans import plan_master_key
     from bizosctl.security.secrets import rotate_master_key
 
+    ctl = _ctl()
+    plan = plan_master_key(ctl, to_kms=to_kms)
     if dry_run:
-        _done({"dry_run": True, "to_kms": to_kms}, json_out, "would re-wrap every data key")
+        if json_out:
+            print_json({"dry_run": True, **plan})
+            return
+        target = plan["to"] if to_kms else f"a new key file written to {plan['key_file']}"
+        checked = " (the KMS key answered)" if plan["key_checked"] else ""
+        stdout_console().print(
+            f"would re-wrap {plan['data_keys']} data key(s), now under {plan['from']}, "
+            f"with {target}{checked}",
+            markup=False,
+        )
         return
-    doc = rotate_master_key(_ctl(), to_kms=to_kms)
+    confirm_destructive(yes, "replacing the master key")
+    doc = rotate_master_key(ctl, to_kms=to_kms)
     _done(doc, json_out, f"re-wrapped {doc['rewrapped']} data key(s) under {doc['master']}")
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from bizosctl.cli.output import (
+    DryRunOpt,
     JsonOpt,
     handle_errors,
     print_json,
@@ -26,13 +27,35 @@ def _control() -> Control:
 
 
 @handle_errors
-def init(json_out: bool = JsonOpt) -> None:
+def init(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
     """Create BIZOS_HOME, the master key, the home region's server and the catalog.
 
     Running it again changes nothing.
 
     Example: BIZOS_HOME=/srv/bizos bizosctl init
     """
+    from rich.markup import escape
+
+    if dry_run:
+        from bizosctl.tenancy.home_plans import plan_init
+
+        plan = plan_init(_control())
+        if json_out:
+            print_json(
+                {
+                    "dry_run": True,
+                    "home": str(plan.home),
+                    "would_create": plan.would_create,
+                    "catalog_checked": plan.catalog_checked,
+                }
+            )
+        elif plan.would_create:
+            stdout_console().print(f"init would, in {escape(str(plan.home))}:")
+            for item in plan.would_create:
+                stdout_console().print(f"  [green]+[/] {escape(item)}")
+        else:
+            stdout_console().print(f"already initialised in {plan.home}: nothing to do")
+        return
     from bizosctl.tenancy.regions import init_home
 
     result = init_home(_control())
@@ -41,22 +64,38 @@ def init(json_out: bool = JsonOpt) -> None:
         return
     if result.created:
         for item in result.created:
-            stdout_console().print(f"[green]created[/] {item}")
+            stdout_console().print(f"[green]+[/] {escape(item)}")
     else:
         stdout_console().print(f"already initialised in {result.home}: nothing to do")
 
 
 @handle_errors
-def quickstart(json_out: bool = JsonOpt) -> None:
+def quickstart(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
     """Two regions (global, id), one tenant of each tier, sample data, and a summary.
 
-    Idempotent: a second run changes nothing and says so.
+    Idempotent: a second run changes nothing and says so. What it adds is reported on stderr
+    as it goes; the summary goes to stdout.
 
     Example: bizosctl quickstart
     """
-    from bizosctl.quickstart import run_quickstart
+    from rich.markup import escape
+
+    from bizosctl.quickstart import plan_quickstart, run_quickstart
 
     ctl = _control()
+    if dry_run:
+        changes = plan_quickstart(ctl)
+        if json_out:
+            print_json({"dry_run": True, "would_change": changes})
+        elif changes:
+            stdout_console().print("quickstart would add:")
+            for item in changes:
+                stdout_console().print(f"  [green]+[/] {escape(item)}")
+        else:
+            stdout_console().print(
+                "Everything is already in place: quickstart would change nothing."
+            )
+        return
     if json_out:
         result = run_quickstart(ctl)
     else:
@@ -68,7 +107,7 @@ def quickstart(json_out: bool = JsonOpt) -> None:
     out = stdout_console()
     if result.changed:
         for item in result.changed:
-            out.print(f"[green]+[/] {item}")
+            stderr_console().print(f"[green]+[/] {escape(item)}")
     else:
         out.print("Everything was already in place: nothing changed.")
     rows = []
@@ -116,11 +155,22 @@ def doctor(json_out: bool = JsonOpt) -> None:
 
 
 @handle_errors
-def down(json_out: bool = JsonOpt) -> None:
+def down(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
     """Stop every embedded PostgreSQL server of this BIZOS_HOME. Data stays.
 
     Example: bizosctl down
     """
+    if dry_run:
+        from bizosctl.tenancy.home_plans import plan_down
+
+        running = plan_down(_control())
+        if json_out:
+            print_json({"dry_run": True, "would_stop": running})
+        elif running:
+            stdout_console().print(f"would stop: {', '.join(running)}")
+        else:
+            stdout_console().print("no embedded server is running: nothing to stop")
+        return
     from bizosctl.tenancy.regions import stop_embedded
 
     stopped = stop_embedded(_control())

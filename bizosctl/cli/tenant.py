@@ -1,4 +1,4 @@
-"""``bizosctl tenant create|list|show|lock|unlock|delete|query``."""
+"""``bizosctl tenant create|list|show|lock|unlock|delete|query|move``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from bizosctl.cli.move import move as move_command
 from bizosctl.cli.output import (
     DryRunOpt,
     JsonOpt,
@@ -16,6 +17,7 @@ from bizosctl.cli.output import (
     stderr_console,
     stdout_console,
     table,
+    to_jsonable,
 )
 
 app = typer.Typer(
@@ -246,7 +248,15 @@ def query(
     write: bool = typer.Option(
         False, "--write", help="Allow writes (default: read-only transaction)."
     ),
-    limit: int = typer.Option(1000, "--limit", min=1, help="At most this many rows."),
+    limit: int = typer.Option(
+        1000, "--limit", min=1, help="At most this many rows (stderr says when more were cut)."
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Show the plan; change nothing. Runs the statement in a transaction that is "
+        "rolled back.",
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run SQL as the application role inside the tenant's context: the operator's safe psql.
@@ -257,105 +267,27 @@ def query(
     functions that run SQL text (ts_stat, query_to_xml, ...) and U& escapes. A statement that
     changes the tenant context anyway is rolled back and returns nothing. A suspended tenant
     is refused (exit 1).
+    With --write --dry-run the statement runs and is rolled back: you see what it would
+    change.
 
     Example: bizosctl tenant query acme "select status, count(*) from tasks group by 1"
     """
     from bizosctl.tenancy.lifecycle import run_query
 
-    result = run_query(_ctl(), slug, sql, write=write, limit=limit)
+    result = run_query(_ctl(), slug, sql, write=write, limit=limit, rollback=dry_run)
+    if result.truncated:
+        stderr_console().print(
+            f"truncated: showing the first {limit} row(s); raise --limit to see more",
+            markup=False,
+        )
     if json_out:
-        print_json(result)
+        print_json({"dry_run": True, **to_jsonable(result)} if dry_run else result)
     elif result.columns:
         stdout_console().print(table(None, result.columns, result.rows))
+    elif dry_run:
+        stdout_console().print(f"would affect {result.rowcount} row(s) (rolled back)")
     else:
         stdout_console().print(f"{result.rowcount} row(s) affected")
 
 
-@app.command("move")
-@handle_errors
-def move(
-    slug: str = Slug,
-    to_tier: str | None = typer.Option(None, "--to-tier", help="shared | schema | isolated"),
-    to_region: str | None = typer.Option(None, "--to-region", help="Default: the current region."),
-    to_server: str | None = typer.Option(None, "--to-server", help="Default: the region's server."),
-    keep_source: str = typer.Option("7d", "--keep-source", help="Keep the source data this long."),
-    max_freeze: str = typer.Option("2s", "--max-freeze", help="Longest pause of writes allowed."),
-    residency_change: str | None = typer.Option(
-        None, "--residency-change", help="Reason, required to leave the tenant's region."
-    ),
-    parallel: int = typer.Option(4, "--parallel", help="Tables copied at once."),
-    max_rate: str | None = typer.Option(
-        None,
-        "--max-rate",
-        help="Gentle mode: cap the copy at this many bytes a second (e.g. 20MB), all tables "
-        "together, so the application's own writes keep their pace.",
-    ),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted move."),
-    status: bool = typer.Option(False, "--status", help="Show the tenant's last move."),
-    abort: bool = typer.Option(False, "--abort", help="Undo a move that has not switched yet."),
-    purge_source: bool = typer.Option(False, "--purge-source", help="Drop the kept source."),
-    force: bool = typer.Option(False, "--force", help="With --purge-source: before it expires."),
-    dry_run: bool = DryRunOpt,
-    json_out: bool = JsonOpt,
-) -> None:
-    """Move a tenant to another tier, server or region, online: copy, catch up, verify, switch.
-
-    Writes pause only for the final catch-up and verification (at most --max-freeze). Running
-    the same command again after a crash continues from the last checkpoint.
-
-    Example: bizosctl tenant move acme --to-tier isolated --max-freeze 1s --max-rate 20MB
-    """
-    from bizosctl.durations import parse_ms
-    from bizosctl.errors import InvalidInput
-    from bizosctl.moves import engine
-    from bizosctl.moves.plan import MoveRequest, make_plan
-    from bizosctl.throttle import parse_rate
-
-    ctl = _ctl()
-    modes = [
-        m
-        for m, on in (
-            ("--status", status),
-            ("--abort", abort),
-            ("--purge-source", purge_source),
-            ("--resume", resume),
-        )
-        if on
-    ]
-    if len(modes) > 1:
-        raise InvalidInput(f"choose one of {', '.join(modes)}")
-    doc: object
-    if status:
-        doc = engine.move_status(ctl, slug)
-    elif abort:
-        doc = engine.abort_move(ctl, slug)
-    elif purge_source:
-        doc = engine.purge_source(ctl, slug, force=force)
-    else:
-        progress = None if json_out else (lambda msg: stderr_console().print(f"[dim]{msg}[/]"))
-        if resume:  # the same destination again also resumes (in move_tenant)
-            doc = engine.resume_move(ctl, slug, progress=progress).public()
-        else:
-            if to_tier is None:
-                raise InvalidInput("--to-tier is required (shared, schema or isolated)")
-            req = MoveRequest(
-                slug=slug,
-                to_tier=to_tier,
-                to_region=to_region,
-                to_server=to_server,
-                keep_source_ms=parse_ms(keep_source, what="--keep-source"),
-                max_freeze_ms=parse_ms(max_freeze, what="--max-freeze", allow_zero=False),
-                residency_change=residency_change,
-                parallel=parallel,
-                max_rate_bytes=parse_rate(max_rate) if max_rate is not None else None,
-            )
-            if dry_run:
-                doc = {"dry_run": True, "plan": make_plan(ctl, req).public()}
-            else:
-                doc = engine.move_tenant(ctl, req, progress=progress).public()
-    if json_out:
-        print_json(doc)
-        return
-    import json as _json
-
-    stdout_console().print_json(_json.dumps(doc, default=str))
+app.command("move")(move_command)

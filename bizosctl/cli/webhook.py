@@ -11,6 +11,7 @@ from bizosctl.cli.output import (
     JsonOpt,
     handle_errors,
     print_json,
+    stderr_console,
     stdout_console,
     table,
 )
@@ -26,8 +27,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 secret_app = typer.Typer(
-    help="Signing secrets of webhook endpoints: rotate with an overlap.\n\n"
-    "Example: bizosctl webhook-secret rotate --endpoint 3f0c... --overlap 24h",
+    help="Signing secrets of webhook endpoints: rotate with a grace period.\n\n"
+    "Example: bizosctl webhook-secret rotate --endpoint 3f0c9a52 --grace 24h",
     no_args_is_help=True,
 )
 
@@ -126,27 +127,40 @@ def list_(
 @secret_app.command("rotate")
 @handle_errors
 def rotate(
-    endpoint: str = typer.Option(..., "--endpoint", help="The endpoint's id."),
-    overlap: str = typer.Option(
-        "24h", "--overlap", help="How long the previous secrets keep signing, e.g. 24h."
+    endpoint: str = typer.Option(
+        ..., "--endpoint", help="The endpoint's id, or a unique prefix of it (see `webhook list`)."
+    ),
+    grace: str = typer.Option(
+        "24h", "--grace", help="How long the previous secrets keep signing, e.g. 24h."
+    ),
+    overlap: str | None = typer.Option(
+        None, "--overlap", hidden=True, help="Deprecated name of --grace."
     ),
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Give a webhook endpoint a new signing secret and print it once.
 
-    Deliveries are signed with the new and the previous secrets until the overlap ends, so the
-    receiver can switch without rejecting any.
+    Deliveries are signed with the new and the previous secrets until the grace period ends, so
+    the receiver can switch without rejecting any.
 
-    Example: bizosctl webhook-secret rotate --endpoint 3f0c9a52-... --overlap 24h
+    Example: bizosctl webhook-secret rotate --endpoint 3f0c9a52 --grace 24h
     """
     from bizosctl.durations import parse_ms
-    from bizosctl.notify.webhooks import plan_secret_rotation, rotate_secret
+    from bizosctl.notify.webhooks import (
+        plan_secret_rotation,
+        resolve_endpoint_id,
+        rotate_secret,
+    )
 
-    overlap_ms = parse_ms(overlap, what="--overlap")
+    if overlap is not None:
+        stderr_console().print("warning: --overlap is deprecated, use --grace", markup=False)
+    flag, value = ("--grace", grace) if overlap is None else ("--overlap", overlap)
+    grace_ms = parse_ms(value, what=flag)
     ctl = _ctl()
+    endpoint_id = resolve_endpoint_id(ctl, endpoint)
     if dry_run:
-        plan = plan_secret_rotation(ctl, endpoint, overlap_ms=overlap_ms)
+        plan = plan_secret_rotation(ctl, endpoint_id, overlap_ms=grace_ms)
         if json_out:
             print_json({"dry_run": True, "plan": plan})
         else:
@@ -155,7 +169,7 @@ def rotate(
                 f"current secret(s) would sign until {_when(plan.previous_valid_until)}"
             )
         return
-    updated, secret = rotate_secret(ctl, endpoint, overlap_ms=overlap_ms)
+    updated, secret = rotate_secret(ctl, endpoint_id, overlap_ms=grace_ms)
     if json_out:
         print_json({"endpoint": updated, "secret": secret})
         return

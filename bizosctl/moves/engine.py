@@ -22,7 +22,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection, Engine
 
 from bizosctl.catalog.control import Control
-from bizosctl.catalog.models import Operation
+from bizosctl.catalog.models import Operation, Tenant
 from bizosctl.catalog.operations import OperationRun, is_alive
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import migrate
@@ -777,8 +777,33 @@ def move_status(ctl: Control, slug: str) -> dict[str, Any]:
     }
 
 
-def purge_source(ctl: Control, slug: str, *, force: bool = False) -> dict[str, Any]:
-    """Drop the source a finished move kept, once ``--keep-source`` has expired."""
+def endpoint_drop_sql(ep: Endpoint, tenant_id: uuid.UUID) -> tuple[str, list[str]]:
+    """What ``drop_endpoint`` runs at ``ep``: a one-line description and the statements (for a
+    plan; the tenant id is shown inline, the real statements bind it)."""
+    if ep.tier == "isolated":
+        return (
+            f"drop database {ep.database} and its login roles on {ep.server}",
+            [f"DROP DATABASE IF EXISTS {q(ep.database)} WITH (FORCE)"]
+            + [f"DROP ROLE IF EXISTS {q(role)}" for role in login_roles(ep.database)],
+        )
+    if ep.tier == "schema":
+        return (
+            f"drop schema {ep.schema} in {ep.database} on {ep.server}",
+            [f"DROP SCHEMA IF EXISTS {q(ep.schema)} CASCADE"],
+        )
+    from tenant_schema import TENANT_TABLES
+
+    return (
+        f"delete the tenant's rows in {ep.database}.{ep.schema} on {ep.server}",
+        [
+            f"DELETE FROM {q(ep.schema)}.{q(table)} WHERE tenant_id = '{tenant_id}'"
+            for table in reversed(TENANT_TABLES)
+        ],
+    )
+
+
+def _kept_source(ctl: Control, slug: str, *, force: bool) -> tuple[Tenant, Operation, Endpoint]:
+    """The source the tenant's last finished move kept, if it may be purged now."""
     tenant, current = current_endpoint(ctl, slug)
     with ctl.catalog() as s:
         op = s.execute(
@@ -806,6 +831,32 @@ def purge_source(ctl: Control, slug: str, *, force: bool = False) -> dict[str, A
         current.schema,
     ):
         raise InvalidInput("the kept source is where the tenant lives now; nothing to purge")
+    return tenant, op, source
+
+
+def plan_purge_source(ctl: Control, slug: str, *, force: bool = False) -> dict[str, Any]:
+    """What ``purge_source`` would drop, changing nothing (``--dry-run``); it refuses what
+    ``purge_source`` refuses.
+
+    Args:
+        slug: the tenant.
+        force: purge before ``--keep-source`` has expired.
+    """
+    tenant, op, source = _kept_source(ctl, slug, force=force)
+    action, sql = endpoint_drop_sql(source, tenant.id)
+    return {
+        "slug": slug,
+        "operation": str(op.id),
+        "source": source.public(),
+        "kept_until": op.params.get("keep_until"),
+        "action": action,
+        "sql": sql,
+    }
+
+
+def purge_source(ctl: Control, slug: str, *, force: bool = False) -> dict[str, Any]:
+    """Drop the source a finished move kept, once ``--keep-source`` has expired."""
+    tenant, op, source = _kept_source(ctl, slug, force=force)
     drop_endpoint(ctl, source, tenant.id)
     with ctl.catalog() as s:
         s.execute(
@@ -859,3 +910,70 @@ def kept_sources_all(ctl: Control, slug: str | None = None) -> list[dict[str, An
             }
         )
     return out
+
+
+#: The steps of a move in order (``copy`` stands for one ``copy:<table>`` step per table).
+MOVE_STEPS = ("provision", "capture", "copy", "freeze", "switch", "cleanup")
+
+
+def _progress_of(op: Operation) -> tuple[list[str], list[str]]:
+    """Steps of an unfinished move done and left, as a resumed run would see them."""
+    done: list[str] = []
+    for st in op.steps:
+        name = st.get("name")
+        if st.get("status") != "done" or not isinstance(name, str):
+            continue
+        if name == "unfreeze":
+            done = [n for n in done if n != "freeze"]
+        elif name not in done:
+            done.append(name)
+    tables = sorted((op.params.get("plan") or {}).get("rows", {}))
+    copied = {n.removeprefix("copy:") for n in done if n.startswith("copy:")}
+    left = []
+    for step in MOVE_STEPS:
+        if step == "copy":
+            left += [f"copy:{t}" for t in tables if t not in copied]
+        elif step not in done:
+            left.append(step)
+    return done, left
+
+
+def plan_abort(ctl: Control, slug: str) -> dict[str, Any]:
+    """What ``abort_move`` would undo, changing nothing (``--dry-run``); it refuses what
+    ``abort_move`` refuses (no unfinished move, or one that has switched)."""
+    op = _running_move(ctl, slug)
+    if any(st.get("name") == "switch" for st in op.steps):
+        raise InvalidInput(f"the move of {slug!r} has switched already; move it back instead")
+    target = Endpoint(**op.params["target"])
+    done, _left = _progress_of(op)
+    action, sql = endpoint_drop_sql(target, uuid.UUID(op.params["tenant_id"]))
+    return {
+        "slug": slug,
+        "operation": str(op.id),
+        "alive": is_alive(ctl, op.id),
+        "source": Endpoint(**op.params["source"]).public(),
+        "target": target.public(),
+        "done": done,
+        "capture_triggers": "capture" in done,
+        "action": action,
+        "sql": sql,
+        "then": "writes resume on the source and the tenant is active again",
+    }
+
+
+def plan_resume(ctl: Control, slug: str) -> dict[str, Any]:
+    """What ``resume_move`` would continue, changing nothing (``--dry-run``); it refuses what
+    ``resume_move`` refuses (no unfinished move, or one a live process is running)."""
+    op = _running_move(ctl, slug)
+    if is_alive(ctl, op.id):
+        raise Busy(f"tenant {slug!r} is being moved by a running process (operation {op.id})")
+    done, left = _progress_of(op)
+    return {
+        "slug": slug,
+        "operation": str(op.id),
+        "source": Endpoint(**op.params["source"]).public(),
+        "target": Endpoint(**op.params["target"]).public(),
+        "done": done,
+        "left": left,
+        "max_freeze_ms": op.params.get("max_freeze_ms"),
+    }

@@ -28,6 +28,10 @@ from bizosctl.tenancy.names import (
 from tenant_schema import TENANT_TABLES
 
 DAY_MS = 86_400_000
+#: Caps, like those of ``schema sync`` and API keys: beyond them a value is a typo.
+MAX_PARALLEL = 32  # tables copied at once, two connections each
+MAX_KEEP_SOURCE_MS = 90 * DAY_MS
+MAX_FREEZE_MS = 60_000  # writes paused longer than a minute is an outage, not a move
 #: Free space a move leaves on the target's disk beyond the tenant's own size.
 RESERVE_ENV = "BIZOS_MOVE_RESERVE_BYTES"
 DEFAULT_RESERVE = 256 * 1024 * 1024
@@ -222,6 +226,12 @@ def make_plan(ctl: Control, req: MoveRequest) -> MovePlan:
 
     if req.parallel < 1:
         raise InvalidInput(f"--parallel must be at least 1, not {req.parallel}")
+    if req.parallel > MAX_PARALLEL:
+        raise InvalidInput(f"--parallel is capped at {MAX_PARALLEL}, not {req.parallel}")
+    if req.keep_source_ms > MAX_KEEP_SOURCE_MS:
+        raise InvalidInput(f"--keep-source is capped at {MAX_KEEP_SOURCE_MS // DAY_MS}d")
+    if req.max_freeze_ms > MAX_FREEZE_MS:
+        raise InvalidInput(f"--max-freeze is capped at {MAX_FREEZE_MS // 1000}s")
     tenant, source = current_endpoint(ctl, req.slug)
     if tenant.status == "moving":
         raise InvalidInput(

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import Text, select
 from sqlalchemy.orm import Session
 
 from bizosctl.catalog.control import Control
@@ -162,9 +162,9 @@ def check_events(events: list[str]) -> list[str]:
 
 def check_overlap(overlap_ms: int) -> int:
     if overlap_ms < 0:
-        raise InvalidInput("overlap must not be negative")
+        raise InvalidInput("grace period must not be negative")
     if overlap_ms > MAX_OVERLAP_MS:
-        raise InvalidInput("overlap must be at most 30d")
+        raise InvalidInput("grace period must be at most 30d")
     return overlap_ms
 
 
@@ -175,6 +175,39 @@ def _endpoint_uuid(endpoint_id: uuid.UUID | str) -> uuid.UUID:
         return uuid.UUID(endpoint_id)
     except ValueError:
         raise NotFound(f"no webhook endpoint {endpoint_id!r}") from None
+
+
+_ID_PREFIX = re.compile(r"^[0-9a-f-]{4,36}$")
+
+
+def resolve_endpoint_id(ctl: Control, ref: str) -> uuid.UUID:
+    """The endpoint a full id or a unique prefix of it (at least 4 characters) names, as
+    ``webhook list`` shows them. NotFound when none matches; InvalidInput when several do."""
+    try:
+        return uuid.UUID(ref)
+    except ValueError:
+        pass
+    prefix = ref.strip().lower()
+    if not _ID_PREFIX.match(prefix):
+        raise NotFound(
+            f"no webhook endpoint {ref!r} (give its id, or at least 4 of its first characters)"
+        )
+    stmt = (
+        select(WebhookEndpoint.id)
+        .join(Tenant, Tenant.id == WebhookEndpoint.tenant_id)
+        .where(
+            WebhookEndpoint.id.cast(Text).startswith(prefix, autoescape=True),
+            Tenant.status != "deleted",
+        )
+        .limit(2)
+    )
+    with ctl.catalog() as s:
+        ids = list(s.execute(stmt).scalars())
+    if not ids:
+        raise NotFound(f"no webhook endpoint {ref!r}")
+    if len(ids) > 1:
+        raise InvalidInput(f"{ref!r} names more than one webhook endpoint: give more of its id")
+    return ids[0]
 
 
 def _find(

@@ -111,7 +111,10 @@ class SyncReport:
         return all(r.status in ("migrated", "unchanged") for r in self.results)
 
     def summary(self) -> dict[str, int]:
-        return dict(Counter(r.status for r in self.results))
+        """Targets per status; migrated, unchanged and failed always appear, even at zero."""
+        counts = Counter({"migrated": 0, "unchanged": 0, "failed": 0})
+        counts.update(r.status for r in self.results)
+        return dict(counts)
 
     def public(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

@@ -139,7 +139,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def run_query(
-    ctl: Control, slug: str, sql: str, *, write: bool = False, limit: int = 1000
+    ctl: Control,
+    slug: str,
+    sql: str,
+    *,
+    write: bool = False,
+    limit: int = 1000,
+    rollback: bool = False,
 ) -> QueryResult:
     """Run one SQL statement as the application role in the tenant's context.
 
@@ -153,36 +159,53 @@ def run_query(
         slug: the tenant.
         sql: one statement, sent as written (no bind-parameter parsing of ':name' or '%').
         write: allow writes (a read-write transaction).
-        limit: at most this many rows are returned.
+        limit: at most this many rows are returned; ``truncated`` says when there were more.
+        rollback: run it in a savepoint that is rolled back (``--dry-run``): the result shows
+            what it would return and how many rows it would change, and nothing changes
+            (except sequences: PostgreSQL never rolls back ``nextval``).
     """
     import psycopg
     from sqlalchemy import exc as sa_exc
 
     check_slug(slug)
+    if not sql.strip():
+        raise InvalidInput("the SQL statement is empty")
     check_statement(sql)
     actor = "bizosctl:query"
     with tenant_session(ctl, slug, actor=actor, read_only=not write) as s:
         route = ctl.route(slug)
+        savepoint = s.begin_nested() if rollback else None
         raw = s.connection().connection.driver_connection
         assert isinstance(raw, psycopg.Connection)
         try:
-            with raw.cursor() as cur:
-                # Pipeline mode always uses the extended protocol: exactly one statement.
-                with raw.pipeline():
-                    cur.execute(sql.encode())
-                columns = [d.name for d in cur.description] if cur.description else []
-                fetched = cur.fetchmany(limit) if columns else []
-                rowcount = cur.rowcount
-        except psycopg.Error as exc:
-            if "cannot insert multiple commands" in str(exc):
-                raise InvalidInput("tenant query runs exactly one statement") from exc
-            raise sa_exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
-        after = s.execute(_CONTEXT_CHECK).one()
-        if tuple(after) != (str(route.tenant_id), actor, search_path(route)):
-            # Raising rolls the transaction back; the rows read under another context are
-            # dropped with it.
-            raise InvalidInput("the statement changed the tenant context: rolled back")
-        rows = [[_jsonable(v) for v in row] for row in fetched]
+            try:
+                with raw.cursor() as cur:
+                    # Pipeline mode always uses the extended protocol: exactly one statement.
+                    with raw.pipeline():
+                        cur.execute(sql.encode())
+                    columns = [d.name for d in cur.description] if cur.description else []
+                    # one more than the limit: to say whether rows were cut
+                    fetched = cur.fetchmany(limit + 1) if columns else []
+                    rowcount = cur.rowcount
+            except psycopg.Error as exc:
+                if "cannot insert multiple commands" in str(exc):
+                    raise InvalidInput("tenant query runs exactly one statement") from exc
+                raise sa_exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+            after = s.execute(_CONTEXT_CHECK).one()
+            if tuple(after) != (str(route.tenant_id), actor, search_path(route)):
+                # Raising rolls the transaction back; the rows read under another context are
+                # dropped with it.
+                raise InvalidInput("the statement changed the tenant context: rolled back")
+        finally:
+            if savepoint is not None and savepoint.is_active:
+                savepoint.rollback()
         if columns:
-            return QueryResult(columns=columns, rows=rows, rowcount=len(rows), read_only=not write)
+            rows = [[_jsonable(v) for v in row] for row in fetched[:limit]]
+            return QueryResult(
+                columns=columns,
+                rows=rows,
+                rowcount=len(rows),
+                read_only=not write,
+                truncated=len(fetched) > limit,
+            )
         return QueryResult(columns=[], rows=[], rowcount=rowcount, read_only=not write)
