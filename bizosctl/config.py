@@ -17,8 +17,18 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 REGION_PATTERN = r"^[a-z][a-z0-9-]{1,29}$"
 
 
+#: root's default home when it has no ~/.bizos: the embedded servers run as unprivileged OS
+#: users, which cannot reach a home under /root (0700 on most systems).
+ROOT_HOME = Path("/var/lib/bizosctl/home")
+
+
 def _default_home() -> Path:
-    return Path(os.environ.get("BIZOS_HOME") or Path.home() / ".bizos").expanduser()
+    if os.environ.get("BIZOS_HOME"):
+        return Path(os.environ["BIZOS_HOME"]).expanduser()
+    mine = Path.home() / ".bizos"
+    if os.geteuid() == 0 and not mine.exists():
+        return ROOT_HOME
+    return mine
 
 
 def config_file_path() -> Path:

