@@ -310,3 +310,47 @@ def test_region_add_reads_the_password_from_stdin(fleet, tcp_cluster):
     assert r.returncode == 2
     assert 'password authentication failed for user "byo_admin"' in r.stderr
     assert "stdin-wrong-pw" not in r.stdout + r.stderr
+
+
+def test_the_same_server_cannot_join_a_second_region(fresh_home, cli, tcp_cluster, tmp_path):
+    """Registering a server twice used to re-bootstrap it: the first region's shared login
+    role got a new password and its tenants were locked out. Now the second registration is
+    refused (dry run too), naming the region that has it, and the first keeps working."""
+    assert cli("init").exit_code == 0
+    pw = tmp_path / "pw"
+    pw.write_text("byo-pass-123\n")
+    url = f"postgresql://byo_admin@127.0.0.1:{tcp_cluster}/postgres"
+    add = ("--url", url, "--password-file", str(pw), "--insecure")
+    assert cli("region", "add", "byo", *add).exit_code == 0
+    r = cli("tenant", "create", "byo-shared", "--name", "S", "--region", "byo", "--tier", "shared")
+    assert r.exit_code == 0, r.output
+    for extra in (("--dry-run",), ()):
+        r = cli("region", "add", "byo-again", *add, *extra)
+        assert r.exit_code == 2, r.output
+        assert "already registered as byo-1 in region 'byo'" in r.stderr
+    assert cli("region", "show", "byo-again").exit_code != 0
+    r = cli("tenant", "query", "byo-shared", "select count(*) from settings", "--json")
+    assert r.exit_code == 0, r.output  # the shared role's password was not reset
+    # A registration made before this check (by hand here) is what doctor reports.
+    from bizosctl.catalog.control import get_control
+    from bizosctl.catalog.models import Region, Server
+
+    ctl = get_control()
+    with ctl.catalog() as s:
+        row = s.get(Server, "byo-1")
+        s.add(Region(name="twin"))
+        s.flush()
+        s.add(
+            Server(
+                name="twin-1",
+                region="twin",
+                provider="postgres",
+                url_enc=ctl.seal(ctl.server("byo-1").url, context="server:twin-1:url"),
+                app_password_enc=row.app_password_enc,
+                app_role=row.app_role,
+            )
+        )
+    checks = {c["name"]: c for c in json.loads(cli("doctor", "--json").stdout)["checks"]}
+    assert not checks["server identity"]["ok"]
+    detail = checks["server identity"]["detail"]
+    assert "registered as byo-1 (region byo), twin-1 (region twin)" in detail

@@ -298,3 +298,27 @@ def test_delete_drops_data_keeps_record_and_frees_slug(cli, make_tenant, ctl, ti
     assert slug in {t["slug"] for t in json.loads(r.stdout)["tenants"]}
     assert cli("tenant", "show", slug).exit_code == 3
     make_tenant(tier="schema", slug=slug)
+
+
+def test_create_that_cannot_log_in_as_the_app_is_not_left_active(fresh_home, cli):
+    """The shared login role's password changed behind bizosctl's back (a second registration
+    of the server used to do that): create fails, and the tenant is not recorded active."""
+    from sqlalchemy import text
+
+    from bizosctl.catalog.control import get_control
+    from bizosctl.db.engines import get_engine
+
+    assert cli("init").exit_code == 0
+    ctl = get_control()
+    handle = ctl.server("global-1")
+    from bizosctl.security.dbpasswords import shared_login
+
+    role = shared_login(ctl, "global-1")
+    with get_engine(handle.admin_url("postgres"), pooled=False).begin() as c:
+        c.execute(text(f"alter role \"{role}\" password 'reset-by-someone-else'"))
+    r = cli(
+        "tenant", "create", "lockedout", "--name", "L", "--region", "global", "--tier", "shared"
+    )
+    assert r.exit_code == 1, r.output
+    listed = json.loads(cli("tenant", "list", "--json").stdout)["tenants"]
+    assert [t["status"] for t in listed if t["slug"] == "lockedout"] in ([], ["provisioning"])

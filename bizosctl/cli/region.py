@@ -94,7 +94,7 @@ def add(
     """
     from bizosctl.catalog.control import get_control
     from bizosctl.tenancy.names import check_region_name
-    from bizosctl.tenancy.regions import add_region, region_exists, server_url
+    from bizosctl.tenancy.regions import add_region, check_server, region_exists, server_url
 
     password = _read_password(password_file, password_stdin) if url is not None else None
     ctl = get_control()
@@ -102,12 +102,15 @@ def add(
         check_region_name(name)
         from bizosctl.errors import AlreadyExists
 
+        stored = None
         if url is not None:
-            server_url(
+            stored = server_url(
                 url, password=password, insecure=insecure, allow_url_password=allow_url_password
             )
         if region_exists(ctl, name):
             raise AlreadyExists(f"region {name!r} already exists")
+        if stored is not None:
+            check_server(ctl, stored, insecure=insecure)
         plan = {
             "dry_run": True,
             "region": name,

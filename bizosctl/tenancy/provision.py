@@ -21,7 +21,14 @@ from bizosctl.catalog.models import Operation, Tenant
 from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import refuse_unknown_revisions, upgrade
-from bizosctl.errors import AlreadyExists, BizosError, Busy, InvalidInput, NotFound
+from bizosctl.errors import (
+    AlreadyExists,
+    BizosError,
+    Busy,
+    InvalidInput,
+    NotFound,
+    OperationFailed,
+)
 from bizosctl.faults import crash_point
 from bizosctl.security.dbpasswords import shared_login
 from bizosctl.security.fields import blind_index, normalize_email
@@ -305,6 +312,35 @@ def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
                 {"t": route.tenant_id, "s": route.slug},
             )
         crash_point("tenant.create.migrated")
+    _check_app_login(ctl, route)
+
+
+def _check_app_login(ctl: Control, route: RouteInfo) -> None:
+    """The application must reach the tenant with the route's credentials before the tenant
+    is recorded active: a failure here leaves it ``provisioning`` (the same command finishes
+    it once the cause is fixed) instead of active and unreachable."""
+    from bizosctl.tenancy.router import search_path
+
+    handle = ctl.server(route.server)
+    url = handle.login_url(route.database, route.role, route.password)
+    with (
+        translate_errors(f"tenant {route.slug} as {route.role}"),
+        get_engine(url).connect() as conn,
+    ):
+        conn.execute(
+            text(
+                "SELECT set_config('bizos.tenant_id', :t, true), "
+                "set_config('search_path', :p, true)"
+            ),
+            {"t": str(route.tenant_id), "p": search_path(route)},
+        )
+        found = conn.execute(text("SELECT count(*) FROM tenant_state")).scalar_one()
+        conn.rollback()
+    if found != 1:
+        raise OperationFailed(
+            f"tenant {route.slug!r} is not visible to its login role {route.role} "
+            "(run `bizosctl doctor`); it stays provisioning"
+        )
 
 
 # -- deletion -------------------------------------------------------------------------------

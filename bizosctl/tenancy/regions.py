@@ -11,7 +11,7 @@ from bizosctl.catalog.control import CATALOG_DB, Control
 from bizosctl.catalog.models import Region, Server
 from bizosctl.catalog.schemas import RegionPublic, ServerPublic
 from bizosctl.db.engines import get_engine, make_url, redact, translate_errors
-from bizosctl.errors import AlreadyExists, InvalidInput, NotFound
+from bizosctl.errors import AlreadyExists, BizosError, InvalidInput, NotFound
 from bizosctl.providers.local import ServerHandle
 from bizosctl.tenancy.names import check_region_name
 from bizosctl.tenancy.servers import bootstrap_server, new_password
@@ -194,6 +194,39 @@ def _check_url(url: str, *, insecure: bool = False) -> None:
         raise InvalidInput(f"{shown}: connect as a superuser, bizosctl creates roles and databases")
 
 
+def check_server(ctl: Control, url: str, *, insecure: bool = False) -> None:
+    """Everything ``region add --url`` checks before it changes anything (``--dry-run`` runs
+    it too): reachable, PostgreSQL 15 or newer with pgvector, a superuser, and not a server
+    the catalog knows already."""
+    _check_url(url, insecure=insecure)
+    refuse_known_server(ctl, url)
+
+
+def refuse_known_server(ctl: Control, url: str) -> None:
+    """A server is what it is, not the address it is reached by: the same PostgreSQL cluster
+    registered twice (two names, two regions) would share databases and roles, and its
+    bootstrap would reset the other registration's shared login role. AlreadyExists, naming
+    the registration that has it."""
+    from bizosctl.fleet_health import server_identity
+
+    new = server_identity(make_url(url), label=f"server {redact(url)}")
+    with ctl.catalog() as s:
+        rows = s.execute(select(Server).order_by(Server.name)).scalars().all()
+        handles = [ctl.handle_for(row) for row in rows]
+    for handle in handles:
+        try:
+            handle.ensure_ready()
+            known = server_identity(handle.admin_url("postgres"), label=f"server {handle.name}")
+        except BizosError:
+            continue  # unreachable now: it cannot be the server that just answered
+        if known == new:
+            raise AlreadyExists(
+                f"that PostgreSQL server is already registered as {handle.name} in region "
+                f"{handle.region!r}: a region needs a server of its own (its data must not "
+                "share databases or roles with another region's)"
+            )
+
+
 def add_region(
     ctl: Control,
     name: str,
@@ -220,7 +253,7 @@ def add_region(
     if region_exists(ctl, name):
         raise AlreadyExists(f"region {name!r} already exists")
     if url is not None:
-        _check_url(url, insecure=insecure)
+        check_server(ctl, url, insecure=insecure)
     server_name = f"{name}-1"
     handle = ServerHandle(
         name=server_name,
