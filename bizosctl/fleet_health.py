@@ -9,7 +9,6 @@ Each function returns :class:`bizosctl.doctor.Check` rows whose detail says how 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, text
@@ -68,18 +67,19 @@ def operation_checks(ctl: Control) -> list[Check]:
 
 def kept_source_checks(ctl: Control) -> list[Check]:
     """Sources kept by finished moves past their ``--keep-source``."""
-    from bizosctl.moves.engine import kept_sources_all
+    from bizosctl.moves.kept import kept_sources
 
-    now = time.time()
     expired = [
-        f"{k['slug']}: {k['source']['tier']} copy ({k['source']['database']}/"
-        f"{k['source']['schema']} on {k['source']['server']}) kept until "
-        f"{_when(k['keep_until'])}"
-        for k in kept_sources_all(ctl)
-        if (k["keep_until"] or 0) < now
+        f"{k.slug}: {k.source.tier} copy ({k.source.database}/{k.source.schema} on "
+        f"{k.source.server}) kept until {_when(k.keep_until)}"
+        for k in kept_sources(ctl)
+        if k.expired
     ]
     if expired:
-        expired.append("`bizosctl tenant move SLUG --purge-source --yes` drops them")
+        expired.append(
+            "`bizosctl tenant purge-sources --yes` drops every expired one, "
+            "`bizosctl tenant move SLUG --purge-source --yes` one tenant's"
+        )
     return [_check("kept sources", expired, "no kept move source is past its time")]
 
 

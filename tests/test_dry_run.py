@@ -210,8 +210,9 @@ def plans_name_what_they_would_do(cli, world):
     r = cli("tenant", "move", k, "--purge-source", "--force", "--dry-run", "--json")
     doc = json.loads(r.stdout)
     assert doc["dry_run"] is True
-    assert doc["purge"]["source"]["schema"] == f"t_{k}"
-    assert any(f'DROP SCHEMA IF EXISTS "t_{k}" CASCADE' in s for s in doc["purge"]["sql"])
+    [source] = doc["purge"]["sources"]
+    assert source["source"]["schema"] == f"t_{k}"
+    assert any(f'DROP SCHEMA IF EXISTS "t_{k}" CASCADE' in s for s in source["sql"])
     r = cli("tenant", "move", k, "--purge-source", "--force", "--dry-run")
     assert f"would drop schema t_{k}" in r.stdout
     doc = json.loads(

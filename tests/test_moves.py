@@ -708,3 +708,43 @@ def test_a_move_that_fails_after_it_started_says_how_to_continue_or_undo(ctl, ma
     r = cli("tenant", "move", slug, "--abort", "--json")
     assert r.exit_code == 0, r.output
     assert ctl.route(slug).status == "active" and ctl.route(slug).tier == "shared"
+
+
+def test_every_kept_source_is_listed_purgeable_and_expires(ctl, make_tenant, cli):
+    """shared -> isolated -> schema -> shared keeps two sources (the shared rows are where it
+    lives again): both are listed, one can be purged by its move, the others all at once, and
+    a move back to isolated is possible again; expired ones go by `tenant purge-sources`."""
+    slug = make_tenant(tier="shared")
+    ops = []
+    for tier in ("isolated", "schema", "shared"):
+        r = cli("tenant", "move", slug, "--to-tier", tier, "--json")
+        assert r.exit_code == 0, r.output
+        ops.append(json.loads(r.stdout)["operation"])
+    shown = json.loads(cli("tenant", "show", slug, "--json").stdout)["kept_sources"]
+    assert [(k["source"]["tier"], k["operation"]) for k in shown] == [
+        ("isolated", ops[1]),
+        ("schema", ops[2]),
+    ]
+    status = json.loads(cli("tenant", "move", slug, "--status", "--json").stdout)
+    assert [k["operation"] for k in status["kept_sources"]] == [ops[1], ops[2]]
+    # the database the isolated copy holds blocks a move back to isolated, with advice
+    r = cli("tenant", "move", slug, "--to-tier", "isolated")
+    assert r.exit_code == 2 and "--purge-source" in r.stderr
+    r = cli("tenant", "move", slug, "--purge-source", "--yes")
+    assert r.exit_code == 2 and "pass --force" in r.stderr  # not expired yet
+    r = cli("tenant", "move", slug, "--purge-source", "--operation", ops[2][:8], "--force",
+            "--yes", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert [p["source"]["tier"] for p in json.loads(r.stdout)["purged"]] == ["schema"]
+    r = cli("tenant", "move", slug, "--purge-source", "--force", "--yes", "--json")
+    assert [p["source"]["tier"] for p in json.loads(r.stdout)["purged"]] == ["isolated"]
+    assert json.loads(cli("tenant", "show", slug, "--json").stdout)["kept_sources"] == []
+    r = cli("tenant", "move", slug, "--to-tier", "isolated", "--keep-source", "0s", "--json")
+    assert r.exit_code == 0, r.output
+    r = cli("tenant", "purge-sources", "--dry-run", "--json")
+    assert slug in {k["slug"] for k in json.loads(r.stdout)["would_purge"]}
+    r = cli("tenant", "purge-sources", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    assert slug in {p["slug"] for p in json.loads(r.stdout)["purged"]}
+    assert json.loads(cli("tenant", "show", slug, "--json").stdout)["kept_sources"] == []
+    assert exists_at(ctl, "global-1", "bizos_shared", "shared", ctl.route(slug).tenant_id) == 0

@@ -37,6 +37,8 @@ class TenantPublic(BaseModel):
 class TenantDetail(TenantPublic):
     status_reason: str | None = None
     row_counts: dict[str, int] = {}
+    #: sources earlier moves kept (``tenant move --purge-source`` drops them)
+    kept_sources: list[dict[str, object]] = []
 
 
 class QueryResult(BaseModel):

@@ -114,16 +114,34 @@ def _render_status(doc: dict[str, Any]) -> None:
     rows = [[st.get("name", ""), st.get("status", ""), st.get("at", "")] for st in doc["steps"]]
     if rows:
         out.print(table("Steps", ["step", "status", "at"], rows))
+    render_kept(doc["kept_sources"])
+
+
+def render_kept(kept: list[dict[str, Any]]) -> None:
+    """The tenant's kept move sources (``tenant show``, ``tenant move --status``)."""
+    if not kept:
+        return
+    rows = [
+        [
+            _where(k["source"]),
+            "expired" if k["expired"] else _when(k["keep_until"]),
+            k["operation"][:8],
+        ]
+        for k in kept
+    ]
+    stdout_console().print(table("Kept move sources", ["where", "kept until", "operation"], rows))
 
 
 def _render_dry(doc: dict[str, Any]) -> None:
     out = stdout_console()
     if "purge" in doc:
-        p = doc["purge"]
-        out.print(
-            f"would {p['action']} (the source kept by operation {p['operation']}):", markup=False
-        )
-        _sql(p["sql"])
+        for p in doc["purge"]["sources"]:
+            state = "expired" if p["expired"] else f"kept until {_when(p['keep_until'])}"
+            out.print(
+                f"would {p['action']} (the source kept by operation {p['operation']}, {state}):",
+                markup=False,
+            )
+            _sql(p["sql"])
     elif "abort" in doc:
         p = doc["abort"]
         out.print(
@@ -177,7 +195,14 @@ def move(
     purge_source: bool = typer.Option(
         False, "--purge-source", help="Drop the kept source (with --yes)."
     ),
-    force: bool = typer.Option(False, "--force", help="With --purge-source: before it expires."),
+    force: bool = typer.Option(
+        False, "--force", help="With --purge-source: also sources not expired yet."
+    ),
+    operation: str | None = typer.Option(
+        None,
+        "--operation",
+        help="With --purge-source: only the source this move left (a unique id prefix).",
+    ),
     yes: bool = YesOpt,
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
@@ -194,6 +219,7 @@ def move(
     from bizosctl.durations import parse_ms
     from bizosctl.errors import InvalidInput
     from bizosctl.moves import engine
+    from bizosctl.moves.kept import plan_purge_sources, purge_sources
     from bizosctl.moves.plan import MoveRequest, make_plan
     from bizosctl.throttle import parse_rate
 
@@ -234,7 +260,10 @@ def move(
         if abort:
             doc = {"dry_run": True, "abort": engine.plan_abort(ctl, slug)}
         elif purge_source:
-            doc = {"dry_run": True, "purge": engine.plan_purge_source(ctl, slug, force=force)}
+            doc = {
+                "dry_run": True,
+                "purge": plan_purge_sources(ctl, slug, operation=operation, force=force),
+            }
         elif resume:
             doc = {"dry_run": True, "resume": engine.plan_resume(ctl, slug)}
         else:
@@ -252,16 +281,23 @@ def move(
                 markup=False,
             )
         return
+    if operation is not None and not purge_source:
+        raise InvalidInput("--operation goes with --purge-source")
     if purge_source:
-        engine.plan_purge_source(ctl, slug, force=force)  # refuse what cannot be purged first
-        confirm_destructive(yes, f"purging the kept source of {slug!r}")
-        doc = engine.purge_source(ctl, slug, force=force)
+        plan = plan_purge_sources(ctl, slug, operation=operation, force=force)  # refuse first
+        n = len(plan["sources"])
+        what = "the kept source" if n == 1 else f"{n} kept sources"
+        confirm_destructive(yes, f"purging {what} of {slug!r}")
+        doc = purge_sources(ctl, slug, operation=operation, force=force)
         if json_out:
             print_json(doc)
         else:
-            stdout_console().print(
-                f"purged the kept source of {slug}: {_where(doc['purged'])}", markup=False
-            )
+            for p in doc["purged"]:
+                stdout_console().print(
+                    f"purged the kept source of {slug}: {_where(p['source'])} (operation "
+                    f"{p['operation']})",
+                    markup=False,
+                )
         return
     progress = None if json_out else (lambda msg: stderr_console().print(f"[dim]{msg}[/]"))
     if resume:  # the same destination again also resumes (in move_tenant)

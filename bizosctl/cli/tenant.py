@@ -152,6 +152,43 @@ def show(slug: str = Slug, json_out: bool = JsonOpt) -> None:
         stdout_console().print(f"reason: {t.status_reason}")
     rows = [[k, v] for k, v in sorted(t.row_counts.items())]
     stdout_console().print(table("Rows", ["table", "rows"], rows))
+    from bizosctl.cli.move import render_kept
+
+    render_kept(t.kept_sources)
+
+
+@app.command("purge-sources")
+@handle_errors
+def purge_sources(yes: bool = YesOpt, dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
+    """Drop every tenant's kept move sources whose --keep-source has expired (for cron).
+
+    Example: bizosctl tenant purge-sources --yes --json
+    """
+    from bizosctl.moves.kept import purge_expired_sources
+
+    ctl = _ctl()
+    if dry_run:
+        doc = purge_expired_sources(ctl, dry_run=True)
+        if json_out:
+            print_json(doc)
+        else:
+            stdout_console().print(
+                f"would purge {len(doc['would_purge'])} expired kept source(s)", markup=False
+            )
+            for k in doc["would_purge"]:
+                src = k["source"]
+                stdout_console().print(
+                    f"  {k['slug']}: {src['tier']} on {src['server']} ({src['database']}."
+                    f"{src['schema']})",
+                    markup=False,
+                )
+        return
+    confirm_destructive(yes, "purging the expired kept move sources")
+    doc = purge_expired_sources(ctl)
+    if json_out:
+        print_json(doc)
+        return
+    stdout_console().print(f"purged {len(doc['purged'])} expired kept source(s)", markup=False)
 
 
 def _set_status(slug: str, status: str, reason: str | None, dry_run: bool, json_out: bool) -> None:

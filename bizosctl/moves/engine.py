@@ -22,7 +22,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection, Engine
 
 from bizosctl.catalog.control import Control
-from bizosctl.catalog.models import Operation, Tenant
+from bizosctl.catalog.models import Operation
 from bizosctl.catalog.operations import OperationRun, is_alive
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import migrate
@@ -751,6 +751,8 @@ def abort_move(ctl: Control, slug: str) -> dict[str, Any]:
 
 
 def move_status(ctl: Control, slug: str) -> dict[str, Any]:
+    from bizosctl.moves.kept import kept_sources
+
     tenant, _ = current_endpoint(ctl, slug)
     with ctl.catalog() as s:
         op = s.execute(
@@ -774,6 +776,7 @@ def move_status(ctl: Control, slug: str) -> dict[str, Any]:
         "error": op.error,
         "keep_until": params.get("keep_until"),
         "source_purged": bool(params.get("source_purged")),
+        "kept_sources": [k.public() for k in kept_sources(ctl, slug)],
     }
 
 
@@ -800,116 +803,6 @@ def endpoint_drop_sql(ep: Endpoint, tenant_id: uuid.UUID) -> tuple[str, list[str
             for table in reversed(TENANT_TABLES)
         ],
     )
-
-
-def _kept_source(ctl: Control, slug: str, *, force: bool) -> tuple[Tenant, Operation, Endpoint]:
-    """The source the tenant's last finished move kept, if it may be purged now."""
-    tenant, current = current_endpoint(ctl, slug)
-    with ctl.catalog() as s:
-        op = s.execute(
-            select(Operation)
-            .where(
-                Operation.kind == "tenant.move",
-                Operation.target == slug,
-                Operation.status == "done",
-            )
-            .order_by(Operation.started_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-    if op is None or op.params.get("source_purged"):
-        raise NotFound(f"tenant {slug!r} has no kept source to purge")
-    keep_until = op.params.get("keep_until") or 0
-    if time.time() < keep_until and not force:
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(keep_until))
-        raise InvalidInput(
-            f"the source of {slug!r} is kept until {when}; pass --force to purge now"
-        )
-    source = Endpoint(**op.params["source"])
-    if (source.server, source.database, source.schema) == (
-        current.server,
-        current.database,
-        current.schema,
-    ):
-        raise InvalidInput("the kept source is where the tenant lives now; nothing to purge")
-    return tenant, op, source
-
-
-def plan_purge_source(ctl: Control, slug: str, *, force: bool = False) -> dict[str, Any]:
-    """What ``purge_source`` would drop, changing nothing (``--dry-run``); it refuses what
-    ``purge_source`` refuses.
-
-    Args:
-        slug: the tenant.
-        force: purge before ``--keep-source`` has expired.
-    """
-    tenant, op, source = _kept_source(ctl, slug, force=force)
-    action, sql = endpoint_drop_sql(source, tenant.id)
-    return {
-        "slug": slug,
-        "operation": str(op.id),
-        "source": source.public(),
-        "kept_until": op.params.get("keep_until"),
-        "action": action,
-        "sql": sql,
-    }
-
-
-def purge_source(ctl: Control, slug: str, *, force: bool = False) -> dict[str, Any]:
-    """Drop the source a finished move kept, once ``--keep-source`` has expired."""
-    tenant, op, source = _kept_source(ctl, slug, force=force)
-    drop_endpoint(ctl, source, tenant.id)
-    with ctl.catalog() as s:
-        s.execute(
-            text(
-                "UPDATE operations SET params = params || '{\"source_purged\": true}'::jsonb "
-                "WHERE id = :id"
-            ),
-            {"id": op.id},
-        )
-    return {"slug": slug, "purged": source.public(), "operation": str(op.id)}
-
-
-def kept_sources_all(ctl: Control, slug: str | None = None) -> list[dict[str, Any]]:
-    """Every source a finished move kept and nothing purged yet, oldest move first: of one
-    tenant, or of every live tenant. A source that is where the tenant lives again (moved
-    back there since) is not a kept copy and is left out."""
-    from bizosctl.catalog.models import Route, Tenant
-
-    with ctl.catalog() as s:
-        stmt = (
-            select(Operation, Tenant.slug, Route.server, Route.database, Route.schema)
-            .join(Tenant, Tenant.slug == Operation.target)
-            .join(Route, Route.tenant_id == Tenant.id)
-            .where(
-                Operation.kind == "tenant.move",
-                Operation.status == "done",
-                Tenant.status != "deleted",
-            )
-            .order_by(Operation.started_at)
-        )
-        if slug is not None:
-            stmt = stmt.where(Operation.target == slug)
-        rows = s.execute(stmt).all()
-    out = []
-    now = time.time()
-    for op, tslug, server, database, schema in rows:
-        params = op.params
-        if params.get("source_purged") or "source" not in params:
-            continue
-        source = Endpoint(**params["source"])
-        if (source.server, source.database, source.schema) == (server, database, schema):
-            continue
-        keep_until = params.get("keep_until")
-        out.append(
-            {
-                "slug": tslug,
-                "operation": str(op.id),
-                "source": source.public(),
-                "keep_until": keep_until,
-                "expired": (keep_until or 0) <= now,
-            }
-        )
-    return out
 
 
 #: The steps of a move in order (``copy`` stands for one ``copy:<table>`` step per table).

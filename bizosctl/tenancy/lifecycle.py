@@ -86,6 +86,10 @@ def get_tenant(ctl: Control, slug: str, *, row_counts: bool = True) -> TenantDet
     # A suspended tenant's rows are refused to everyone, show included.
     if row_counts and route is not None and tenant.status not in ("provisioning", "suspended"):
         detail.row_counts = count_rows(ctl, slug)
+    if row_counts:
+        from bizosctl.moves.kept import kept_sources
+
+        detail.kept_sources = [k.public() for k in kept_sources(ctl, slug)]
     return detail
 
 

@@ -1,0 +1,171 @@
+"""Sources that finished moves kept (``--keep-source``): listed, purged one by one or all, and
+expired on their own.
+
+Every move keeps its source, frozen, until its ``keep_until``; a tenant that moves several times
+has several. Two moves can leave a source at the same place (moved away from the shared tier,
+back, and away again): the place is then one kept source, kept as long as its latest move says.
+A place where the tenant lives again is not a kept source at all.
+
+PII rotation does not re-encrypt kept sources: they are frozen copies for investigation, and
+once the old data key is retired their PII no longer decrypts. Purge them, or keep them
+knowing that.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, text
+
+from bizosctl.catalog.control import Control
+from bizosctl.catalog.models import Operation, Route, Tenant
+from bizosctl.errors import InvalidInput, NotFound
+from bizosctl.moves.plan import Endpoint
+
+
+@dataclass
+class KeptSource:
+    slug: str
+    tenant_id: uuid.UUID
+    source: Endpoint
+    keep_until: float | None
+    operations: list[str] = field(default_factory=list)  # every move that left it, newest last
+
+    @property
+    def operation(self) -> str:
+        return self.operations[-1]
+
+    @property
+    def expired(self) -> bool:
+        return (self.keep_until or 0) <= time.time()
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "slug": self.slug,
+            "operation": self.operation,
+            "operations": self.operations,
+            "source": self.source.public(),
+            "keep_until": self.keep_until,
+            "expired": self.expired,
+        }
+
+
+def kept_sources(ctl: Control, slug: str | None = None) -> list[KeptSource]:
+    """The kept sources of one tenant, or of every live tenant (oldest first)."""
+    with ctl.catalog() as s:
+        stmt = (
+            select(Operation, Tenant.slug, Tenant.id, Route.server, Route.database, Route.schema)
+            .join(Tenant, Tenant.slug == Operation.target)
+            .join(Route, Route.tenant_id == Tenant.id)
+            .where(
+                Operation.kind == "tenant.move",
+                Operation.status == "done",
+                Tenant.status != "deleted",
+            )
+            .order_by(Operation.started_at)
+        )
+        if slug is not None:
+            stmt = stmt.where(Operation.target == slug)
+        rows = s.execute(stmt).all()
+    places: dict[tuple[str, str, str, str], KeptSource] = {}
+    for op, tslug, tid, server, database, schema in rows:
+        params = op.params
+        if params.get("source_purged") or "source" not in params:
+            continue
+        if params.get("tenant_id") != str(tid):
+            continue  # a move of an earlier tenant with the same slug (deleted since)
+        src = Endpoint(**params["source"])
+        if (src.server, src.database, src.schema) == (server, database, schema):
+            continue  # the tenant lives there again
+        key = (tslug, src.server, src.database, src.schema)
+        kept = places.get(key)
+        if kept is None:
+            places[key] = KeptSource(tslug, tid, src, params.get("keep_until"), [str(op.id)])
+        else:  # a later move left the same place: its time counts
+            kept.operations.append(str(op.id))
+            kept.keep_until = params.get("keep_until")
+            kept.source = src
+    return sorted(places.values(), key=lambda k: (k.slug, k.keep_until or 0))
+
+
+def _select(ctl: Control, slug: str, *, operation: str | None, force: bool) -> list[KeptSource]:
+    from bizosctl.moves.plan import current_endpoint
+
+    current_endpoint(ctl, slug)  # NotFound for an unknown tenant
+    kept = kept_sources(ctl, slug)
+    if operation is not None:
+        op = operation.strip().lower()
+        if len(op) < 4:
+            raise InvalidInput("--operation needs at least 4 characters of the operation id")
+        kept = [k for k in kept if any(o.startswith(op) for o in k.operations)]
+        if not kept:
+            raise NotFound(f"tenant {slug!r} has no kept source from operation {operation!r}")
+    if not kept:
+        raise NotFound(f"tenant {slug!r} has no kept source to purge")
+    if force:
+        return kept
+    due = [k for k in kept if k.expired]
+    if not due:
+        when = min(k.keep_until or 0 for k in kept)
+        raise InvalidInput(
+            f"the kept source(s) of {slug!r} are kept until "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(when))} at the earliest; pass "
+            "--force to purge them now"
+        )
+    return due
+
+
+def plan_purge_sources(
+    ctl: Control, slug: str, *, operation: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """What ``purge_sources`` would drop, changing nothing (``--dry-run``).
+
+    Args:
+        slug: the tenant.
+        operation: only the source that move left (a unique prefix of its id).
+        force: also sources whose ``--keep-source`` has not expired.
+    """
+    from bizosctl.moves.engine import endpoint_drop_sql
+
+    out = []
+    for k in _select(ctl, slug, operation=operation, force=force):
+        action, sql = endpoint_drop_sql(k.source, k.tenant_id)
+        out.append({**k.public(), "action": action, "sql": sql})
+    return {"slug": slug, "sources": out}
+
+
+def purge_sources(
+    ctl: Control, slug: str, *, operation: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Drop the tenant's kept sources (see ``plan_purge_sources`` for the arguments)."""
+    return {"slug": slug, "purged": [_purge(ctl, k) for k in _select(
+        ctl, slug, operation=operation, force=force)]}  # fmt: skip
+
+
+def _purge(ctl: Control, k: KeptSource) -> dict[str, Any]:
+    from bizosctl.moves.engine import drop_endpoint
+
+    drop_endpoint(ctl, k.source, k.tenant_id)
+    with ctl.catalog() as s:
+        s.execute(
+            text(
+                "UPDATE operations SET params = params || '{\"source_purged\": true}'::jsonb "
+                "WHERE id = ANY(:ids)"
+            ),
+            {"ids": [uuid.UUID(o) for o in k.operations]},
+        )
+    return {"operation": k.operation, "source": k.source.public()}
+
+
+def purge_expired_sources(ctl: Control, *, dry_run: bool = False) -> dict[str, Any]:
+    """Every tenant's kept sources whose time is up (for cron and the scheduler)."""
+    due = [k for k in kept_sources(ctl) if k.expired]
+    if dry_run:
+        return {"dry_run": True, "would_purge": [k.public() for k in due]}
+    purged = []
+    for k in due:
+        purged.append({"slug": k.slug, **_purge(ctl, k)})
+    return {"purged": purged}
