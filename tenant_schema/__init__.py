@@ -9,6 +9,19 @@ move between tiers without renumbering.
 
 from __future__ import annotations
 
-from tenant_schema.models import TENANT_TABLES, metadata
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tenant_schema.models import TENANT_TABLES, metadata
 
 __all__ = ["TENANT_TABLES", "metadata"]
+
+
+def __getattr__(name: str) -> object:
+    # The models cost a tenth of a second to declare: commands that only need the DDL
+    # constants (schema status, every sync worker) do not pay for them.
+    if name in __all__:
+        from tenant_schema import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'tenant_schema' has no attribute {name!r}")

@@ -9,8 +9,6 @@ new revision that replaces the functions, policies or triggers in existing targe
 
 from __future__ import annotations
 
-from tenant_schema.models import metadata
-
 OWNER_ROLE = "bizos_owner"  # NOLOGIN: owns every tenant table, so FORCE RLS applies to it
 APP_GROUP = "bizos_app"  # NOLOGIN: DML on tenant tables; login roles are its members
 TENANT_EXPR = "NULLIF(current_setting('bizos.tenant_id', true), '')::uuid"
@@ -73,6 +71,8 @@ $fn$""",
 
 def table_security_sql(table: str) -> list[str]:
     """RLS (enabled and forced), policies, triggers and grants for one tenant table."""
+    from tenant_schema.models import metadata  # late: OWNER_ROLE alone must not load the models
+
     t = _q(table)
     pk = [c.name for c in metadata.tables[table].primary_key.columns if c.name != "tenant_id"]
     key_args = ", ".join(f"'{c}'" for c in pk)

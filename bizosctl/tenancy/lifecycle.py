@@ -16,7 +16,6 @@ from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.tenancy.names import check_region_name, check_slug, check_tier, q
 from bizosctl.tenancy.router import tenant_session
-from tenant_schema import TENANT_TABLES
 
 STATUSES = ("provisioning", "active", "read_only", "suspended", "moving", "deleting")
 LOCK_STATUSES = ("read_only", "suspended")
@@ -85,6 +84,8 @@ def get_tenant(ctl: Control, slug: str, *, row_counts: bool = True) -> TenantDet
 
 def count_rows(ctl: Control, slug: str) -> dict[str, int]:
     """The tenant's rows per table, counted through RLS in its own context."""
+    from tenant_schema import TENANT_TABLES  # the tenant models: only commands that count pay
+
     union = " UNION ALL ".join(
         f"SELECT '{t}' AS t, count(*) AS n FROM {q(t)}" for t in TENANT_TABLES
     )
