@@ -151,7 +151,10 @@ class _Runner:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["bizosctl.sync.worker"])
             self._pool = ProcessPoolExecutor(
-                max_workers=self.opts.parallel, mp_context=ctx, initializer=warm_up
+                max_workers=self.opts.parallel,
+                mp_context=ctx,
+                initializer=warm_up,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
