@@ -57,6 +57,8 @@ class SyncOptions:
                 raise InvalidInput(f"{name} must be at least {low}, not {value}")
         if self.parallel > 256 or self.per_server > 256:
             raise InvalidInput("--parallel and --per-server are capped at 256")
+        if not self.to.strip():
+            raise InvalidInput("--to needs a revision id (or 'head')")
         self.selection.validate()
 
     def params(self) -> dict[str, Any]:

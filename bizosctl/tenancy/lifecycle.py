@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select, text
 
 from bizosctl.catalog.control import Control
+from bizosctl.catalog.lookups import require_region
 from bizosctl.catalog.models import Route, Tenant
 from bizosctl.catalog.schemas import QueryResult, TenantDetail, TenantPublic
 from bizosctl.db.engines import get_engine, translate_errors
@@ -62,6 +63,8 @@ def list_tenants(
     elif not include_deleted:
         stmt = stmt.where(Tenant.status != "deleted")
     with ctl.catalog() as s:
+        if region:
+            require_region(s, region)
         return [TenantPublic(**_public(t, r)) for t, r in s.execute(stmt).all()]
 
 
