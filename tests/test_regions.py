@@ -56,7 +56,7 @@ def test_region_add_unreachable_url(cli):
         "region", "add", "nowhere", "--url", f"postgresql://admin:s3cret@127.0.0.1:{port}/postgres"
     )
     assert r.exit_code == 2
-    assert f"cannot connect to postgresql+psycopg://admin@127.0.0.1:{port}/postgres" in r.stderr
+    assert f"cannot connect to postgresql://admin@127.0.0.1:{port}/postgres" in r.stderr
     assert "s3cret" not in r.stderr + r.stdout
 
 
