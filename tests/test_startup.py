@@ -103,7 +103,9 @@ def test_a_revision_file_the_scan_cannot_read_falls_back_to_alembic(
     assert migrate.head("tenant") == "x002" == _alembic_head("tenant")
 
 
-def test_read_only_commands_do_not_import_alembic(fleet: Control, make_tenant) -> None:  # type: ignore[no-untyped-def]
+def test_read_only_commands_import_neither_alembic_nor_the_tenant_models(
+    fleet: Control, make_tenant
+) -> None:  # type: ignore[no-untyped-def]
     slug = make_tenant(tier="schema")
     code = (
         "import sys\n"
@@ -112,7 +114,8 @@ def test_read_only_commands_do_not_import_alembic(fleet: Control, make_tenant) -
         "    app(sys.argv[1:])\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')\n"
+        "               or m == 'tenant_schema.models')\n"
         "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
     )
     for args in (
@@ -125,3 +128,10 @@ def test_read_only_commands_do_not_import_alembic(fleet: Control, make_tenant) -
         )
         assert done.returncode == 0, done.stderr
         assert "HEAVY=\n" in done.stderr, (args, done.stderr[-500:])
+
+
+def test_table_names_match_the_models() -> None:
+    from tenant_schema import TABLE_NAMES, TENANT_TABLES
+
+    assert sorted(TABLE_NAMES) == sorted(TENANT_TABLES)
+    assert len(set(TABLE_NAMES)) == len(TABLE_NAMES)

@@ -87,11 +87,9 @@ def get_tenant(ctl: Control, slug: str, *, row_counts: bool = True) -> TenantDet
 
 def count_rows(ctl: Control, slug: str) -> dict[str, int]:
     """The tenant's rows per table, counted through RLS in its own context."""
-    from tenant_schema import TENANT_TABLES  # the tenant models: only commands that count pay
+    from tenant_schema import TABLE_NAMES
 
-    union = " UNION ALL ".join(
-        f"SELECT '{t}' AS t, count(*) AS n FROM {q(t)}" for t in TENANT_TABLES
-    )
+    union = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {q(t)}" for t in TABLE_NAMES)
     with tenant_session(ctl, slug, actor="bizosctl:show", read_only=True) as s:
         return {t: int(n) for t, n in s.execute(text(union)).all()}
 
