@@ -122,6 +122,18 @@ def test_ctrl_c_during_sync_prints_the_json_error_and_no_worker_traceback(
     assert err.strip().splitlines()[-1] == (
         "error: Interrupted (Ctrl-C); run the same command again to continue."
     )
+    # As the message says: the same command again finishes the run.
+    again = subprocess.run(
+        [sys.executable, "-m", "bizosctl", "schema", "sync", "--json"],
+        env={**os.environ, "BIZOS_TENANT_MIGRATIONS_EXTRA": ADD},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert doc["ok"] and doc["failed"] == [], doc
+    assert set(doc["summary"]) <= {"migrated", "unchanged"}, doc
 
 
 def test_sigkilled_sync_leaves_no_worker_forkserver_or_tracker(sync_fleet, mark: str) -> None:
