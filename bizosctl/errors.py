@@ -119,3 +119,11 @@ class InvalidSignature(Unauthorized):
     """The webhook signature does not verify."""
 
     code = "invalid-signature"
+
+
+class Interrupted(BizosError):
+    """Interrupted (Ctrl-C); run the same command again to continue."""
+
+    exit_code = 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C stopped
+    http_status = 499
+    code = "interrupted"

@@ -12,8 +12,6 @@ drop and create), which is a no-op on a target that 0001 built from this version
 
 from __future__ import annotations
 
-from tenant_schema.models import metadata
-
 OWNER_ROLE = "bizos_owner"  # NOLOGIN: owns every tenant table, so FORCE RLS applies to it
 APP_GROUP = "bizos_app"  # NOLOGIN: DML on tenant tables; login roles are its members
 TENANT_EXPR = "NULLIF(current_setting('bizos.tenant_id', true), '')::uuid"
@@ -105,6 +103,8 @@ $fn$""",
 
 def table_security_sql(table: str) -> list[str]:
     """RLS (enabled and forced), policies, triggers and grants for one tenant table."""
+    from tenant_schema.models import metadata  # late: OWNER_ROLE alone must not load the models
+
     t = _q(table)
     pk = [c.name for c in metadata.tables[table].primary_key.columns if c.name != "tenant_id"]
     key_args = ", ".join(f"'{c}'" for c in pk)

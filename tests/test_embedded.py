@@ -159,3 +159,38 @@ def test_parent_the_cluster_user_cannot_traverse_is_named_not_changed():
     finally:
         drop_os_user(home)
         shutil.rmtree(private, ignore_errors=True)
+
+
+def test_tcp_cluster_restarts_at_once_on_its_port(base):
+    """Stopping a server with TCP clients leaves its port in TIME_WAIT for about 60 s; that is
+    no reason to refuse the restart (issue 12, item 10)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = EmbeddedCluster(base / "r7", port=port, durable=False)
+    c.ensure_running()
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    for client in clients:  # a startup packet PostgreSQL rejects: the server closes first
+        client.sendall(b"\x00\x00\x00\x08\x00\x00\x00\x00")
+    for client in clients:  # read to the end: unread data would make close() send a reset
+        while client.recv(4096):
+            pass
+    assert c.stop() is True
+    for client in clients:
+        client.close()
+    assert c.ensure_running() is True
+    with socket.create_connection(("127.0.0.1", port)):
+        pass
+
+
+def test_port_in_use_advice_does_not_suggest_moving_a_region(base):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(InvalidInput) as err:
+            EmbeddedCluster(base / "r8", port=port, durable=False).ensure_running()
+    assert err.value.message == (
+        f"port {port} on 127.0.0.1 is already in use by another program: stop it and retry "
+        "(the region's URLs use this port; choose another --port only for a new region)"
+    )

@@ -85,3 +85,46 @@ def test_state_changing_commands_have_dry_run(name, cmd):
 def test_help_runs(cli):
     r = cli("tenant", "create", "--help")
     assert r.exit_code == 0 and "Example: bizosctl tenant create" in r.stdout
+
+
+def _help(name: str) -> str:
+    from typer.testing import CliRunner
+
+    args = [*name.split(), "--help"] if name else ["--help"]
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def _option_row(text: str, opt: str) -> str:
+    """The row of the options panel for ``opt`` (not the example, which may use it too)."""
+    return next(line for line in text.splitlines() if line.lstrip("│ *").startswith(opt + " "))
+
+
+@pytest.mark.parametrize(
+    "name", ["", *[n for n, _ in COMMANDS]], ids=["root", *[n for n, _ in COMMANDS]]
+)
+def test_help_shows_flags_without_a_value_and_arguments_in_capitals(name):
+    text = _help(name)
+    assert "<bool>" not in text, name
+    cmd = dict(COMMANDS).get(name)
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    for p in cmd.params if cmd is not None else []:
+        if isinstance(p, typer.core.TyperArgument):
+            assert "{" not in usage and p.name.upper() in usage, (name, usage)
+
+
+@pytest.mark.parametrize(("name", "cmd"), COMMANDS, ids=[n for n, _ in COMMANDS])
+def test_tier_options_list_their_values(name, cmd):
+    text = _help(name)
+    for p in cmd.params:
+        if {"--tier", "--to-tier"} & set(getattr(p, "opts", [])):
+            line = _option_row(text, p.opts[0])
+            assert all(t in line for t in ("shared", "schema", "isolated")), (name, line)
+
+
+def test_tenant_list_status_lists_its_values():
+    from bizosctl.tenancy.lifecycle import STATUSES
+
+    line = _option_row(_help("tenant list"), "--status")
+    assert all(s in line for s in (*STATUSES, "deleted")), line

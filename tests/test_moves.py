@@ -114,7 +114,7 @@ def test_move_across_regions_needs_a_reason(ctl, make_tenant, cli):
         (("--to-tier", "gold"), 2, "unknown tier 'gold'"),
         (
             ("--to-tier", "shared", "--to-region", "mars", "--residency-change", "x"),
-            2,
+            3,
             "unknown region 'mars'",
         ),
         (("--to-tier", "shared", "--to-server", "nope-1"), 3, "no server named 'nope-1'"),

@@ -62,7 +62,7 @@ def test_region_add_unreachable_url(cli):
         env={"BIZOS_SERVER_PASSWORD": "s3cret"},
     )
     assert r.exit_code == 2
-    assert f"cannot connect to postgresql+psycopg://admin@127.0.0.1:{port}/postgres" in r.stderr
+    assert f"cannot connect to postgresql://admin@127.0.0.1:{port}/postgres" in r.stderr
     assert "s3cret" not in r.stderr + r.stdout
 
 

@@ -4,11 +4,37 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperArgument, TyperOption
 
 from bizosctl import __version__
 from bizosctl.cli import apikey, region, schema, secrets, system, tenant, webhook
+
+
+def _tidy_help() -> None:
+    """Help as operators read it, for every command at once (this Typer's own rendering shows
+    ``--debug <bool>``, as if flags took a value, and ``{slug}`` for arguments): flags show
+    no value, arguments show as ``SLUG`` (``[SLUG]`` when optional)."""
+    type_of = TyperOption.display_type_rich
+
+    def option_type(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and self.metavar is None else type_of(self, ctx)
+
+    def argument_name(self: TyperArgument) -> str:
+        return self.metavar if self.metavar is not None else str(self.name).upper()
+
+    def argument_usage(self: TyperArgument) -> str:
+        name = argument_name(self) if self.required else f"[{argument_name(self)}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
+    TyperArgument.display_name_raw = property(argument_name)  # type: ignore[assignment,method-assign]
+    TyperArgument._usage_display_name = argument_usage  # type: ignore[method-assign]
+
+
+_tidy_help()
 
 app = typer.Typer(
     name="bizosctl",

@@ -1,8 +1,9 @@
 """Rendering for the command line: one JSON document on stdout, or Rich for people.
 
-Errors become one line on stderr and an exit code (2 bad input, 1 failed, 3 not found); with
-``--json`` the same error is also the JSON document on stdout, so a pipeline always parses
-something. Tracebacks only with ``--debug``.
+Errors become one line on stderr and an exit code (2 bad input, 1 failed, 3 not found, 130
+interrupted); with ``--json`` the same error is also the JSON document on stdout, so a pipeline
+always parses something (Ctrl-C too: ``{"error": {"type": "interrupted", ...}}``). Tracebacks
+only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -73,8 +74,11 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         json_out = bool(kwargs.get("json_out"))
+        from bizosctl.signals import interruptible
+
         try:
-            return fn(*args, **kwargs)
+            with interruptible():
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except BizosError as exc:
@@ -82,8 +86,11 @@ def handle_errors(fn: F) -> F:
                 raise
             fail(exc, json_out=json_out)
         except KeyboardInterrupt:
-            stderr_console().print("interrupted")
-            raise typer.Exit(130) from None
+            if debug_enabled():
+                raise
+            from bizosctl.errors import Interrupted
+
+            fail(Interrupted(), json_out=json_out)
         except Exception as exc:
             if debug_enabled():
                 raise

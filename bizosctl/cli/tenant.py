@@ -116,8 +116,15 @@ def create(
 @handle_errors
 def list_(
     region: str | None = typer.Option(None, "--region", help="Only this region."),
-    tier: str | None = typer.Option(None, "--tier", help="Only this tier."),
-    status: str | None = typer.Option(None, "--status", help="Only this status."),
+    tier: str | None = typer.Option(
+        None, "--tier", help="Only this tier: shared | schema | isolated."
+    ),
+    status: str | None = typer.Option(
+        None,
+        "--status",
+        help="Only this status: provisioning | active | read_only | suspended | moving | "
+        "deleting | deleted.",
+    ),
     deleted: bool = typer.Option(False, "--deleted", help="Include deleted tenants."),
     json_out: bool = JsonOpt,
 ) -> None:

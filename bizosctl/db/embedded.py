@@ -442,11 +442,17 @@ class EmbeddedCluster:
         if self.port is None:
             return
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # SO_REUSEADDR, as PostgreSQL binds: connections of the previous run in TIME_WAIT
+            # (about 60 s after a stop or a crash) do not hold the port, a listener does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", self.port))
             except OSError as exc:
+                # Not "choose another port": every URL of the region points at this one.
                 raise InvalidInput(
-                    f"port {self.port} on 127.0.0.1 is already in use: choose another with --port"
+                    f"port {self.port} on 127.0.0.1 is already in use by another program: stop "
+                    "it and retry (the region's URLs use this port; choose another --port only "
+                    "for a new region)"
                 ) from exc
 
     def _ensure_initdb(self) -> None:

@@ -31,8 +31,10 @@ def make_url(url: str | URL) -> URL:
 
 
 def redact(url: str | URL) -> str:
-    """The URL without its password, for display and logs."""
-    return make_url(url).render_as_string(hide_password=True).replace(":***@", "@")
+    """The URL without its password, for display and logs, in the scheme operators write
+    (``postgresql://``, not the driver's ``postgresql+psycopg://``)."""
+    shown = make_url(url).render_as_string(hide_password=True).replace(":***@", "@")
+    return shown.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 def get_engine(url: str | URL, *, pooled: bool = True, **kwargs: Any) -> Engine:

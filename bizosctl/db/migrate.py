@@ -7,11 +7,17 @@ back whole). ``migrations/*/env.py`` serves the plain ``alembic`` command line w
 
 ``BIZOS_TENANT_MIGRATIONS_EXTRA`` adds directories (separated by ``:``) of revisions to the
 tenant history (site migrations, and the test suite's and benchmarks' own revisions).
+
+Every command checks the catalog's revision, and ``schema status`` names the tenant head, so
+:func:`head` must not cost an Alembic import and a load of every revision module (about 0.4 s
+of CPU per call, issue 12): :func:`fast_head` reads the ``revision``/``down_revision`` lines of
+the revision files instead, and anything it cannot read with certainty falls back to Alembic.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,7 +65,90 @@ def _config_and_script(history: History, extra: str | None) -> tuple[Config, Scr
     return cfg, ScriptDirectory.from_config(cfg)
 
 
+def version_dirs(history: History) -> list[Path]:
+    """The directories Alembic reads revisions from (the history's own, then the extras)."""
+    extra = _extra(history)
+    return [
+        script_location(history) / "versions",
+        *(Path(d) for d in (extra or "").split(os.pathsep) if d),
+    ]
+
+
+# A revision file as our templates (and Alembic's typed ones) write it: one literal per line.
+_REVISION = re.compile(r"""^revision(?:\s*:[^=\n]*)?\s*=\s*(?P<v>.*?)\s*(?:#.*)?$""", re.M)
+_DOWN = re.compile(r"""^down_revision(?:\s*:[^=\n]*)?\s*=\s*(?P<v>.*?)\s*(?:#.*)?$""", re.M)
+_ONE = re.compile(r"""^(?:"([^"\\]+)"|'([^'\\]+)')$""")
+_MANY = re.compile(
+    r"""^[(\[]\s*((?:(?:"[^"\\]+"|'[^'\\]+')\s*,\s*)*(?:"[^"\\]+"|'[^'\\]+')?)\s*,?\s*[)\]]$"""
+)
+# Alembic's own rule for which files in a versions directory are revisions.
+_REV_FILE = re.compile(r"^(?!\.#|__init__)(.*\.py)$")
+
+
+def _literals(value: str) -> list[str] | None:
+    """The revision ids of a ``down_revision`` value; None if it is not plain literals."""
+    if value == "None":
+        return []
+    one = _ONE.match(value)
+    if one:
+        return [one.group(1) or one.group(2)]
+    many = _MANY.match(value)
+    if many:
+        return [a or b for a, b in re.findall(r""""([^"]+)"|'([^']+)'""", many.group(1))]
+    return None
+
+
+def _signature(dirs: list[Path]) -> tuple[tuple[str, int, int], ...] | None:
+    out: list[tuple[str, int, int]] = []
+    for d in dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            return None
+        for name in names:
+            if _REV_FILE.match(name):
+                st = (d / name).stat()
+                out.append((str(d / name), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+@lru_cache(maxsize=32)
+def _scan_head(signature: tuple[tuple[str, int, int], ...]) -> str | None:
+    revisions: set[str] = set()
+    downs: set[str] = set()
+    for path, _mtime, _size in signature:
+        text = Path(path).read_text(encoding="utf-8")
+        rev = _REVISION.findall(text)
+        down = _DOWN.findall(text)
+        if len(rev) != 1 or len(down) != 1:
+            return None
+        one = _ONE.match(rev[0])
+        parents = _literals(down[0])
+        if one is None or parents is None:
+            return None
+        revision = one.group(1) or one.group(2)
+        if revision in revisions:
+            return None
+        revisions.add(revision)
+        downs.update(parents)
+    heads = revisions - downs
+    if len(heads) != 1 or not downs <= revisions:
+        return None
+    return heads.pop()
+
+
+def fast_head(history: History) -> str | None:
+    """The head revision read from the revision files without Alembic (cached per content
+    signature: a file added, removed or changed gives a new answer); None when a file is not
+    in the plain form (computed ids, multi-line tuples, several heads), then ask Alembic."""
+    signature = _signature(version_dirs(history))
+    return None if signature is None else _scan_head(signature)
+
+
 def head(history: History) -> str:
+    fast = fast_head(history)
+    if fast is not None:
+        return fast
     rev = scripts(history).get_current_head()
     assert rev is not None
     return rev
@@ -169,10 +258,16 @@ def configure_target(conn: Connection, *, schema: str | None, owner_role: str | 
 
 
 def current_revision(conn: Connection, *, schema: str | None) -> str | None:
-    from alembic.runtime.migration import MigrationContext
+    """The target's revision (None: no version table or no row), without Alembic."""
+    from sqlalchemy import text
 
-    ctx = MigrationContext.configure(conn, opts={"version_table_schema": schema})
-    return ctx.get_current_revision()
+    version_table = f'"{schema}".alembic_version' if schema else "alembic_version"
+    if conn.execute(text("SELECT to_regclass(:vt)"), {"vt": version_table}).scalar() is None:
+        return None
+    revisions = conn.execute(text(f"SELECT version_num FROM {version_table}")).scalars().all()
+    if len(revisions) > 1:
+        raise InvalidInput(f"{version_table} holds several heads: {', '.join(revisions)}")
+    return revisions[0] if revisions else None
 
 
 def lock_key(history: History, schema: str | None) -> str:

@@ -14,7 +14,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from bizosctl.faults import crash_point
 from bizosctl.moves.tables import TableInfo
+from bizosctl.signals import check_interrupted
 from bizosctl.tenancy.names import q
 from bizosctl.throttle import Throttle
 
@@ -62,6 +64,10 @@ def copy_rows(
     with _raw(src).cursor() as rc, _raw(dst).cursor() as wc:
         with rc.copy(out_sql) as out, wc.copy(in_sql) as inp:
             for chunk in out:
+                # Ctrl-C: the main thread waits for this thread; stop at the next page (the
+                # target's transaction rolls back, --resume copies the table again).
+                check_interrupted()
+                crash_point("move.copy.page")
                 moved += len(chunk)
                 inp.write(chunk)
                 if throttle is not None:
@@ -81,6 +87,7 @@ def copy_table(
 ) -> int:
     """Replace the tenant's rows of one table in the target by the source's (one transaction
     on the target side, committed by the caller)."""
+    check_interrupted()
     dst.execute(text("SET LOCAL session_replication_role = replica"))
     dst.execute(
         text(f"DELETE FROM {q(dst_schema)}.{q(t.name)} WHERE tenant_id = :t"), {"t": tenant_id}

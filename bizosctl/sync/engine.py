@@ -65,6 +65,8 @@ class SyncOptions:
                 raise InvalidInput(f"{name} must be at least {low}, not {value}")
         if self.parallel > 256 or self.per_server > 256:
             raise InvalidInput("--parallel and --per-server are capped at 256")
+        if not self.to.strip():
+            raise InvalidInput("--to needs a revision id (or 'head')")
         self.selection.validate()
         resolve("tenant", self.to)  # an unknown --to is bad input, before anything starts
 
@@ -163,7 +165,10 @@ class _Runner:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["bizosctl.sync.worker"])
             self._pool = ProcessPoolExecutor(
-                max_workers=self.opts.parallel, mp_context=ctx, initializer=warm_up
+                max_workers=self.opts.parallel,
+                mp_context=ctx,
+                initializer=warm_up,
+                initargs=(os.getpid(),),
             )
         return self._pool
 

@@ -13,9 +13,10 @@ from typing import Any
 from sqlalchemy import select, text
 
 from bizosctl.catalog.control import Control
+from bizosctl.catalog.lookups import require_region
 from bizosctl.catalog.models import Route, SchemaTarget, Server, Tenant
 from bizosctl.db.engines import get_engine, translate_errors
-from bizosctl.errors import BizosError, InvalidInput, NotFound
+from bizosctl.errors import BizosError, NotFound
 from bizosctl.tenancy.names import SHARED_DB, SHARED_SCHEMA, check_region_name, check_tier
 
 
@@ -103,7 +104,8 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
     if missing:
         raise NotFound(f"unknown tenant(s): {', '.join(missing)}")
     if sel.region is not None and sel.region not in {srv.Server.region for srv in servers}:
-        raise InvalidInput(f"unknown region {sel.region!r}")
+        with ctl.catalog() as s:
+            require_region(s, sel.region)
     targets: list[Target] = []
     if not sel.tenants and sel.tier in (None, "shared"):
         for (srv,) in servers:

@@ -47,10 +47,13 @@ def dispose_engines() -> None:
     _engines.clear()
 
 
-def warm_up() -> None:
-    """Load the migration scripts once per worker process, before the first target."""
+def warm_up(owner: int) -> None:
+    """Pool initializer: tie the worker to the command's process ``owner`` (Ctrl-C is the
+    parent's to handle; die with it), then load the migration scripts once."""
     from bizosctl.db.migrate import scripts
+    from bizosctl.signals import tie_to_owner
 
+    tie_to_owner(owner)
     scripts("tenant")
 
 

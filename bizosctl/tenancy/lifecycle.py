@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select, text
 
 from bizosctl.catalog.control import Control
+from bizosctl.catalog.lookups import require_region
 from bizosctl.catalog.models import Route, Tenant
 from bizosctl.catalog.schemas import QueryResult, TenantDetail, TenantPublic
 from bizosctl.db.engines import get_engine, translate_errors
@@ -17,7 +18,6 @@ from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.tenancy.names import check_region_name, check_slug, check_tier, q
 from bizosctl.tenancy.router import search_path, tenant_session
 from bizosctl.tenancy.statement import check_statement
-from tenant_schema import TENANT_TABLES
 
 STATUSES = ("provisioning", "active", "read_only", "suspended", "moving", "deleting")
 LOCK_STATUSES = ("read_only", "suspended")
@@ -68,6 +68,8 @@ def list_tenants(
     elif not include_deleted:
         stmt = stmt.where(Tenant.status != "deleted")
     with ctl.catalog() as s:
+        if region:
+            require_region(s, region)
         return [TenantPublic(**_public(t, r)) for t, r in s.execute(stmt).all()]
 
 
@@ -95,9 +97,9 @@ def get_tenant(ctl: Control, slug: str, *, row_counts: bool = True) -> TenantDet
 
 def count_rows(ctl: Control, slug: str) -> dict[str, int]:
     """The tenant's rows per table, counted through RLS in its own context."""
-    union = " UNION ALL ".join(
-        f"SELECT '{t}' AS t, count(*) AS n FROM {q(t)}" for t in TENANT_TABLES
-    )
+    from tenant_schema import TABLE_NAMES
+
+    union = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {q(t)}" for t in TABLE_NAMES)
     with tenant_session(ctl, slug, actor="bizosctl:show", read_only=True) as s:
         return {t: int(n) for t, n in s.execute(text(union)).all()}
 

@@ -100,7 +100,7 @@ def _unknown_region(ctl: Control, region: str) -> NoReturn:
     from bizosctl.tenancy.regions import list_regions
 
     known = ", ".join(r.name for r in list_regions(ctl)) or "none"
-    raise InvalidInput(f"unknown region {region!r} (known: {known}); add it with `region add`")
+    raise NotFound(f"unknown region {region!r} (known: {known}); add it with `region add`")
 
 
 def create_tenant(

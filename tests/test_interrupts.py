@@ -1,0 +1,178 @@
+"""Ctrl-C and SIGKILL against real child processes (issue 12, items 12 and 0).
+
+A terminal's Ctrl-C reaches the whole foreground process group: the tests start the command in
+its own session and send SIGINT to that group, workers included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bizosctl.tenancy.sample import load_sample_data
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+ADD = str(MIGRATIONS / "add_column")
+MARK = "BZTEST_PROCESS_MARK"
+
+
+@pytest.fixture
+def sync_fleet(fresh_home, cli):  # type: ignore[no-untyped-def]
+    """A fresh home at revision 0001 with a few targets for schema sync."""
+    assert cli("init").exit_code == 0
+    for i in range(4):
+        r = cli(
+            "tenant",
+            "create",
+            f"int{i}",
+            "--name",
+            f"int{i}",
+            "--tier",
+            "schema",
+            "--region",
+            "global",
+        )
+        assert r.exit_code == 0, r.stderr
+    return fresh_home
+
+
+def start(args: list[str], env: dict[str, str], *, capture: bool = True) -> subprocess.Popen[str]:
+    # Not captured: orphaned workers would hold the pipes open (communicate would never end).
+    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "bizosctl", *args],
+        env={**os.environ, **env},
+        stdout=pipe,
+        stderr=pipe,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_pause(proc: subprocess.Popen[str], name: str) -> list[str]:
+    """Read stderr until the child says it paused at ``name``; the lines read so far."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+    while True:
+        line = proc.stderr.readline()
+        if not line:
+            raise AssertionError(f"exited ({proc.wait()}) before {name}: {''.join(seen)}")
+        seen.append(line)
+        if line.strip() == f"paused at {name}":
+            return seen
+
+
+def marked_pids(mark: str) -> list[int]:
+    """Python processes whose environment carries ``mark`` (children inherit it)."""
+    found = []
+    needle = f"{MARK}={mark}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and b"python" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def mark() -> Iterator[str]:
+    value = uuid.uuid4().hex
+    yield value
+    for pid in marked_pids(value):  # whatever a failing test left behind
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_ctrl_c_during_sync_prints_the_json_error_and_no_worker_traceback(
+    sync_fleet, tmp_path: Path
+) -> None:
+    proc = start(
+        ["schema", "sync", "--parallel", "2", "--json"],
+        {
+            "BIZOS_TENANT_MIGRATIONS_EXTRA": ADD,
+            "BIZOS_PAUSE_AT": "sync.target.1",
+            "BIZOS_PAUSE_RELEASE": str(tmp_path / "never"),
+        },
+    )
+    seen = wait_for_pause(proc, "sync.target.1")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    err = "".join(seen) + err
+    assert proc.returncode == 130, err
+    doc = json.loads(out)
+    assert doc["error"]["type"] == "interrupted"
+    assert doc["error"]["exit_code"] == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "error: Interrupted (Ctrl-C); run the same command again to continue."
+    )
+    # As the message says: the same command again finishes the run.
+    again = subprocess.run(
+        [sys.executable, "-m", "bizosctl", "schema", "sync", "--json"],
+        env={**os.environ, "BIZOS_TENANT_MIGRATIONS_EXTRA": ADD},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert doc["ok"] and doc["failed"] == [], doc
+    assert set(doc["summary"]) <= {"migrated", "unchanged"}, doc
+
+
+def test_sigkilled_sync_leaves_no_worker_forkserver_or_tracker(sync_fleet, mark: str) -> None:
+    proc = start(
+        ["schema", "sync", "--parallel", "2", "--json"],
+        {"BIZOS_TENANT_MIGRATIONS_EXTRA": ADD, "BIZOS_CRASH_AT": "sync.target.1", MARK: mark},
+        capture=False,
+    )
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    left = marked_pids(mark)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = marked_pids(mark)
+    assert left == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
+
+
+def test_ctrl_c_during_a_move_stops_the_copy(ctl, make_tenant, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from test_moves import exists_at
+
+    slug = make_tenant(tier="schema")
+    load_sample_data(ctl, slug)
+    tid = str(ctl.route(slug).tenant_id)
+    release = tmp_path / "release"
+    proc = start(
+        ["tenant", "move", slug, "--to-tier", "isolated", "--parallel", "1", "--json"],
+        {"BIZOS_PAUSE_AT": "move.copy.page", "BIZOS_PAUSE_RELEASE": str(release)},
+    )
+    seen = wait_for_pause(proc, "move.copy.page")
+    os.killpg(proc.pid, signal.SIGINT)
+    release.touch()  # the paused copy goes on: it must stop at its next page
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + err
+    assert json.loads(out)["error"]["type"] == "interrupted"
+    # Nothing was committed into the target after the Ctrl-C (neither the table being copied
+    # nor the ones queued behind it).
+    assert exists_at(ctl, "global-1", f"t_{slug}", f"t_{slug}", tid) == 0
+    r = cli("tenant", "move", slug, "--resume", "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["status"] == "done"
+    assert exists_at(ctl, "global-1", f"t_{slug}", f"t_{slug}", tid) > 0

@@ -1,0 +1,137 @@
+"""Start-up cost: the revision heads are known without Alembic, and read-only commands do not
+import it (issue 12, item 14)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bizosctl.catalog.control import Control
+from bizosctl.db import migrate
+
+TESTS = Path(__file__).parent
+BENCH = TESTS.parent / "benchmarks" / "migrations"
+
+
+def _alembic_head(history: migrate.History) -> str:
+    """Alembic's own answer, from a fresh ScriptDirectory (not the process cache)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    location = migrate.script_location(history)
+    cfg.set_main_option("script_location", str(location))
+    extra = os.environ.get(migrate.EXTRA_ENV) if history == "tenant" else None
+    if extra:
+        dirs = [d for d in extra.split(os.pathsep) if d]
+        cfg.set_main_option("version_locations", " ".join([str(location / "versions"), *dirs]))
+        cfg.set_main_option("path_separator", "space")
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+@pytest.mark.parametrize(
+    ("history", "extra"),
+    [
+        ("control", None),
+        ("tenant", None),
+        ("tenant", [TESTS / "migrations" / "add_column"]),
+        ("tenant", [TESTS / "migrations" / "add_column", TESTS / "migrations" / "failing"]),
+        ("tenant", [BENCH]),
+    ],
+)
+def test_fast_head_equals_alembic_head(
+    history: migrate.History, extra: list[Path] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if extra:
+        monkeypatch.setenv(migrate.EXTRA_ENV, os.pathsep.join(map(str, extra)))
+    assert migrate.fast_head(history) == _alembic_head(history)
+    assert migrate.head(history) == _alembic_head(history)
+
+
+REV = '''"""{doc}"""
+
+from __future__ import annotations
+
+revision{ann} = {rev!r}
+down_revision{ann} = {down}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def _write(d: Path, rev: str, down: str, *, ann: str = "") -> None:
+    (d / f"{rev}_step.py").write_text(REV.format(doc=rev, rev=rev, down=down, ann=ann))
+
+
+def test_adding_a_revision_file_changes_the_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(migrate.EXTRA_ENV, str(tmp_path))
+    _write(tmp_path, "x002", '"0001"')
+    assert migrate.fast_head("tenant") == "x002" == _alembic_head("tenant")
+    _write(tmp_path, "x003", "'x002'", ann=": str | None")  # the typed template's form
+    assert migrate.fast_head("tenant") == "x003" == _alembic_head("tenant")
+    # A merge of two branches: tuple down_revision.
+    _write(tmp_path, "x004", '"0001"')
+    _write(tmp_path, "x005", '("x003", "x004")')
+    assert migrate.fast_head("tenant") == "x005" == _alembic_head("tenant")
+
+
+def test_a_revision_file_the_scan_cannot_read_falls_back_to_alembic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(migrate.EXTRA_ENV, str(tmp_path))
+    (tmp_path / "x002_odd.py").write_text(
+        'PREV = "0001"\nrevision = "x" + "002"\ndown_revision = PREV\n'
+        "def upgrade():\n    pass\n\ndef downgrade():\n    pass\n"
+    )
+    assert migrate.fast_head("tenant") is None
+    assert migrate.head("tenant") == "x002" == _alembic_head("tenant")
+
+
+def test_read_only_commands_import_neither_alembic_nor_the_tenant_models(
+    fleet: Control, make_tenant
+) -> None:  # type: ignore[no-untyped-def]
+    slug = make_tenant(tier="schema")
+    code = (
+        "import sys\n"
+        "from bizosctl.cli.main import app\n"
+        "try:\n"
+        "    app(sys.argv[1:])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')\n"
+        "               or m == 'tenant_schema.models')\n"
+        "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
+    )
+    for args in (
+        ["tenant", "list", "--json"],
+        ["tenant", "show", slug, "--json"],
+        ["schema", "status", "--json"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert "HEAVY=\n" in done.stderr, (args, done.stderr[-500:])
+
+
+def test_table_names_match_the_models() -> None:
+    from tenant_schema import TABLE_NAMES, TENANT_TABLES
+
+    assert sorted(TABLE_NAMES) == sorted(TENANT_TABLES)
+    assert len(set(TABLE_NAMES)) == len(TABLE_NAMES)
