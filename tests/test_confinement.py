@@ -178,9 +178,16 @@ def test_audit_json_never_holds_ciphertexts(ctl, make_tenant):
     slug = make_tenant(tier="shared")
     load_sample_data(ctl, slug)
     tid = ctl.route(slug).tenant_id
-    enc = encrypt(ctl.keyring, "new@x.example", tenant_id=tid, table="members", column="email")
     with tenant_session(ctl, slug, actor="ops") as s:
         member = s.execute(text("select id, email_enc, email_bidx from members limit 1")).one()
+        enc = encrypt(
+            ctl.keyring,
+            "new@x.example",
+            tenant_id=tid,
+            table="members",
+            column="email",
+            row=member.id,
+        )
         s.execute(
             text("update members set email_enc = :e, email_bidx = :b where id = :id"),
             {"e": enc, "b": blind_index(ctl.keyring, "new@x.example"), "id": member.id},

@@ -18,7 +18,7 @@ from bizosctl.db.engines import dispose_all, get_engine, psycopg_conninfo
 from bizosctl.doctor import run_doctor
 from bizosctl.errors import InvalidInput, Unauthorized
 from bizosctl.security.apikeys import create_api_key, verify_api_key
-from bizosctl.security.secrets import rotate_db_password
+from bizosctl.security.dbpasswords import rotate_db_password
 from bizosctl.tenancy.sample import load_sample_data
 
 
@@ -165,7 +165,7 @@ def test_rotation_refuses_a_role_that_serves_another_tenant(cli, ctl, make_tenan
     with psycopg.connect(**login(ctl, legacy)) as c:
         assert c.execute("select current_user").fetchone() == (f"t_{a}__b",)
     with pytest.raises(InvalidInput):
-        rotate_db_password(ctl, tenant=a, grace_s=0)
+        rotate_db_password(ctl, tenant=a, grace_ms=0)
     assert cli("tenant", "delete", legacy, "--yes").exit_code == 0
     assert cli("tenant", "delete", a, "--yes").exit_code == 0
 
@@ -276,8 +276,12 @@ def test_byo_server_closes_template1(fresh_home, cli, tcp_cluster_factory):
 
     assert cli("init").exit_code == 0
     port, _stop = tcp_cluster_factory()
-    url = f"postgresql://byo_admin:byo-pass-123@127.0.0.1:{port}/postgres"
-    assert cli("region", "add", "far", "--url", url).exit_code == 0
+    url = f"postgresql://byo_admin@127.0.0.1:{port}/postgres"
+    r = cli(
+        "region", "add", "far", "--url", url, "--insecure",
+        env={"BIZOS_SERVER_PASSWORD": "byo-pass-123"},
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
     slug = unique_slug("f")
     r = cli("tenant", "create", slug, "--name", "F", "--region", "far", "--tier", "isolated")
     assert r.exit_code == 0, r.stderr
