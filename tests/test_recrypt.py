@@ -194,7 +194,7 @@ def test_a_row_the_application_changes_mid_batch_is_never_overwritten(home, monk
     original = recrypt.recrypt_rows
     done = threading.Event()
 
-    def app_writes_then_recrypt(*args):
+    def app_writes_then_recrypt(*args, **kwargs):
         if not done.is_set():
             done.set()
             with tenant_session(home, "race-co", actor="app") as s:
@@ -207,7 +207,7 @@ def test_a_row_the_application_changes_mid_batch_is_never_overwritten(home, monk
                         "i": victim,
                     },
                 )
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(recrypt, "recrypt_rows", app_writes_then_recrypt)
     report = rotation.rotate_pii(home, batch=1000, workers=0)

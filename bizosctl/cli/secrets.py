@@ -152,7 +152,8 @@ def rotate_pii(
 
     Example: bizosctl secrets rotate pii
     """
-    from bizosctl.security.rotation import pii_usage, rotate_pii
+    from bizosctl.security.rotation import rotate_pii
+    from bizosctl.security.usage import pii_usage
 
     ctl = _ctl()
     if dry_run:

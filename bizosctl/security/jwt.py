@@ -106,17 +106,17 @@ def _verify(
     if dk.retire_after is not None and now >= dk.retire_after:
         raise InvalidToken("the token's signing key is retired or unknown")
     try:
+        # the leeway is for ``iat`` only (below): a token expires at its ``exp``
         claims: dict[str, Any] = pyjwt.decode(
             token,
             dk.key,
             algorithms=[ALGORITHM],
-            leeway=leeway,
-            options={"require": list(REQUIRED)},
+            options={"require": list(REQUIRED), "verify_iat": False},
         )
     except pyjwt.ExpiredSignatureError as exc:
         raise InvalidToken("the token has expired") from exc
     except pyjwt.ImmatureSignatureError as exc:
-        raise InvalidToken("the token was issued in the future (or is not valid yet)") from exc
+        raise InvalidToken("the token is not valid yet") from exc
     except pyjwt.PyJWTError as exc:
         raise InvalidToken("invalid token") from exc
     for name in ("sub", "tenant"):
@@ -125,6 +125,8 @@ def _verify(
     iat, exp = claims["iat"], claims["exp"]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp)):
         raise InvalidToken("the token's times are not whole seconds")
+    if iat > now + leeway:
+        raise InvalidToken("the token was issued in the future")
     if exp - iat > ttl:
         raise InvalidToken(f"the token's lifetime exceeds {ttl}s (BIZOS_JWT_TTL_SECONDS)")
     if not dk.primary and dk.demoted_at is not None and iat > dk.demoted_at + reload_s + leeway:

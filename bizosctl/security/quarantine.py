@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from bizosctl.errors import DecryptionFailed, KeyringError
 from bizosctl.security.fields import decrypt
 from bizosctl.security.keyring import Keyring
+from bizosctl.security.usage import claimed_version
 from bizosctl.tenancy.names import q
 from tenant_schema.models import ENCRYPTED_COLUMNS
 
@@ -76,10 +77,8 @@ def recheck(
 
 def discount(left: dict[int, int], tokens: Iterable[str], version: int) -> dict[int, int]:
     """``left`` (values under versions other than ``version``, as
-    :func:`~bizosctl.security.rotation.count_by_version` counts them) without the quarantined
+    :func:`~bizosctl.security.usage.count_by_version` counts them) without the quarantined
     ``tokens``."""
-    from bizosctl.security.rotation import claimed_version
-
     out = dict(left)
     for token in tokens:
         if token.startswith(f"bz1.{int(version)}."):

@@ -75,7 +75,7 @@ def _credential_tokens(ctl: Control) -> list[str]:
 
 
 def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
-    from bizosctl.security.rotation import pii_usage
+    from bizosctl.security.usage import pii_usage
 
     _ = ctl.keyring  # also gives purposes that newer code added their first key
     usage: dict[str, dict[int, int]] = {}
