@@ -62,6 +62,8 @@ def rotate_after_compromise(
         try:
             report[key] = step()
         except BizosError as exc:
+            if i == 0:
+                raise  # nothing changed yet: the master key's own error, as it is
             done = ", ".join(s[1] for s in steps[:i]) or "nothing"
             rest = "; ".join(f"bizosctl secrets rotate {s[1]}" for s in steps[i:])
             raise OperationFailed(
