@@ -159,6 +159,15 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="How often a process re-reads the keyring (rotations)."
     )
     jwt_ttl_seconds: int = Field(default=3600, ge=60, description="Lifetime of session tokens.")
+    jwt_leeway_seconds: int = Field(
+        default=5, ge=0, le=300, description="Clock skew allowed when checking a token's times."
+    )
+    key_destroy_after: float = Field(
+        default=30 * 86400.0,
+        ge=0,
+        description="How long a retired PII or credentials key is kept before its material is "
+        "destroyed (seconds, or a duration: 30d, 12h, 5s). Retired JWT keys are destroyed at once.",
+    )
     stripe_secret_key: SecretStr | None = None
     stripe_publishable_key: str | None = None
     stripe_webhook_secret: SecretStr | None = None
@@ -178,6 +187,19 @@ class Settings(BaseSettings):
         default=True,
         description="fsync on the embedded clusters; tests and throw-away setups may turn it off.",
     )
+
+    @field_validator("key_destroy_after", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from bizosctl.durations import parse_ms
+            from bizosctl.errors import InvalidInput
+
+            try:
+                return parse_ms(value, what="duration") / 1000
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None
+        return value
 
     @field_validator("home", "master_key_file", mode="after")
     @classmethod

@@ -95,6 +95,12 @@ class KeyringError(BizosError):
     code = "keyring"
 
 
+class KeyDestroyed(KeyringError):
+    """The key version was destroyed: values under it can never be decrypted again."""
+
+    code = "key-destroyed"
+
+
 class DecryptionFailed(BizosError):
     """A value could not be decrypted (wrong key, tampered value or associated data)."""
 
@@ -106,6 +112,12 @@ class Unauthorized(BizosError):
 
     http_status = 401
     code = "unauthorized"
+
+
+class InvalidToken(Unauthorized):
+    """Invalid or expired session token."""
+
+    code = "invalid-token"
 
 
 class Forbidden(BizosError):

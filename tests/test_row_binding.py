@@ -97,7 +97,7 @@ def test_a_home_from_before_row_binding_binds_rows_after_the_next_rotation(fresh
     assert cli("init").exit_code == 0
     ctl = get_control()
     with ctl.catalog_engine.begin() as conn:  # back to before 0005 and up again
-        migrate(conn, "control", revision="0003", allow_downgrade=True)
+        migrate(conn, "control", revision="0004", allow_downgrade=True)
     with ctl.catalog_engine.begin() as conn:
         upgrade(conn, "control")
     ctl.reload_keyring()

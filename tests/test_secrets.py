@@ -632,8 +632,9 @@ def test_fresh_key_skips_the_staged_key_and_waits_one_reload_period(home, cli):
         for p in json.loads(cli("secrets", "list", "--json").stdout)["purposes"]
     }
     assert states["pii"] == [(1, "retired"), (2, "retired"), (3, "primary"), (4, "staged")]
-    # jwt v1 still verifies the tokens it signed until they expire; the skipped v2 never did
-    assert states["jwt"] == [(1, "readable"), (2, "retired"), (3, "primary"), (4, "staged")]
+    # --fresh-key is for a leak: the keys that may have leaked (v1 signed, v2 was staged)
+    # are retired at once, and a retired JWT key is destroyed
+    assert states["jwt"] == [(1, "destroyed"), (2, "destroyed"), (3, "primary"), (4, "staged")]
 
 
 def test_a_keyring_without_a_staged_key_makes_one_and_waits(home, cli):

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    CheckConstraint,
     ForeignKey,
     Index,
     Integer,
@@ -121,7 +122,7 @@ class KeyringEntry(Base):
     __tablename__ = "keyring"
     purpose: Mapped[str] = mapped_column(primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)  # None once destroyed
     is_primary: Mapped[bool] = mapped_column(Boolean, server_default="false")
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     retired_at: Mapped[dt.datetime | None]
@@ -130,6 +131,15 @@ class KeyringEntry(Base):
     # True: the row's id is part of the associated data of every value this version encrypts
     # (every pii version made since revision 0005; older ones stay readable without it)
     binds_rows: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    demoted_at: Mapped[dt.datetime | None]  # when it stopped being primary (writing, signing)
+    destroyed_at: Mapped[dt.datetime | None]  # its material deleted; the row stays on record
+    __table_args__ = (
+        CheckConstraint(
+            "(wrapped_key IS NULL) = (destroyed_at IS NOT NULL) "
+            "AND (destroyed_at IS NULL OR retired_at IS NOT NULL)",
+            name="ck_keyring_material",
+        ),
+    )
 
 
 class SchemaTarget(Base):

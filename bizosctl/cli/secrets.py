@@ -1,7 +1,8 @@
-"""``bizosctl secrets list|rotate|check``."""
+"""``bizosctl secrets list|rotate|retire-due|check``."""
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING
 
 import typer
@@ -33,6 +34,19 @@ rotate_app = typer.Typer(
 app.add_typer(rotate_app, name="rotate")
 
 
+class QuarantineAction(enum.StrEnum):
+    keep = "keep"
+    null = "null"
+
+
+QuarantineOpt = typer.Option(
+    QuarantineAction.keep,
+    "--quarantine-action",
+    help="What to do with values that no key decrypts: keep them (reported) or set the column "
+    "to NULL where it allows NULL.",
+)
+
+
 def _ctl() -> Control:
     from bizosctl.catalog.control import get_control
 
@@ -62,8 +76,9 @@ def list_(json_out: bool = JsonOpt) -> None:
     """Each purpose's key versions: state, created, retired, how many values use each.
 
     States: primary (writes), staged (the next primary, which every process can already read,
-    so a rotation switches to it at once), readable (still decrypts), retired. Never shows key
-    material.
+    so a rotation switches to it at once), readable (still decrypts), retired (reads nothing;
+    its material is kept for BIZOS_KEY_DESTROY_AFTER), destroyed (its material is gone: values
+    under it can never be decrypted). Never shows key material.
 
     Example: bizosctl secrets list --json
     """
@@ -81,6 +96,7 @@ def list_(json_out: bool = JsonOpt) -> None:
             v.created_at.strftime("%Y-%m-%d %H:%M"),
             v.retired_at.strftime("%Y-%m-%d %H:%M") if v.retired_at else "",
             v.retire_after.strftime("%Y-%m-%d %H:%M") if v.retire_after else "",
+            v.destroyed_at.strftime("%Y-%m-%d %H:%M") if v.destroyed_at else "",
             "-" if v.values is None else v.values,
             v.master or "",
         ]
@@ -97,6 +113,7 @@ def list_(json_out: bool = JsonOpt) -> None:
                 "created",
                 "retired",
                 "retire after",
+                "destroyed",
                 "values",
                 "wrapped by",
             ],
@@ -123,6 +140,7 @@ def rotate_pii(
         help="Switch to a newly made key instead of the staged one (after a leak of the keyring:"
         " the staged key is as exposed as the current one); waits one keyring reload period.",
     ),
+    quarantine_action: QuarantineAction = QuarantineOpt,
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -130,11 +148,13 @@ def rotate_pii(
 
     The new key is the staged one (see `secrets list`), so the switch is immediate; the next
     one is staged at the end. Resumable: after a crash, run it again. The old version is
-    retired when nothing uses it.
+    retired when nothing uses it but values that no key decrypts: those are quarantined
+    (recorded in the operation, listed, exit code 1) and the rest of the fleet is rotated.
 
     Example: bizosctl secrets rotate pii
     """
-    from bizosctl.security.rotation import pii_usage, rotate_pii
+    from bizosctl.security.rotation import rotate_pii
+    from bizosctl.security.usage import pii_usage
 
     ctl = _ctl()
     if dry_run:
@@ -155,7 +175,13 @@ def rotate_pii(
         )
         return
     if json_out:
-        doc = rotate_pii(ctl, batch=batch, workers=workers, fresh_key=fresh_key)
+        doc = rotate_pii(
+            ctl,
+            batch=batch,
+            workers=workers,
+            fresh_key=fresh_key,
+            quarantine_action=quarantine_action.value,
+        )
     else:
         counts = {"n": 0}
         with stderr_console().status("re-encrypting...") as status:
@@ -165,14 +191,46 @@ def rotate_pii(
                 status.update(f"re-encrypting... {counts['n']} row(s) ({table_name})")
 
             doc = rotate_pii(
-                ctl, batch=batch, workers=workers, fresh_key=fresh_key, progress=progress
+                ctl,
+                batch=batch,
+                workers=workers,
+                fresh_key=fresh_key,
+                quarantine_action=quarantine_action.value,
+                progress=progress,
             )
-    _done(
-        doc,
-        json_out,
+    _done(doc, json_out, _pii_summary(doc))
+    _quarantined(doc, json_out)
+
+
+def _pii_summary(doc: dict) -> str:  # type: ignore[type-arg]
+    destroyed = f", destroyed {doc['destroyed']}" if doc.get("destroyed") else ""
+    return (
         f"pii is now v{doc['version']}: {doc['rows_rewritten']} row(s) re-encrypted, "
-        f"retired {doc['retired'] or 'nothing'}, v{doc['staged']} staged for the next rotation",
+        f"retired {doc['retired'] or 'nothing'}{destroyed}, v{doc['staged']} staged for the "
+        "next rotation"
     )
+
+
+def _quarantined(doc: dict, json_out: bool) -> None:  # type: ignore[type-arg]
+    """List the values a PII rotation quarantined; exit code 1 when there are any."""
+    bad = doc.get("quarantined") or []
+    if not bad:
+        return
+    if not json_out:
+        out = stdout_console()
+        out.print("quarantined (no key decrypts them):", markup=False)
+        for e in bad:  # one line each, never wrapped: easy to grep
+            out.print(
+                f"  tenant {e['tenant_id']} {e['target']} {e['table']} key={e['key']} "
+                f"{e['column']}: {e['reason']} ({e.get('action', 'kept')})",
+                markup=False,
+                soft_wrap=True,
+            )
+        stderr_console().print(
+            f"{len(bad)} value(s) quarantined (they do not decrypt); every other value is rotated",
+            markup=False,
+        )
+    raise typer.Exit(1)
 
 
 @rotate_app.command("jwt")
@@ -181,8 +239,9 @@ def rotate_jwt(
     fresh_key: bool = typer.Option(
         False,
         "--fresh-key",
-        help="Sign with a newly made key instead of the staged one; waits one keyring reload "
-        "period so that every process can verify it first.",
+        help="After a leak: sign with a newly made key instead of the staged one (waits one "
+        "keyring reload period so that every process can verify it first), and retire every "
+        "other key at once (tokens signed before stop verifying: sessions end).",
     ),
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
@@ -204,8 +263,12 @@ def rotate_jwt(
     _done(
         doc,
         json_out,
-        f"new signing key {doc['kid']}; previous keys valid for "
-        f"{doc['previous_valid_for_s']}s more",
+        f"new signing key {doc['kid']}; "
+        + (
+            f"previous keys retired at once: {doc['retired']}"
+            if fresh_key
+            else f"previous keys valid for {doc['previous_valid_for_s']}s more"
+        ),
     )
 
 
@@ -350,6 +413,13 @@ def rotate_master(
     to_kms: str | None = typer.Option(
         None, "--to-kms", help="Wrap the data keys with this AWS KMS key."
     ),
+    compromised: bool = typer.Option(
+        False,
+        "--compromised",
+        help="The old master key leaked: then also rotate pii and jwt to fresh keys, "
+        "db-credentials and every database password (every session ends).",
+    ),
+    quarantine_action: QuarantineAction = QuarantineOpt,
     yes: bool = YesOpt,
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
@@ -357,29 +427,79 @@ def rotate_master(
     """Re-wrap every data key under a new master key (a new key file, or a KMS key).
 
     The old key file is replaced: keep a backup of it until the rotation is done. Needs --yes.
+    Re-wrapping alone does not help after the old master key leaked (with a copy of the
+    catalog it opens every data key): use --compromised.
 
-    Example: bizosctl secrets rotate master-key --dry-run
+    Example: bizosctl secrets rotate master-key --compromised --yes
     """
+    from bizosctl.security.compromise import compromise_plan, rotate_after_compromise
     from bizosctl.security.rotation_plans import plan_master_key
     from bizosctl.security.secrets import rotate_master_key
 
     ctl = _ctl()
     plan = plan_master_key(ctl, to_kms=to_kms)
     if dry_run:
-        if json_out:
-            print_json({"dry_run": True, **plan})
-            return
         target = plan["to"] if to_kms else f"a new key file written to {plan['key_file']}"
         checked = " (the KMS key answered)" if plan["key_checked"] else ""
-        stdout_console().print(
+        line = (
             f"would re-wrap {plan['data_keys']} data key(s), now under {plan['from']}, "
-            f"with {target}{checked}",
-            markup=False,
+            f"with {target}{checked}"
         )
+        doc: dict[str, object] = {"dry_run": True, **plan}
+        if compromised:
+            steps = compromise_plan()
+            doc.update(compromised=True, plan=steps)
+            line = "would rotate, in order:\n" + "\n".join(
+                f"  {i}. {p['step']}: {p['does']}" for i, p in enumerate(steps, 1)
+            )
+        _done(doc, json_out, line)
         return
-    confirm_destructive(yes, "replacing the master key")
-    doc = rotate_master_key(ctl, to_kms=to_kms)
-    _done(doc, json_out, f"re-wrapped {doc['rewrapped']} data key(s) under {doc['master']}")
+    if not compromised:
+        confirm_destructive(yes, "replacing the master key")
+        one = rotate_master_key(ctl, to_kms=to_kms)
+        _done(one, json_out, f"re-wrapped {one['rewrapped']} data key(s) under {one['master']}")
+        return
+    confirm_destructive(
+        yes, "--compromised (it ends every session and re-encrypts all PII; see --dry-run)"
+    )
+    all_ = rotate_after_compromise(ctl, to_kms=to_kms, quarantine_action=quarantine_action.value)
+    _done(
+        all_,
+        json_out,
+        f"master key now {all_['master-key']['master']}; "
+        + _pii_summary(all_["pii"])
+        + f"; jwt signs with {all_['jwt']['kid']}, every other key retired; db-credentials v"
+        f"{all_['db-credentials']['version']}; "
+        f"{len(all_['db-password']['rotated'])} database password(s) rotated",
+    )
+    _quarantined(all_["pii"], json_out)
+
+
+@app.command("retire-due")
+@handle_errors
+def retire_due(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
+    """Retire keys past their retire-after, destroy retired keys past their grace period.
+
+    A JWT key retires once no token it signed can be valid (and is destroyed then); a retired
+    PII or credentials key's material is destroyed after BIZOS_KEY_DESTROY_AFTER (default
+    30d). Rotations and every process's keyring load retire what is due too; run this from
+    cron so that destruction does not wait for the next rotation.
+
+    Example: bizosctl secrets retire-due --dry-run
+    """
+    from bizosctl.security.secrets import retire_and_destroy_due
+
+    doc = retire_and_destroy_due(_ctl(), dry_run=dry_run)
+    if json_out:
+        print_json(doc)
+        return
+    verb = ("would retire", "would destroy") if dry_run else ("retired", "destroyed")
+    parts = [
+        word + " " + ", ".join(f"{d['purpose']} v{d['version']}" for d in items)
+        for word, items in zip(verb, (doc.retire, doc.destroy), strict=True)
+        if items
+    ]
+    stdout_console().print("; ".join(parts) if parts else "nothing due", markup=False)
 
 
 @app.command("check")

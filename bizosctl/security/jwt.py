@@ -1,41 +1,70 @@
 """Session tokens (JWT, HS256) signed with the keyring's ``jwt`` key; ``kid`` names the version.
 
-Rotation adds a new primary version; tokens signed with an older version keep verifying
-until that version is retired, which ``secrets rotate jwt`` schedules for when the last token
-it could have signed has expired (``retire_after``).
+Rotation makes a new primary version; the previous one stops signing (``demoted_at``) and keeps
+verifying the tokens it signed before until ``retire_after`` (when the last of them has
+expired), then it is retired and destroyed. A token is refused unless all of these hold:
+
+- its ``kid`` is exactly ``jwt-v<N>`` (ASCII digits, no leading zero) naming a live version;
+- that version is not past its ``retire_after``, and if it is no longer primary, the token's
+  ``iat`` is not after the moment it stopped signing (plus one keyring reload period, in which
+  processes that have not re-read the keyring still sign with it, plus the clock leeway);
+- the signature verifies, and ``sub``, ``tenant``, ``iat`` and ``exp`` are present and typed;
+- it is not expired, not issued in the future, and ``exp - iat`` is at most
+  ``BIZOS_JWT_TTL_SECONDS``.
+
+Every refusal is :class:`~bizosctl.errors.InvalidToken`. The algorithm travels with the key
+version (``ALGORITHM`` today), so asymmetric keys (EdDSA, a JWKS) can be added per version.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt as pyjwt
 
 from bizosctl.catalog.control import Control
-from bizosctl.errors import BizosError, TenantSuspended
+from bizosctl.errors import InvalidInput, InvalidToken, KeyringError, TenantSuspended
+from bizosctl.security.keyring import DataKey
+
+__all__ = ["ALGORITHM", "InvalidToken", "issue_token", "kid", "parse_kid", "verify_token"]
 
 ALGORITHM = "HS256"
-
-
-class InvalidToken(BizosError):
-    """Invalid or expired session token."""
-
-    exit_code = 1
-    http_status = 401
-    code = "invalid-token"
+REQUIRED = ("sub", "tenant", "iat", "exp")
+#: No real token comes near this; parsing stops before any work on a huge one.
+MAX_TOKEN_CHARS = 8192
+# [0-9] (not \d) is ASCII only; fullmatch: no trailing newline; at most 9 digits: an int
+_KID = re.compile(r"jwt-v([1-9][0-9]{0,8})")
 
 
 def kid(version: int) -> str:
     return f"jwt-v{version}"
 
 
+def parse_kid(value: object) -> int | None:
+    """The key version a ``kid`` names, or None when it is not exactly ``jwt-v<N>``."""
+    if not isinstance(value, str):
+        return None
+    m = _KID.fullmatch(value)
+    return int(m.group(1)) if m else None
+
+
 def issue_token(ctl: Control, *, subject: str, tenant: str, ttl_seconds: int | None = None,
                 claims: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """A token for ``subject`` in ``tenant``, valid ``ttl_seconds`` (at most, and by default,
+    ``BIZOS_JWT_TTL_SECONDS``). ``claims`` adds claims; it cannot override the reserved ones."""
+    limit = ctl.settings.jwt_ttl_seconds
+    ttl = limit if ttl_seconds is None else ttl_seconds
+    if not 0 < ttl <= limit:
+        raise InvalidInput(f"a token lives 1 to {limit} seconds (BIZOS_JWT_TTL_SECONDS), not {ttl}")
+    reserved = sorted(set(claims or {}) & {*REQUIRED, "nbf"})
+    if reserved:
+        raise InvalidInput(f"claims {', '.join(reserved)} are reserved")
     dk = ctl.keyring.primary("jwt")
     now = int(time.time())
-    ttl = ttl_seconds or ctl.settings.jwt_ttl_seconds
-    payload = {"sub": subject, "tenant": tenant, "iat": now, "exp": now + ttl, **(claims or {})}
+    payload = {**(claims or {}), "sub": subject, "tenant": tenant, "iat": now, "exp": now + ttl}
     return pyjwt.encode(payload, dk.key, algorithm=ALGORITHM, headers={"kid": kid(dk.version)})
 
 
@@ -54,21 +83,68 @@ def _refuse_suspended(ctl: Control, tenant: object) -> None:
 
 
 def verify_token(ctl: Control, token: str) -> dict[str, Any]:
+    """The claims of a valid token; :class:`InvalidToken` for anything else."""
+    ring = ctl.keyring  # outside the try: a catalog that cannot be reached is not a bad token
+    settings = ctl.settings
+    try:
+        claims = _verify(
+            token,
+            lambda version: ring.get("jwt", version),
+            ttl=settings.jwt_ttl_seconds,
+            leeway=settings.jwt_leeway_seconds,
+            reload_s=settings.keyring_reload_seconds,
+        )
+    except InvalidToken:
+        raise
+    except Exception as exc:  # whatever a crafted token sets off while it is parsed
+        raise InvalidToken("invalid token") from exc
+    _refuse_suspended(ctl, claims["tenant"])
+    return claims
+
+
+def _verify(
+    token: str, key_for: Callable[[int], DataKey], *, ttl: int, leeway: int, reload_s: float
+) -> dict[str, Any]:
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        raise InvalidToken("invalid token")
     try:
         header = pyjwt.get_unverified_header(token)
-        name = str(header.get("kid", ""))
-        if not name.startswith("jwt-v") or not name[5:].isdigit():
-            raise InvalidToken("the token names no known signing key")
-        try:
-            dk = ctl.keyring.get("jwt", int(name[5:]))
-        except BizosError as exc:
-            raise InvalidToken("the token's signing key is retired or unknown") from exc
-        claims: dict[str, Any] = pyjwt.decode(
-            token, dk.key, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]}
-        )
-        _refuse_suspended(ctl, claims.get("tenant"))
-        return claims
-    except pyjwt.ExpiredSignatureError as exc:
-        raise InvalidToken("the token has expired") from exc
     except pyjwt.PyJWTError as exc:
         raise InvalidToken("invalid token") from exc
+    version = parse_kid(header.get("kid"))
+    if version is None:
+        raise InvalidToken("the token names no known signing key")
+    try:
+        dk: DataKey = key_for(version)
+    except KeyringError as exc:
+        raise InvalidToken("the token's signing key is retired or unknown") from exc
+    now = time.time()
+    if dk.retire_after is not None and now >= dk.retire_after:
+        raise InvalidToken("the token's signing key is retired or unknown")
+    try:
+        # the leeway is for ``iat`` only (below): a token expires at its ``exp``
+        claims: dict[str, Any] = pyjwt.decode(
+            token,
+            dk.key,
+            algorithms=[ALGORITHM],
+            options={"require": list(REQUIRED), "verify_iat": False},
+        )
+    except pyjwt.ExpiredSignatureError as exc:
+        raise InvalidToken("the token has expired") from exc
+    except pyjwt.ImmatureSignatureError as exc:
+        raise InvalidToken("the token is not valid yet") from exc
+    except pyjwt.PyJWTError as exc:
+        raise InvalidToken("invalid token") from exc
+    for name in ("sub", "tenant"):
+        if not isinstance(claims[name], str) or not claims[name]:
+            raise InvalidToken(f"the token's {name!r} claim is not a name")
+    iat, exp = claims["iat"], claims["exp"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp)):
+        raise InvalidToken("the token's times are not whole seconds")
+    if iat > now + leeway:
+        raise InvalidToken("the token was issued in the future")
+    if exp - iat > ttl:
+        raise InvalidToken(f"the token's lifetime exceeds {ttl}s (BIZOS_JWT_TTL_SECONDS)")
+    if not dk.primary and dk.demoted_at is not None and iat > dk.demoted_at + reload_s + leeway:
+        raise InvalidToken("the token was signed after its key stopped signing")
+    return claims

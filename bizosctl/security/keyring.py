@@ -4,20 +4,28 @@ Purposes: ``pii`` (field encryption and blind indexes), ``jwt`` (session signing
 ``kid`` per version), ``webhook`` (reserved for signing material) and ``db-credentials``
 (passwords and URLs in the catalog). One version per purpose is primary (it writes); every
 version that is not retired still reads. A data key exists in clear only in memory.
+
+A version's life: staged (reads, not yet primary), primary, demoted (``demoted_at``: it stops
+writing or signing, still reads), retired (``retired_at``: nothing reads with it; a JWT key
+once its last token has expired, ``retire_after``), destroyed (``destroyed_at``: its wrapped
+bytes are deleted from the catalog, the row stays as a record). Retired PII and credentials
+keys are destroyed after ``BIZOS_KEY_DESTROY_AFTER`` (a grace period in which a restore from
+backup still reads); a retired JWT key at once, since no token it signed is still valid.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from bizosctl.catalog.models import KeyringEntry
-from bizosctl.errors import KeyringError
+from bizosctl.errors import KeyDestroyed, KeyringError
 from bizosctl.security.masterkey import LocalMasterKey, MasterKey
 
 PURPOSES = ("pii", "jwt", "webhook", "db-credentials")
@@ -28,6 +36,9 @@ STAGED = ("pii", "jwt")
 #: A process re-reads the keyring this often, so it starts writing with a new primary soon
 #: after a rotation in another process (a rotation waits this long before its final sweep).
 RELOAD_SECONDS = 10.0
+#: Purposes whose retired keys are destroyed at once (no grace period): a JWT key retires when
+#: no token it signed can still be valid, or at once after a leak.
+DESTROY_AT_RETIREMENT = ("jwt",)
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,10 @@ class DataKey:
     key: bytes
     primary: bool
     binds_rows: bool = False  # the row's id is part of its values' associated data
+    #: (epoch seconds) when it stops reading even if no one has retired it yet
+    retire_after: float | None = None
+    #: (epoch seconds) when it stopped being primary, i.e. stopped writing or signing
+    demoted_at: float | None = None
 
 
 def _aad(purpose: str, version: int) -> bytes:
@@ -44,6 +59,8 @@ def _aad(purpose: str, version: int) -> bytes:
 
 
 def unwrap(master: MasterKey, entry: KeyringEntry) -> bytes:
+    if entry.wrapped_key is None:
+        raise KeyDestroyed(_destroyed_message(entry.purpose, entry.version, entry.destroyed_at))
     if entry.master_id and entry.master_id != master.id:
         raise KeyringError(
             f"{entry.purpose} v{entry.version} is wrapped by master key {entry.master_id}, not by "
@@ -73,6 +90,18 @@ def new_entry(master: MasterKey, purpose: str, version: int, *, primary: bool) -
     )
 
 
+def _destroyed_message(purpose: str, version: int, when: dt.datetime | None) -> str:
+    on = f" on {when:%Y-%m-%d %H:%M} UTC" if when is not None else ""
+    return (
+        f"{purpose!r} key version {version} was destroyed{on}: "
+        "values under it can never be decrypted again"
+    )
+
+
+def _epoch(when: dt.datetime | None) -> float | None:
+    return None if when is None else when.timestamp()
+
+
 class Keyring:
     """Unwrapped data keys of one catalog, loaded once per process and re-read periodically."""
 
@@ -83,6 +112,7 @@ class Keyring:
         self.reload_seconds = reload_seconds
         self._keys: dict[tuple[str, int], DataKey] = {}
         self._primary: dict[str, DataKey] = {}
+        self._destroyed: dict[tuple[str, int], dt.datetime | None] = {}
         self._lock = threading.Lock()
         self.loaded_at = 0.0
 
@@ -104,24 +134,35 @@ class Keyring:
         return made
 
     def load(self, session: Session) -> None:
-        rows = session.execute(
-            select(KeyringEntry).where(KeyringEntry.retired_at.is_(None))
-        ).scalars()
+        """Read the live keys. Keys past their ``retire_after`` are retired first (a JWT key
+        then also destroyed): they stop verifying without waiting for a rotation or a cron."""
+        # SKIP LOCKED: a process loading its keyring never waits on a rotation's transaction
+        # (that rotation may be this very thread's, waiting for this load)
+        retire_due(session, skip_locked=True)
+        destroy_due(session, destroy_after_s=None, skip_locked=True)
+        rows = session.execute(select(KeyringEntry)).scalars()
         keys: dict[tuple[str, int], DataKey] = {}
         primary: dict[str, DataKey] = {}
+        destroyed: dict[tuple[str, int], dt.datetime | None] = {}
         for entry in rows:
+            if entry.wrapped_key is None:
+                destroyed[(entry.purpose, entry.version)] = entry.destroyed_at
+            if entry.retired_at is not None or entry.wrapped_key is None:
+                continue
             dk = DataKey(
                 entry.purpose,
                 entry.version,
                 unwrap(self.master, entry),
                 entry.is_primary,
-                entry.binds_rows,
+                binds_rows=entry.binds_rows,
+                retire_after=_epoch(entry.retire_after),
+                demoted_at=_epoch(entry.demoted_at),
             )
             keys[(entry.purpose, entry.version)] = dk
             if entry.is_primary:
                 primary[entry.purpose] = dk
         with self._lock:
-            self._keys, self._primary = keys, primary
+            self._keys, self._primary, self._destroyed = keys, primary, destroyed
             self.loaded_at = time.monotonic()
 
     def stale(self) -> bool:
@@ -137,6 +178,9 @@ class Keyring:
         try:
             return self._keys[(purpose, version)]
         except KeyError:
+            if (purpose, version) in self._destroyed:
+                when = self._destroyed[(purpose, version)]
+                raise KeyDestroyed(_destroyed_message(purpose, version, when)) from None
             raise KeyringError(f"{purpose!r} key version {version} is unknown or retired") from None
 
     def versions(self, purpose: str) -> list[DataKey]:
@@ -157,9 +201,7 @@ def add_version(session: Session, master: MasterKey, purpose: str, *, primary: b
     ).scalar_one()
     version = (current or 0) + 1
     if primary:
-        session.execute(
-            update(KeyringEntry).where(KeyringEntry.purpose == purpose).values(is_primary=False)
-        )
+        _demote(session, purpose, keep=version)
     session.add(new_entry(master, purpose, version, primary=primary))
     session.flush()
     return version
@@ -229,8 +271,127 @@ def stage_next(session: Session, master: MasterKey, purpose: str) -> int:
 
 
 def set_primary(session: Session, purpose: str, version: int) -> None:
+    """Make ``version`` the primary of ``purpose``; the previous primary is demoted (it stops
+    writing or signing now: ``demoted_at``). Idempotent."""
+    _demote(session, purpose, keep=version)
     session.execute(
         update(KeyringEntry)
-        .where(KeyringEntry.purpose == purpose)
-        .values(is_primary=KeyringEntry.version == version)
+        .where(KeyringEntry.purpose == purpose, KeyringEntry.version == version)
+        .values(is_primary=True)
+    )
+
+
+def _demote(session: Session, purpose: str, *, keep: int) -> None:
+    session.execute(
+        update(KeyringEntry)
+        .where(
+            KeyringEntry.purpose == purpose,
+            KeyringEntry.is_primary,
+            KeyringEntry.version != keep,
+        )
+        .values(is_primary=False, demoted_at=func.now())
+    )
+
+
+# -- retirement and destruction ---------------------------------------------------------------
+def _due_to_retire() -> ColumnElement[bool]:
+    return and_(
+        KeyringEntry.retired_at.is_(None),
+        KeyringEntry.is_primary.is_(False),
+        KeyringEntry.retire_after.is_not(None),
+        KeyringEntry.retire_after <= func.now(),
+    )
+
+
+def _due_to_destroy(destroy_after_s: float | None) -> ColumnElement[bool]:
+    at_once = KeyringEntry.purpose.in_(DESTROY_AT_RETIREMENT)
+    when: ColumnElement[bool] = at_once
+    if destroy_after_s is not None:
+        grace = func.make_interval(0, 0, 0, 0, 0, 0, float(destroy_after_s))
+        when = or_(at_once, KeyringEntry.retired_at <= func.now() - grace)
+    return and_(
+        KeyringEntry.retired_at.is_not(None),
+        KeyringEntry.destroyed_at.is_(None),
+        KeyringEntry.is_primary.is_(False),
+        when,
+    )
+
+
+def _only(purposes: tuple[str, ...] | None) -> ColumnElement[bool]:
+    return KeyringEntry.purpose.in_(purposes if purposes is not None else PURPOSES)
+
+
+def _rows(cond: ColumnElement[bool], skip_locked: bool) -> ColumnElement[bool]:
+    """``cond``, or (``skip_locked``) the rows matching it that no other transaction holds."""
+    if not skip_locked:
+        return cond
+    free = (
+        select(KeyringEntry.purpose, KeyringEntry.version)
+        .where(cond)
+        .with_for_update(skip_locked=True)
+    )
+    return tuple_(KeyringEntry.purpose, KeyringEntry.version).in_(free)
+
+
+def retire_due(
+    session: Session, *, purposes: tuple[str, ...] | None = None, skip_locked: bool = False
+) -> list[tuple[str, int]]:
+    """Retire every non-primary key whose ``retire_after`` has passed. Returns them."""
+    rows = session.execute(
+        update(KeyringEntry)
+        .where(_rows(and_(_due_to_retire(), _only(purposes)), skip_locked))
+        .values(retired_at=func.now())
+        .returning(KeyringEntry.purpose, KeyringEntry.version)
+    ).all()
+    return sorted((p, v) for p, v in rows)
+
+
+def retire(session: Session, purpose: str, *, keep: int) -> list[int]:
+    """Retire every live version of ``purpose`` but ``keep`` (at once). Returns them."""
+    return sorted(
+        session.execute(
+            update(KeyringEntry)
+            .where(
+                KeyringEntry.purpose == purpose,
+                KeyringEntry.version != keep,
+                KeyringEntry.retired_at.is_(None),
+            )
+            .values(retired_at=func.now(), is_primary=False)
+            .returning(KeyringEntry.version)
+        ).scalars()
+    )
+
+
+def destroy_due(
+    session: Session,
+    *,
+    destroy_after_s: float | None,
+    purposes: tuple[str, ...] | None = None,
+    skip_locked: bool = False,
+) -> list[tuple[str, int]]:
+    """Delete the wrapped bytes of retired keys past their grace period (``destroy_after_s``;
+    JWT keys at once; None: only those destroyed at retirement). The row stays, with
+    ``destroyed_at``. Returns them."""
+    rows = session.execute(
+        update(KeyringEntry)
+        .where(_rows(and_(_due_to_destroy(destroy_after_s), _only(purposes)), skip_locked))
+        .values(wrapped_key=None, destroyed_at=func.now())
+        .returning(KeyringEntry.purpose, KeyringEntry.version)
+    ).all()
+    return sorted((p, v) for p, v in rows)
+
+
+def keys_due(session: Session, *, destroy_after_s: float) -> tuple[list[tuple[str, int]], ...]:
+    """What :func:`retire_due` then :func:`destroy_due` would do now: (retire, destroy).
+    Changes nothing."""
+    retire_now = select(KeyringEntry.purpose, KeyringEntry.version).where(_due_to_retire())
+    destroy_now = select(KeyringEntry.purpose, KeyringEntry.version).where(
+        or_(
+            _due_to_destroy(destroy_after_s),
+            and_(_due_to_retire(), KeyringEntry.purpose.in_(DESTROY_AT_RETIREMENT)),
+        )
+    )
+    return (
+        sorted((p, v) for p, v in session.execute(retire_now).all()),
+        sorted((p, v) for p, v in session.execute(destroy_now).all()),
     )

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bizosctl.errors import DecryptionFailed, KeyringError
 from bizosctl.security.fields import ROW_KEY, Recrypter, normalize_email
 from bizosctl.tenancy.names import q
 
@@ -101,13 +102,15 @@ def close_connections() -> None:
         conn.close()
 
 
-def rotate_pages(job: Job, lo: int, hi: int, step: int) -> tuple[int, int]:
+def rotate_pages(job: Job, lo: int, hi: int, step: int) -> tuple[int, int, list[dict[str, str]]]:
     """Re-encrypt the rows of pages ``lo <= page < hi``, ``step`` pages a transaction.
-    Returns (rows found with a value not under ``job.version``, rows rewritten)."""
+    Returns (rows found with a value not under ``job.version``, rows rewritten, the values
+    that do not decrypt: ``{tenant_id, table, key, column, reason}``, left as they are)."""
     read, _, copy_in, update = job.sql
     cols = tuple((c, b is not None) for c, b in job.cols)
     conn = _connection(job)
     found = written = 0
+    bad: list[dict[str, str]] = []
     try:
         for start in range(lo, hi, step):
             with conn.cursor() as cur:
@@ -115,11 +118,28 @@ def rotate_pages(job: Job, lo: int, hi: int, step: int) -> tuple[int, int]:
                 conn.commit()
                 if not data:
                     continue
+                failed: list[tuple[Sequence[str | None], int, str]] = []
                 n, rows = recrypt_rows(
-                    job.keys, job.version, job.table, cols, data, binds=job.binds
+                    job.keys,
+                    job.version,
+                    job.table,
+                    cols,
+                    data,
+                    binds=job.binds,
+                    quarantine=failed,
                 )
                 found += n
-                if n:
+                bad += [
+                    {
+                        "tenant_id": str(fields[2]),
+                        "table": job.table,
+                        "key": str(fields[3]),  # the row's id
+                        "column": cols[j][0],
+                        "reason": reason,
+                    }
+                    for fields, j, reason in failed
+                ]
+                if rows:
                     with cur.copy(copy_in) as copy:
                         copy.write(rows)
                     written += cur.execute(update).rowcount
@@ -127,7 +147,7 @@ def rotate_pages(job: Job, lo: int, hi: int, step: int) -> tuple[int, int]:
     except BaseException:
         conn.close()  # whatever state it is in, the next call starts afresh
         raise
-    return found, written
+    return found, written, bad
 
 
 @functools.lru_cache(maxsize=4)
@@ -143,21 +163,24 @@ def recrypt_rows(
     data: Sequence[Sequence[str | None]],
     *,
     binds: tuple[int, ...] = (),
+    quarantine: list[tuple[Sequence[str | None], int, str]] | None = None,
 ) -> tuple[int, bytes]:
     """``data``: rows ``ctid, xmin, tenant_id, id, *cols`` (text). ``binds``: the versions
     that bind values to their row (``id``). Returns how many rows hold a
     value not under ``version``, and those rows as COPY text ``ctid, xmin, *new cols, *new
     index cols`` where ``\\N`` means "leave as it is" (a NULL value is never re-encrypted).
 
-    Raises :class:`~bizosctl.errors.DecryptionFailed` for a value that does not decrypt and
-    :class:`~bizosctl.errors.KeyringError` for one under an unknown or retired version.
+    A value that does not decrypt raises :class:`~bizosctl.errors.DecryptionFailed` (one under
+    an unknown or retired version :class:`~bizosctl.errors.KeyringError`), unless
+    ``quarantine`` is given: then each such value is left as it is and appended to it as
+    ``(its row of data, column index, reason)``, and the others are re-encrypted.
     """
     # Everything allocated here is acyclic and short-lived: the cyclic GC's collections, set off
     # by the many small containers, only slow the batch down (up to twice as long, measured).
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _recrypt_rows(keys, version, table, cols, data, binds)
+        return _recrypt_rows(keys, version, table, cols, data, binds, quarantine)
     finally:
         if enabled:
             gc.enable()
@@ -170,6 +193,7 @@ def _recrypt_rows(
     cols: Columns,
     data: Sequence[Sequence[str | None]],
     binds: tuple[int, ...],
+    quarantine: list[tuple[Sequence[str | None], int, str]] | None,
 ) -> tuple[int, bytes]:
     rc = _recrypter(keys, version, binds)
     k = len(cols)
@@ -185,6 +209,7 @@ def _recrypt_rows(
     todo: list[tuple[str, bytes, bytes]] = []  # values to re-encrypt, in row order
     suffix = rc.row_suffix
     where: list[tuple[list[str], int, int]] = []  # (its row's new fields, field, index field)
+    origin: dict[int, Sequence[str | None]] = {}  # id(new fields) -> its row of data
     for fields in data:
         new = [NULL] * (k + n_index)
         tenant = fields[2] or ""
@@ -202,11 +227,33 @@ def _recrypt_rows(
             where.append((new, j, index_of[j]))
         if len(todo) and where[-1][0] is new:
             rows.append((f"{fields[0]}\t{fields[1]}\t", new))
+            origin[id(new)] = fields
     if not rows:
         return 0, b""
     index = rc.index
-    for (new, j, ipos), (token, clear) in zip(where, rc.recrypt(todo), strict=True):
+    hit = False
+    try:
+        done: list[tuple[str, bytes] | None] = list(rc.recrypt(todo))
+    except (DecryptionFailed, KeyringError):
+        if quarantine is None:
+            raise
+        hit, done = True, []  # one value at a time, to find those that do not decrypt (rare)
+        for item, (new, j, _) in zip(todo, where, strict=True):
+            try:
+                done += rc.recrypt([item])
+            except (DecryptionFailed, KeyringError) as exc:
+                reason = "does not decrypt" if isinstance(exc, DecryptionFailed) else exc.message
+                quarantine.append((origin[id(new)], j, reason))
+                done.append(None)
+    for (new, j, ipos), result in zip(where, done, strict=True):
+        if result is None:
+            continue
+        token, clear = result
         new[j] = token
         if ipos >= 0:
             new[ipos] = index(normalize_email(clear.decode()))
-    return len(rows), "".join(head + "\t".join(new) + "\n" for head, new in rows).encode()
+    found = len(rows)
+    if hit:
+        # a row whose only old values do not decrypt has nothing to write
+        rows = [(head, new) for head, new in rows if any(v != NULL for v in new)]
+    return found, "".join(head + "\t".join(new) + "\n" for head, new in rows).encode()

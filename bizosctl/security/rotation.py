@@ -13,7 +13,10 @@ one short transaction whose UPDATE only replaces the exact row version it read (
 xmin: optimistic), so a concurrent application write is never overwritten. After the reload
 period a count finds what stale writers wrote under the old key (and the rows skipped), a
 final sweep re-encrypts it, and only when a count finds nothing left is the old version
-retired. Large tables are re-encrypted by worker processes (see :class:`Crypto`).
+retired. Large tables are re-encrypted by worker processes (see :class:`Crypto`). A value
+that no key decrypts (the application role can write anything) is quarantined, not fatal:
+see :mod:`bizosctl.security.quarantine`. The retired version's material is destroyed once
+``BIZOS_KEY_DESTROY_AFTER`` has passed (by a later rotation or ``secrets retire-due``).
 """
 
 from __future__ import annotations
@@ -26,18 +29,27 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from typing import Any
 
-from sqlalchemy import select, text, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import select, text
+from sqlalchemy.engine import Engine
 
 from bizosctl.catalog.control import Control
-from bizosctl.catalog.models import KeyringEntry, Operation
+from bizosctl.catalog.models import Operation
 from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
-from bizosctl.db.engines import get_engine, psycopg_conninfo, translate_errors
-from bizosctl.errors import OperationFailed
+from bizosctl.db.engines import psycopg_conninfo, translate_errors
+from bizosctl.errors import DecryptionFailed, InvalidInput, OperationFailed
 from bizosctl.faults import crash_point
-from bizosctl.security.keyring import Keyring, next_version, set_primary, stage_next
+from bizosctl.security.keyring import (
+    Keyring,
+    destroy_due,
+    next_version,
+    retire,
+    set_primary,
+    stage_next,
+)
 from bizosctl.security.recrypt import Job, Keys, close_connections, rotate_pages
-from bizosctl.sync.targets import Target, list_targets
+from bizosctl.security.usage import _engine, _targets, pii_usage
+from bizosctl.security.usage import count_by_version as count_by_version  # re-exported
+from bizosctl.sync.targets import Target
 from bizosctl.tenancy.names import q
 from tenant_schema.models import ENCRYPTED_COLUMNS
 
@@ -135,8 +147,12 @@ def reencrypt_table(
     batch: int,
     crypto: Crypto,
     progress: Progress | None = None,
+    quarantine: list[dict[str, str]] | None = None,
 ) -> int:
     """Re-encrypt every value of ``table`` not under ``version``. Returns rows rewritten.
+
+    A value that does not decrypt is left as it is and appended to ``quarantine`` (without
+    one: :class:`~bizosctl.errors.DecryptionFailed`).
 
     The table's pages are cut into chunks of a few batches (about ``batch`` rows each) that
     the ``crypto`` executor's workers re-encrypt with :func:`rotate_pages`, each with its own
@@ -169,57 +185,20 @@ def reencrypt_table(
     written = 0
     try:
         for fut in as_completed(futures):
-            found, n = fut.result()
+            found, n, bad = fut.result()
             written += n
+            if bad and quarantine is None:
+                raise DecryptionFailed(
+                    f"{schema}.{table}: {len(bad)} value(s) do not decrypt ({bad[0]['reason']})"
+                )
+            if quarantine is not None:
+                quarantine += bad
             if progress is not None:
                 progress(table, found)
     finally:
         for fut in futures:
             fut.cancel()
     return written
-
-
-def count_by_version(
-    conn: Connection, *, schema: str, other_than: int | None = None
-) -> dict[int, int]:
-    """How many encrypted values each ``pii`` version holds in one target; with
-    ``other_than``, only the values under other versions (cheaper when they are few).
-
-    One scan per table, its encrypted columns unpivoted row by row."""
-    skip = "" if other_than is None else f" AND x.c NOT LIKE 'bz1.{int(other_than)}.%'"
-    parts = [
-        f"SELECT split_part(x.c, '.', 2) AS v FROM {q(schema)}.{q(t)} AS t "
-        f"CROSS JOIN LATERAL (VALUES {', '.join(f'(t.{q(c)})' for c in cols)}) AS x(c) "
-        f"WHERE x.c IS NOT NULL{skip}"
-        for t, cols in ENCRYPTED_COLUMNS.items()
-    ]
-    rows = conn.execute(
-        text(f"SELECT v, count(*) FROM ({' UNION ALL '.join(parts)}) AS x GROUP BY v")
-    ).all()
-    return {int(v): int(n) for v, n in rows if str(v).isdigit()}
-
-
-def _targets(ctl: Control) -> list[Target]:
-    return list_targets(ctl)
-
-
-def _engine(ctl: Control, t: Target) -> Any:
-    handle = ctl.server(t.server)
-    handle.ensure_ready()
-    return get_engine(handle.admin_url(t.database), pooled=False)
-
-
-def pii_usage(
-    ctl: Control, targets: list[Target] | None = None, *, other_than: int | None = None
-) -> dict[int, int]:
-    """How many encrypted values each ``pii`` version holds, over ``targets`` (default all);
-    with ``other_than``, only the versions other than that one."""
-    total: dict[int, int] = {}
-    for t in _targets(ctl) if targets is None else targets:
-        with translate_errors(f"server {t.server}"), _engine(ctl, t).connect() as conn:
-            for v, n in count_by_version(conn, schema=t.schema, other_than=other_than).items():
-                total[v] = total.get(v, 0) + n
-    return total
 
 
 def _operation(ctl: Control, purpose: str) -> tuple[uuid.UUID, bool]:
@@ -254,8 +233,10 @@ def reencrypt_target(
     batch: int,
     crypto: Crypto,
     progress: Progress | None = None,
+    quarantine: list[dict[str, str]] | None = None,
 ) -> int:
-    """Every encrypted table of one target (a schema). Returns rows rewritten."""
+    """Every encrypted table of one target (a schema). Returns rows rewritten; values that do
+    not decrypt go to ``quarantine`` (see :func:`reencrypt_table`)."""
     n = 0
     with translate_errors(f"server {t.server}"):
         engine = _engine(ctl, t)
@@ -269,6 +250,7 @@ def reencrypt_target(
                 batch=batch,
                 crypto=crypto,
                 progress=progress,
+                quarantine=quarantine,
             )
     return n
 
@@ -288,12 +270,17 @@ def _step(run: OperationRun, name: str) -> dict[str, Any]:
     return found[-1] if found else {}
 
 
+def _target_name(t: Target) -> str:
+    return f"{t.server}/{t.database}/{t.schema}"
+
+
 def rotate_pii(
     ctl: Control,
     *,
     batch: int = 2000,
     workers: int | None = None,
     fresh_key: bool = False,
+    quarantine_action: str = "keep",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """New primary ``pii`` key, every value re-encrypted, old versions retired. Resumable.
@@ -301,18 +288,33 @@ def rotate_pii(
     ``workers``: processes that re-encrypt large tables (default: one more than the cores, at
     most 4; 0 keeps all the work in a thread of this process). ``fresh_key``: do not switch to
     the staged key (after a leak of the keyring it is as exposed as the current one) but to a
-    new one, which first waits one reload period.
+    new one, which first waits one reload period. Values that do not decrypt are quarantined
+    (see :mod:`bizosctl.security.quarantine`; ``quarantine_action``: ``keep`` or ``null``)
+    and listed in the report's ``quarantined``; the rotation still completes.
     """
+    from bizosctl.security import quarantine as qt
+
+    if quarantine_action not in qt.ACTIONS:
+        raise InvalidInput(
+            f"unknown quarantine action {quarantine_action!r}: choose {' or '.join(qt.ACTIONS)}"
+        )
     op_id, resumed = _operation(ctl, "pii")
     crypto = Crypto(default_workers() if workers is None else workers)
+    quarantined: dict[tuple[str, str, str, str], qt.Entry] = {}
+
+    def keep(entries: list[qt.Entry]) -> None:
+        for e in entries:
+            quarantined.setdefault(qt.entry_id(e), e)
+
     with crypto, OperationRun(ctl, op_id) as run:
         reload_s = ctl.settings.keyring_reload_seconds
         # Phase 1: the new key only reads until every process has re-read its keyring (one
         # reload period after it was made), so that each of them can read values under it. A
         # staged key was made long ago: no wait.
         if "new-key" not in run.completed:
+            master = ctl.keyring.master
             with ctl.catalog() as s:
-                version, age = next_version(s, ctl.keyring.master, "pii", fresh=fresh_key)
+                version, age = next_version(s, master, "pii", fresh=fresh_key)
             run.step("new-key", version=version, at=time.time() - age)
             crash_point("rotate.new-key")
         new_key = _step(run, "new-key")
@@ -330,13 +332,20 @@ def rotate_pii(
         rewritten = 0
         targets = _targets(ctl)
         skipped = [t.label for t in targets if t.moving]
+        for done in _steps(run):  # what an earlier, interrupted run quarantined
+            if str(done.get("name", "")).startswith("target:"):
+                keep(list(done.get("quarantined") or []))
         for t in targets:
-            name = f"target:{t.server}/{t.database}/{t.schema}"
+            name = f"target:{_target_name(t)}"
             if t.moving or name in run.completed:
                 continue
-            n = reencrypt_target(ctl, t, ring, version, batch, crypto, progress)
+            bad: list[qt.Entry] = []
+            n = reencrypt_target(ctl, t, ring, version, batch, crypto, progress, bad)
+            for e in bad:
+                e["target"] = _target_name(t)
+            keep(bad)
             rewritten += n
-            run.step(name, rewritten=n)
+            run.step(name, rewritten=n, quarantined=bad)
             crash_point(
                 f"rotate.target.{len([c for c in run.completed if c.startswith('target:')])}"
             )
@@ -344,42 +353,77 @@ def rotate_pii(
         # key: wait one reload period, then sweep until nothing old is left.
         _sleep_until(started + reload_s)
         still = [t for t in targets if not t.moving]
+        by_name = {_target_name(t): t for t in still}
+
+        def still_bad() -> list[tuple[Target, list[tuple[qt.Entry, str]]]]:
+            """Quarantined values that still do not decrypt, per target (the others, fixed
+            by the application meanwhile, leave the quarantine)."""
+            out = []
+            groups: dict[str, list[qt.Entry]] = {}
+            for e in quarantined.values():
+                groups.setdefault(e["target"], []).append(e)
+            for tname, entries in groups.items():
+                t = by_name.get(tname)
+                if t is None:
+                    continue
+                with translate_errors(f"server {t.server}"), _engine(ctl, t).connect() as conn:
+                    found = qt.recheck(conn, ring, schema=t.schema, entries=entries)
+                gone = {qt.entry_id(e) for e in entries} - {qt.entry_id(e) for e, _ in found}
+                for key in gone:
+                    quarantined.pop(key, None)
+                out.append((t, found))
+            return out
 
         def old_values() -> dict[int, int]:
-            return pii_usage(ctl, still, other_than=version)
+            left = pii_usage(ctl, still, other_than=version)
+            if left and quarantined:  # values no key reads do not hold the old key back
+                tokens = [tok for _t, found in still_bad() for _e, tok in found]
+                left = qt.discount(left, tokens, version)
+            return left
 
         # A count is cheaper than a sweep, and usually finds nothing to sweep.
         left = old_values()
         for _ in range(SWEEPS if left else 0):
             for t in still:
-                rewritten += reencrypt_target(ctl, t, ring, version, batch, crypto)
+                bad = []
+                rewritten += reencrypt_target(ctl, t, ring, version, batch, crypto, None, bad)
+                for e in bad:
+                    e["target"] = _target_name(t)
+                keep(bad)
             left = old_values()
             if not left:
                 break
         retired: list[int] = []
+        destroyed: list[int] = []
         staged: int | None = None
+        if quarantined and not left:
+            actor = f"secrets.rotate pii {op_id}"
+            for t, found in still_bad():
+                with translate_errors(f"server {t.server}"), _engine(ctl, t).connect() as conn:
+                    qt.apply_action(
+                        conn, schema=t.schema, bad=found, action=quarantine_action, actor=actor
+                    )
+            run.step("quarantine", action=quarantine_action, values=qt.public(quarantined.values()))
         if not left and not skipped:
+            master = ctl.keyring.master
             with ctl.catalog() as s:
-                retired = list(
-                    s.execute(
-                        update(KeyringEntry)
-                        .where(
-                            KeyringEntry.purpose == "pii",
-                            KeyringEntry.version != version,
-                            KeyringEntry.retired_at.is_(None),
-                        )
-                        .values(retired_at=text("now()"))
-                        .returning(KeyringEntry.version)
-                    ).scalars()
-                )
-                staged = stage_next(s, ctl.keyring.master, "pii")
-            run.step("retire", versions=retired, staged=staged)
+                retired = retire(s, "pii", keep=version)
+                destroyed = [
+                    v
+                    for _p, v in destroy_due(
+                        s, destroy_after_s=ctl.settings.key_destroy_after, purposes=("pii",)
+                    )
+                ]
+                staged = stage_next(s, master, "pii")
+            run.step("retire", versions=retired, destroyed=destroyed, staged=staged)
         status = "done" if not left and not skipped else "failed"
         error = None
         if left:
             error = f"values still under old versions: {left}"
         elif skipped:
             error = f"tenants moving, not rotated: {', '.join(skipped)}; run the rotation again"
+        elif quarantined:
+            error = f"{len(quarantined)} value(s) do not decrypt: quarantined"
         run.finish(status, error)
     ctl.reload_keyring()
     report = {
@@ -389,11 +433,22 @@ def rotate_pii(
         "version": version,
         "rows_rewritten": rewritten,
         "retired": retired,
+        "destroyed": destroyed,
         "staged": staged,
         "waited_s": round(waited, 3),
         "left": left,
         "skipped": skipped,
+        "quarantined": qt.public(quarantined.values()),
+        "quarantine_action": quarantine_action,
     }
     if status != "done":
         raise OperationFailed(f"pii rotation incomplete: {error}")
     return report
+
+
+def _steps(run: OperationRun) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = run.conn.execute(
+        text("SELECT steps FROM operations WHERE id = :id"), {"id": run.id}
+    ).scalar_one()
+    run.conn.rollback()
+    return steps

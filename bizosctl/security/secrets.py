@@ -20,11 +20,15 @@ from bizosctl.security.fields import key_version
 from bizosctl.security.keyring import (
     PURPOSES,
     add_version,
+    destroy_due,
+    keys_due,
     next_version,
+    retire,
     set_primary,
     stage_next,
     staged_version,
 )
+from bizosctl.security.keyring import retire_due as retire_due_keys
 from bizosctl.security.masterkey import (
     KmsMasterKey,
     LocalMasterKey,
@@ -38,10 +42,12 @@ from bizosctl.security.masterkey import (
 class KeyVersion(BaseModel):
     version: int
     primary: bool
-    state: str  # primary | staged (next primary, already readable) | readable | retired
+    # primary | staged (next primary, already readable) | readable | retired | destroyed
+    state: str
     created_at: dt.datetime
     retired_at: dt.datetime | None
     retire_after: dt.datetime | None
+    destroyed_at: dt.datetime | None
     master: str | None
     values: int | None  # how many stored values use it; None where nothing is stored
     binds_rows: bool = False  # pii: its values are bound to their row (see security.fields)
@@ -67,7 +73,7 @@ def _credential_tokens(ctl: Control) -> list[str]:
 
 
 def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
-    from bizosctl.security.rotation import pii_usage
+    from bizosctl.security.usage import pii_usage
 
     _ = ctl.keyring  # also gives purposes that newer code added their first key
     usage: dict[str, dict[int, int]] = {}
@@ -96,6 +102,8 @@ def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
                 state=(
                     "primary"
                     if e.is_primary
+                    else "destroyed"
+                    if e.destroyed_at
                     else "retired"
                     if e.retired_at
                     else "staged"
@@ -105,6 +113,7 @@ def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
                 created_at=e.created_at,
                 retired_at=e.retired_at,
                 retire_after=e.retire_after,
+                destroyed_at=e.destroyed_at,
                 master=e.master_id,
                 values=usage[purpose].get(e.version, 0) if purpose in usage else None,
                 binds_rows=e.binds_rows,
@@ -138,66 +147,81 @@ def rotate_jwt(ctl: Control, *, fresh_key: bool = False) -> dict[str, Any]:
     The new key is the staged one, which every process already verifies with; without one (or
     with ``fresh_key``) a new key is made and signs nothing until every process has re-read its
     keyring (one reload period), so that no verifier meets a ``kid`` it does not know.
+    ``fresh_key`` is for a leak: every other live key (the leaked primary, older ones) is
+    retired, and destroyed, at the switch, so nothing signed with them verifies any more.
     """
     ttl = ctl.settings.jwt_ttl_seconds
+    reload_s = ctl.settings.keyring_reload_seconds
+    # a process that has not re-read its keyring signs with the old key for up to one reload
+    # period after the switch; its tokens live ``ttl``
+    valid_for = int(ttl + reload_s + ctl.settings.jwt_leeway_seconds) + 1
+    master = ctl.keyring.master  # not inside a catalog transaction: a reload may happen
     with ctl.catalog() as s:
-        version, age = next_version(s, ctl.keyring.master, "jwt", fresh=fresh_key)
+        version, age = next_version(s, master, "jwt", fresh=fresh_key)
     waited = _wait_before_switch(ctl, age)
     time.sleep(waited)
     with ctl.catalog() as s:
-        due = list(
+        due = [v for _p, v in retire_due_keys(s, purposes=("jwt",))]
+        if fresh_key:
+            due += retire(s, "jwt", keep=version)
+        else:
             s.execute(
                 update(KeyringEntry)
                 .where(
                     KeyringEntry.purpose == "jwt",
                     KeyringEntry.retired_at.is_(None),
-                    KeyringEntry.retire_after.is_not(None),
-                    KeyringEntry.retire_after <= text("now()"),
+                    KeyringEntry.retire_after.is_(None),
+                    KeyringEntry.version != version,
                 )
-                .values(retired_at=text("now()"))
-                .returning(KeyringEntry.version)
-            ).scalars()
-        )
-        s.execute(
-            update(KeyringEntry)
-            .where(
-                KeyringEntry.purpose == "jwt",
-                KeyringEntry.retired_at.is_(None),
-                KeyringEntry.retire_after.is_(None),
-                KeyringEntry.version != version,
+                .values(retire_after=text(f"now() + interval '{valid_for} seconds'"))
             )
-            .values(retire_after=text(f"now() + interval '{int(ttl)} seconds'"))
-        )
         set_primary(s, "jwt", version)
-        staged = stage_next(s, ctl.keyring.master, "jwt")
+        destroyed = destroy_due(
+            s, destroy_after_s=ctl.settings.key_destroy_after, purposes=("jwt",)
+        )
+        staged = stage_next(s, master, "jwt")
     ctl.reload_keyring()
     return {
         "purpose": "jwt",
         "version": version,
         "kid": f"jwt-v{version}",
-        "retired": due,
+        "retired": sorted(set(due)),
+        "destroyed": [v for _p, v in destroyed],
         "staged": staged,
         "waited_s": round(waited, 3),
-        "previous_valid_for_s": ttl,
+        "previous_valid_for_s": 0 if fresh_key else valid_for,
     }
 
 
-def retire_due(ctl: Control) -> list[tuple[str, int]]:
-    """Retire every key whose ``retire_after`` has passed (the scheduler calls this too)."""
+class KeysDue(BaseModel):
+    dry_run: bool
+    retire: list[dict[str, Any]]
+    destroy: list[dict[str, Any]]
+
+
+def retire_and_destroy_due(ctl: Control, *, dry_run: bool = False) -> KeysDue:
+    """Retire every key whose ``retire_after`` has passed, then destroy the material of every
+    retired key past its grace period (``BIZOS_KEY_DESTROY_AFTER``; JWT keys at once). For
+    cron: ``bizosctl secrets retire-due``. ``dry_run``: only say which."""
+    grace = ctl.settings.key_destroy_after
     with ctl.catalog() as s:
-        rows = s.execute(
-            update(KeyringEntry)
-            .where(
-                KeyringEntry.retired_at.is_(None),
-                KeyringEntry.retire_after.is_not(None),
-                KeyringEntry.retire_after <= text("now()"),
-                KeyringEntry.is_primary.is_(False),
-            )
-            .values(retired_at=text("now()"))
-            .returning(KeyringEntry.purpose, KeyringEntry.version)
-        ).all()
-    ctl.reload_keyring()
-    return [(p, v) for p, v in rows]
+        if dry_run:
+            retired, destroyed = keys_due(s, destroy_after_s=grace)
+        else:
+            retired = retire_due_keys(s)
+            destroyed = destroy_due(s, destroy_after_s=grace)
+    if not dry_run:
+        ctl.reload_keyring()
+
+    def rows(items: list[tuple[str, int]]) -> list[dict[str, Any]]:
+        return [{"purpose": p, "version": v} for p, v in items]
+
+    return KeysDue(dry_run=dry_run, retire=rows(retired), destroy=rows(destroyed))
+
+
+def retire_due(ctl: Control) -> list[tuple[str, int]]:
+    """Retire (and destroy) what is due; returns the (purpose, version) retired."""
+    return [(d["purpose"], d["version"]) for d in retire_and_destroy_due(ctl).retire]
 
 
 # -- catalog credentials ------------------------------------------------------------------------
@@ -228,17 +252,9 @@ def rotate_credentials_key(ctl: Control) -> dict[str, Any]:
                 {**item, "secret_enc": again(item.get("secret_enc"), f"webhook:{ep.id}")}
                 for item in ep.secrets or []
             ]
-        retired = list(
-            s.execute(
-                update(KeyringEntry)
-                .where(
-                    KeyringEntry.purpose == "db-credentials",
-                    KeyringEntry.version != version,
-                    KeyringEntry.retired_at.is_(None),
-                )
-                .values(retired_at=text("now()"))
-                .returning(KeyringEntry.version)
-            ).scalars()
+        retired = retire(s, "db-credentials", keep=version)
+        destroyed = destroy_due(
+            s, destroy_after_s=ctl.settings.key_destroy_after, purposes=("db-credentials",)
         )
     ctl.reload_keyring()
     return {
@@ -246,6 +262,7 @@ def rotate_credentials_key(ctl: Control) -> dict[str, Any]:
         "version": version,
         "resealed": resealed,
         "retired": retired,
+        "destroyed": [v for _p, v in destroyed],
     }
 
 
@@ -256,8 +273,12 @@ def _rewrap_all(ctl: Control, new: MasterKey) -> int:
     old = ctl.keyring.master
     with ctl.catalog() as s:
         s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('keyring', 0))"))
-        entries = s.execute(select(KeyringEntry)).scalars().all()
-        for e in entries:
+        entries = (
+            s.execute(select(KeyringEntry).where(KeyringEntry.wrapped_key.is_not(None)))
+            .scalars()
+            .all()
+        )
+        for e in entries:  # a destroyed key has nothing left to re-wrap
             key = unwrap(old, e)
             e.wrapped_key = new.wrap(_aad(e.purpose, e.version), key)
             e.master_id = new.id
