@@ -200,8 +200,24 @@ def server_identity(url: Any, *, label: str) -> str:
     return f"{sysid}:{datadir}"
 
 
+def keyring_checks(ctl: Control) -> list[Check]:
+    """Keys past their ``retire_after`` still readable, retired keys past
+    ``BIZOS_KEY_DESTROY_AFTER`` still holding material: ``secrets retire-due`` is not run."""
+    from bizosctl.security.secrets import retire_and_destroy_due
+
+    due = retire_and_destroy_due(ctl, dry_run=True)
+    problems = [f"{d['purpose']} v{d['version']} is past its retire-after" for d in due.retire]
+    problems += [
+        f"retired {d['purpose']} v{d['version']} still holds its key material" for d in due.destroy
+    ]
+    if problems:
+        problems.append("`bizosctl secrets retire-due` (from cron) retires and destroys them")
+    return [_check("key lifetimes", problems, "no key outlives its retirement or grace period")]
+
+
 def fleet_checks(ctl: Control) -> list[Check]:
     return [
+        *keyring_checks(ctl),
         *operation_checks(ctl),
         *kept_source_checks(ctl),
         *credential_checks(ctl),

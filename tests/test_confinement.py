@@ -473,3 +473,33 @@ def test_doctor_flags_an_app_role_without_timeouts(ctl, make_tenant, cli):
     finally:
         with admin.begin() as conn:
             apply_role_timeouts(conn, route.role, ctl.settings)
+
+
+# -- 10. tenant data reaches the operator's terminal cleaned ------------------------------------
+
+
+def test_terminal_escapes_in_tenant_data_never_reach_the_terminal(ctl, make_tenant, cli):
+    """A tenant stores an OSC title change and colour codes in a task title; the operator's
+    `tenant query` table shows them as escapes, not as raw ESC/BEL bytes."""
+    slug = make_tenant(tier="schema")
+    load_sample_data(ctl, slug)
+    evil = "\x1b]0;owned\x07\x1b[31mred\x1b[0m\u202etxt"
+    with tenant_session(ctl, slug, actor="tenant-user") as s:
+        s.execute(text("update tasks set title = :t"), {"t": evil})
+    r = cli("tenant", "query", slug, "select title from tasks limit 1")
+    assert r.exit_code == 0, r.output
+    for raw in ("\x1b", "\x07", "\u202e"):
+        assert raw not in r.stdout
+    assert "\\x1b]0;owned\\x07" in r.stdout
+    doc = json.loads(
+        cli("tenant", "query", slug, "select title from tasks limit 1", "--json").stdout
+    )
+    assert doc["rows"] == [[evil]]  # JSON keeps the data exact (and escapes it)
+
+
+def test_error_messages_print_data_without_markup_or_escapes(make_tenant, cli):
+    slug = make_tenant(tier="schema")
+    r = cli("tenant", "query", slug, 'select * from "[bold]x\x1b[2J"')
+    assert r.exit_code != 0
+    assert "\x1b[2J" not in r.stderr
+    assert '"[bold]x\\x1b[2J"' in r.stderr  # shown literally: no markup applied

@@ -84,3 +84,17 @@ def test_doctor_finds_an_idle_login_role_that_can_still_log_in(ctl, make_tenant,
     check = doctor(cli)["idle login roles"]
     assert not check["ok"]
     assert f"idle role {idle} on global-1 can still log in" in check["detail"]
+
+
+def test_doctor_finds_key_material_kept_past_its_grace(fresh_home, cli):
+    assert cli("init").exit_code == 0
+    r = cli("secrets", "rotate", "pii", "--json")
+    assert r.exit_code == 0, r.output  # v1 retired, its material kept for the grace period
+    now = {"BIZOS_KEY_DESTROY_AFTER": "0s"}
+    r = cli("doctor", "--json", env=now)
+    check = {c["name"]: c for c in json.loads(r.stdout)["checks"]}["key lifetimes"]
+    assert not check["ok"]
+    assert "retired pii v1 still holds its key material" in check["detail"]
+    assert cli("secrets", "retire-due", "--json", env=now).exit_code == 0
+    r = cli("doctor", "--json", env=now)
+    assert {c["name"]: c for c in json.loads(r.stdout)["checks"]}["key lifetimes"]["ok"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -59,12 +60,30 @@ def print_json(payload: Any) -> None:
     sys.stdout.flush()
 
 
+#: Characters that must not reach a terminal raw from data: C0 and C1 controls (ESC starts
+#: ANSI/OSC sequences that can retitle, recolour, or with some terminals type into the shell)
+#: and the bidirectional overrides that make text read other than it is.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str) -> str:
+    """``text`` safe for a terminal: unsafe characters shown as escapes (``\\x1b``)."""
+    if not _UNSAFE.search(text):
+        return text
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def fail(exc: BizosError, *, json_out: bool) -> NoReturn:
     if json_out:
         print_json(
             {"error": {"type": exc.code, "message": exc.message, "exit_code": exc.exit_code}}
         )
-    stderr_console().print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+    from rich.text import Text
+
+    # The message may quote data (a database error echoes names and values): no markup, and
+    # no control characters.
+    line = Text.assemble(("error:", "bold red"), " ", clean(exc.message))
+    stderr_console().print(line, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -112,7 +131,8 @@ def table(
     markup_cols: tuple[int, ...] = (),
 ) -> Any:
     """A Rich table. Cell text is escaped (a tenant named "[/x]" must not break or restyle the
-    output), except in ``markup_cols``, which hold our own markup."""
+    output) and cleaned of control characters (a value holding ``ESC]0;...`` must not reach
+    the terminal), except in ``markup_cols``, which hold our own markup."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -122,7 +142,7 @@ def table(
     for row in rows:
         t.add_row(
             *[
-                "" if v is None else str(v) if i in markup_cols else escape(str(v))
+                "" if v is None else str(v) if i in markup_cols else escape(clean(str(v)))
                 for i, v in enumerate(row)
             ]
         )
