@@ -70,8 +70,8 @@ def kept_source_checks(ctl: Control) -> list[Check]:
     from bizosctl.moves.kept import kept_sources
 
     expired = [
-        f"{k.slug}: {k.source.tier} copy ({k.source.database}/{k.source.schema} on "
-        f"{k.source.server}) kept until {_when(k.keep_until)}"
+        f"{k.slug}: {k.source['tier']} copy ({k.source['database']}/{k.source['schema']} on "
+        f"{k.source['server']}) kept until {_when(k.keep_until)}"
         for k in kept_sources(ctl)
         if k.expired
     ]

@@ -55,7 +55,10 @@ def test_unknown_server_exits_3(cli, make_tenant):
 
 
 def test_connection_errors_show_the_url_scheme_the_operator_wrote(cli):
-    r = cli("region", "add", "byo-x", "--url", "postgresql://nobody:pw@127.0.0.1:1/x", "--json")
+    r = cli(
+        "region", "add", "byo-x", "--url", "postgresql://nobody@127.0.0.1:1/x", "--insecure",
+        "--json", env={"BIZOS_SERVER_PASSWORD": "pw"},
+    )  # fmt: skip
     assert r.exit_code == 2, r.stderr
     message = json.loads(r.stdout)["error"]["message"]
     assert message.startswith("cannot connect to postgresql://nobody@127.0.0.1:1/x"), message

@@ -40,6 +40,9 @@ CLASSIFICATION = {
     "schema sync": DESTROYS,  # --to below the current revision drops what later ones added
     "schema drift": READS,
     "secrets list": READS,
+    # retires keys past retire-after and destroys material past BIZOS_KEY_DESTROY_AFTER: the
+    # policy the operator configured, run from cron (no --yes, as a cron job cannot answer)
+    "secrets retire-due": CHANGES,
     "secrets check": READS,
     "secrets rotate pii": CHANGES,
     "secrets rotate jwt": CHANGES,

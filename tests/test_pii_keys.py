@@ -223,8 +223,8 @@ def test_rotate_master_key_compromised_rotates_every_data_key(home, cli):
     old_password = home.route("leak-co").password
     old_master = home.settings.key_file.read_text()
     before = sorted(
-        decrypt(home.keyring, e, tenant_id=t, table="members", column="email")
-        for e, t in app_exec(home, "leak-co", "select email_enc, tenant_id from members")
+        decrypt(home.keyring, e, tenant_id=t, table="members", column="email", row=i)
+        for e, t, i in app_exec(home, "leak-co", "select email_enc, tenant_id, id from members")
     )
     keyring_before = {p: catalog_keyring(home, p) for p in ("pii", "jwt", "db-credentials")}
 
@@ -252,7 +252,9 @@ def test_rotate_master_key_compromised_rotates_every_data_key(home, cli):
     assert doc["pii"]["version"] == 3  # a fresh key, not the staged (exposed) v2
     assert doc["jwt"]["kid"] == "jwt-v3"
     assert doc["db-credentials"]["version"] == 2
-    assert [x["tenant"] for x in doc["db-password"]["rotated"]] == ["leak-co"]
+    rotated = doc["db-password"]["rotated"]
+    assert [x["tenant"] for x in rotated if "tenant" in x] == ["leak-co"]
+    assert {x["shared"] for x in rotated if "shared" in x} == {"global-1"}  # shared roles too
     assert home.settings.key_file.read_text() != old_master
     reset_controls()
     ctl = get_control()
@@ -260,8 +262,8 @@ def test_rotate_master_key_compromised_rotates_every_data_key(home, cli):
         verify_token(ctl, token)  # every token signed with the exposed keys is refused
     assert ctl.route("leak-co").password != old_password
     after = sorted(
-        decrypt(ctl.keyring, e, tenant_id=t, table="members", column="email")
-        for e, t in app_exec(ctl, "leak-co", "select email_enc, tenant_id from members")
+        decrypt(ctl.keyring, e, tenant_id=t, table="members", column="email", row=i)
+        for e, t, i in app_exec(ctl, "leak-co", "select email_enc, tenant_id, id from members")
     )
     assert after == before
     assert {

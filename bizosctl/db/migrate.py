@@ -114,6 +114,13 @@ def _signature(dirs: list[Path]) -> tuple[tuple[str, int, int], ...] | None:
 
 @lru_cache(maxsize=32)
 def _scan_head(signature: tuple[tuple[str, int, int], ...]) -> str | None:
+    scanned = _scan(signature)
+    return None if scanned is None else scanned[0]
+
+
+@lru_cache(maxsize=16)
+def _scan(signature: tuple[tuple[str, int, int], ...]) -> tuple[str, frozenset[str]] | None:
+    """(the head, every revision) from the files of ``signature``; None when unsure."""
     revisions: set[str] = set()
     downs: set[str] = set()
     for path, _mtime, _size in signature:
@@ -134,7 +141,7 @@ def _scan_head(signature: tuple[tuple[str, int, int], ...]) -> str | None:
     heads = revisions - downs
     if len(heads) != 1 or not downs <= revisions:
         return None
-    return heads.pop()
+    return heads.pop(), frozenset(revisions)
 
 
 def fast_head(history: History) -> str | None:
@@ -170,6 +177,10 @@ def resolve(history: History, revision: str) -> str:
 
 
 def known_revision(history: History, revision: str) -> bool:
+    signature = _signature(version_dirs(history))
+    scanned = None if signature is None else _scan(signature)
+    if scanned is not None and revision in scanned[1]:
+        return True  # without Alembic (read-only commands stay light)
     try:
         resolve(history, revision)
     except InvalidInput:

@@ -16,21 +16,24 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, text
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation, Route, Tenant
 from bizosctl.errors import InvalidInput, NotFound
-from bizosctl.moves.plan import Endpoint
+
+if TYPE_CHECKING:
+    # moves.plan loads the tenant models: `tenant show` lists kept sources without them
+    from bizosctl.moves.plan import Endpoint
 
 
 @dataclass
 class KeptSource:
     slug: str
     tenant_id: uuid.UUID
-    source: Endpoint
+    source: dict[str, Any]  # an Endpoint's fields (see ``endpoint()``)
     keep_until: float | None
     operations: list[str] = field(default_factory=list)  # every move that left it, newest last
 
@@ -42,12 +45,18 @@ class KeptSource:
     def expired(self) -> bool:
         return (self.keep_until or 0) <= time.time()
 
+    def endpoint(self) -> Endpoint:
+        from bizosctl.moves.plan import Endpoint
+
+        return Endpoint(**self.source)
+
     def public(self) -> dict[str, Any]:
+        public_source = {k: v for k, v in self.source.items() if k != "password_enc"}
         return {
             "slug": self.slug,
             "operation": self.operation,
             "operations": self.operations,
-            "source": self.source.public(),
+            "source": public_source,
             "keep_until": self.keep_until,
             "expired": self.expired,
         }
@@ -77,10 +86,11 @@ def kept_sources(ctl: Control, slug: str | None = None) -> list[KeptSource]:
             continue
         if params.get("tenant_id") != str(tid):
             continue  # a move of an earlier tenant with the same slug (deleted since)
-        src = Endpoint(**params["source"])
-        if (src.server, src.database, src.schema) == (server, database, schema):
+        src = dict(params["source"])
+        where = (src["server"], src["database"], src["schema"])
+        if where == (server, database, schema):
             continue  # the tenant lives there again
-        key = (tslug, src.server, src.database, src.schema)
+        key = (tslug, *where)
         kept = places.get(key)
         if kept is None:
             places[key] = KeptSource(tslug, tid, src, params.get("keep_until"), [str(op.id)])
@@ -132,7 +142,7 @@ def plan_purge_sources(
 
     out = []
     for k in _select(ctl, slug, operation=operation, force=force):
-        action, sql = endpoint_drop_sql(k.source, k.tenant_id)
+        action, sql = endpoint_drop_sql(k.endpoint(), k.tenant_id)
         out.append({**k.public(), "action": action, "sql": sql})
     return {"slug": slug, "sources": out}
 
@@ -148,7 +158,7 @@ def purge_sources(
 def _purge(ctl: Control, k: KeptSource) -> dict[str, Any]:
     from bizosctl.moves.engine import drop_endpoint
 
-    drop_endpoint(ctl, k.source, k.tenant_id)
+    drop_endpoint(ctl, k.endpoint(), k.tenant_id)
     with ctl.catalog() as s:
         s.execute(
             text(
@@ -157,7 +167,7 @@ def _purge(ctl: Control, k: KeptSource) -> dict[str, Any]:
             ),
             {"ids": [uuid.UUID(o) for o in k.operations]},
         )
-    return {"operation": k.operation, "source": k.source.public()}
+    return {"operation": k.operation, "source": k.public()["source"]}
 
 
 def purge_expired_sources(ctl: Control, *, dry_run: bool = False) -> dict[str, Any]:
