@@ -354,3 +354,23 @@ def test_the_same_server_cannot_join_a_second_region(fresh_home, cli, tcp_cluste
     assert not checks["server identity"]["ok"]
     detail = checks["server identity"]["detail"]
     assert "registered as byo-1 (region byo), twin-1 (region twin)" in detail
+
+
+def test_region_add_on_a_port_in_use_makes_nothing_and_dry_run_says_so(fresh_home, cli):
+    """A port another program listens on: the dry run refuses as the real run does, and the
+    real run leaves no data directory behind."""
+    import socket
+
+    assert cli("init").exit_code == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for extra in (("--dry-run",), ()):
+            r = cli("region", "add", "busy", "--port", str(port), *extra)
+            assert r.exit_code == 2, r.output
+            assert f"port {port} on 127.0.0.1 is already in use" in r.stderr
+            assert "choose another --port" in r.stderr
+        assert not (fresh_home / "regions" / "busy").exists()
+    r = cli("region", "add", "busy", "--port", "80", "--dry-run")
+    assert r.exit_code == 2 and "out of range" in r.stderr

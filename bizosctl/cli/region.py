@@ -111,6 +111,10 @@ def add(
             raise AlreadyExists(f"region {name!r} already exists")
         if stored is not None:
             check_server(ctl, stored, insecure=insecure)
+        elif port is not None:
+            from bizosctl.tenancy.regions import check_region_port
+
+            check_region_port(port)
         plan = {
             "dry_run": True,
             "region": name,

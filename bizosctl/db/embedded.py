@@ -285,6 +285,28 @@ def cluster_env() -> dict[str, str]:
     return env
 
 
+def check_port_free(port: int, *, new_region: bool = False) -> None:
+    """InvalidInput when another program listens on 127.0.0.1:``port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR, as PostgreSQL binds: connections of the previous run in TIME_WAIT
+        # (about 60 s after a stop or a crash) do not hold the port, a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if new_region:
+                raise InvalidInput(
+                    f"port {port} on 127.0.0.1 is already in use by another program: choose "
+                    "another --port"
+                ) from exc
+            # Not "choose another port": every URL of the region points at this one.
+            raise InvalidInput(
+                f"port {port} on 127.0.0.1 is already in use by another program: stop "
+                "it and retry (the region's URLs use this port; choose another --port only "
+                "for a new region)"
+            ) from exc
+
+
 class EmbeddedCluster:
     """A PostgreSQL cluster under ``<region dir>/pgdata``."""
 
@@ -439,21 +461,8 @@ class EmbeddedCluster:
         return True
 
     def _check_port_free(self) -> None:
-        if self.port is None:
-            return
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            # SO_REUSEADDR, as PostgreSQL binds: connections of the previous run in TIME_WAIT
-            # (about 60 s after a stop or a crash) do not hold the port, a listener does.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", self.port))
-            except OSError as exc:
-                # Not "choose another port": every URL of the region points at this one.
-                raise InvalidInput(
-                    f"port {self.port} on 127.0.0.1 is already in use by another program: stop "
-                    "it and retry (the region's URLs use this port; choose another --port only "
-                    "for a new region)"
-                ) from exc
+        if self.port is not None:
+            check_port_free(self.port)
 
     def _ensure_initdb(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from sqlalchemy import select, text
 from bizosctl.catalog.control import CATALOG_DB, Control
 from bizosctl.catalog.models import Region, Server
 from bizosctl.catalog.schemas import RegionPublic, ServerPublic
+from bizosctl.db.embedded import check_port_free
 from bizosctl.db.engines import get_engine, make_url, redact, translate_errors
 from bizosctl.errors import AlreadyExists, BizosError, InvalidInput, NotFound
 from bizosctl.providers.local import ServerHandle
@@ -194,6 +196,14 @@ def _check_url(url: str, *, insecure: bool = False) -> None:
         raise InvalidInput(f"{shown}: connect as a superuser, bizosctl creates roles and databases")
 
 
+def check_region_port(port: int) -> None:
+    """A new embedded region's ``--port``: in range and free, before anything is made on disk
+    (``--dry-run`` checks it too)."""
+    if not 1024 <= port <= 65535:
+        raise InvalidInput(f"port {port} is out of range (1024-65535)")
+    check_port_free(port, new_region=True)
+
+
 def check_server(ctl: Control, url: str, *, insecure: bool = False) -> None:
     """Everything ``region add --url`` checks before it changes anything (``--dry-run`` runs
     it too): reachable, PostgreSQL 15 or newer with pgvector, a superuser, and not a server
@@ -254,6 +264,8 @@ def add_region(
         raise AlreadyExists(f"region {name!r} already exists")
     if url is not None:
         check_server(ctl, url, insecure=insecure)
+    if port is not None:
+        check_region_port(port)
     server_name = f"{name}-1"
     handle = ServerHandle(
         name=server_name,
@@ -264,8 +276,19 @@ def add_region(
         regions_dir=ctl.settings.regions_dir,
         durable=ctl.settings.embedded_durable,
     )
+    region_dir = ctl.settings.regions_dir / name
+    fresh_dir = url is None and not region_dir.exists()
     password = new_password()
-    bootstrap_server(handle, app_password=password)
+    try:
+        bootstrap_server(handle, app_password=password)
+    except BaseException:
+        if fresh_dir:  # a failed first start leaves no half-made data directory behind
+            import shutil
+
+            with contextlib.suppress(BizosError):
+                handle.cluster.stop(mode="immediate")
+            shutil.rmtree(region_dir, ignore_errors=True)
+        raise
     with ctl.catalog() as s:
         if s.get(Region, name) is not None:
             raise AlreadyExists(f"region {name!r} was added by another process just now")
