@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import KeyringEntry
-from bizosctl.errors import ConfigError, InvalidInput
 
 
 def plan_master_key(ctl: Control, *, to_kms: str | None) -> dict[str, Any]:
@@ -21,15 +20,10 @@ def plan_master_key(ctl: Control, *, to_kms: str | None) -> dict[str, Any]:
     nothing), so a wrong key id or missing permission shows before anything changes.
     """
     from bizosctl.security.masterkey import KmsMasterKey, next_key_file
+    from bizosctl.security.secrets import check_master_rotation
 
     settings = ctl.settings
-    if to_kms is None and settings.master_key is not None:
-        raise ConfigError(
-            "the master key comes from BIZOS_MASTER_KEY: unset it to rotate to a key file, or "
-            "pass --to-kms KEY_ID"
-        )
-    if to_kms is None and settings.kms_key_id:
-        raise InvalidInput("the master key is a KMS key: pass --to-kms NEW_KEY_ID")
+    check_master_rotation(ctl, to_kms=to_kms)
     current = ctl.keyring.master  # opens with the current master, or fails clearly
     with ctl.catalog() as s:
         count = s.execute(select(func.count()).select_from(KeyringEntry)).scalar_one()

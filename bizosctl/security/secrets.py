@@ -285,8 +285,8 @@ def _rewrap_all(ctl: Control, new: MasterKey) -> int:
     return len(entries)
 
 
-def rotate_master_key(ctl: Control, *, to_kms: str | None = None) -> dict[str, Any]:
-    """Re-wrap every data key under a new master key: a new key file, or a KMS key."""
+def check_master_rotation(ctl: Control, *, to_kms: str | None) -> None:
+    """What a master-key rotation needs before it starts (its plan checks the same)."""
     settings = ctl.settings
     if to_kms is None and settings.master_key is not None:
         raise ConfigError(
@@ -295,6 +295,12 @@ def rotate_master_key(ctl: Control, *, to_kms: str | None = None) -> dict[str, A
         )
     if to_kms is None and settings.kms_key_id:
         raise InvalidInput("the master key is a KMS key: pass --to-kms NEW_KEY_ID")
+
+
+def rotate_master_key(ctl: Control, *, to_kms: str | None = None) -> dict[str, Any]:
+    """Re-wrap every data key under a new master key: a new key file, or a KMS key."""
+    settings = ctl.settings
+    check_master_rotation(ctl, to_kms=to_kms)
     _ = ctl.keyring  # opens with the current master, or fails clearly
     if to_kms is not None:
         new: MasterKey = KmsMasterKey(to_kms, endpoint_url=settings.kms_endpoint_url)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select, text
+from sqlalchemy.engine import URL
 
 from bizosctl.catalog.control import CATALOG_DB, Control
 from bizosctl.catalog.models import Region, Server
@@ -97,6 +98,19 @@ SECURE_PARAMS = {
 }
 
 
+def _parse_url(url: str) -> URL:
+    """A ``postgresql://`` URL, or InvalidInput (that never shows a password)."""
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInput(f"not a database URL: {redact(url) if '://' in url else url!r}") from exc
+    if not parsed.drivername.startswith("postgresql"):
+        raise InvalidInput(f"only postgresql:// URLs are supported, not {parsed.drivername}://")
+    return parsed
+
+
 def server_url(
     url: str, *, password: str | None, insecure: bool = False, allow_url_password: bool = False
 ) -> str:
@@ -109,14 +123,7 @@ def server_url(
             unless the URL names its own ``require_auth``.
         allow_url_password: accept a password inside ``url`` (it shows in ``ps``).
     """
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise InvalidInput(f"not a database URL: {redact(url) if '://' in url else url!r}") from exc
-    if not parsed.drivername.startswith("postgresql"):
-        raise InvalidInput(f"only postgresql:// URLs are supported, not {parsed.drivername}://")
+    parsed = _parse_url(url)
     if parsed.password is not None and not allow_url_password:
         raise InvalidInput(
             "--url holds a password, which other users of this machine see in the process "
@@ -154,14 +161,7 @@ def server_url(
 
 def _check_url(url: str, *, insecure: bool = False) -> None:
     """A bring-your-own server must be reachable, PostgreSQL ≥ 15, able to create vector."""
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise InvalidInput(f"not a database URL: {redact(url) if '://' in url else url!r}") from exc
-    if not parsed.drivername.startswith("postgresql"):
-        raise InvalidInput(f"only postgresql:// URLs are supported, not {parsed.drivername}://")
+    parsed = _parse_url(url)
     shown = redact(url)
     from sqlalchemy.exc import DBAPIError
 
