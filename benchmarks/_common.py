@@ -47,6 +47,12 @@ def cleanup(ctl: Control | None, home: Path, log: Log) -> None:
             log(f"could not stop the clusters under {home} ({exc}); the directory is kept")
             return
     shutil.rmtree(home, ignore_errors=True)
+    if os.geteuid() == 0:  # the OS user bizosctl made for this home's clusters
+        import subprocess
+
+        from bizosctl.db.embedded import os_user_name
+
+        subprocess.run(["userdel", os_user_name(home)], capture_output=True, check=False)
 
 
 def conninfo(url: URL) -> dict[str, str]:
