@@ -152,7 +152,18 @@ def create_tenant(
             raise Busy(f"tenant {slug!r} is being created by another process right now")
         route, op_id = ctl.route(slug), existing.operation_id
     else:
-        _check_available(ctl, slug=slug, server=server)
+        try:
+            _check_available(ctl, slug=slug, server=server)
+        except InvalidInput:
+            # Another `tenant create` of this very slug may have registered it (and made its
+            # objects) since the look-up above: say so, as the registration itself would.
+            with ctl.catalog() as s:
+                taken = s.execute(
+                    select(Tenant.id).where(Tenant.slug == slug, Tenant.status != "deleted")
+                ).first()
+            if taken is not None:
+                raise AlreadyExists(f"tenant {slug!r} already exists") from None
+            raise
         route, op_id = _register(
             ctl,
             slug=slug,
