@@ -56,6 +56,8 @@ def test_doctor_finds_kept_sources_past_their_time(ctl, make_tenant, cli):
     check = doctor(cli)["kept sources"]
     assert not check["ok"]
     assert f"{slug}: schema copy (bizos_shared/t_{slug} on global-1)" in check["detail"]
+    assert cli("tenant", "move", slug, "--purge-source", "--yes").exit_code == 0
+    assert f"{slug}: " not in doctor(cli)["kept sources"]["detail"]
 
 
 def test_doctor_finds_stored_credentials_that_do_not_log_in(ctl, make_tenant, cli):
@@ -67,6 +69,10 @@ def test_doctor_finds_stored_credentials_that_do_not_log_in(ctl, make_tenant, cl
     check = doctor(cli)["stored credentials"]
     assert not check["ok"]
     assert f"{slug}: stored credentials do not log in" in check["detail"]
+    with admin.begin() as c:  # the fleet is shared: leave the tenant reachable again
+        literal = "'" + route.password.replace("'", "''") + "'"
+        c.execute(text(f'alter role "{route.role}" password {literal}'))
+    assert f"{slug}: " not in doctor(cli)["stored credentials"]["detail"]
 
 
 def test_doctor_finds_an_idle_login_role_that_can_still_log_in(ctl, make_tenant, cli):
@@ -84,6 +90,8 @@ def test_doctor_finds_an_idle_login_role_that_can_still_log_in(ctl, make_tenant,
     check = doctor(cli)["idle login roles"]
     assert not check["ok"]
     assert f"idle role {idle} on global-1 can still log in" in check["detail"]
+    with admin.begin() as c:
+        c.execute(text(f'alter role "{idle}" nologin password null'))
 
 
 def test_doctor_finds_key_material_kept_past_its_grace(fresh_home, cli):

@@ -675,23 +675,33 @@ def test_move_of_a_drifted_source_is_refused_before_anything_is_made(ctl, make_t
     route, eng = _admin(ctl, slug)
     with eng.begin() as c:
         c.execute(text(f'alter table "{route.schema}".tasks add column hand_made text'))
-    r = cli("tenant", "move", slug, "--to-tier", "isolated")
-    assert r.exit_code == 2, r.output
-    assert "differs from revision" in r.stderr and "tasks.hand_made" in r.stderr
-    assert "Nothing was changed" in r.stderr
-    assert ctl.route(slug).status == "active"
-    assert exists_at(ctl, "global-1", "t_" + slug, "t_" + slug, route.tenant_id) == 0
+    try:
+        r = cli("tenant", "move", slug, "--to-tier", "isolated")
+        assert r.exit_code == 2, r.output
+        assert "differs from revision" in r.stderr and "tasks.hand_made" in r.stderr
+        assert "Nothing was changed" in r.stderr
+        assert ctl.route(slug).status == "active"
+        assert exists_at(ctl, "global-1", "t_" + slug, "t_" + slug, route.tenant_id) == 0
+    finally:  # the fleet is shared: later tests' `schema drift` must not see it
+        with eng.begin() as c:
+            c.execute(text(f'alter table "{route.schema}".tasks drop column hand_made'))
 
 
 def test_move_of_a_source_ahead_of_the_code_is_refused(ctl, make_tenant, cli):
     slug = make_tenant(tier="schema", region="global")
     route, eng = _admin(ctl, slug)
+    table = f'"{route.schema}".alembic_version'
     with eng.begin() as c:
-        c.execute(text(f"update \"{route.schema}\".alembic_version set version_num = 't999'"))
-    r = cli("tenant", "move", slug, "--to-tier", "isolated")
-    assert r.exit_code == 2, r.output
-    assert "is at revision t999, which this bizosctl does not know" in r.stderr
-    assert ctl.route(slug).status == "active"
+        before = c.execute(text(f"select version_num from {table}")).scalar_one()
+        c.execute(text(f"update {table} set version_num = 't999'"))
+    try:
+        r = cli("tenant", "move", slug, "--to-tier", "isolated")
+        assert r.exit_code == 2, r.output
+        assert "is at revision t999, which this bizosctl does not know" in r.stderr
+        assert ctl.route(slug).status == "active"
+    finally:  # the fleet is shared: later tests' `schema status` must not see t999
+        with eng.begin() as c:
+            c.execute(text(f"update {table} set version_num = :v"), {"v": before})
 
 
 def test_a_move_that_fails_after_it_started_says_how_to_continue_or_undo(ctl, make_tenant, cli):
