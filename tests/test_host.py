@@ -214,15 +214,19 @@ def test_empty_bizos_home_means_the_default_not_the_working_directory(fleet, tmp
     cwd.mkdir()
     fake_user_home = tmp_path / "user"
     fake_user_home.mkdir(mode=0o700)
-    env = {**os.environ, "BIZOS_HOME": "", "HOME": str(fake_user_home)}
-    r = subprocess.run(
-        [sys.executable, "-m", "bizosctl", "tenant", "list"],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": os.getcwd()},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {**os.environ, "BIZOS_HOME": "", "HOME": str(fake_user_home), "PYTHONPATH": os.getcwd()}
+
+    def tenant_list() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bizosctl", "tenant", "list"],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    r = tenant_list()
     assert r.returncode == 2
     # root without a ~/.bizos gets a home its servers' OS users can reach (not under /root)
     default = ROOT_HOME if os.geteuid() == 0 else fake_user_home / ".bizos"
@@ -230,14 +234,7 @@ def test_empty_bizos_home_means_the_default_not_the_working_directory(fleet, tmp
     assert list(cwd.iterdir()) == []
     if os.geteuid() == 0:  # an existing ~/.bizos stays root's home
         (fake_user_home / ".bizos").mkdir(mode=0o700)
-        r = subprocess.run(
-            [sys.executable, "-m", "bizosctl", "tenant", "list"],
-            cwd=cwd,
-            env={**env, "PYTHONPATH": os.getcwd()},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        r = tenant_list()
         assert f"bizosctl is not initialised in {fake_user_home / '.bizos'} " in r.stderr
 
 

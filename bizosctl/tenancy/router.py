@@ -24,8 +24,7 @@ from bizosctl.errors import TenantSuspended
 _CONTEXT_SQL = text(
     "SELECT set_config('bizos.tenant_id', :tenant, true),"
     " set_config('bizos.actor', :actor, true),"
-    " set_config('search_path', :path, true),"
-    " set_config('transaction_read_only', :read_only, true)"
+    " set_config('search_path', :path, true)"
 )
 
 
@@ -49,14 +48,13 @@ def tenant_session(
         # psycopg then opens the transaction with BEGIN READ ONLY (reset when pooled back).
         engine = engine.execution_options(postgresql_readonly=True)
     with translate_errors(f"tenant {slug}"), Session(engine) as session, session.begin():
-        # One round trip: SET LOCAL of the context, and READ ONLY (set before any query).
+        # One round trip: SET LOCAL of the context (READ ONLY came with the BEGIN).
         session.execute(
             _CONTEXT_SQL,
             {
                 "tenant": str(route.tenant_id),
                 "actor": actor,
                 "path": search_path(route),
-                "read_only": "on" if read_only else "off",
             },
         )
         yield session
