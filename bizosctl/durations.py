@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 from bizosctl.errors import InvalidInput
@@ -19,3 +20,27 @@ def parse_ms(value: str, *, what: str = "duration", allow_zero: bool = True) -> 
     if ms == 0 and not allow_zero:
         raise InvalidInput(f"{what} must be more than zero")
     return ms
+
+
+def parse_since(
+    value: str, *, what: str = "--since", now: dt.datetime | None = None
+) -> dt.datetime:
+    """A point in time as an operator types it: a duration back from now (``2h``, ``7d``) or
+    an ISO date/time (``2026-12-01``, ``2026-12-01T08:00:00+07:00``; UTC when it has no zone).
+    """
+    text = value.strip()
+    now = now or dt.datetime.now(dt.UTC)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            return now - dt.timedelta(milliseconds=parse_ms(text, what=what, allow_zero=False))
+        except InvalidInput:
+            raise InvalidInput(
+                f"{what} must be a duration back from now (2h, 7d) or an ISO date, not {value!r}"
+            ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    if when > now:
+        raise InvalidInput(f"{what} {value!r} is in the future")
+    return when

@@ -15,9 +15,10 @@ from sqlalchemy import select, text
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation, Server, Tenant
-from bizosctl.catalog.operations import is_alive
+from bizosctl.catalog.operations import is_alive, steps_of
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import BizosError
+from bizosctl.runners import resumable_by_id
 
 if TYPE_CHECKING:
     from bizosctl.doctor import Check
@@ -39,7 +40,7 @@ def operation_checks(ctl: Control) -> list[Check]:
             select(Tenant.slug, Tenant.operation_id).where(Tenant.status == "moving")
         ).all()
         running = s.execute(
-            select(Operation.id, Operation.kind, Operation.target, Operation.steps)
+            select(Operation.id, Operation.kind, Operation.target)
             .where(Operation.status == "running")
             .order_by(Operation.started_at)
         ).all()
@@ -51,13 +52,18 @@ def operation_checks(ctl: Control) -> list[Check]:
         if op_id is None or not is_alive(ctl, op_id)
     ]
     dead = []
-    for op_id, kind, target, steps in running:
+    for op_id, kind, target in running:
         if kind == "tenant.move" or is_alive(ctl, op_id):
             continue  # moves are reported above, by tenant
-        last = steps[-1]["name"] if steps else "its start"
+        steps = [st.name for st in steps_of(ctl, op_id) if st.status == "done"]
+        last = steps[-1] if steps else "its start"
         dead.append(
             f"operation {op_id} ({kind} {target}) stopped after {last} without finishing: "
-            "run the same command again to resume it"
+            + (
+                f"`bizosctl ops resume {op_id}` (or the same command again) resumes it"
+                if resumable_by_id(kind)
+                else "run the same command again to resume it"
+            )
         )
     return [
         _check("stuck tenants", stuck, "no tenant is stuck moving"),

@@ -56,6 +56,11 @@ CLASSIFICATION = {
     "webhook add": CHANGES,
     "webhook list": READS,
     "webhook-secret rotate": CHANGES,
+    "ops list": READS,
+    "ops show": READS,
+    "ops resume": CHANGES,
+    "ops cancel": CHANGES,
+    "ops ping": CHANGES,
 }
 
 #: Commands exempt from --json, each with its reason. Keep it short: today it is empty.

@@ -52,8 +52,10 @@ def rotation_ops(ctl):
     with ctl.catalog_engine.connect() as c:
         return c.execute(
             text(
-                "select id, status, params, steps from operations "
-                "where kind = 'secrets.db-password' order by started_at"
+                "select o.id, o.status, o.params, coalesce((select jsonb_agg(jsonb_build_object("
+                "'name', s.name) order by s.at) from operation_steps as s where s.op_id = o.id "
+                "and s.status = 'done'), '[]') as steps from operations as o "
+                "where o.kind = 'secrets.db-password' order by o.started_at"
             )
         ).all()
 

@@ -164,13 +164,14 @@ def test_a_garbage_value_written_by_the_app_role_does_not_stop_the_rotation(home
     ]
     # the operation records it
     with home.catalog() as s:
-        steps = s.execute(
+        values = s.execute(
             text(
-                "select steps from operations where kind = 'secrets.rotate' and target = 'pii' "
-                "order by started_at desc limit 1"
+                "select s.data->'values' from operation_steps as s join operations as o "
+                "on o.id = s.op_id where o.kind = 'secrets.rotate' and o.target = 'pii' "
+                "and s.name = 'quarantine' order by o.started_at desc limit 1"
             )
         ).scalar_one()
-    recorded = [v for st in steps if st["name"] == "quarantine" for v in st["values"]]
+    recorded = list(values)
     assert [(v["table"], v["key"], v["column"]) for v in recorded] == [
         ("members", victim, "email_enc")
     ]

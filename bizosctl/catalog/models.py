@@ -105,17 +105,42 @@ class Route(Base):
 class Operation(Base):
     __tablename__ = "operations"
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    kind: Mapped[str]
+    kind: Mapped[str]  # an OperationKind
     target: Mapped[str]
-    status: Mapped[str] = mapped_column(server_default="running")  # running|done|failed|aborted
+    # an OperationStatus: queued|running|done|failed|aborted|cancelled (checked in SQL)
+    status: Mapped[str] = mapped_column(server_default="running")
     params: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
-    steps: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"))
     error: Mapped[str | None]
     pid: Mapped[int | None] = mapped_column(Integer)
     host: Mapped[str | None]
     started_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     finished_at: Mapped[dt.datetime | None]
-    __table_args__ = (Index("ix_operations_target", "kind", "target", "status"),)
+    progress: Mapped[dict[str, Any] | None]  # {"done", "total", "note"}: what ops show draws
+    cancel_requested_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        Index("ix_operations_target", "kind", "target", "status"),
+        Index("ix_operations_started", "started_at"),
+        CheckConstraint(
+            "status IN ('queued', 'running', 'done', 'failed', 'aborted', 'cancelled')",
+            name="ck_operations_status",
+        ),
+    )
+
+
+class OperationStep(Base):
+    """One checkpoint of an operation: a step or a target done (one row, rewritten in place)."""
+
+    __tablename__ = "operation_steps"
+    op_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(server_default="done")  # done|undone
+    data: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    at: Mapped[dt.datetime] = mapped_column(server_default=text("clock_timestamp()"))
+    __table_args__ = (
+        CheckConstraint("status IN ('done', 'undone')", name="ck_operation_steps_status"),
+    )
 
 
 class KeyringEntry(Base):

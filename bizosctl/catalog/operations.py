@@ -1,34 +1,130 @@
-"""Operations: long changes to the fleet, recorded with checkpointed steps.
+"""Operations: long changes to the fleet, recorded with checkpointed steps. This module is the
+operations store: every query on ``operations`` and ``operation_steps`` lives here (as
+procrastinate's ``manager.py`` owns every job query), and one rule starts or resumes them.
+
+An operation has a kind (:class:`OperationKind`), a target (what it is exclusive on: a tenant's
+slug, a key purpose, ``fleet``), typed params, a status (:class:`OperationStatus`, checked in
+SQL) and steps: one ``operation_steps`` row per step or target done, written in the step's own
+committed transaction (a checkpoint), so a run that dies resumes after its last step.
 
 A running operation holds a session-level advisory lock on its own catalog connection. The
 lock dies with the process (even SIGKILL closes the socket), so "is the previous run still
-alive?" is one ``pg_try_advisory_lock``; a dead run's operation is resumed from its last step.
+alive?" is one ``pg_try_advisory_lock``. ``queued`` operations were recorded (by
+``--background``) for a worker to run; a worker's run and a foreground run are the same code.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text
+from pydantic import BaseModel
+from sqlalchemy import func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 
-from bizosctl.catalog.models import Operation
-from bizosctl.errors import Busy
+from bizosctl.catalog.models import Operation, OperationStep
+from bizosctl.errors import Busy, InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
 
     from bizosctl.catalog.control import Control
+
+
+class OperationKind(StrEnum):
+    """What an operation does (the registry in :mod:`bizosctl.runners` maps each to a runner)."""
+
+    TENANT_CREATE = "tenant.create"
+    TENANT_DELETE = "tenant.delete"
+    TENANT_MOVE = "tenant.move"
+    SCHEMA_SYNC = "schema.sync"
+    ROTATE_PII = "secrets.rotate"
+    ROTATE_DB_PASSWORD = "secrets.db-password"
+    ROTATE_JWT = "secrets.jwt"
+    ROTATE_DB_CREDENTIALS = "secrets.db-credentials"
+    ROTATE_MASTER_KEY = "secrets.master-key"
+    PING = "ops.ping"
+
+
+class OperationStatus(StrEnum):
+    QUEUED = "queued"  # recorded for a worker; nothing done yet
+    RUNNING = "running"  # started (alive while its process holds the lock; else resumable)
+    DONE = "done"
+    FAILED = "failed"  # ended with an error; the report says which parts
+    ABORTED = "aborted"  # undone (a move aborted: the tenant is back where it was)
+    CANCELLED = "cancelled"  # stopped at a safe point on request, what was done stays done
+
+
+OPEN = (OperationStatus.QUEUED, OperationStatus.RUNNING)
+FINISHED = (
+    OperationStatus.DONE,
+    OperationStatus.FAILED,
+    OperationStatus.ABORTED,
+    OperationStatus.CANCELLED,
+)
+
+
+class StepPublic(BaseModel):
+    name: str
+    status: str
+    at: dt.datetime
+    data: dict[str, Any]
+
+    def flat(self) -> dict[str, Any]:
+        """The step as one dict (``name``, ``status``, ``at`` and its data), as moves show it."""
+        return {"name": self.name, "status": self.status, "at": self.at.isoformat(), **self.data}
+
+
+class OperationPublic(BaseModel):
+    id: uuid.UUID
+    kind: str
+    target: str
+    status: str
+    params: dict[str, Any]
+    error: str | None
+    pid: int | None
+    host: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    progress: dict[str, Any] | None
+    cancel_requested: bool
+    alive: bool = False
+    steps: list[StepPublic] | None = None
+
+    @classmethod
+    def of(cls, op: Operation, *, alive: bool = False) -> OperationPublic:
+        return cls(
+            id=op.id,
+            kind=op.kind,
+            target=op.target,
+            status=op.status,
+            params=dict(op.params),
+            error=op.error,
+            pid=op.pid,
+            host=op.host,
+            started_at=op.started_at,
+            finished_at=op.finished_at,
+            progress=op.progress,
+            cancel_requested=op.cancel_requested_at is not None,
+            alive=alive,
+        )
 
 
 def _lock_key(op_id: uuid.UUID) -> int:
     # 63-bit key from the uuid: advisory locks take a bigint
     return op_id.int & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _params(params: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(params, BaseModel):
+        return params.model_dump(mode="json")
+    return dict(params)
 
 
 class OperationRun:
@@ -59,20 +155,27 @@ class OperationRun:
             ).scalar_one()
             if not got:
                 raise Busy(f"operation {self.id} is running in another process")
-            steps = self._conn.execute(
-                text(
-                    "UPDATE operations SET pid = :pid, host = :host, status = 'running' "
-                    "WHERE id = :id RETURNING steps"
-                ),
-                {"pid": os.getpid(), "host": socket.gethostname(), "id": self.id},
-            ).scalar_one()
+            found = self._conn.execute(
+                update(Operation)
+                .where(Operation.id == self.id)
+                .values(pid=os.getpid(), host=socket.gethostname(), status=OperationStatus.RUNNING)
+                .returning(Operation.id)
+            ).first()
+            if found is None:
+                raise NotFound(f"no operation {self.id}")
+            self.completed = set(
+                self._conn.execute(
+                    select(OperationStep.name).where(
+                        OperationStep.op_id == self.id, OperationStep.status == "done"
+                    )
+                ).scalars()
+            )
             self._conn.commit()
         except BaseException:
             self._conn.rollback()
             self._conn.close()
             self._conn = None
             raise
-        self.completed = {st["name"] for st in steps if st.get("status") == "done"}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -89,21 +192,81 @@ class OperationRun:
             self._conn = None
 
     def step(self, name: str, **data: Any) -> None:
-        """Record that a step finished (its own committed transaction: a checkpoint)."""
-        entry = {"name": name, "status": "done", "at": dt.datetime.now(dt.UTC).isoformat(), **data}
-        self.conn.execute(
-            text(
-                "UPDATE operations SET steps = steps || jsonb_build_array(CAST(:e AS jsonb)) "
-                "WHERE id = :id"
-            ),
-            {"e": json.dumps(entry), "id": self.id},
-        )
+        """Record that a step finished (its own committed transaction: a checkpoint). Writing a
+        step again (a freeze retried) replaces its row."""
+        self._write_step(name, "done", data)
         self.conn.commit()
         self.completed.add(name)
 
+    def undo(self, name: str, **data: Any) -> None:
+        """Mark a step as undone (a freeze lifted): a resumed run does it again. Not committed
+        on its own: the next ``step`` or ``finish`` commits it."""
+        self._write_step(name, "undone", data)
+        self.completed.discard(name)
+
+    def _write_step(self, name: str, status: str, data: Mapping[str, Any]) -> None:
+        stmt = insert(OperationStep).values(
+            op_id=self.id, name=name, status=status, data=dict(data), at=func.clock_timestamp()
+        )
+        self.conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[OperationStep.op_id, OperationStep.name],
+                set_={
+                    "status": stmt.excluded.status,
+                    "data": stmt.excluded.data,
+                    "at": stmt.excluded.at,
+                },
+            )
+        )
+
+    def step_data(self, name: str) -> dict[str, Any]:
+        """The data recorded with step ``name`` ({} when it has none or never ran)."""
+        data = self.conn.execute(
+            select(OperationStep.data).where(
+                OperationStep.op_id == self.id, OperationStep.name == name
+            )
+        ).scalar_one_or_none()
+        self.conn.rollback()
+        return dict(data or {})
+
+    def steps(self, prefix: str = "") -> list[StepPublic]:
+        """Every step recorded so far (optionally those whose name starts with ``prefix``)."""
+        stmt = select(OperationStep).where(OperationStep.op_id == self.id)
+        if prefix:
+            stmt = stmt.where(OperationStep.name.startswith(prefix, autoescape=True))
+        rows = list(self.conn.execute(stmt.order_by(OperationStep.at)).all())
+        self.conn.rollback()
+        return [
+            StepPublic(name=r.name, status=r.status, at=r.at, data=dict(r.data or {})) for r in rows
+        ]
+
+    def params(self) -> dict[str, Any]:
+        params = self.conn.execute(
+            select(Operation.params).where(Operation.id == self.id)
+        ).scalar_one()
+        self.conn.rollback()
+        return dict(params)
+
+    def set_progress(self, done: int, total: int | None = None, note: str | None = None) -> None:
+        """What ``ops show`` reports while the run goes on (committed at once)."""
+        self.conn.execute(
+            update(Operation)
+            .where(Operation.id == self.id)
+            .values(progress={"done": done, "total": total, "note": note})
+        )
+        self.conn.commit()
+
+    def cancel_requested(self) -> bool:
+        """True once ``ops cancel`` asked this operation to stop at its next safe point."""
+        at = self.conn.execute(
+            select(Operation.cancel_requested_at).where(Operation.id == self.id)
+        ).scalar_one()
+        self.conn.rollback()
+        return at is not None
+
     def finish(
         self,
-        status: str = "done",
+        status: str = OperationStatus.DONE,
         error: str | None = None,
         also: Callable[[Connection], None] | None = None,
     ) -> None:
@@ -114,23 +277,101 @@ class OperationRun:
             if also is not None:
                 also(self.conn)
             self.conn.execute(
-                text(
-                    "UPDATE operations SET status = :s, error = :e, finished_at = now() "
-                    "WHERE id = :id"
-                ),
-                {"s": status, "e": error, "id": self.id},
+                update(Operation)
+                .where(Operation.id == self.id)
+                .values(status=OperationStatus(status), error=error, finished_at=func.now())
             )
             self.conn.commit()
-        self.final_status = status
+        self.final_status = str(status)
+
+
+def _step_public(st: OperationStep) -> StepPublic:
+    return StepPublic(name=st.name, status=st.status, at=st.at, data=dict(st.data or {}))
+
+
+def add_operation(
+    s: Session,
+    *,
+    kind: str,
+    target: str,
+    params: BaseModel | Mapping[str, Any],
+    status: OperationStatus = OperationStatus.RUNNING,
+    op_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """Record a new operation in the caller's transaction (``queued`` for a worker)."""
+    op_id = op_id or uuid.uuid4()
+    s.add(
+        Operation(
+            id=op_id, kind=OperationKind(kind), target=target, params=_params(params), status=status
+        )
+    )
+    s.flush()
+    return op_id
 
 
 def create_operation(
-    ctl: Control, *, kind: str, target: str, params: dict[str, Any], op_id: uuid.UUID | None = None
+    ctl: Control,
+    *,
+    kind: str,
+    target: str,
+    params: BaseModel | Mapping[str, Any],
+    op_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    op_id = op_id or uuid.uuid4()
+    """:func:`add_operation` in a transaction of its own."""
     with ctl.catalog() as s:
-        s.add(Operation(id=op_id, kind=kind, target=target, params=params))
-    return op_id
+        return add_operation(s, kind=kind, target=target, params=params, op_id=op_id)
+
+
+def start_or_resume(
+    ctl: Control,
+    s: Session,
+    *,
+    kind: OperationKind,
+    target: str,
+    params: BaseModel | Mapping[str, Any],
+    exclusive: bool,
+    other_params: str = "new",
+    match: tuple[str, ...] | None = None,
+    status: OperationStatus = OperationStatus.RUNNING,
+) -> tuple[uuid.UUID, bool]:
+    """The one start-or-resume rule. Returns ``(operation id, resumed)``.
+
+    An open operation of ``kind`` on ``target`` that no process runs (it crashed, or it is
+    queued) is resumed when its params are equal. An open one that is alive is ``Busy`` when
+    the kind is ``exclusive`` on its target, and left alone otherwise. ``other_params`` says
+    what an open, dead operation with other params means: ``"new"`` (start another),
+    ``"resume"`` (resume it anyway: the params only say how, not what) or ``"refuse"``
+    (InvalidInput naming it). ``match`` limits the comparison to those params (the others
+    say how to run, not what). The check and the insert run under a transaction-level lock on
+    (kind, target), so two processes starting at once do not both start.
+    """
+    wanted = _params(params)
+    s.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"{kind}:{target}"}
+    )
+    open_ops = s.execute(
+        select(Operation.id, Operation.params)
+        .where(Operation.kind == kind, Operation.target == target, Operation.status.in_(OPEN))
+        .order_by(Operation.started_at.desc())
+    ).all()
+
+    def key(p: Mapping[str, Any]) -> Any:
+        return p if match is None else {k: p.get(k) for k in match}
+
+    for op_id, have in open_ops:
+        if is_alive(ctl, op_id):
+            if exclusive:
+                raise Busy(f"{kind} of {target} is running in another process (operation {op_id})")
+            continue
+        if key(have) == key(wanted) or other_params == "resume":
+            return op_id, True
+        if other_params == "refuse":
+            raise InvalidInput(
+                f"{kind} of {target} has an unfinished operation {op_id} with other parameters: "
+                f"`bizosctl ops resume {op_id}` finishes it, `bizosctl ops cancel {op_id}` "
+                "stops it"
+            )
+    return add_operation(s, kind=kind, target=target, params=wanted, status=status), False
 
 
 def is_alive(ctl: Control, op_id: uuid.UUID) -> bool:
@@ -151,3 +392,112 @@ def get_operation(ctl: Control, op_id: uuid.UUID) -> Operation | None:
         if op is not None:
             s.expunge(op)
         return op
+
+
+def parse_id(ref: str) -> uuid.UUID:
+    """An operation id as typed by an operator (InvalidInput when it is not a uuid)."""
+    try:
+        return uuid.UUID(ref.strip())
+    except ValueError:
+        raise InvalidInput(f"{ref!r} is not an operation id (a uuid)") from None
+
+
+def describe(ctl: Control, op_id: uuid.UUID, *, with_steps: bool = True) -> OperationPublic:
+    """The operation, whether it is alive, and its steps in order. NotFound when unknown."""
+    with ctl.catalog() as s:
+        op = s.execute(select(Operation).where(Operation.id == op_id)).scalar_one_or_none()
+        if op is None:
+            raise NotFound(f"no operation {op_id}")
+        pub = OperationPublic.of(op)
+        if with_steps:
+            rows = s.execute(
+                select(OperationStep).where(OperationStep.op_id == op_id).order_by(OperationStep.at)
+            ).scalars()
+            pub.steps = [_step_public(r) for r in rows]
+    if pub.status in OPEN:
+        pub.alive = is_alive(ctl, op_id)
+    return pub
+
+
+def steps_of(ctl: Control, op_id: uuid.UUID) -> list[StepPublic]:
+    with ctl.catalog() as s:
+        rows = s.execute(
+            select(OperationStep).where(OperationStep.op_id == op_id).order_by(OperationStep.at)
+        ).scalars()
+        return [_step_public(r) for r in rows]
+
+
+def find_operations(
+    ctl: Control,
+    *,
+    kind: str | None = None,
+    status: str | None = None,
+    target: str | None = None,
+    since: dt.datetime | None = None,
+    limit: int = 50,
+) -> list[OperationPublic]:
+    """Operations, newest first, filtered by kind (a kind or a prefix such as ``secrets``),
+    status, target and start time."""
+    stmt = select(Operation).order_by(Operation.started_at.desc()).limit(limit)
+    if kind:
+        stmt = stmt.where(
+            (Operation.kind == kind) | Operation.kind.startswith(f"{kind}.", autoescape=True)
+        )
+    if status:
+        stmt = stmt.where(Operation.status == status)
+    if target:
+        stmt = stmt.where(Operation.target == target)
+    if since:
+        stmt = stmt.where(Operation.started_at >= since)
+    with ctl.catalog() as s:
+        ops = [OperationPublic.of(op) for op in s.execute(stmt).scalars()]
+    for op in ops:
+        if op.status in OPEN:
+            op.alive = is_alive(ctl, op.id)
+    return ops
+
+
+def latest(
+    s: Session, *, kind: OperationKind, target: str, status: OperationStatus | None = None
+) -> Operation | None:
+    """The newest operation of ``kind`` on ``target`` (optionally with ``status``)."""
+    stmt = select(Operation).where(Operation.kind == kind, Operation.target == target)
+    if status is not None:
+        stmt = stmt.where(Operation.status == status)
+    return s.execute(stmt.order_by(Operation.started_at.desc()).limit(1)).scalar_one_or_none()
+
+
+def open_operations(s: Session, *, kind: OperationKind | None = None) -> list[Operation]:
+    """Operations queued or running (alive or not), oldest first."""
+    stmt = select(Operation).where(Operation.status.in_(OPEN))
+    if kind is not None:
+        stmt = stmt.where(Operation.kind == kind)
+    return list(s.execute(stmt.order_by(Operation.started_at)).scalars())
+
+
+def patch_params(s: Session | Connection, op_id: uuid.UUID, **values: Any) -> None:
+    """Merge ``values`` into an operation's params (a kept source purged, a deadline set)."""
+    s.execute(
+        update(Operation)
+        .where(Operation.id == op_id)
+        .values(params=Operation.params.op("||")(literal(values, JSONB)))
+    )
+
+
+def request_cancel(ctl: Control, op_id: uuid.UUID) -> None:
+    with ctl.catalog() as s:
+        s.execute(
+            update(Operation)
+            .where(Operation.id == op_id, Operation.cancel_requested_at.is_(None))
+            .values(cancel_requested_at=func.now())
+        )
+
+
+def mark_cancelled(ctl: Control, op_id: uuid.UUID, reason: str) -> None:
+    """Close an operation no process runs (a queued one, or one that died) as cancelled."""
+    with ctl.catalog() as s:
+        s.execute(
+            update(Operation)
+            .where(Operation.id == op_id, Operation.status.in_(OPEN))
+            .values(status=OperationStatus.CANCELLED, error=reason, finished_at=func.now())
+        )

@@ -304,4 +304,13 @@ def move(
         doc = engine.resume_move(ctl, slug, progress=progress).public()
     else:
         doc = engine.move_tenant(ctl, request(), progress=progress).public()
+    if doc["status"] == "aborted":  # cancelled (`ops cancel`) before its switch
+        if json_out:
+            print_json(doc)
+        else:
+            stderr_console().print(
+                f"the move of {slug} was cancelled and aborted before its switch: the tenant "
+                "is where it was and its writes go on"
+            )
+        raise typer.Exit(1)
     print_json(doc) if json_out else _render_report(doc)

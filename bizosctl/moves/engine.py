@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation
-from bizosctl.catalog.operations import OperationRun, is_alive
+from bizosctl.catalog.operations import OperationPublic, OperationRun, is_alive, steps_of
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import migrate
 from bizosctl.errors import BizosError, Busy, InvalidInput, NotFound, OperationFailed
@@ -113,12 +113,7 @@ class _Move:
             return table_infos(conn, self.source.schema)
 
     def step_data(self, name: str) -> dict[str, Any]:
-        with self.ctl.catalog() as s:
-            steps = s.execute(
-                select(Operation.steps).where(Operation.id == self.run.id)
-            ).scalar_one()
-        found = [st for st in steps if st.get("name") == name]
-        return found[-1] if found else {}
+        return self.run.step_data(name)
 
     def checkpoint(self, name: str, **data: Any) -> None:
         self.run.step(name, **data)
@@ -433,8 +428,20 @@ class _Move:
         self.checkpoint("cleanup")
 
     # -- the whole move ---------------------------------------------------------------------
+    def cancelled(self) -> bool:
+        """``ops cancel`` asked to stop: before the switch the move is aborted (the tenant
+        stays where it is); after it, the move finishes (there is nothing left to undo)."""
+        if "switch" in self.run.completed or not self.run.cancel_requested():
+            return False
+        self.progress("cancelled: aborting the move")
+        self.abort("cancelled by the operator")
+        self.report.status = "aborted"
+        return True
+
     def execute(self) -> MoveReport:
         done = self.run.completed
+        if self.cancelled():
+            return self.report
         if "provision" not in done:
             self.progress("provisioning the target")
             self.provision()
@@ -445,6 +452,8 @@ class _Move:
         self.copy(tables)
         if "after_copy" in self.hooks:
             self.hooks["after_copy"](self, tables)
+        if self.cancelled():
+            return self.report
         if "switch" not in done:
             self._freeze_verify_switch(tables)
         if "retire_source_logins" not in done:
@@ -501,7 +510,7 @@ class _Move:
             self.report.frozen_total_ms += (time.time() - frozen_at) * 1000
         self.progress(f"unfreezing: {why}")
         self.set_source_status("active")
-        self.run.completed.discard("freeze")
+        self.run.undo("freeze")
         self.run.step("unfreeze", reason=why)
 
     def abort(self, reason: str) -> None:
@@ -724,6 +733,8 @@ def _run(
                 f"go on at the source: `bizosctl tenant move {slug} --resume` continues it, "
                 f"`bizosctl tenant move {slug} --abort` undoes it"
             ) from exc
+        if run.final_status is not None:
+            return report  # cancelled: aborted before its switch
         keep_until = time.time() + params["keep_source_ms"] / 1000
 
         def keep(conn: Connection) -> None:
@@ -740,9 +751,14 @@ def _run(
     return report
 
 
+def resume_operation(ctl: Control, op: OperationPublic) -> dict[str, Any]:
+    """The registry's runner: run a queued move, or resume one whose process died."""
+    return _run(ctl, op.id, hooks=None, progress=None, resumed=op.status == "running").public()
+
+
 def abort_move(ctl: Control, slug: str) -> dict[str, Any]:
     op = _running_move(ctl, slug)
-    if any(st.get("name") == "switch" for st in op.steps):
+    if _switched(ctl, op.id):
         raise InvalidInput(f"the move of {slug!r} has switched already; move it back instead")
     with OperationRun(ctl, op.id) as run:
         move = _Move(ctl, run, op.params, None, None)
@@ -772,7 +788,7 @@ def move_status(ctl: Control, slug: str) -> dict[str, Any]:
         "alive": is_alive(ctl, op.id) if op.status == "running" else False,
         "source": Endpoint(**params["source"]).public(),
         "target": Endpoint(**params["target"]).public(),
-        "steps": op.steps,
+        "steps": [st.flat() for st in steps_of(ctl, op.id)],
         "error": op.error,
         "keep_until": params.get("keep_until"),
         "source_purged": bool(params.get("source_purged")),
@@ -809,17 +825,13 @@ def endpoint_drop_sql(ep: Endpoint, tenant_id: uuid.UUID) -> tuple[str, list[str
 MOVE_STEPS = ("provision", "capture", "copy", "freeze", "switch", "cleanup")
 
 
-def _progress_of(op: Operation) -> tuple[list[str], list[str]]:
+def _switched(ctl: Control, op_id: uuid.UUID) -> bool:
+    return any(st.name == "switch" and st.status == "done" for st in steps_of(ctl, op_id))
+
+
+def _progress_of(ctl: Control, op: Operation) -> tuple[list[str], list[str]]:
     """Steps of an unfinished move done and left, as a resumed run would see them."""
-    done: list[str] = []
-    for st in op.steps:
-        name = st.get("name")
-        if st.get("status") != "done" or not isinstance(name, str):
-            continue
-        if name == "unfreeze":
-            done = [n for n in done if n != "freeze"]
-        elif name not in done:
-            done.append(name)
+    done = [st.name for st in steps_of(ctl, op.id) if st.status == "done" and st.name != "unfreeze"]
     tables = sorted((op.params.get("plan") or {}).get("rows", {}))
     copied = {n.removeprefix("copy:") for n in done if n.startswith("copy:")}
     left = []
@@ -835,10 +847,10 @@ def plan_abort(ctl: Control, slug: str) -> dict[str, Any]:
     """What ``abort_move`` would undo, changing nothing (``--dry-run``); it refuses what
     ``abort_move`` refuses (no unfinished move, or one that has switched)."""
     op = _running_move(ctl, slug)
-    if any(st.get("name") == "switch" for st in op.steps):
+    if _switched(ctl, op.id):
         raise InvalidInput(f"the move of {slug!r} has switched already; move it back instead")
     target = Endpoint(**op.params["target"])
-    done, _left = _progress_of(op)
+    done, _left = _progress_of(ctl, op)
     action, sql = endpoint_drop_sql(target, uuid.UUID(op.params["tenant_id"]))
     return {
         "slug": slug,
@@ -860,7 +872,7 @@ def plan_resume(ctl: Control, slug: str) -> dict[str, Any]:
     op = _running_move(ctl, slug)
     if is_alive(ctl, op.id):
         raise Busy(f"tenant {slug!r} is being moved by a running process (operation {op.id})")
-    done, left = _progress_of(op)
+    done, left = _progress_of(ctl, op)
     return {
         "slug": slug,
         "operation": str(op.id),

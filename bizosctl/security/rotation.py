@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from bizosctl.catalog.control import Control
@@ -262,12 +262,7 @@ def _sleep_until(moment: float) -> None:
 
 
 def _step(run: OperationRun, name: str) -> dict[str, Any]:
-    steps = run.conn.execute(
-        text("SELECT steps FROM operations WHERE id = :id"), {"id": run.id}
-    ).scalar_one()
-    run.conn.rollback()
-    found = [s for s in steps if s.get("name") == name]
-    return found[-1] if found else {}
+    return run.step_data(name)
 
 
 def _target_name(t: Target) -> str:
@@ -447,8 +442,4 @@ def rotate_pii(
 
 
 def _steps(run: OperationRun) -> list[dict[str, Any]]:
-    steps: list[dict[str, Any]] = run.conn.execute(
-        text("SELECT steps FROM operations WHERE id = :id"), {"id": run.id}
-    ).scalar_one()
-    run.conn.rollback()
-    return steps
+    return [st.flat() for st in run.steps()]

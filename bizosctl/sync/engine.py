@@ -17,14 +17,21 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text
+from pydantic import BaseModel, Field
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bizosctl.catalog.control import Control
-from bizosctl.catalog.models import Operation, SchemaTarget
-from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
+from bizosctl.catalog.models import SchemaTarget
+from bizosctl.catalog.operations import (
+    OperationKind,
+    OperationPublic,
+    OperationRun,
+    OperationStatus,
+    start_or_resume,
+)
 from bizosctl.db.migrate import (
     EXTRA_ENV,
     direction,
@@ -40,6 +47,9 @@ from bizosctl.sync.targets import Selection, Target, list_targets, read_revision
 from bizosctl.sync.worker import dispose_engines, migrate_target, warm_up
 from tenant_schema.ddl import OWNER_ROLE
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 
 @dataclass
 class SyncOptions:
@@ -54,6 +64,7 @@ class SyncOptions:
     dry_run: bool = False
     yes: bool = False
     wait: bool = True  # a target another run holds: wait for it (a deploy must not fail)
+    operation: uuid.UUID | None = None  # run this recorded operation (a resume by id)
 
     def validate(self) -> None:
         for name, value, low in (
@@ -107,6 +118,7 @@ class SyncReport:
     results: list[TargetResult] = field(default_factory=list)
     plan: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
@@ -132,6 +144,8 @@ class SyncReport:
         }
         if self.dry_run:
             doc["plan"] = self.plan
+        if self.cancelled:
+            doc["cancelled"] = True
         return doc
 
 
@@ -145,6 +159,9 @@ class _Runner:
     def __init__(self, ctl: Control, opts: SyncOptions, dest: str, op_id: uuid.UUID) -> None:
         self.ctl, self.opts, self.dest, self.op_id = ctl, opts, dest, op_id
         self.stop = False
+        self.stop_reason = "not run: --fail-fast"
+        self.run: OperationRun | None = None
+        self.cancelled = False
         self.done = 0
         self.total = 0
         self.on_result: ResultCallback | None = None
@@ -219,6 +236,11 @@ class _Runner:
             self.record(self._pending)
             self._pending = []
         self._flushed = time.monotonic()
+        if self.run is not None and not self.cancelled:
+            self.run.set_progress(self.done, self.total)
+            if self.run.cancel_requested():  # ``ops cancel``: finish what is in flight, stop
+                self.cancelled = self.stop = True
+                self.stop_reason = "not run: the sync was cancelled"
 
     def _skip(self, t: Target, why: str) -> TargetResult:
         return self._finish(TargetResult(t, t.revision, None, "skipped", why))
@@ -270,7 +292,7 @@ class _Runner:
         if self.opts.parallel == 1 or len(targets) == 1:
             for t in targets:
                 if self.stop:
-                    results[t.key] = self._skip(t, "not run: --fail-fast")
+                    results[t.key] = self._skip(t, self.stop_reason)
                 else:
                     results[t.key] = self._result(t, migrate_target(self.spec(t)), attempt)
             self.flush()
@@ -282,7 +304,7 @@ class _Runner:
             if self.stop:
                 while queue:
                     t = queue.popleft()
-                    results[t.key] = self._skip(t, "not run: --fail-fast")
+                    results[t.key] = self._skip(t, self.stop_reason)
             deferred: deque[Target] = deque()
             while queue and len(inflight) < self.opts.parallel:
                 t = queue.popleft()
@@ -356,20 +378,88 @@ def _dry_run_plan(todo: list[Target], dest: str) -> list[dict[str, Any]]:
     return plan
 
 
-def _operation_for(ctl: Control, opts: SyncOptions) -> uuid.UUID:
-    """Resume the last interrupted run with the same parameters, or start a new one."""
-    with ctl.catalog() as s:
-        candidates = s.execute(
-            select(Operation.id, Operation.params)
-            .where(Operation.kind == "schema.sync", Operation.status == "running")
-            .order_by(Operation.started_at.desc())
-        ).all()
-    for op_id, params in candidates:
-        if params == opts.params() and not is_alive(ctl, op_id):
-            return uuid.UUID(str(op_id))
-    return create_operation(
-        ctl, kind="schema.sync", target=opts.selection.describe(), params=opts.params()
+class SyncParams(BaseModel):
+    """What a sync operation records: enough to run it again from its id alone."""
+
+    to: str = "head"
+    tenants: list[str] = Field(default_factory=list)
+    tier: str | None = None
+    region: str | None = None
+    parallel: int = 4
+    per_server: int = 4
+    canary: int = 0
+    fail_fast: bool = False
+    lock_timeout_ms: int = 5000
+    statement_timeout_ms: int = 0
+    wait: bool = True
+
+    @classmethod
+    def of(cls, opts: SyncOptions) -> SyncParams:
+        sel = opts.selection
+        return cls(
+            to=opts.to,
+            tenants=sorted(sel.tenants),
+            tier=sel.tier,
+            region=sel.region,
+            parallel=opts.parallel,
+            per_server=opts.per_server,
+            canary=opts.canary,
+            fail_fast=opts.fail_fast,
+            lock_timeout_ms=opts.lock_timeout_ms,
+            statement_timeout_ms=opts.statement_timeout_ms,
+            wait=opts.wait,
+        )
+
+    def options(self, operation: uuid.UUID | None = None) -> SyncOptions:
+        return SyncOptions(
+            to=self.to,
+            selection=Selection(tenants=list(self.tenants), tier=self.tier, region=self.region),
+            parallel=self.parallel,
+            per_server=self.per_server,
+            canary=self.canary,
+            fail_fast=self.fail_fast,
+            lock_timeout_ms=self.lock_timeout_ms,
+            statement_timeout_ms=self.statement_timeout_ms,
+            wait=self.wait,
+            yes=True,  # a downgrade was confirmed when the operation was recorded
+            operation=operation,
+        )
+
+
+def record_sync(
+    ctl: Control,
+    s: Session,
+    opts: SyncOptions,
+    *,
+    status: OperationStatus = OperationStatus.RUNNING,
+) -> tuple[uuid.UUID, bool]:
+    """Resume the last interrupted run of the same selection and revision, or record a new one
+    (``queued`` for a worker), in the caller's transaction. Several syncs may run at once:
+    each target's own lock keeps them apart."""
+    op_id, resumed = start_or_resume(
+        ctl,
+        s,
+        kind=OperationKind.SCHEMA_SYNC,
+        target=opts.selection.describe(),
+        params=SyncParams.of(opts),
+        exclusive=False,
+        match=("to", "tenants", "tier", "region"),
+        status=status,
     )
+    return op_id, resumed
+
+
+def _operation_for(ctl: Control, opts: SyncOptions) -> uuid.UUID:
+    if opts.operation is not None:
+        return opts.operation
+    with ctl.catalog() as s:
+        return record_sync(ctl, s, opts)[0]
+
+
+def resume_sync(ctl: Control, op: OperationPublic) -> dict[str, Any]:
+    """The registry's runner: run a queued sync, or resume one whose process died."""
+    opts = SyncParams.model_validate(op.params).options(operation=op.id)
+    return run_sync(ctl, opts).public()
 
 
 def run_sync(
@@ -407,6 +497,7 @@ def run_sync(
     results = list(decided)
     try:
         with OperationRun(ctl, op_id) as run:
+            runner.run = run
             runner.record([r for r in decided if r.status == "unchanged"])
             rest = todo
             if opts.canary:
@@ -439,11 +530,18 @@ def run_sync(
                 results += _late_targets(ctl, opts, dest, runner, {t.key for t in targets})
             report.results = results
             failed = [r for r in results if r.status in ("failed", "busy")]
-            run.finish(
-                "failed" if failed else "done",
-                f"{len(failed)} target(s) failed" if failed else None,
-            )
+            runner.flush()
+            if runner.cancelled:
+                left = sum(r.status == "skipped" for r in results)
+                run.finish("cancelled", f"cancelled by the operator; {left} target(s) not run")
+                report.cancelled = True
+            else:
+                run.finish(
+                    "failed" if failed else "done",
+                    f"{len(failed)} target(s) failed" if failed else None,
+                )
     finally:
+        runner.run = None  # its connection is closed: no progress to write any more
         runner.close()
     report.elapsed_s = time.perf_counter() - started
     return report

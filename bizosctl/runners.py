@@ -1,0 +1,193 @@
+"""The registry of operation kinds: kind → the function that runs (or resumes) it by id.
+
+Every long operation is recorded in the catalog (:mod:`bizosctl.catalog.operations`) before
+it starts, with params that say everything needed to run it. :func:`resume` therefore runs
+any open operation from its id alone: the CLI's ``ops resume ID``, a worker's job (the job
+is "run operation X") and a re-run of the same command after a crash all come here or to the
+same per-kind function.
+
+The runners are named as ``"module:function"`` and imported when used, so the registry
+costs nothing at start-up and imports no core package (no import cycle through it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from bizosctl.catalog.operations import (
+    FINISHED,
+    OperationKind,
+    OperationPublic,
+    OperationRun,
+    OperationStatus,
+    add_operation,
+    describe,
+    mark_cancelled,
+    request_cancel,
+)
+from bizosctl.errors import Busy, InvalidInput
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from bizosctl.catalog.control import Control
+
+Runner = Callable[["Control", OperationPublic], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the engine runs one kind of operation."""
+
+    run: str  # "module:function" taking (ctl, operation) and returning its report
+    #: What ``ops cancel`` does to a running operation of this kind: None when it cannot stop
+    #: safely once started; otherwise a sentence for the operator (it stops at a safe point).
+    cancel: str | None = None
+
+
+REGISTRY: dict[OperationKind, Kind] = {
+    OperationKind.PING: Kind("bizosctl.runners:run_ping", cancel="stops between two slices"),
+    OperationKind.SCHEMA_SYNC: Kind(
+        "bizosctl.sync.engine:resume_sync", cancel="stops after the targets in flight"
+    ),
+    OperationKind.TENANT_MOVE: Kind(
+        "bizosctl.moves.engine:resume_operation", cancel="aborted before its switch"
+    ),
+}
+
+
+def register(kind: OperationKind, entry: Kind) -> None:
+    REGISTRY[kind] = entry
+
+
+def resumable_by_id(kind: str) -> bool:
+    return kind in REGISTRY
+
+
+def _runner(kind: str) -> Runner:
+    try:
+        entry = REGISTRY[OperationKind(kind)]
+    except (ValueError, KeyError):
+        raise InvalidInput(f"operations of kind {kind!r} cannot be resumed by id") from None
+    module, _, name = entry.run.partition(":")
+    fn: Runner = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def plan_resume(ctl: Control, op_id: uuid.UUID, *, with_steps: bool = True) -> OperationPublic:
+    """The operation :func:`resume` would run, changing nothing; it refuses what ``resume``
+    refuses."""
+    op = describe(ctl, op_id, with_steps=with_steps)
+    if op.status in FINISHED:
+        raise InvalidInput(f"operation {op_id} is {op.status}: there is nothing to resume")
+    if op.alive:
+        raise Busy(f"operation {op_id} is running in another process (pid {op.pid} on {op.host})")
+    if not resumable_by_id(op.kind):
+        raise InvalidInput(
+            f"operations of kind {op.kind!r} cannot be resumed by id: run the same command again"
+        )
+    return op
+
+
+def resume(ctl: Control, op_id: uuid.UUID) -> dict[str, Any]:
+    """Run an open operation (queued, or running with no live process) to its end here.
+
+    Raises NotFound for an unknown id, InvalidInput for a finished one (nothing to resume),
+    Busy when another process runs it now.
+    """
+    op = plan_resume(ctl, op_id, with_steps=False)
+    if op.cancel_requested:
+        mark_cancelled(ctl, op_id, "cancelled before it resumed")
+        return {"operation": str(op_id), "status": OperationStatus.CANCELLED}
+    return _runner(op.kind)(ctl, op)
+
+
+class CancelResult(BaseModel):
+    operation: uuid.UUID
+    kind: str
+    status: str  # the operation's status after the request
+    how: str  # what happens now, for the operator
+
+
+def plan_cancel(ctl: Control, op_id: uuid.UUID) -> CancelResult:
+    """What :func:`cancel` would do, changing nothing; it refuses what ``cancel`` refuses."""
+    op = describe(ctl, op_id, with_steps=False)
+    if op.status in FINISHED:
+        raise InvalidInput(f"operation {op_id} is {op.status} already: there is nothing to cancel")
+    try:
+        entry: Kind | None = REGISTRY[OperationKind(op.kind)]
+    except (ValueError, KeyError):
+        entry = None
+    if op.status == OperationStatus.QUEUED:
+        how = "cancelled before it started"
+    elif entry is None or entry.cancel is None:
+        raise InvalidInput(f"a {op.kind} operation cannot stop safely once started; let it finish")
+    elif op.kind == OperationKind.TENANT_MOVE and not op.alive:
+        raise InvalidInput(
+            f"the move of {op.target!r} stopped unfinished: `bizosctl tenant move {op.target} "
+            "--abort` undoes it, `--resume` finishes it"
+        )
+    elif not op.alive:
+        how = "cancelled (no process was running it; what it did stays done)"
+    else:
+        how = f"requested: it {entry.cancel}"
+    status = op.status if op.alive else OperationStatus.CANCELLED
+    return CancelResult(operation=op_id, kind=op.kind, status=status, how=how)
+
+
+def cancel(ctl: Control, op_id: uuid.UUID) -> CancelResult:
+    """Ask an operation to stop where its kind can stop safely.
+
+    A queued operation, or one whose process died, is closed as cancelled at once (what it
+    did stays done; a dead move is undone by ``tenant move --abort``, not here). A running one
+    gets a request that it honours at its next safe point (a worker that picks up a queued one
+    later sees it too). Raises InvalidInput for a finished operation or a kind that cannot
+    stop once started.
+    """
+    plan = plan_cancel(ctl, op_id)
+    request_cancel(ctl, op_id)
+    if plan.status == OperationStatus.CANCELLED:
+        mark_cancelled(ctl, op_id, "cancelled by the operator")
+    return plan
+
+
+# -- ops.ping: an operation that does nothing, to check workers end to end ---------------------
+
+
+class PingParams(BaseModel):
+    seconds: float = Field(0.0, ge=0, le=3600)
+
+
+def run_ping(ctl: Control, op: OperationPublic) -> dict[str, Any]:
+    """Record a step, wait ``seconds`` in slices (a cancel stops it), record another."""
+    from bizosctl.faults import crash_point
+
+    params = PingParams.model_validate(op.params)
+    with OperationRun(ctl, op.id) as run:
+        if "started" not in run.completed:
+            run.step("started")
+        crash_point("ping.started")
+        end = time.monotonic() + params.seconds
+        while time.monotonic() < end:
+            if run.cancel_requested():
+                run.finish(OperationStatus.CANCELLED, "cancelled by the operator")
+                return {"operation": str(op.id), "status": OperationStatus.CANCELLED}
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        run.step("waited", seconds=params.seconds)
+        run.finish(OperationStatus.DONE)
+    return {"operation": str(op.id), "status": OperationStatus.DONE, "pong": True}
+
+
+def start_ping(
+    s: Session, *, seconds: float = 0.0, status: OperationStatus = OperationStatus.RUNNING
+) -> uuid.UUID:
+    """Record a ping (``queued`` for a worker) in the caller's transaction."""
+    params = PingParams(seconds=seconds)
+    return add_operation(s, kind=OperationKind.PING, target="ping", params=params, status=status)
