@@ -56,6 +56,7 @@ CLASSIFICATION = {
     "webhook add": CHANGES,
     "webhook list": READS,
     "webhook-secret rotate": CHANGES,
+    "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
 }
 
 #: Commands exempt from --json, each with its reason. Keep it short: today it is empty.

@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperArgument, TyperOption
 
 from bizosctl import __version__
-from bizosctl.cli import apikey, region, schema, secrets, system, tenant, webhook
+from bizosctl.cli import apikey, region, schema, secrets, system, tenant, webhook, worker
 
 
 def _tidy_help() -> None:
@@ -86,6 +86,7 @@ app.add_typer(secrets.app, name="secrets")
 app.add_typer(apikey.app, name="api-key")
 app.add_typer(webhook.app, name="webhook")
 app.add_typer(webhook.secret_app, name="webhook-secret")
+worker.register(app)
 
 
 def main() -> None:
