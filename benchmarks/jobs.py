@@ -8,6 +8,9 @@ A throw-away home with one embedded server (fsync off). Each round, interleaved:
   and queued with ``enqueue_operation`` in one catalog transaction, run by a
   ``bizosctl worker --concurrency C`` child process: fetch the job, ``runners.resume`` (read
   the operation, take its advisory lock, two checkpointed steps, finish), record the job's end.
+* **inline** (for reading the ratio): the same pings resumed in a loop in-process, no queue:
+  the operation engine's own cost, so ``queue_ratio`` (bizosctl over inline) is what the
+  job machinery adds.
 * **bare**: as many no-op procrastinate tasks on the same database, deferred in one batch and
   run by an in-process procrastinate worker with the same concurrency.
 
@@ -131,15 +134,32 @@ def run_bare(ctl: Control, n: int, concurrency: int, queue: str) -> float:
     return n / span(ctl, job_ids)
 
 
+def run_inline(ctl: Control, n: int) -> float:
+    """The operations alone: ``runners.resume`` of ``n`` queued pings in a loop, in-process
+    (no queue, no worker): what the operation engine costs by itself."""
+    from bizosctl.catalog.operations import OperationStatus
+    from bizosctl.runners import resume, start_ping
+
+    with ctl.catalog() as s:
+        ids = [start_ping(s, seconds=0.0, status=OperationStatus.QUEUED) for _ in range(n)]
+    t0 = time.perf_counter()
+    for op_id in ids:
+        resume(ctl, op_id)
+    return n / (time.perf_counter() - t0)
+
+
 def job_overhead(ctl: Control, args: argparse.Namespace, log: Log) -> dict[str, Any]:
     ours: list[float] = []
     bare: list[float] = []
+    inline: list[float] = []
     for i in range(args.rounds):
         log(f"round {i + 1}/{args.rounds}: bare procrastinate, {args.jobs} no-op jobs")
         bare.append(run_bare(ctl, args.jobs, args.concurrency, f"bench-bare-{i}"))
         log(f"round {i + 1}/{args.rounds}: bizosctl worker, {args.jobs} ops.ping operations")
         ours.append(run_bizosctl(ctl, args.jobs, args.concurrency, f"bench-ops-{i}"))
-    b, o = statistics.median(bare), statistics.median(ours)
+        log(f"round {i + 1}/{args.rounds}: the same operations inline (runners.resume loop)")
+        inline.append(run_inline(ctl, args.jobs))
+    b, o, n = statistics.median(bare), statistics.median(ours), statistics.median(inline)
     return {
         "name": "job overhead",
         "unit": "jobs/s",
@@ -148,6 +168,9 @@ def job_overhead(ctl: Control, args: argparse.Namespace, log: Log) -> dict[str, 
         "ratio": round(o / b, 3),
         "target": ">= 0.8",
         "rounds": {"bizosctl": [round(x, 1) for x in ours], "bare": [round(x, 1) for x in bare]},
+        # what the queue adds to the operations themselves: worker rate over inline rate
+        "inline_ops_per_s": round(n, 1),
+        "queue_ratio": round(o / n, 3),
         "jobs": args.jobs,
         "concurrency": args.concurrency,
     }
@@ -187,6 +210,11 @@ def main() -> int:
                 f"{r['name']:<16}{r['bizosctl']:>10}{r['bare']:>10}  {r['unit']:<8} "
                 f"{r['ratio']:>6}  {r['target']}"
             )
+            if "inline_ops_per_s" in r:
+                print(
+                    f"  operations inline (no queue): {r['inline_ops_per_s']} ops/s; "
+                    f"worker / inline = {r['queue_ratio']}"
+                )
     return 0
 
 

@@ -75,33 +75,43 @@ class Worker:
         return self.proc.poll() is not None
 
     def finish(self, timeout: float = 60) -> tuple[int, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
+        # stderr belongs to the reader thread; stdout holds at most one JSON document
+        self.proc.wait(timeout=timeout)
         self._reader.join(5)
-        return self.proc.returncode, out
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        with self.proc.stdout, self.proc.stderr:
+            return self.proc.returncode, self.proc.stdout.read()
 
     def kill(self) -> None:
         if not self.dead():
             self.proc.kill()
-        self.finish()
+        if not self.proc.stdout.closed:
+            self.finish()
 
 
 @pytest.fixture
 def jobs(ctl) -> Iterator[dict[str, Any]]:
-    """A queue of its own; afterwards its jobs, operations and dead workers are removed."""
+    """A queue of its own; afterwards its workers are stopped, and its jobs, operations and
+    the worker rows it left (SIGKILLed workers, hand-made ones) are removed."""
+    with ctl.catalog() as s:
+        before = list(s.execute(text("SELECT id FROM procrastinate_workers")).scalars())
     state: dict[str, Any] = {"queue": unique_slug("q"), "ops": [], "workers": []}
     yield state
     for w in state["workers"]:
-        w.kill()
+        if not w.dead():
+            w.proc.send_signal(signal.SIGTERM)
+        try:
+            w.finish(timeout=30) if not w.proc.stdout.closed else None
+        except subprocess.TimeoutExpired:
+            w.kill()
     with ctl.catalog() as s:
         s.execute(text("DELETE FROM procrastinate_jobs WHERE queue_name = :queue"), state)
         if state["ops"] and s.execute(text("SELECT to_regclass('operation_steps')")).scalar():
             ids = {"ids": state["ops"]}
             s.execute(text("DELETE FROM operation_steps WHERE op_id = ANY(:ids)"), ids)
             s.execute(text("DELETE FROM operations WHERE id = ANY(:ids)"), ids)
-        # workers SIGKILLed here leave their rows; live ones of other tests have none
         s.execute(
-            text("DELETE FROM procrastinate_workers WHERE id = ANY(:ids)"),
-            {"ids": state.get("worker_ids", [])},
+            text("DELETE FROM procrastinate_workers WHERE NOT id = ANY(:ids)"), {"ids": before}
         )
 
 
@@ -224,7 +234,6 @@ def test_sigkilled_worker_job_is_requeued_by_another_worker_and_resumes(ctl, job
     assert rc == -signal.SIGKILL
     dead = job(ctl, job_id)
     assert dead.status == "doing" and dead.worker_id is not None
-    jobs.setdefault("worker_ids", []).append(dead.worker_id)
     assert steps(ctl, op_id) == ["started"]
     rescuer = worker(jobs).started()
     wait_for("the job to succeed", lambda: job(ctl, job_id).status == "succeeded")
@@ -348,7 +357,6 @@ def dead_worker_job(ctl, jobs) -> Iterator[tuple[int, int]]:
             text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w WHERE id = :j"),
             {"w": wid, "j": jid},
         )
-    jobs.setdefault("worker_ids", []).append(wid)
     yield wid, jid
 
 
