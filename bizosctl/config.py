@@ -183,6 +183,26 @@ class Settings(BaseSettings):
         description="Comma-separated webhook hosts allowed although not public (labs, tests); "
         "outside development every other webhook target must be a public address.",
     )
+    worker_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Jobs one `bizosctl worker` runs at once."
+    )
+    worker_heartbeat_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between a worker's heartbeats."
+    )
+    worker_stalled_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a worker counts as dead and its "
+        "running jobs are re-queued by the other workers (more than the heartbeat interval).",
+    )
+    worker_retry_max_attempts: int = Field(
+        default=10, ge=1, description="Runs of a job failing with a retryable error, in all."
+    )
+    worker_retry_backoff: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds before the first retry of a job; doubled each time, up to an hour.",
+    )
     embedded_durable: bool = Field(
         default=True,
         description="fsync on the embedded clusters; tests and throw-away setups may turn it off.",

@@ -22,6 +22,8 @@ class Check(BaseModel):
     name: str
     ok: bool
     detail: str
+    #: Worth a look but not a failure (``ok`` stays true, the exit code 0).
+    warning: bool = False
 
 
 class DoctorReport(BaseModel):

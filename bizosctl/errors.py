@@ -14,6 +14,9 @@ class BizosError(Exception):
     exit_code = 1
     http_status = 500
     code = "error"
+    #: A background job that failed with this error is tried again later (with backoff):
+    #: the cause is expected to pass (a server restarting, a target held by another run).
+    retryable = False
 
     def __init__(self, message: str | None = None) -> None:
         self.message = message or (self.__doc__ or "error").strip()
@@ -60,6 +63,7 @@ class Busy(BizosError):
 
     http_status = 409
     code = "busy"
+    retryable = True
 
 
 class ServerUnavailable(BizosError):
@@ -67,6 +71,7 @@ class ServerUnavailable(BizosError):
 
     http_status = 503
     code = "server-unavailable"
+    retryable = True
 
 
 class TenantNotWritable(BizosError):
@@ -74,6 +79,7 @@ class TenantNotWritable(BizosError):
 
     http_status = 423
     code = "tenant-not-writable"
+    retryable = True
 
 
 class TenantSuspended(TenantNotWritable):
@@ -81,6 +87,7 @@ class TenantSuspended(TenantNotWritable):
 
     http_status = 423
     code = "tenant-suspended"
+    retryable = False  # banned by the platform: retrying until someone lifts it only spins
 
 
 class QueryFailed(InvalidInput):

@@ -221,6 +221,47 @@ def keyring_checks(ctl: Control) -> list[Check]:
     return [_check("key lifetimes", problems, "no key outlives its retirement or grace period")]
 
 
+def worker_seen_recently(ctl: Control) -> bool:
+    """Has some worker sent a heartbeat within ``BIZOS_WORKER_STALLED_TIMEOUT``? (If not, a
+    job queued now waits until someone starts ``bizosctl worker``.)"""
+    with ctl.catalog() as s:
+        return bool(
+            s.execute(
+                text(
+                    "SELECT EXISTS (SELECT 1 FROM procrastinate_workers WHERE last_heartbeat > "
+                    "now() - make_interval(secs => :t))"
+                ),
+                {"t": ctl.settings.worker_stalled_timeout},
+            ).scalar_one()
+        )
+
+
+def worker_checks(ctl: Control) -> list[Check]:
+    """Each ``bizosctl worker``'s last heartbeat; a silent one is a warning (its jobs are
+    re-queued by the live workers' reapers), and so are queued jobs with no live worker."""
+    from bizosctl.doctor import Check
+    from bizosctl.jobs.queue import list_workers, queued_jobs
+
+    timeout = ctl.settings.worker_stalled_timeout
+    with ctl.catalog() as s, translate_errors("catalog"):
+        workers = list_workers(s, stalled_after=timeout)
+        waiting = queued_jobs(s)
+    live = [w for w in workers if not w.stale]
+    parts = [
+        f"worker {w.id}: last heartbeat {w.seconds_ago:g}s ago"
+        + (f" (stale: silent for more than {timeout:g}s)" if w.stale else "")
+        + (f", {w.running_jobs} job(s) running" if w.running_jobs else "")
+        for w in workers
+    ]
+    warn = [p for p, w in zip(parts, workers, strict=True) if w.stale]
+    if waiting and not live:
+        total = sum(waiting.values())
+        warn.append(f"{total} job(s) queued and no live worker: start `bizosctl worker`")
+        parts.append(warn[-1])
+    detail = "; ".join(parts) if parts else "no worker has run yet (`bizosctl worker` runs jobs)"
+    return [Check(name="workers", ok=True, warning=bool(warn), detail=detail)]
+
+
 def fleet_checks(ctl: Control) -> list[Check]:
     return [
         *keyring_checks(ctl),
@@ -228,4 +269,5 @@ def fleet_checks(ctl: Control) -> list[Check]:
         *kept_source_checks(ctl),
         *credential_checks(ctl),
         *server_identity_checks(ctl),
+        *worker_checks(ctl),
     ]

@@ -26,6 +26,10 @@ from types import FrameType
 from bizosctl.errors import Interrupted
 
 INTERRUPTED = threading.Event()
+#: Set when a background worker is asked to stop (SIGTERM): a long operation checks it
+#: between steps (:func:`stop_requested`) and stops after the step it is in, raising
+#: ``Interrupted``; the worker then re-queues its job for another worker.
+STOP_REQUESTED = threading.Event()
 WATCH_SECONDS = 0.5
 PR_SET_PDEATHSIG = 1
 
@@ -51,6 +55,11 @@ def interruptible() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         INTERRUPTED.clear()
+
+
+def stop_requested() -> bool:
+    """True once this process's worker was asked to stop: finish the step, then return."""
+    return STOP_REQUESTED.is_set()
 
 
 def check_interrupted() -> None:

@@ -145,7 +145,12 @@ def doctor(json_out: bool = JsonOpt) -> None:
         print_json(report)
     else:
         rows = [
-            ["[green]ok[/]" if c.ok else "[red]FAIL[/]", c.name, c.detail] for c in report.checks
+            [
+                "[red]FAIL[/]" if not c.ok else "[yellow]warn[/]" if c.warning else "[green]ok[/]",
+                c.name,
+                c.detail,
+            ]
+            for c in report.checks
         ]
         stdout_console().print(table("Doctor", ["", "check", "detail"], rows, markup_cols=(0,)))
     if not report.ok:

@@ -1,0 +1,104 @@
+"""Putting jobs on the queue, in the caller's transaction, and asking who works it.
+
+:func:`enqueue_operation` calls procrastinate's own ``procrastinate_defer_jobs_v1`` through
+the caller's SQLAlchemy session: the state change that asks for the work and the job that
+does it commit together, or neither does (a rolled-back transaction leaves no job, and a
+committed one always has its job).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from bizosctl.jobs.app import NAMESPACE
+from bizosctl.jobs.tasks import OPERATIONS_QUEUE
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+RUN_OPERATION = f"{NAMESPACE}:run_operation"
+
+_DEFER = text(
+    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, :priority, :lock, "
+    "NULL, CAST(:args AS jsonb), NULL)]::procrastinate_job_to_defer_v1[]))"
+)
+
+
+def operation_lock(kind: str, target: str) -> str:
+    """The procrastinate lock of an operation's jobs: one at a time per kind and target."""
+    return f"{kind}:{target}"
+
+
+def enqueue_operation(
+    session: Session,
+    *,
+    op_id: uuid.UUID,
+    kind: str,
+    target: str,
+    queue: str = OPERATIONS_QUEUE,
+    priority: int = 0,
+) -> int:
+    """Queue "run operation ``op_id``" in ``session``'s transaction; returns the job id.
+
+    Nothing is visible to workers until the caller commits (procrastinate's NOTIFY is sent
+    at commit too, so a worker wakes when the job can be seen).
+    """
+    return int(
+        session.execute(
+            _DEFER,
+            {
+                "queue": queue,
+                "task": RUN_OPERATION,
+                "priority": priority,
+                "lock": operation_lock(kind, target),
+                "args": json.dumps({"op_id": str(op_id)}),
+            },
+        ).scalar_one()
+    )
+
+
+class WorkerPublic(BaseModel):
+    id: int
+    last_heartbeat: dt.datetime
+    seconds_ago: float
+    stale: bool
+    running_jobs: int
+
+
+def list_workers(session: Session, *, stalled_after: float) -> list[WorkerPublic]:
+    """Every registered worker with its last heartbeat, oldest first."""
+    rows = session.execute(
+        text(
+            "SELECT w.id, w.last_heartbeat, extract(epoch FROM now() - w.last_heartbeat) AS ago, "
+            "(SELECT count(*) FROM procrastinate_jobs AS j WHERE j.worker_id = w.id "
+            "AND j.status = 'doing') AS running FROM procrastinate_workers AS w "
+            "ORDER BY w.last_heartbeat"
+        )
+    ).all()
+    return [
+        WorkerPublic(
+            id=r.id,
+            last_heartbeat=r.last_heartbeat,
+            seconds_ago=round(float(r.ago), 1),
+            stale=float(r.ago) > stalled_after,
+            running_jobs=r.running,
+        )
+        for r in rows
+    ]
+
+
+def queued_jobs(session: Session) -> dict[str, int]:
+    """Jobs waiting or running, per queue."""
+    rows = session.execute(
+        text(
+            "SELECT queue_name, count(*) FROM procrastinate_jobs "
+            "WHERE status IN ('todo', 'doing') GROUP BY 1 ORDER BY 1"
+        )
+    ).all()
+    return {q: n for q, n in rows}

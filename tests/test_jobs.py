@@ -1,0 +1,448 @@
+"""Durable jobs: transactional enqueue, ``bizosctl worker`` as real processes, the reaper,
+retries by the error tree, SIGTERM and SIGKILL, the doctor's workers check.
+
+Every test works on a queue of its own (``--queue``), so a worker never takes another test's
+job, and removes its jobs, operations and worker rows afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import unique_slug
+from sqlalchemy import text
+
+from bizosctl.jobs.queue import RUN_OPERATION, enqueue_operation
+
+FAST = {
+    "BIZOS_WORKER_HEARTBEAT_INTERVAL": "0.3",
+    "BIZOS_WORKER_STALLED_TIMEOUT": "1.5",
+    "BIZOS_WORKER_RETRY_BACKOFF": "0.2",
+    "BIZOS_WORKER_RETRY_MAX_ATTEMPTS": "5",
+}
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Worker:
+    """``bizosctl worker`` in a child process; its stderr lines are collected."""
+
+    def __init__(self, queue: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bizosctl", "worker", "--queue", queue, *args],
+            env={**os.environ, **FAST, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def saw(self, text_: str) -> bool:
+        return any(text_ in line for line in self.lines)
+
+    def started(self) -> Worker:
+        wait_for("the worker to start", lambda: self.saw("worker started") or self.dead())
+        assert not self.dead(), self.lines
+        return self
+
+    def dead(self) -> bool:
+        return self.proc.poll() is not None
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        # stderr belongs to the reader thread; stdout holds at most one JSON document
+        self.proc.wait(timeout=timeout)
+        self._reader.join(5)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        with self.proc.stdout, self.proc.stderr:
+            return self.proc.returncode, self.proc.stdout.read()
+
+    def kill(self) -> None:
+        if not self.dead():
+            self.proc.kill()
+        if not self.proc.stdout.closed:
+            self.finish()
+
+
+@pytest.fixture
+def jobs(ctl) -> Iterator[dict[str, Any]]:
+    """A queue of its own; afterwards its workers are stopped, and its jobs, operations and
+    the worker rows it left (SIGKILLed workers, hand-made ones) are removed."""
+    with ctl.catalog() as s:
+        before = list(s.execute(text("SELECT id FROM procrastinate_workers")).scalars())
+    state: dict[str, Any] = {"queue": unique_slug("q"), "ops": [], "workers": []}
+    yield state
+    for w in state["workers"]:
+        if not w.dead():
+            w.proc.send_signal(signal.SIGTERM)
+        try:
+            w.finish(timeout=30) if not w.proc.stdout.closed else None
+        except subprocess.TimeoutExpired:
+            w.kill()
+    with ctl.catalog() as s:
+        s.execute(text("DELETE FROM procrastinate_jobs WHERE queue_name = :queue"), state)
+        if state["ops"] and s.execute(text("SELECT to_regclass('operation_steps')")).scalar():
+            ids = {"ids": state["ops"]}
+            s.execute(text("DELETE FROM operation_steps WHERE op_id = ANY(:ids)"), ids)
+            s.execute(text("DELETE FROM operations WHERE id = ANY(:ids)"), ids)
+        s.execute(
+            text("DELETE FROM procrastinate_workers WHERE NOT id = ANY(:ids)"), {"ids": before}
+        )
+
+
+def worker(jobs: dict[str, Any], *args: str, env: dict[str, str] | None = None) -> Worker:
+    w = Worker(jobs["queue"], *args, env=env)
+    jobs["workers"].append(w)
+    return w
+
+
+def queue_ping(ctl, jobs: dict[str, Any], *, seconds: float = 0.0, times: int = 1) -> tuple:
+    """A queued ops.ping and ``times`` jobs for it, committed together."""
+    from bizosctl.catalog.operations import OperationStatus
+    from bizosctl.runners import start_ping
+
+    with ctl.catalog() as s:
+        op_id = start_ping(s, seconds=seconds, status=OperationStatus.QUEUED)
+        job_ids = [
+            enqueue_operation(s, op_id=op_id, kind="ops.ping", target="ping", queue=jobs["queue"])
+            for _ in range(times)
+        ]
+    jobs["ops"].append(op_id)
+    return op_id, job_ids
+
+
+def job(ctl, job_id: int) -> Any:
+    with ctl.catalog() as s:
+        return s.execute(
+            text(
+                "SELECT status::text AS status, attempts, worker_id FROM procrastinate_jobs "
+                "WHERE id = :id"
+            ),
+            {"id": job_id},
+        ).one_or_none()
+
+
+def op_status(ctl, op_id: uuid.UUID) -> str:
+    from bizosctl.catalog.operations import describe
+
+    return str(describe(ctl, op_id, with_steps=False).status)
+
+
+def steps(ctl, op_id: uuid.UUID) -> list[str]:
+    from bizosctl.catalog.operations import describe
+
+    return [st.name for st in describe(ctl, op_id).steps]
+
+
+# -- enqueue in the caller's transaction -----------------------------------------------------
+
+
+def test_enqueue_commits_with_the_transaction_and_a_rollback_leaves_no_job(ctl, jobs):
+    op_id = uuid.uuid4()
+    with ctl.catalog() as s:
+        kept = enqueue_operation(s, op_id=op_id, kind="ops.ping", target="t1", queue=jobs["queue"])
+    s = ctl.catalog_engine.connect()
+    from sqlalchemy.orm import Session
+
+    with Session(bind=s) as session:
+        gone = enqueue_operation(
+            session, op_id=op_id, kind="ops.ping", target="t1", queue=jobs["queue"]
+        )
+        assert gone > kept
+        session.rollback()
+    s.close()
+    with ctl.catalog() as s:
+        rows = s.execute(
+            text(
+                "SELECT id, task_name, lock, args, status::text FROM procrastinate_jobs "
+                "WHERE queue_name = :queue ORDER BY id"
+            ),
+            jobs,
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (kept, RUN_OPERATION, "ops.ping:t1", {"op_id": str(op_id)}, "todo")
+    ]
+
+
+# -- the worker's life -----------------------------------------------------------------------
+
+
+def test_worker_runs_a_queued_operation(ctl, jobs):
+    op_id, [job_id] = queue_ping(ctl, jobs)
+    w = worker(jobs, "--json").started()
+    wait_for("the job to succeed", lambda: job(ctl, job_id).status == "succeeded")
+    assert op_status(ctl, op_id) == "done"
+    w.proc.send_signal(signal.SIGTERM)
+    rc, out = w.finish()
+    assert rc == 0, w.lines
+    doc = json.loads(out)
+    assert doc["stopped_by"] == "SIGTERM" and doc["jobs"]["succeeded"] == 1
+
+
+def test_sigterm_lets_the_running_job_finish_then_exits_0(ctl, jobs):
+    op_id, [job_id] = queue_ping(ctl, jobs, seconds=1.5)
+    w = worker(jobs).started()
+    wait_for("the step to be recorded", lambda: "started" in steps(ctl, op_id))
+    w.proc.send_signal(signal.SIGTERM)
+    rc, _ = w.finish()
+    assert rc == 0, w.lines
+    assert w.saw("SIGTERM: stopping after the running jobs' current step")
+    assert job(ctl, job_id).status == "succeeded"
+    assert op_status(ctl, op_id) == "done"
+    with ctl.catalog() as s:  # it unregistered itself
+        assert not s.execute(
+            text(
+                "SELECT 1 FROM procrastinate_jobs AS j JOIN "
+                "procrastinate_workers AS w ON w.id = j.worker_id "
+                "WHERE j.id = :id"
+            ),
+            {"id": job_id},
+        ).all()
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_job_is_requeued_by_another_worker_and_resumes(ctl, jobs):
+    op_id, [job_id] = queue_ping(ctl, jobs, seconds=0.2)
+    doomed = worker(jobs, env={"BIZOS_CRASH_AT": "ping.started"})
+    rc, _ = doomed.finish()
+    assert rc == -signal.SIGKILL
+    dead = job(ctl, job_id)
+    assert dead.status == "doing" and dead.worker_id is not None
+    assert steps(ctl, op_id) == ["started"]
+    rescuer = worker(jobs).started()
+    wait_for("the job to succeed", lambda: job(ctl, job_id).status == "succeeded")
+    assert rescuer.saw(f"job {job_id} of a dead worker re-queued")
+    assert op_status(ctl, op_id) == "done"
+    assert steps(ctl, op_id) == ["started", "waited"]  # resumed after its checkpoint
+    assert job(ctl, job_id).attempts == 2  # the killed run counts
+
+
+@pytest.mark.slow
+def test_two_workers_racing_for_one_operation_run_it_once(ctl, jobs):
+    op_id, job_ids = queue_ping(ctl, jobs, seconds=0.5, times=2)
+    a = worker(jobs, "--concurrency", "2")
+    b = worker(jobs, "--concurrency", "2")
+    a.started(), b.started()
+    wait_for(
+        "both jobs to end",
+        lambda: all(job(ctl, j).status in ("succeeded", "failed") for j in job_ids),
+    )
+    assert op_status(ctl, op_id) == "done"
+    assert steps(ctl, op_id) == ["started", "waited"]
+    ends = sorted(job(ctl, j).status for j in job_ids)
+    # the second job found the operation finished: nothing to resume, not retried
+    assert ends == ["failed", "succeeded"]
+    assert any(w.saw("there is nothing to resume") for w in (a, b))
+
+
+@pytest.mark.slow
+def test_a_retryable_error_is_retried_and_a_non_retryable_one_is_not(ctl, jobs):
+    from bizosctl.catalog.operations import OperationRun
+
+    op_id, [busy_job] = queue_ping(ctl, jobs)
+    unknown = uuid.uuid4()
+    with ctl.catalog() as s:
+        missing_job = enqueue_operation(
+            s, op_id=unknown, kind="ops.ping", target="nowhere", queue=jobs["queue"]
+        )
+    with OperationRun(ctl, op_id):  # "another process" runs it: Busy, retryable
+        w = worker(jobs).started()
+        wait_for("a retry", lambda: (job(ctl, busy_job).attempts or 0) >= 2)
+        wait_for(
+            "the unknown operation's job to fail", lambda: job(ctl, missing_job).status == "failed"
+        )
+    wait_for("the job to succeed", lambda: job(ctl, busy_job).status == "succeeded")
+    assert op_status(ctl, op_id) == "done"
+    assert w.saw(f"job {busy_job} bizosctl:run_operation(op_id={op_id}): operation")
+    assert w.saw("(will run again)")
+    assert job(ctl, missing_job).attempts == 1  # NotFound: failed once, never again
+    assert w.saw(f"job {missing_job} bizosctl:run_operation(op_id={unknown}) failed: no operation")
+
+
+# -- bad input and an unreachable catalog ----------------------------------------------------
+
+
+def test_worker_bad_concurrency(cli):
+    r = cli("worker", "--concurrency", "0")
+    assert r.exit_code == 2
+    assert r.stderr.strip() == "error: --concurrency must be at least 1 (got 0)"
+
+
+def test_worker_stalled_timeout_must_exceed_heartbeat(cli):
+    r = cli(
+        "worker",
+        env={"BIZOS_WORKER_HEARTBEAT_INTERVAL": "5", "BIZOS_WORKER_STALLED_TIMEOUT": "5"},
+    )
+    assert r.exit_code == 2
+    assert r.stderr.strip() == (
+        "error: BIZOS_WORKER_STALLED_TIMEOUT (5s) must be longer than "
+        "BIZOS_WORKER_HEARTBEAT_INTERVAL (5s), else live workers count as dead"
+    )
+
+
+def test_worker_dry_run_shows_what_it_would_run(cli, jobs):
+    r = cli("worker", "--dry-run", "--json", "--queue", jobs["queue"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["dry_run"] is True and doc["queues"] == [jobs["queue"]]
+    assert RUN_OPERATION in doc["tasks"]
+
+
+@pytest.mark.slow
+def test_worker_with_an_unreachable_catalog_exits_1_with_one_line(fresh_home, run_bizosctl):
+    from bizosctl.catalog.control import get_control
+    from bizosctl.config import reset_settings
+    from bizosctl.db.engines import dispose_all
+    from bizosctl.tenancy.regions import init_home
+
+    reset_settings()
+    ctl = get_control()
+    init_home(ctl)
+    hba = ctl.home_cluster.pgdata / "pg_hba.conf"
+    with ctl.catalog_engine.connect() as conn:  # the catalog now refuses every connection
+        hba.write_text("local all all reject\nhost all all all reject\n")
+        conn.execute(text("SELECT pg_reload_conf()"))
+    dispose_all()
+    r = run_bizosctl("worker", env={"BIZOS_HOME": str(fresh_home)})
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: catalog: ") and "rejects connection" in lines[0]
+    assert "password" not in lines[0]
+
+
+# -- the reaper ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dead_worker_job(ctl, jobs) -> Iterator[tuple[int, int]]:
+    """A job ``doing`` on a worker whose last heartbeat is an hour old."""
+    with ctl.catalog() as s:
+        wid = s.execute(
+            text(
+                "INSERT INTO procrastinate_workers (last_heartbeat) "
+                "VALUES (now() - interval '1 hour') RETURNING id"
+            )
+        ).scalar_one()
+        jid = enqueue_operation(
+            s, op_id=uuid.uuid4(), kind="ops.ping", target=unique_slug("r"), queue=jobs["queue"]
+        )
+        s.execute(
+            text("UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w WHERE id = :j"),
+            {"w": wid, "j": jid},
+        )
+    yield wid, jid
+
+
+def _reap_concurrently(ctl, n: int, *, timeout: float = 60.0) -> list[list[tuple[int, str]]]:
+    from bizosctl.jobs.app import make_pool
+    from bizosctl.jobs.reaper import reap_stalled
+
+    async def go() -> list[list[tuple[int, str]]]:
+        pools = [make_pool(ctl, max_size=1) for _ in range(n)]
+        for p in pools:
+            await p.open(wait=True)
+        try:
+            return list(
+                await asyncio.gather(
+                    *(reap_stalled(p, timeout=timeout, max_attempts=5) for p in pools)
+                )
+            )
+        finally:
+            for p in pools:
+                await p.close()
+
+    return asyncio.run(go())
+
+
+def test_two_reapers_at_once_requeue_a_dead_workers_job_once(ctl, dead_worker_job):
+    _, jid = dead_worker_job
+    results = _reap_concurrently(ctl, 4)
+    requeued = [r for got in results for r in got if r[0] == jid]
+    assert requeued == [(jid, "todo")]
+    assert job(ctl, jid).attempts == 1 and job(ctl, jid).worker_id is None
+    assert not [r for got in _reap_concurrently(ctl, 2) for r in got if r[0] == jid]
+
+
+def test_reaper_leaves_jobs_of_live_workers_and_skips_while_another_reaps(ctl, dead_worker_job):
+    from bizosctl.jobs.reaper import REAPER_LOCK
+
+    wid, jid = dead_worker_job
+    with ctl.catalog() as s:  # the worker is alive after all
+        s.execute(
+            text("UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = :w"),
+            {"w": wid},
+        )
+    assert not [r for got in _reap_concurrently(ctl, 1) for r in got if r[0] == jid]
+    with ctl.catalog() as s:
+        s.execute(
+            text(
+                "UPDATE procrastinate_workers SET last_heartbeat = now() - "
+                "interval '1 hour' WHERE id = :w"
+            ),
+            {"w": wid},
+        )
+    with ctl.catalog_engine.connect() as held:  # another worker's reaper is at it
+        held.execute(
+            text("SELECT pg_advisory_lock(:a, :b)"), dict(zip("ab", REAPER_LOCK, strict=True))
+        )
+        assert _reap_concurrently(ctl, 1) == [[]]
+        held.execute(
+            text("SELECT pg_advisory_unlock(:a, :b)"), dict(zip("ab", REAPER_LOCK, strict=True))
+        )
+    assert [r for got in _reap_concurrently(ctl, 1) for r in got if r[0] == jid] == [(jid, "todo")]
+
+
+def test_reaper_fails_a_job_that_used_up_its_attempts(ctl, dead_worker_job):
+    _, jid = dead_worker_job
+    with ctl.catalog() as s:
+        s.execute(text("UPDATE procrastinate_jobs SET attempts = 4 WHERE id = :j"), {"j": jid})
+    assert [r for got in _reap_concurrently(ctl, 1) for r in got if r[0] == jid] == [
+        (jid, "failed")
+    ]
+
+
+# -- who is working: worker_seen_recently and doctor -----------------------------------------
+
+
+def test_doctor_lists_workers_and_warns_about_a_stale_one(ctl, cli, dead_worker_job):
+    from bizosctl.fleet_health import worker_seen_recently
+
+    wid, _ = dead_worker_job
+    assert not worker_seen_recently(ctl)  # no live worker between tests
+    r = cli("doctor", "--json")
+    check = next(c for c in json.loads(r.stdout)["checks"] if c["name"] == "workers")
+    assert check["ok"] is True and check["warning"] is True
+    assert f"worker {wid}: last heartbeat" in check["detail"]
+    assert "(stale: silent for more than 60s), 1 job(s) running" in check["detail"]
+    with ctl.catalog() as s:
+        s.execute(
+            text("UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = :w"),
+            {"w": wid},
+        )
+    assert worker_seen_recently(ctl)
