@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from bizosctl.cli.output import (
+    BackgroundOpt,
     DryRunOpt,
     JsonOpt,
     handle_errors,
@@ -200,13 +201,14 @@ def cancel(op_id: str = OpId, dry_run: bool = DryRunOpt, json_out: bool = JsonOp
 @handle_errors
 def ping(
     seconds: float = typer.Option(0.0, "--seconds", min=0, max=3600, help="How long it runs."),
+    background: bool = BackgroundOpt,
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Run an operation that does nothing (a step, a wait, a step): checks the engine end to
-    end, in the foreground.
+    end, in the foreground or, with --background, on a worker.
 
-    Example: bizosctl ops ping --seconds 1 --json
+    Example: bizosctl ops ping --background --json
     """
     from bizosctl.runners import resume as run
     from bizosctl.runners import start_ping
@@ -218,10 +220,19 @@ def ping(
         else:
             stdout_console().print(f"would run ops.ping for {seconds}s", markup=False)
         return
-    ctl = _ctl()
-    with ctl.catalog() as s:
-        from bizosctl.catalog.operations import OperationStatus
+    from bizosctl.catalog.operations import OperationStatus
 
+    ctl = _ctl()
+    if background:
+        from bizosctl.cli.output import print_submitted
+        from bizosctl.jobs.background import submit
+
+        def record(s: Any) -> tuple[Any, bool]:
+            return start_ping(s, seconds=seconds, status=OperationStatus.QUEUED), False
+
+        print_submitted(submit(ctl, record), json_out=json_out)
+        return
+    with ctl.catalog() as s:
         op_id = start_ping(s, seconds=seconds, status=OperationStatus.QUEUED)
     report = run(ctl, op_id)
     if json_out:

@@ -25,6 +25,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout, nothing else.")
 YesOpt = typer.Option(False, "--yes", "-y", help="Confirm a destructive change.")
 DryRunOpt = typer.Option(False, "--dry-run", help="Show the plan; change nothing.")
+BackgroundOpt = typer.Option(
+    False,
+    "--background",
+    help="Queue it for a worker (`bizosctl worker`), print the operation's id and exit; "
+    "`bizosctl ops show ID` follows it.",
+)
+
+
+def print_submitted(sub: Any, *, json_out: bool) -> None:
+    """What ``--background`` prints: the operation's id (and a warning when no worker runs)."""
+    if sub.warning:
+        stderr_console().print(f"[yellow]warning:[/] {sub.warning}")
+    if json_out:
+        print_json(sub)
+        return
+    again = " (an unfinished run, queued again)" if sub.resumed else ""
+    stdout_console().print(
+        f"queued {sub.kind} of {clean(sub.target)} as operation {sub.operation}{again}; "
+        f"follow it with `bizosctl ops show {sub.operation}`",
+        markup=False,
+    )
 
 
 def debug_enabled() -> bool:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import typer
 
 from bizosctl.cli.output import (
+    BackgroundOpt,
     DryRunOpt,
     JsonOpt,
     handle_errors,
     print_json,
+    print_submitted,
     stderr_console,
     stdout_console,
     table,
@@ -126,6 +128,7 @@ def sync(
     yes: bool = typer.Option(
         False, "--yes", "-y", help="Confirm a downgrade (--to below the current revision)."
     ),
+    background: bool = BackgroundOpt,
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -139,7 +142,7 @@ def sync(
     """
     from bizosctl.catalog.control import get_control
     from bizosctl.durations import parse_ms
-    from bizosctl.sync.engine import SyncOptions, run_sync
+    from bizosctl.sync.engine import SyncOptions, run_sync, submit_sync
 
     opts = SyncOptions(
         to=to,
@@ -156,6 +159,9 @@ def sync(
     )
     ctl = get_control()
     opts.validate()  # bad input is refused before any progress bar is drawn
+    if background and not dry_run:
+        print_submitted(submit_sync(ctl, opts), json_out=json_out)
+        return
     if json_out or dry_run:
         report = run_sync(ctl, opts)
     else:

@@ -50,6 +50,8 @@ from tenant_schema.ddl import OWNER_ROLE
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from bizosctl.jobs.background import Submitted
+
 
 @dataclass
 class SyncOptions:
@@ -462,14 +464,14 @@ def resume_sync(ctl: Control, op: OperationPublic) -> dict[str, Any]:
     return run_sync(ctl, opts).public()
 
 
-def run_sync(
-    ctl: Control, opts: SyncOptions, on_result: ResultCallback | None = None
-) -> SyncReport:
-    """Sync the selected targets to ``opts.to``. See the module docstring."""
+def _prepare(
+    ctl: Control, opts: SyncOptions
+) -> tuple[str, list[Target], list[Target], list[TargetResult]]:
+    """Everything a sync refuses before it starts: bad options, revisions the code does not
+    know, an unconfirmed downgrade. Returns the destination, the targets, those to migrate
+    and the results already decided."""
     opts.validate()
-    started = time.perf_counter()
     dest = resolve("tenant", opts.to)
-    report = SyncReport(head=head("tenant"), to=dest, dry_run=opts.dry_run)
     targets = list_targets(ctl, opts.selection)
     read_revisions(ctl, targets, sizes=opts.canary > 0)
     refuse_unknown_revisions(
@@ -481,6 +483,24 @@ def run_sync(
         raise InvalidInput(
             f"--to {opts.to} downgrades {len(downs)} target(s) ({names}): pass --yes to confirm"
         )
+    return dest, targets, todo, decided
+
+
+def submit_sync(ctl: Control, opts: SyncOptions) -> Submitted:
+    """``schema sync --background``: refuse what a sync refuses, then queue it for a worker."""
+    from bizosctl.jobs.background import submit
+
+    _prepare(ctl, opts)
+    return submit(ctl, lambda s: record_sync(ctl, s, opts, status=OperationStatus.QUEUED))
+
+
+def run_sync(
+    ctl: Control, opts: SyncOptions, on_result: ResultCallback | None = None
+) -> SyncReport:
+    """Sync the selected targets to ``opts.to``. See the module docstring."""
+    started = time.perf_counter()
+    dest, targets, todo, decided = _prepare(ctl, opts)
+    report = SyncReport(head=head("tenant"), to=dest, dry_run=opts.dry_run)
     if opts.dry_run:
         report.results = decided + [TargetResult(t, t.revision, dest, "planned") for t in todo]
         report.plan = _dry_run_plan(todo, dest)

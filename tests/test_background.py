@@ -1,0 +1,73 @@
+"""``--background``: the operation and its job commit together; a worker runs it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+
+import pytest
+from sqlalchemy import text
+from test_jobs import Worker, wait_for
+
+from bizosctl.catalog.operations import describe
+
+
+@pytest.fixture
+def operations_queue(ctl):
+    """Workers on the default queue; afterwards they are stopped and the queue is empty."""
+    workers: list[Worker] = []
+    yield workers
+    for w in workers:
+        if not w.dead():
+            w.proc.send_signal(signal.SIGTERM)
+        w.finish(timeout=60)
+    with ctl.catalog() as s:
+        s.execute(text("DELETE FROM procrastinate_jobs WHERE queue_name = 'operations'"))
+        s.execute(text("DELETE FROM procrastinate_workers"))
+
+
+def test_sync_in_the_background_is_run_by_a_worker(ctl, cli, make_tenant, operations_queue):
+    slug = make_tenant(tier="schema")
+    operations_queue.append(Worker("operations").started())
+    r = cli("schema", "sync", "--tenant", slug, "--background", "--json")
+    assert r.exit_code == 0, r.stderr
+    sub = json.loads(r.stdout)
+    assert sub["background"] is True and sub["kind"] == "schema.sync" and sub["warning"] is None
+    op_id = uuid.UUID(sub["operation"])
+    wait_for("the sync to finish", lambda: describe(ctl, op_id).status == "done")
+    assert operations_queue[0].saw(f"job {sub['job']} bizosctl:run_operation")
+
+
+def test_background_with_no_worker_is_queued_with_a_warning(ctl, cli, operations_queue):
+    with ctl.catalog() as s:
+        s.execute(text("DELETE FROM procrastinate_workers"))  # none seen recently
+    r = cli("ops", "ping", "--background", "--json")
+    assert r.exit_code == 0, r.stderr
+    sub = json.loads(r.stdout)
+    assert "no worker has been seen recently" in sub["warning"]
+    assert "bizosctl worker" in r.stderr
+    op_id = uuid.UUID(sub["operation"])
+    assert describe(ctl, op_id).status == "queued"
+    # a worker started later runs it
+    operations_queue.append(Worker("operations").started())
+    wait_for("the ping to finish", lambda: describe(ctl, op_id).status == "done")
+
+
+def test_background_refuses_bad_input_before_queueing_anything(ctl, cli):
+    with ctl.catalog() as s:
+        before = s.execute(text("SELECT count(*) FROM procrastinate_jobs")).scalar_one()
+    r = cli("schema", "sync", "--to", "nope", "--background")
+    assert r.exit_code == 2, r.stdout
+    assert "nope" in r.stderr
+    with ctl.catalog() as s:
+        assert s.execute(text("SELECT count(*) FROM procrastinate_jobs")).scalar_one() == before
+
+
+def test_background_dry_run_queues_nothing(ctl, cli):
+    with ctl.catalog() as s:
+        before = s.execute(text("SELECT count(*) FROM procrastinate_jobs")).scalar_one()
+    r = cli("ops", "ping", "--background", "--dry-run", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["dry_run"] is True
+    with ctl.catalog() as s:
+        assert s.execute(text("SELECT count(*) FROM procrastinate_jobs")).scalar_one() == before
