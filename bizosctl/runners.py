@@ -81,10 +81,12 @@ def _runner(kind: str) -> Runner:
     return fn
 
 
-def plan_resume(ctl: Control, op_id: uuid.UUID, *, with_steps: bool = True) -> OperationPublic:
+def plan_resume(
+    ctl: Control, op_id: uuid.UUID, *, with_steps: bool = True, check_alive: bool = True
+) -> OperationPublic:
     """The operation :func:`resume` would run, changing nothing; it refuses what ``resume``
     refuses."""
-    op = describe(ctl, op_id, with_steps=with_steps)
+    op = describe(ctl, op_id, with_steps=with_steps, check_alive=check_alive)
     if op.status in FINISHED:
         raise InvalidInput(f"operation {op_id} is {op.status}: there is nothing to resume")
     if op.alive:
@@ -96,13 +98,19 @@ def plan_resume(ctl: Control, op_id: uuid.UUID, *, with_steps: bool = True) -> O
     return op
 
 
-def resume(ctl: Control, op_id: uuid.UUID) -> dict[str, Any]:
+def resume(ctl: Control, op_id: uuid.UUID, *, finished_ok: bool = False) -> dict[str, Any]:
     """Run an open operation (queued, or running with no live process) to its end here.
 
-    Raises NotFound for an unknown id, InvalidInput for a finished one (nothing to resume),
-    Busy when another process runs it now.
+    Raises NotFound for an unknown id, InvalidInput for a finished one (nothing to resume;
+    with ``finished_ok``, as for a worker's second job of one operation, its status is
+    returned instead), Busy when another process runs it now.
     """
-    op = plan_resume(ctl, op_id, with_steps=False)
+    if finished_ok:
+        found = describe(ctl, op_id, with_steps=False, check_alive=False)
+        if found.status in FINISHED:
+            return {"operation": str(op_id), "status": found.status, "already_finished": True}
+    # not asked here whether another process runs it: the run's own lock answers that (Busy)
+    op = plan_resume(ctl, op_id, with_steps=False, check_alive=False)
     if op.cancel_requested:
         mark_cancelled(ctl, op_id, "cancelled before it resumed")
         return {"operation": str(op_id), "status": OperationStatus.CANCELLED}

@@ -155,21 +155,20 @@ class OperationRun:
             ).scalar_one()
             if not got:
                 raise Busy(f"operation {self.id} is running in another process")
-            found = self._conn.execute(
+            done = (
+                select(func.coalesce(func.array_agg(OperationStep.name), text("'{}'")))
+                .where(OperationStep.op_id == self.id, OperationStep.status == "done")
+                .scalar_subquery()
+            )
+            found = self._conn.execute(  # one round trip: mark it running, read its steps
                 update(Operation)
                 .where(Operation.id == self.id)
                 .values(pid=os.getpid(), host=socket.gethostname(), status=OperationStatus.RUNNING)
-                .returning(Operation.id)
+                .returning(done)
             ).first()
             if found is None:
                 raise NotFound(f"no operation {self.id}")
-            self.completed = set(
-                self._conn.execute(
-                    select(OperationStep.name).where(
-                        OperationStep.op_id == self.id, OperationStep.status == "done"
-                    )
-                ).scalars()
-            )
+            self.completed = set(found[0])
             self._conn.commit()
         except BaseException:
             self._conn.rollback()
@@ -402,8 +401,11 @@ def parse_id(ref: str) -> uuid.UUID:
         raise InvalidInput(f"{ref!r} is not an operation id (a uuid)") from None
 
 
-def describe(ctl: Control, op_id: uuid.UUID, *, with_steps: bool = True) -> OperationPublic:
-    """The operation, whether it is alive, and its steps in order. NotFound when unknown."""
+def describe(
+    ctl: Control, op_id: uuid.UUID, *, with_steps: bool = True, check_alive: bool = True
+) -> OperationPublic:
+    """The operation, whether it is alive (unless ``check_alive`` is false: ``alive`` is then
+    False), and its steps in order. NotFound when unknown."""
     with ctl.catalog() as s:
         op = s.execute(select(Operation).where(Operation.id == op_id)).scalar_one_or_none()
         if op is None:
@@ -414,7 +416,7 @@ def describe(ctl: Control, op_id: uuid.UUID, *, with_steps: bool = True) -> Oper
                 select(OperationStep).where(OperationStep.op_id == op_id).order_by(OperationStep.at)
             ).scalars()
             pub.steps = [_step_public(r) for r in rows]
-    if pub.status in OPEN:
+    if check_alive and pub.status in OPEN:
         pub.alive = is_alive(ctl, op_id)
     return pub
 

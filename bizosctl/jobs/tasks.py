@@ -29,14 +29,10 @@ def run_operation(context: JobContext, op_id: str) -> dict[str, Any]:
     """Run operation ``op_id`` to its end in this worker (from its last checkpoint)."""
     from bizosctl import runners
     from bizosctl.catalog.control import Control, get_control
-    from bizosctl.catalog.operations import FINISHED, describe
 
     ctl = context.additional_context.get("ctl")
     if not isinstance(ctl, Control):
         ctl = get_control()
-    op = describe(ctl, uuid.UUID(op_id), with_steps=False)
-    if op.status in FINISHED:
-        # A second job of one operation (a command re-run with --background, or a job the
-        # reaper re-queued after the operation finished elsewhere): it is done, not a failure.
-        return {"operation": op_id, "status": op.status, "already_finished": True}
-    return runners.resume(ctl, uuid.UUID(op_id))
+    # A second job of one operation (a command re-run with --background, or a job the reaper
+    # re-queued after the operation finished elsewhere) finds it done: not a failure.
+    return runners.resume(ctl, uuid.UUID(op_id), finished_ok=True)
