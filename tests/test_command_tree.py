@@ -55,6 +55,11 @@ CLASSIFICATION = {
     "api-key rotate": CHANGES,
     "webhook add": CHANGES,
     "webhook list": READS,
+    "webhook deliveries": READS,
+    "webhook replay": CHANGES,
+    "webhook enable": CHANGES,
+    "webhook test": CHANGES,
+    "webhook deliver": CHANGES,
     "webhook-secret rotate": CHANGES,
 }
 

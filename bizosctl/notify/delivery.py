@@ -7,26 +7,39 @@ SNI and the certificate check. A DNS answer that changes between the check and t
 ``302`` to the metadata service is just a ``302``.
 
 The catalog's deliveries (made by ``bizosctl.notify.relay``) are sent by :func:`deliver_due`
-and :func:`attempt` in ``bizosctl.notify.attempts``; this module only makes the request.
+and :func:`attempt`: claimed under a lease, sent with the event id as ``webhook-id``, every
+attempt recorded, retried on the schedule :data:`SCHEDULE_S`, the endpoint disabled on ``410``
+or after 5 days of failures.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
+import random
 import socket
 import ssl
 import time
 import uuid
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
 
-from bizosctl.catalog.models import WebhookEndpoint
-from bizosctl.errors import InvalidInput, NotFound, OperationFailed
+from bizosctl.catalog.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from bizosctl.errors import BizosError, InvalidInput, NotFound, OperationFailed
+from bizosctl.faults import crash_point
 from bizosctl.notify.targets import pinned_address
-from bizosctl.notify.webhooks import _endpoint_uuid, check_url, sign
+from bizosctl.notify.webhooks import (
+    _endpoint_uuid,
+    check_url,
+    live_secrets,
+    sign,
+    signed_headers,
+)
 
 if TYPE_CHECKING:
     from bizosctl.catalog.control import Control
@@ -154,3 +167,255 @@ def deliver(
     headers = sign(ctl, eid, msg_id=msg_id, timestamp=int(time.time()), payload=payload)
     resp = post(url, payload=payload, headers=headers, settings=ctl.settings, timeout_s=timeout_s)
     return DeliveryResult(endpoint=eid, msg_id=msg_id, address=resp.address, status=resp.status)
+
+
+# -- deliveries: claim, send, record ------------------------------------------------------------
+#: Seconds before the n-th attempt (the first at once), each but the first with +-10 % jitter.
+SCHEDULE_S = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+JITTER = 0.1
+#: How long a claim holds a delivery: longer than a request may take. A worker killed while
+#: sending leaves the delivery due again when it ends, to be sent with the same webhook-id.
+LEASE_S = 60
+DISABLE_AFTER = dt.timedelta(days=5)
+CONCURRENCY = 8
+
+_CLAIM = """
+UPDATE webhook_deliveries AS d SET attempts = d.attempts + 1, next_attempt_at = :lease_end
+FROM webhook_endpoints AS w
+WHERE w.id = d.endpoint_id AND d.id IN (
+  SELECT c.id FROM webhook_deliveries AS c JOIN webhook_endpoints AS e ON e.id = c.endpoint_id
+  WHERE c.status = 'pending' AND c.next_attempt_at <= :now AND e.disabled_at IS NULL {only}
+  ORDER BY c.next_attempt_at LIMIT :limit FOR UPDATE OF c SKIP LOCKED)
+RETURNING d.id, d.event_id, d.endpoint_id, d.payload, d.attempts, w.url, w.secrets
+"""
+CLAIM_DUE = text(_CLAIM.format(only=""))
+CLAIM_ONE = text(_CLAIM.format(only="AND c.id = :id"))
+_FAIL_ENDPOINT = text(
+    "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, :now) "
+    "WHERE id = :id RETURNING failing_since, disabled_at"
+)
+_DISABLE = text(
+    "UPDATE webhook_endpoints SET disabled_at = :now, disabled_reason = :why "
+    "WHERE id = :id AND disabled_at IS NULL RETURNING id"
+)
+
+
+class Outcome(BaseModel):
+    """What became of one delivery after an attempt (or why none was made)."""
+
+    delivery: uuid.UUID
+    event_id: str | None = None
+    # delivered | retry (pending, due at next_attempt_at) | failed | skipped (not due now)
+    result: str
+    status_code: int | None = None
+    error: str | None = None
+    next_attempt_at: dt.datetime | None = None
+    endpoint_disabled: str | None = None  # why, when this attempt disabled the endpoint
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def next_delay_s(attempts: int, *, rng: random.Random | None = None) -> float | None:
+    """Seconds until the next attempt after ``attempts`` tries; None when they are exhausted."""
+    if attempts >= len(SCHEDULE_S):
+        return None
+    base = SCHEDULE_S[attempts]
+    return base * (1 + (rng or random).uniform(-JITTER, JITTER))
+
+
+def _claim(s: Session, now: dt.datetime, *, limit: int, only: uuid.UUID | None = None) -> list[Any]:
+    params: dict[str, Any] = {
+        "now": now,
+        "lease_end": now + dt.timedelta(seconds=LEASE_S),
+        "limit": limit,
+    }
+    if only is not None:
+        params["id"] = only
+    return list(s.execute(CLAIM_ONE if only is not None else CLAIM_DUE, params).all())
+
+
+def _send(
+    ctl: Control, row: Any, keys: list[str], timeout_s: float
+) -> tuple[Response | None, str | None, int]:
+    payload = row.payload.encode()
+    headers = signed_headers(keys, msg_id=row.event_id, timestamp=int(time.time()), payload=payload)
+    started = time.perf_counter()
+    resp: Response | None = None
+    error: str | None = None
+    try:
+        resp = post(
+            row.url, payload=payload, headers=headers, settings=ctl.settings, timeout_s=timeout_s
+        )
+    except BizosError as exc:  # refused destination, unreachable, timed out
+        error = exc.message
+    crash_point("webhook.deliver.sent")  # sent (or failed), not yet recorded
+    return resp, error, int((time.perf_counter() - started) * 1000)
+
+
+def _record(
+    ctl: Control,
+    row: Any,
+    resp: Response | None,
+    error: str | None,
+    latency_ms: int,
+    now: dt.datetime,
+) -> Outcome:
+    code = resp.status if resp is not None else None
+    if resp is not None and not 200 <= resp.status < 300:
+        error = f"HTTP {resp.status}" + (
+            " (redirect not followed)" if 300 <= resp.status < 400 else ""
+        )
+    out = Outcome(delivery=row.id, event_id=row.event_id, result="retry", status_code=code)
+    with ctl.catalog() as s:
+        s.add(
+            WebhookAttempt(
+                delivery_id=row.id,
+                at=now,
+                status_code=code,
+                error=error,
+                latency_ms=latency_ms,
+                response_excerpt=resp.excerpt if resp is not None else None,
+            )
+        )
+        values: dict[str, Any] = {"last_status": code, "last_error": error}
+        if code is not None and 200 <= code < 300:
+            out.result = "delivered"
+            values.update(status="delivered", delivered_at=now, next_attempt_at=None)
+            s.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == row.endpoint_id)
+                .values(failing_since=None)
+            )
+        else:
+            out.error = error
+            why = None
+            if code == 410:
+                why = "the receiver answered 410 Gone"
+            else:
+                since, disabled = s.execute(
+                    _FAIL_ENDPOINT, {"now": now, "id": row.endpoint_id}
+                ).one()
+                if disabled is None and now - since >= DISABLE_AFTER:
+                    why = f"every delivery failed for 5 days (since {since:%Y-%m-%d %H:%M} UTC)"
+            if why is not None:
+                params = {"now": now, "id": row.endpoint_id, "why": why}
+                if s.execute(_DISABLE, params).first() is not None:
+                    out.endpoint_disabled = why
+            delay = None if code == 410 else next_delay_s(row.attempts)
+            if delay is None:
+                out.result = "failed"
+                values.update(status="failed", next_attempt_at=None)
+            else:
+                out.next_attempt_at = now + dt.timedelta(seconds=delay)
+                values.update(next_attempt_at=out.next_attempt_at)
+        s.execute(update(WebhookDelivery).where(WebhookDelivery.id == row.id).values(**values))
+    return out
+
+
+def _keys_by_endpoint(ctl: Control, rows: list[Any]) -> dict[uuid.UUID, list[str] | str]:
+    """Each endpoint's live secrets, unsealed once per batch (or why there are none)."""
+    out: dict[uuid.UUID, list[str] | str] = {}
+    for row in rows:
+        if row.endpoint_id not in out:
+            try:
+                out[row.endpoint_id] = live_secrets(ctl, row.endpoint_id, row.secrets)
+            except BizosError as exc:
+                out[row.endpoint_id] = exc.message
+    return out
+
+
+def _run(
+    ctl: Control,
+    row: Any,
+    keys: list[str] | str,
+    now: dt.datetime | None,
+    timeout_s: float = TIMEOUT_S,
+) -> Outcome:
+    if isinstance(keys, str):  # no live secret: nothing can be signed
+        return _record(ctl, row, None, keys, 0, now or _utcnow())
+    resp, error, latency_ms = _send(ctl, row, keys, timeout_s)
+    return _record(ctl, row, resp, error, latency_ms, now or _utcnow())
+
+
+def deliver_due(
+    ctl: Control,
+    *,
+    limit: int = 100,
+    now: dt.datetime | None = None,
+    concurrency: int = CONCURRENCY,
+    timeout_s: float = TIMEOUT_S,
+) -> int:
+    """Claim up to ``limit`` due deliveries and attempt each; returns how many were attempted.
+
+    The claim is one short transaction (``FOR UPDATE SKIP LOCKED``: any number of workers may
+    run this at once, none claims what another holds) that counts the attempt and moves the
+    delivery's next time to the end of a lease; the requests then run ``concurrency`` at a
+    time, and each outcome is recorded in its own transaction.
+
+    Args:
+        limit: at most this many deliveries.
+        now: the time to decide what is due and when to retry (tests); default the clock.
+        concurrency: requests in flight at once.
+        timeout_s: connect and read timeout of each request.
+    """
+    at = now or _utcnow()
+    with ctl.catalog() as s:
+        rows = _claim(s, at, limit=limit)
+    if not rows:
+        return 0
+    keys = _keys_by_endpoint(ctl, rows)
+    if len(rows) == 1 or concurrency <= 1:
+        for row in rows:
+            _run(ctl, row, keys[row.endpoint_id], now, timeout_s)
+        return len(rows)
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(rows))) as pool:
+        for future in [
+            pool.submit(_run, ctl, r, keys[r.endpoint_id], now, timeout_s) for r in rows
+        ]:
+            future.result()
+    return len(rows)
+
+
+def attempt(
+    ctl: Control,
+    delivery_id: uuid.UUID | str,
+    *,
+    now: dt.datetime | None = None,
+    timeout_s: float = TIMEOUT_S,
+) -> Outcome:
+    """Attempt one delivery if it is due and no one else holds it; NotFound if there is none.
+
+    Returns the outcome; ``skipped`` (with the delivery's next time, if pending) when it was not
+    due, is held by another attempt, is finished, or its endpoint is disabled.
+    """
+    did = delivery_uuid(delivery_id)
+    at = now or _utcnow()
+    with ctl.catalog() as s:
+        rows = _claim(s, at, limit=1, only=did)
+        if not rows:
+            current = s.execute(
+                select(WebhookDelivery.status, WebhookDelivery.next_attempt_at).where(
+                    WebhookDelivery.id == did
+                )
+            ).one_or_none()
+    if not rows:
+        if current is None:
+            raise NotFound(f"no webhook delivery {str(delivery_id)!r}")
+        return Outcome(
+            delivery=did,
+            result="skipped",
+            next_attempt_at=current.next_attempt_at if current.status == "pending" else None,
+        )
+    row = rows[0]
+    return _run(ctl, row, _keys_by_endpoint(ctl, rows)[row.endpoint_id], now, timeout_s)
+
+
+def delivery_uuid(delivery_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(delivery_id, uuid.UUID):
+        return delivery_id
+    try:
+        return uuid.UUID(delivery_id)
+    except ValueError:
+        raise NotFound(f"no webhook delivery {delivery_id!r}") from None

@@ -58,7 +58,5 @@ def emit_event(
     if len(encoded.encode()) > DATA_MAX_BYTES:
         raise InvalidInput(f"event data is larger than {DATA_MAX_BYTES // 1024} KiB")
     event_id = new_event_id()
-    session.execute(
-        _INSERT, {"id": event_id, "type": type, "data": encoded, "endpoint": endpoint}
-    )
+    session.execute(_INSERT, {"id": event_id, "type": type, "data": encoded, "endpoint": endpoint})
     return event_id
