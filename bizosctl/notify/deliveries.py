@@ -94,7 +94,8 @@ def list_deliveries(
         .limit(limit)
     )
     if endpoint is not None:
-        stmt = stmt.where(WebhookDelivery.endpoint_id == resolve_endpoint_id(ctl, endpoint))
+        eid = get_endpoint(ctl, resolve_endpoint_id(ctl, endpoint)).id  # NotFound if none
+        stmt = stmt.where(WebhookDelivery.endpoint_id == eid)
     if status is not None:
         stmt = stmt.where(WebhookDelivery.status == status)
     with ctl.catalog() as s:
