@@ -34,7 +34,9 @@ class Receiver:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
-        self.plan: list[Any] = []  # ints (status), ("body", status, bytes), "hang", ("redirect", url)
+        self.plan: list[
+            Any
+        ] = []  # ints (status), ("body", status, bytes), "hang", ("redirect", url)
         self.secrets: list[str] = []
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -209,7 +211,10 @@ def test_event_goes_from_outbox_to_a_verified_delivery(
     (req,) = receiver.requests
     assert req["headers"]["webhook-id"] == event
     body = req["verified"][-1]  # standardwebhooks returns the parsed payload
-    assert body["type"] == "invoice.paid" and body["data"] == {"invoice": "inv_42", "total": "11.00"}
+    assert body["type"] == "invoice.paid" and body["data"] == {
+        "invoice": "inv_42",
+        "total": "11.00",
+    }
     (a,) = attempts_of(ctl, d.id)
     assert a.status_code == 200 and a.error is None and a.latency_ms >= 0
     assert a.response_excerpt == "ok"

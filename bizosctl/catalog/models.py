@@ -237,7 +237,9 @@ class WebhookAttempt(Base):
     """One try of one delivery: what came back (or why nothing did), how long it took."""
 
     __tablename__ = "webhook_attempts"
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, server_default=text("gen_random_uuid()")
+    )
     delivery_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
     )
