@@ -22,6 +22,7 @@ import ssl
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -29,7 +30,7 @@ from pydantic import BaseModel
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from bizosctl.catalog.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from bizosctl.catalog.models import WebhookDelivery, WebhookEndpoint
 from bizosctl.errors import BizosError, InvalidInput, NotFound, OperationFailed
 from bizosctl.faults import crash_point
 from bizosctl.notify.targets import pinned_address
@@ -91,6 +92,80 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
 
 
+KEEP_ALIVE_BODY_MAX = 64 * 1024  # a longer response body closes the connection instead
+
+
+class Sender:
+    """POSTs over kept-alive connections, one per origin, each to the address checked and
+    pinned when it was opened (a batch of deliveries to one receiver pays one handshake, and
+    the destination is checked again for every new connection). Not thread-safe: one per
+    thread. Redirects are never followed."""
+
+    def __init__(self, settings: Settings, *, timeout_s: float = TIMEOUT_S) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self._conns: dict[tuple[str, str, int], tuple[http.client.HTTPConnection, str]] = {}
+
+    def _open(self, scheme: str, host: str, port: int) -> tuple[http.client.HTTPConnection, str]:
+        address = str(pinned_address(host, port, self.settings))
+        cls = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
+        return cls(host, port, address, self.timeout_s), address
+
+    def post(self, url: str, *, payload: bytes, headers: dict[str, str]) -> Response:
+        """POST ``payload`` to ``url``; any HTTP status is returned.
+
+        Raises InvalidInput when the URL or its host's addresses are (now) not allowed,
+        OperationFailed when the receiver cannot be reached or does not answer in time.
+        """
+        check_url(url, self.settings)  # the rules may have changed since it was added
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        key = (parts.scheme, host, port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        full = {**headers, "content-type": "application/json", "user-agent": "bizosctl"}
+        reused = key in self._conns
+        conn, address = self._conns.pop(key) if reused else self._open(*key)
+        try:
+            try:
+                conn.request("POST", path, body=payload, headers=full)
+                resp = conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                # The receiver closed the idle connection: once more on a new one (at least
+                # once: the receiver may see this webhook-id twice, which it is told to expect).
+                conn.close()
+                conn, address = self._open(*key)
+                conn.request("POST", path, body=payload, headers=full)
+                resp = conn.getresponse()
+            raw = resp.read(EXCERPT_MAX)
+            rest = resp.read(KEEP_ALIVE_BODY_MAX)
+            if resp.will_close or len(rest) == KEEP_ALIVE_BODY_MAX:
+                conn.close()
+            else:
+                self._conns[key] = (conn, address)
+        except TimeoutError as exc:
+            conn.close()
+            raise OperationFailed(
+                f"webhook delivery to {host} ({address}) timed out after {self.timeout_s:g} s"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise OperationFailed(
+                f"webhook delivery to {host} ({address}) failed: {type(exc).__name__}"
+            ) from exc
+        except ValueError as exc:  # e.g. a path http.client refuses
+            conn.close()
+            raise InvalidInput(f"webhook URL cannot be requested: {exc}") from exc
+        return Response(address=address, status=resp.status, excerpt=clean_excerpt(raw))
+
+    def close(self) -> None:
+        for conn, _address in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+
 def post(
     url: str,
     *,
@@ -99,41 +174,12 @@ def post(
     settings: Settings,
     timeout_s: float = TIMEOUT_S,
 ) -> Response:
-    """POST ``payload`` to ``url``: the host checked and pinned now, no redirect followed.
-
-    Raises InvalidInput when the URL or its host's addresses are (now) not allowed,
-    OperationFailed when the receiver cannot be reached or does not answer in ``timeout_s``.
-    """
-    check_url(url, settings)  # the rules may have changed since it was added
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    address = str(pinned_address(host, port, settings))
-    cls = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
-    conn = cls(host, port, address, timeout_s)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    """One POST on a connection of its own (see :class:`Sender`)."""
+    sender = Sender(settings, timeout_s=timeout_s)
     try:
-        conn.request(
-            "POST",
-            path,
-            body=payload,
-            headers={**headers, "content-type": "application/json", "user-agent": "bizosctl"},
-        )
-        resp = conn.getresponse()
-        raw = resp.read(EXCERPT_MAX)
-    except TimeoutError as exc:
-        raise OperationFailed(
-            f"webhook delivery to {host} ({address}) timed out after {timeout_s:g} s"
-        ) from exc
-    except (OSError, http.client.HTTPException) as exc:
-        raise OperationFailed(
-            f"webhook delivery to {host} ({address}) failed: {type(exc).__name__}"
-        ) from exc
-    except ValueError as exc:  # e.g. a path http.client refuses
-        raise InvalidInput(f"webhook URL cannot be requested: {exc}") from exc
+        return sender.post(url, payload=payload, headers=headers)
     finally:
-        conn.close()
-    return Response(address=address, status=resp.status, excerpt=clean_excerpt(raw))
+        sender.close()
 
 
 def deliver(
@@ -236,82 +282,121 @@ def _claim(s: Session, now: dt.datetime, *, limit: int, only: uuid.UUID | None =
     return list(s.execute(CLAIM_ONE if only is not None else CLAIM_DUE, params).all())
 
 
-def _send(
-    ctl: Control, row: Any, keys: list[str], timeout_s: float
-) -> tuple[Response | None, str | None, int]:
+@dataclass
+class _Sent:
+    row: Any
+    resp: Response | None
+    error: str | None
+    latency_ms: int
+
+
+def _send(sender: Sender, row: Any, keys: list[str] | str) -> _Sent:
+    if isinstance(keys, str):  # no live secret: nothing can be signed
+        return _Sent(row, None, keys, 0)
     payload = row.payload.encode()
     headers = signed_headers(keys, msg_id=row.event_id, timestamp=int(time.time()), payload=payload)
     started = time.perf_counter()
     resp: Response | None = None
     error: str | None = None
     try:
-        resp = post(
-            row.url, payload=payload, headers=headers, settings=ctl.settings, timeout_s=timeout_s
-        )
+        resp = sender.post(row.url, payload=payload, headers=headers)
     except BizosError as exc:  # refused destination, unreachable, timed out
         error = exc.message
     crash_point("webhook.deliver.sent")  # sent (or failed), not yet recorded
-    return resp, error, int((time.perf_counter() - started) * 1000)
+    return _Sent(row, resp, error, int((time.perf_counter() - started) * 1000))
 
 
-def _record(
-    ctl: Control,
-    row: Any,
-    resp: Response | None,
-    error: str | None,
-    latency_ms: int,
-    now: dt.datetime,
+_INSERT_ATTEMPTS = text(
+    "INSERT INTO webhook_attempts (delivery_id, at, status_code, error, latency_ms, "
+    "response_excerpt) SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[]), "
+    "CAST(:codes AS int[]), CAST(:errors AS text[]), CAST(:latencies AS int[]), "
+    "CAST(:excerpts AS text[]))"
+)
+_DELIVERED = text(
+    "UPDATE webhook_deliveries AS d SET status = 'delivered', delivered_at = :now, "
+    "next_attempt_at = NULL, last_status = u.code, last_error = NULL "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:codes AS int[])) AS u(id, code) WHERE d.id = u.id"
+)
+_HEALTHY = text(
+    "UPDATE webhook_endpoints SET failing_since = NULL "
+    "WHERE id = ANY(CAST(:ids AS uuid[])) AND failing_since IS NOT NULL"
+)
+
+
+def _failed(
+    s: Session, sent: _Sent, code: int | None, error: str | None, now: dt.datetime
 ) -> Outcome:
-    code = resp.status if resp is not None else None
-    if resp is not None and not 200 <= resp.status < 300:
-        error = f"HTTP {resp.status}" + (
-            " (redirect not followed)" if 300 <= resp.status < 400 else ""
-        )
-    out = Outcome(delivery=row.id, event_id=row.event_id, result="retry", status_code=code)
-    with ctl.catalog() as s:
-        s.add(
-            WebhookAttempt(
-                delivery_id=row.id,
-                at=now,
-                status_code=code,
-                error=error,
-                latency_ms=latency_ms,
-                response_excerpt=resp.excerpt if resp is not None else None,
-            )
-        )
-        values: dict[str, Any] = {"last_status": code, "last_error": error}
-        if code is not None and 200 <= code < 300:
-            out.result = "delivered"
-            values.update(status="delivered", delivered_at=now, next_attempt_at=None)
-            s.execute(
-                update(WebhookEndpoint)
-                .where(WebhookEndpoint.id == row.endpoint_id)
-                .values(failing_since=None)
-            )
-        else:
-            out.error = error
-            why = None
-            if code == 410:
-                why = "the receiver answered 410 Gone"
-            else:
-                since, disabled = s.execute(
-                    _FAIL_ENDPOINT, {"now": now, "id": row.endpoint_id}
-                ).one()
-                if disabled is None and now - since >= DISABLE_AFTER:
-                    why = f"every delivery failed for 5 days (since {since:%Y-%m-%d %H:%M} UTC)"
-            if why is not None:
-                params = {"now": now, "id": row.endpoint_id, "why": why}
-                if s.execute(_DISABLE, params).first() is not None:
-                    out.endpoint_disabled = why
-            delay = None if code == 410 else next_delay_s(row.attempts)
-            if delay is None:
-                out.result = "failed"
-                values.update(status="failed", next_attempt_at=None)
-            else:
-                out.next_attempt_at = now + dt.timedelta(seconds=delay)
-                values.update(next_attempt_at=out.next_attempt_at)
-        s.execute(update(WebhookDelivery).where(WebhookDelivery.id == row.id).values(**values))
+    row = sent.row
+    out = Outcome(
+        delivery=row.id, event_id=row.event_id, result="retry", status_code=code, error=error
+    )
+    why = None
+    if code == 410:
+        why = "the receiver answered 410 Gone"
+    else:
+        since, disabled = s.execute(_FAIL_ENDPOINT, {"now": now, "id": row.endpoint_id}).one()
+        if disabled is None and now - since >= DISABLE_AFTER:
+            why = f"every delivery failed for 5 days (since {since:%Y-%m-%d %H:%M} UTC)"
+    if why is not None:
+        if s.execute(_DISABLE, {"now": now, "id": row.endpoint_id, "why": why}).first():
+            out.endpoint_disabled = why
+    values: dict[str, Any] = {"last_status": code, "last_error": error}
+    delay = None if code == 410 else next_delay_s(row.attempts)
+    if delay is None:
+        out.result = "failed"
+        values.update(status="failed", next_attempt_at=None)
+    else:
+        out.next_attempt_at = now + dt.timedelta(seconds=delay)
+        values.update(next_attempt_at=out.next_attempt_at)
+    s.execute(update(WebhookDelivery).where(WebhookDelivery.id == row.id).values(**values))
     return out
+
+
+def _record(ctl: Control, batch: list[_Sent], now: dt.datetime | None) -> list[Outcome]:
+    """Every attempt of a batch and what follows from it, in one catalog transaction."""
+    at = now or _utcnow()
+    codes: list[int | None] = []
+    errors: list[str | None] = []
+    for sent in batch:
+        code = sent.resp.status if sent.resp is not None else None
+        error = sent.error
+        if code is not None and not 200 <= code < 300:
+            error = f"HTTP {code}" + (" (redirect not followed)" if 300 <= code < 400 else "")
+        codes.append(code)
+        errors.append(error)
+    ok = [i for i, c in enumerate(codes) if c is not None and 200 <= c < 300]
+    outcomes: list[Outcome] = []
+    with ctl.catalog() as s:
+        s.execute(
+            _INSERT_ATTEMPTS,
+            {
+                "ids": [x.row.id for x in batch],
+                "ats": [at] * len(batch),
+                "codes": codes,
+                "errors": errors,
+                "latencies": [x.latency_ms for x in batch],
+                "excerpts": [x.resp.excerpt if x.resp is not None else None for x in batch],
+            },
+        )
+        if ok:
+            s.execute(
+                _DELIVERED,
+                {"now": at, "ids": [batch[i].row.id for i in ok], "codes": [codes[i] for i in ok]},
+            )
+            s.execute(_HEALTHY, {"ids": list({batch[i].row.endpoint_id for i in ok})})
+        for i, sent in enumerate(batch):
+            if i in ok:
+                outcomes.append(
+                    Outcome(
+                        delivery=sent.row.id,
+                        event_id=sent.row.event_id,
+                        result="delivered",
+                        status_code=codes[i],
+                    )
+                )
+            else:
+                outcomes.append(_failed(s, sent, codes[i], errors[i], at))
+    return outcomes
 
 
 def _keys_by_endpoint(ctl: Control, rows: list[Any]) -> dict[uuid.UUID, list[str] | str]:
@@ -326,17 +411,19 @@ def _keys_by_endpoint(ctl: Control, rows: list[Any]) -> dict[uuid.UUID, list[str
     return out
 
 
-def _run(
+def _run_chunk(
     ctl: Control,
-    row: Any,
-    keys: list[str] | str,
+    rows: list[Any],
+    keys: dict[uuid.UUID, list[str] | str],
     now: dt.datetime | None,
-    timeout_s: float = TIMEOUT_S,
-) -> Outcome:
-    if isinstance(keys, str):  # no live secret: nothing can be signed
-        return _record(ctl, row, None, keys, 0, now or _utcnow())
-    resp, error, latency_ms = _send(ctl, row, keys, timeout_s)
-    return _record(ctl, row, resp, error, latency_ms, now or _utcnow())
+    timeout_s: float,
+) -> list[Outcome]:
+    sender = Sender(ctl.settings, timeout_s=timeout_s)
+    try:
+        sent = [_send(sender, row, keys[row.endpoint_id]) for row in rows]
+    finally:
+        sender.close()
+    return _record(ctl, sent, now)
 
 
 def deliver_due(
@@ -351,8 +438,10 @@ def deliver_due(
 
     The claim is one short transaction (``FOR UPDATE SKIP LOCKED``: any number of workers may
     run this at once, none claims what another holds) that counts the attempt and moves the
-    delivery's next time to the end of a lease; the requests then run ``concurrency`` at a
-    time, and each outcome is recorded in its own transaction.
+    delivery's next time to the end of a lease. The requests then run in up to
+    ``concurrency`` threads, each over kept-alive connections; each thread records its
+    attempts in one transaction. A crash before that leaves them to be sent again when the
+    lease ends, with the same webhook-id.
 
     Args:
         limit: at most this many deliveries.
@@ -366,14 +455,16 @@ def deliver_due(
     if not rows:
         return 0
     keys = _keys_by_endpoint(ctl, rows)
-    if len(rows) == 1 or concurrency <= 1:
-        for row in rows:
-            _run(ctl, row, keys[row.endpoint_id], now, timeout_s)
+    # Rows of one endpoint stay together (one connection), spread over the threads.
+    rows.sort(key=lambda r: str(r.endpoint_id))
+    n = max(1, min(concurrency, len(rows) // 8 or 1))
+    size = -(-len(rows) // n)
+    chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+    if len(chunks) == 1:
+        _run_chunk(ctl, chunks[0], keys, now, timeout_s)
         return len(rows)
-    with ThreadPoolExecutor(max_workers=min(concurrency, len(rows))) as pool:
-        for future in [
-            pool.submit(_run, ctl, r, keys[r.endpoint_id], now, timeout_s) for r in rows
-        ]:
+    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+        for future in [pool.submit(_run_chunk, ctl, c, keys, now, timeout_s) for c in chunks]:
             future.result()
     return len(rows)
 
@@ -408,8 +499,7 @@ def attempt(
             result="skipped",
             next_attempt_at=current.next_attempt_at if current.status == "pending" else None,
         )
-    row = rows[0]
-    return _run(ctl, row, _keys_by_endpoint(ctl, rows)[row.endpoint_id], now, timeout_s)
+    return _run_chunk(ctl, rows, _keys_by_endpoint(ctl, rows), now, timeout_s)[0]
 
 
 def delivery_uuid(delivery_id: uuid.UUID | str) -> uuid.UUID:
