@@ -108,6 +108,7 @@ def main() -> None:
     import httpx
 
     from bizosctl.catalog.control import get_control
+    from bizosctl.db.engines import dispose_all
     from bizosctl.notify.delivery import attempt, deliver_due
     from bizosctl.notify.outbox import emit_event
     from bizosctl.notify.relay import Relay
@@ -185,6 +186,10 @@ def main() -> None:
             create_tenant(
                 ctl, slug=f"idle{i:05d}", name="idle", tier=args.idle_tier, region="global"
             )
+            if i % 25 == 24:
+                # Each isolated tenant's pooled engine keeps connections open: one process
+                # making hundreds of them would run the server out of connection slots.
+                dispose_all()
             if i % 100 == 99:
                 log(f"  {i + 1} idle tenants ({time.perf_counter() - t0:.0f} s)")
         create_tenant(ctl, slug="wh-busy", name="busy", tier="isolated", region="global")

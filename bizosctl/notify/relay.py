@@ -135,6 +135,7 @@ class _Db:
     conn: psycopg.Connection[Any]
     listening: bool = False
     last_event: float = 0.0
+    used: bool = False  # ran a query since its notifications were last read
 
 
 @dataclass
@@ -207,6 +208,7 @@ class Relay:
         entry = self._dbs.get(db)
         if entry is not None and not entry.conn.closed:
             self._dbs.move_to_end(db)
+            entry.used = True
             return entry
         handle = self.ctl.server(db[0])
         handle.ensure_ready()
@@ -259,13 +261,18 @@ class Relay:
             if timeout > 0:
                 time.sleep(timeout)
             return set()
+        # A listener that ran queries may hold notifications psycopg already read off the
+        # socket (its backlog): select() would not see them, so those are read first.
+        used = [fd for fd, (_d, e) in listeners.items() if e.used]
         try:
-            ready, _, _ = select.select(list(listeners), [], [], max(timeout, 0.0))
+            wait = 0.0 if used else max(timeout, 0.0)
+            ready, _, _ = select.select(list(listeners), [], [], wait)
         except (OSError, ValueError):
             ready = list(listeners)
         out: set[TargetKey] = set()
-        for fd in ready:
+        for fd in set(ready) | set(used):
             db, entry = listeners[fd]
+            entry.used = False
             try:
                 for note in entry.conn.notifies(timeout=0):
                     out.add(TargetKey(db[0], db[1], note.payload))
