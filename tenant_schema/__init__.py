@@ -31,6 +31,7 @@ TABLE_NAMES: tuple[str, ...] = (
     "members",
     "notifications",
     "onboarding_progress",
+    "outbox",
     "permissions",
     "project_members",
     "projects",

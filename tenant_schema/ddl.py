@@ -24,6 +24,9 @@ SECRET_COLUMN_RE = "_(enc|bidx)$"
 
 #: Tables the application may only read: written by triggers or by the control plane.
 READ_ONLY_TABLES = ("audit_logs", "tenant_state")
+#: Where a committed outbox insert is announced: the payload is the target schema, so the relay
+#: listening on a database knows which of its schemas to drain (``bizosctl.notify.relay``).
+OUTBOX_CHANNEL = "bizos_outbox"
 
 
 def _q(ident: str) -> str:
@@ -150,6 +153,34 @@ def policy_sql(table: str) -> list[str]:
         drop,
         f"CREATE POLICY tenant_isolation ON {t} USING (tenant_id = {tenant}) "
         f"WITH CHECK (tenant_id = {tenant})",
+    ]
+
+
+def outbox_sql(schema: str) -> list[str]:
+    """Security of the ``outbox`` table (revision 0003): RLS like every tenant table, the write
+    guard, INSERT and SELECT for the application (only the relay, as the operator, deletes),
+    no audit trail (an event is a consequence of a change that is audited already), and a
+    statement trigger announcing the commit on :data:`OUTBOX_CHANNEL`. NOTIFY is sent at
+    commit and folded per transaction and payload: one wake-up however many events."""
+    path = f"{_q(schema)}, pg_catalog, pg_temp"
+    channel = "'" + OUTBOX_CHANNEL + "'"
+    return [
+        "ALTER TABLE outbox ENABLE ROW LEVEL SECURITY",
+        "ALTER TABLE outbox FORCE ROW LEVEL SECURITY",
+        *policy_sql("outbox"),
+        f"GRANT SELECT, INSERT ON outbox TO {APP_GROUP}",
+        "CREATE TRIGGER bizos_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON outbox "
+        "FOR EACH STATEMENT EXECUTE FUNCTION bizos_guard()",
+        f"""
+CREATE OR REPLACE FUNCTION bizos_outbox_notify() RETURNS trigger
+LANGUAGE plpgsql SET search_path = {path} AS $fn$
+BEGIN
+  PERFORM pg_notify({channel}, TG_TABLE_SCHEMA);
+  RETURN NULL;
+END
+$fn$""",
+        "CREATE TRIGGER bizos_outbox_notify AFTER INSERT ON outbox "
+        "FOR EACH STATEMENT EXECUTE FUNCTION bizos_outbox_notify()",
     ]
 
 

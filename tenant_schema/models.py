@@ -266,6 +266,20 @@ class AuditLog(Keyed, Base):
     __table_args__ = (Index("ix_audit_logs_at", "tenant_id", "at"),)
 
 
+class OutboxEvent(TenantRow, Base):
+    """A domain event written in the transaction of the change that caused it; the webhook
+    relay (``bizosctl.notify.relay``) moves it to the catalog's deliveries and deletes it."""
+
+    __tablename__ = "outbox"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # evt_<32 hex>: the webhook-id
+    type: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # Set for an event meant for one endpoint only (``webhook test``), whatever it subscribes.
+    endpoint_id: Mapped[uuid.UUID | None]
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=text("clock_timestamp()"))
+    __table_args__ = (Index("ix_outbox_created_at", "created_at"),)
+
+
 #: Every tenant table, parents before children (the order to copy and to create).
 TENANT_TABLES: tuple[str, ...] = tuple(t.name for t in metadata.sorted_tables)
 

@@ -218,3 +218,58 @@ class WebhookEndpoint(Base):
     secrets: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"))
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     disabled_at: Mapped[dt.datetime | None]
+    disabled_reason: Mapped[str | None]
+    # first failed attempt since the last success: disabled once it is 5 days old
+    failing_since: Mapped[dt.datetime | None]
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint: made by the relay, sent (and retried) by the delivery."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    event_id: Mapped[str]  # the outbox event's id: the Standard Webhooks webhook-id
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    event_type: Mapped[str]
+    payload: Mapped[str]  # the exact request body, the same on every attempt
+    # pending | delivered | failed (retries exhausted, 410, endpoint disabled)
+    status: Mapped[str] = mapped_column(server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[dt.datetime | None]  # pending: due then (or a claim's lease end)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None]
+    event_at: Mapped[dt.datetime]  # when the event was committed in the tenant's database
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    delivered_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        Index("uq_webhook_deliveries_event_endpoint", "event_id", "endpoint_id", unique=True),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id", "created_at"),
+        CheckConstraint(
+            "status IN ('pending', 'delivered', 'failed')", name="ck_webhook_deliveries_status"
+        ),
+    )
+
+
+class WebhookAttempt(Base):
+    """One try of one delivery: what came back (or why nothing did), how long it took."""
+
+    __tablename__ = "webhook_attempts"
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[dt.datetime]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None]
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    response_excerpt: Mapped[str | None]

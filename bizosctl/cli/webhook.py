@@ -1,4 +1,5 @@
-"""``bizosctl webhook add|list`` and ``bizosctl webhook-secret rotate``."""
+"""``bizosctl webhook`` (endpoints, deliveries, replay, enable, test, deliver) and
+``bizosctl webhook-secret rotate``."""
 
 from __future__ import annotations
 
@@ -175,3 +176,176 @@ def rotate(
         return
     _render([updated], title="Rotated")
     _show_secret(secret)
+
+
+def _render_deliveries(rows: list[Any]) -> None:
+    from rich.markup import escape
+
+    t = table(
+        "Webhook deliveries",
+        ["id", "event", "type", "tenant", "status", "tries", "next / done", "last"],
+        [
+            [
+                str(d.id),
+                d.event_id,
+                escape(d.event_type),
+                d.tenant,
+                d.status,
+                str(d.attempts),
+                _fmt(d.next_attempt_at if d.status == "pending" else d.delivered_at),
+                escape(d.last_error or (str(d.last_status) if d.last_status else "")),
+            ]
+            for d in rows
+        ],
+    )
+    t.columns[0].no_wrap = True  # what `webhook replay` takes
+    stdout_console().print(t)
+
+
+@app.command("deliveries")
+@handle_errors
+def deliveries(
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="Only this endpoint's (its id or a unique prefix)."
+    ),
+    status: str | None = typer.Option(
+        None, "--status", help="Only deliveries in this status: pending, delivered or failed."
+    ),
+    limit: int = typer.Option(100, "--limit", help="At most this many, newest first."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """List webhook deliveries, newest first: status, attempts, next retry, last error.
+
+    Example: bizosctl webhook deliveries --endpoint 3f0c9a52 --status failed --json
+    """
+    from bizosctl.notify.deliveries import list_deliveries
+
+    rows = list_deliveries(_ctl(), endpoint=endpoint, status=status, limit=limit)
+    if json_out:
+        print_json({"deliveries": rows})
+    else:
+        _render_deliveries(rows)
+
+
+@app.command("replay")
+@handle_errors
+def replay(
+    delivery: str | None = typer.Argument(None, help="The delivery's id (see `deliveries`)."),
+    since: str | None = typer.Option(
+        None, "--since", help="Every failed delivery since then: 2026-12-01T09:00, or 24h ago."
+    ),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Send deliveries again from their first attempt, with the same webhook-id.
+
+    Example: bizosctl webhook replay --since 24h
+    """
+    from bizosctl.notify.deliveries import parse_since, plan_replay
+    from bizosctl.notify.deliveries import replay as do_replay
+
+    when = parse_since(since) if since is not None else None
+    ctl = _ctl()
+    if dry_run:
+        plan = plan_replay(ctl, delivery_id=delivery, since=when)
+    else:
+        plan = do_replay(ctl, delivery_id=delivery, since=when)
+    if json_out:
+        print_json({"dry_run": dry_run, **plan.model_dump(mode="json")})
+        return
+    verb = "would replay" if dry_run else "replaying"
+    out = stdout_console()
+    out.print(f"{verb} {len(plan.deliveries)} delivery(ies)", markup=False)
+    if plan.waiting_for_enable:
+        out.print(
+            f"{len(plan.waiting_for_enable)} more wait for their endpoint to be enabled "
+            "(bizosctl webhook enable)",
+            markup=False,
+        )
+
+
+@app.command("enable")
+@handle_errors
+def enable(
+    endpoint: str = typer.Argument(..., help="The endpoint's id, or a unique prefix of it."),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Re-enable a webhook endpoint disabled by a 410 or by 5 days of failures.
+
+    Example: bizosctl webhook enable 3f0c9a52
+    """
+    from bizosctl.notify.deliveries import enable_endpoint
+
+    before = enable_endpoint(_ctl(), endpoint, dry_run=True)
+    after = before if dry_run else enable_endpoint(_ctl(), endpoint)
+    was_disabled = before.disabled_at is not None
+    if json_out:
+        print_json({"dry_run": dry_run, "was_disabled": was_disabled, "endpoint": after})
+        return
+    if not was_disabled:
+        msg = f"webhook endpoint {after.id} is enabled already"
+    else:
+        msg = f"{'would enable' if dry_run else 'enabled'} webhook endpoint {after.id}"
+    stdout_console().print(msg, markup=False)
+
+
+@app.command("test")
+@handle_errors
+def test(
+    endpoint: str = typer.Argument(..., help="The endpoint's id, or a unique prefix of it."),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Send a webhook.test event to one endpoint, through the outbox like every event.
+
+    A worker (bizosctl worker) delivers it, or run `bizosctl webhook deliver`.
+
+    Example: bizosctl webhook test 3f0c9a52
+    """
+    from bizosctl.notify.deliveries import send_test
+
+    event_id = send_test(_ctl(), endpoint, dry_run=dry_run)
+    if json_out:
+        print_json({"dry_run": dry_run, "event_id": event_id})
+        return
+    if event_id is None:
+        stdout_console().print("would emit a webhook.test event", markup=False)
+    else:
+        stdout_console().print(
+            f"emitted {event_id}: a worker delivers it (or run `bizosctl webhook deliver`)",
+            markup=False,
+        )
+
+
+@app.command("deliver")
+@handle_errors
+def deliver(
+    limit: int = typer.Option(1000, "--limit", help="At most this many attempts."),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Relay every outbox once and send the due deliveries, in the foreground.
+
+    What `bizosctl worker` does continuously; for a host without a worker (cron) or a check.
+
+    Example: bizosctl webhook deliver --json
+    """
+    from bizosctl.notify.deliveries import deliver_once, list_deliveries
+
+    if dry_run:
+        due = [d for d in list_deliveries(_ctl(), status="pending", limit=1000)]
+        if json_out:
+            print_json({"dry_run": True, "pending": len(due)})
+        else:
+            stdout_console().print(f"{len(due)} delivery(ies) pending", markup=False)
+        return
+    report = deliver_once(_ctl(), limit=limit)
+    if json_out:
+        print_json(report)
+    else:
+        stdout_console().print(
+            f"relayed {report.events} event(s) into {report.deliveries} delivery(ies); "
+            f"{report.attempted} attempt(s)",
+            markup=False,
+        )

@@ -383,20 +383,29 @@ def sign(
         )
     if timestamp < 0:
         raise InvalidInput("webhook timestamp must not be negative")
-    now = _now()
     with ctl.catalog() as s:
         ep, _slug = _find(s, endpoint_id)
-        live = _live(ep.secrets, now)
+        keys = live_secrets(ctl, ep.id, ep.secrets)
+    return signed_headers(keys, msg_id=msg_id, timestamp=timestamp, payload=payload)
+
+
+def live_secrets(
+    ctl: Control, endpoint_id: uuid.UUID, entries: list[Any], *, now: dt.datetime | None = None
+) -> list[str]:
+    """The endpoint's live secrets in clear, newest first (``entries``: its ``secrets`` column).
+    OperationFailed when none is live."""
+    live = _live(entries, now or _now())
     if not live:
-        raise OperationFailed(f"webhook endpoint {ep.id} has no live secret: rotate it")
+        raise OperationFailed(f"webhook endpoint {endpoint_id} has no live secret: rotate it")
+    return [ctl.unseal(e["secret_enc"], context=_context(endpoint_id)) for e in live]
+
+
+def signed_headers(
+    keys: list[str], *, msg_id: str, timestamp: int, payload: bytes
+) -> dict[str, str]:
+    """The three Standard Webhooks headers, one ``v1,`` signature per secret in ``keys``."""
     signatures = [
-        signature(
-            ctl.unseal(e["secret_enc"], context=_context(ep.id)),
-            msg_id=msg_id,
-            timestamp=timestamp,
-            payload=payload,
-        )
-        for e in live
+        signature(key, msg_id=msg_id, timestamp=timestamp, payload=payload) for key in keys
     ]
     return {
         "webhook-id": msg_id,
