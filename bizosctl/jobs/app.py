@@ -83,6 +83,11 @@ def make_app(ctl: Control) -> procrastinate.App:
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(kwargs=conninfo(ctl)))
     app.tasks = registry.tasks
     app.periodic_registry = registry.periodic_registry
+    # A task defers through the App it is bound to (its ``blueprint``): the periodic deferrer
+    # and a task re-deferring itself call ``task.configure()``. Bind them to this App, the one
+    # that gets opened (a process runs one worker App at a time).
+    for task in registry.tasks.values():
+        task.blueprint = app
     return app
 
 

@@ -5,7 +5,7 @@ unique (event_id, endpoint_id)); the delivery sends it and records each attempt.
 remembers since when it fails (disabled after 5 days) and why it was disabled.
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-02
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"  # the lead re-chains it when merging
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
