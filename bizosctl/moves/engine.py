@@ -18,12 +18,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation
-from bizosctl.catalog.operations import OperationPublic, OperationRun, is_alive, steps_of
+from bizosctl.catalog.operations import (
+    OperationKind,
+    OperationPublic,
+    OperationRun,
+    OperationStatus,
+    is_alive,
+    latest,
+    patch_params,
+    steps_of,
+)
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import migrate
 from bizosctl.errors import BizosError, Busy, InvalidInput, NotFound, OperationFailed
@@ -564,16 +573,7 @@ def _running_move(ctl: Control, slug: str) -> Operation:
     """The tenant's unfinished move (before or after its switch), or InvalidInput."""
     current_endpoint(ctl, slug)  # NotFound for an unknown tenant
     with ctl.catalog() as s:
-        op = s.execute(
-            select(Operation)
-            .where(
-                Operation.kind == "tenant.move",
-                Operation.target == slug,
-                Operation.status == "running",
-            )
-            .order_by(Operation.started_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+        op = latest(s, kind=OperationKind.TENANT_MOVE, target=slug, status=OperationStatus.RUNNING)
     if op is None:
         raise InvalidInput(f"tenant {slug!r} is not moving")
     return op
@@ -628,12 +628,7 @@ def finished_move(ctl: Control, req: MoveRequest) -> MoveReport | None:
     already there before any move is still refused by the plan."""
     tenant, here = current_endpoint(ctl, req.slug)
     with ctl.catalog() as s:
-        op = s.execute(
-            select(Operation)
-            .where(Operation.kind == "tenant.move", Operation.target == req.slug)
-            .order_by(Operation.started_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+        op = latest(s, kind=OperationKind.TENANT_MOVE, target=req.slug)
     if op is None or op.status != "done" or op.params.get("tenant_id") != str(tenant.id):
         return None
     target = Placement.of(op.params["target"])
@@ -685,10 +680,7 @@ def _run(
     resumed: bool,
 ) -> MoveReport:
     with OperationRun(ctl, op_id) as run:
-        params = run.conn.execute(
-            text("SELECT params FROM operations WHERE id = :id"), {"id": op_id}
-        ).scalar_one()
-        run.conn.rollback()
+        params = run.params()
         move = _Move(ctl, run, params, hooks, progress)
         move.report.resumed = resumed
         try:
@@ -707,13 +699,7 @@ def _run(
         keep_until = time.time() + params["keep_source_ms"] / 1000
 
         def keep(conn: Connection) -> None:
-            conn.execute(
-                text(
-                    "UPDATE operations SET params = params || jsonb_build_object('keep_until', "
-                    "CAST(:k AS float8)) WHERE id = :id"
-                ),
-                {"k": keep_until, "id": op_id},
-            )
+            patch_params(conn, op_id, keep_until=keep_until)
 
         run.finish("done", also=keep)
         report.keep_until = keep_until
@@ -740,12 +726,7 @@ def move_status(ctl: Control, slug: str) -> dict[str, Any]:
 
     tenant, _ = current_endpoint(ctl, slug)
     with ctl.catalog() as s:
-        op = s.execute(
-            select(Operation)
-            .where(Operation.kind == "tenant.move", Operation.target == slug)
-            .order_by(Operation.started_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+        op = latest(s, kind=OperationKind.TENANT_MOVE, target=slug)
     if op is None:
         raise NotFound(f"tenant {slug!r} has never moved")
     params = op.params

@@ -18,10 +18,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation, Route, Tenant
+from bizosctl.catalog.operations import patch_params
 from bizosctl.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -155,13 +156,8 @@ def purge_sources(
 def _purge(ctl: Control, k: KeptSource) -> dict[str, Any]:
     k.placement().drop(ctl, k.tenant_id)
     with ctl.catalog() as s:
-        s.execute(
-            text(
-                "UPDATE operations SET params = params || '{\"source_purged\": true}'::jsonb "
-                "WHERE id = ANY(:ids)"
-            ),
-            {"ids": [uuid.UUID(o) for o in k.operations]},
-        )
+        for op_id in k.operations:
+            patch_params(s, uuid.UUID(op_id), source_purged=True)
     return {"operation": k.operation, "source": k.public()["source"]}
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bizosctl.catalog.control import Control, RouteInfo
 from bizosctl.catalog.models import Operation, Tenant
-from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
+from bizosctl.catalog.operations import OperationRun, create_operation, is_alive, patch_params
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import refuse_unknown_revisions, upgrade
 from bizosctl.errors import (
@@ -346,13 +346,7 @@ def _purge_kept_sources(ctl: Control, slug: str, tenant_id: uuid.UUID) -> int:
             continue
         Placement.of(params["source"]).drop(ctl, tenant_id)
         with ctl.catalog() as s:
-            s.execute(
-                text(
-                    "UPDATE operations SET params = params || '{\"source_purged\": true}'::jsonb "
-                    "WHERE id = :id"
-                ),
-                {"id": op_id},
-            )
+            patch_params(s, op_id, source_purged=True)
         purged += 1
     return purged
 
