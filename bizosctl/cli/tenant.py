@@ -74,7 +74,8 @@ def create(
     Example: bizosctl tenant create globex --name "Globex" --region id --tier isolated
     """
     from bizosctl.tenancy.lifecycle import get_tenant
-    from bizosctl.tenancy.provision import _validate, create_tenant, placement_for
+    from bizosctl.tenancy.placement import placement_for
+    from bizosctl.tenancy.provision import _validate, create_tenant
 
     ctl = _ctl()
     if dry_run:

@@ -18,22 +18,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation
-from bizosctl.catalog.operations import OperationPublic, OperationRun, is_alive, steps_of
+from bizosctl.catalog.operations import (
+    OperationKind,
+    OperationPublic,
+    OperationRun,
+    OperationStatus,
+    is_alive,
+    latest,
+    patch_params,
+    steps_of,
+)
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import migrate
 from bizosctl.errors import BizosError, Busy, InvalidInput, NotFound, OperationFailed
 from bizosctl.faults import crash_point
 from bizosctl.moves import capture
 from bizosctl.moves.copy import checksum, copy_table, sync_keys
-from bizosctl.moves.plan import Endpoint, MovePlan, MoveRequest, current_endpoint, make_plan
+from bizosctl.moves.plan import MovePlan, MoveRequest, current_endpoint, make_plan
 from bizosctl.moves.tables import TableInfo, table_infos
 from bizosctl.tenancy.names import login_roles, q
-from bizosctl.tenancy.provision import own_login_roles
+from bizosctl.tenancy.placement import Placement
 from bizosctl.tenancy.servers import ensure_database, new_password, prepare_schema, set_login_role
 from bizosctl.throttle import Throttle
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
@@ -79,8 +88,8 @@ class _Move:
         self.params = params
         self.tenant_id = uuid.UUID(params["tenant_id"])
         self.slug = params["slug"]
-        self.source = Endpoint(**params["source"])
-        self.target = Endpoint(**params["target"])
+        self.source = Placement.of(params["source"])
+        self.target = Placement.of(params["target"])
         self.parallel = int(params.get("parallel", 4))
         self.src = self._engine(self.source)
         self.dst = self._engine(self.target)
@@ -103,7 +112,7 @@ class _Move:
                 )
         return len(versions) == 1
 
-    def _engine(self, ep: Endpoint) -> Engine:
+    def _engine(self, ep: Placement) -> Engine:
         handle = self.ctl.server(ep.server)
         handle.ensure_ready()
         return get_engine(handle.admin_url(ep.database), pooled=False)
@@ -516,7 +525,7 @@ class _Move:
     def abort(self, reason: str) -> None:
         """Back to where the tenant was: capture removed, target dropped, writes resumed."""
         self.remove_capture(self.tables())
-        drop_endpoint(self.ctl, self.target, self.tenant_id)
+        self.target.drop(self.ctl, self.tenant_id)
         self.set_source_status("active")
         with self.ctl.catalog() as s:
             s.execute(
@@ -525,49 +534,18 @@ class _Move:
         self.run.finish("aborted", reason)
 
 
-def drop_endpoint(ctl: Control, ep: Endpoint, tenant_id: uuid.UUID) -> None:
-    """Remove a tenant's data at one endpoint (a move's target or a kept source)."""
-    handle = ctl.server(ep.server)
-    handle.ensure_ready()
-    with translate_errors(f"server {ep.server}"):
-        if ep.tier == "isolated":
-            from bizosctl.db.engines import dispose_all
-
-            dispose_all(host_contains=f"/{ep.database}?")
-            admin = get_engine(handle.admin_url("postgres"), pooled=False)
-            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(text(f"DROP DATABASE IF EXISTS {q(ep.database)} WITH (FORCE)"))
-                roles = own_login_roles(
-                    ctl, server=ep.server, database=ep.database, tenant_id=tenant_id
-                )
-                for role in roles:
-                    conn.execute(text(f"DROP ROLE IF EXISTS {q(role)}"))
-        elif ep.tier == "schema":
-            with get_engine(handle.admin_url(ep.database), pooled=False).begin() as conn:
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {q(ep.schema)} CASCADE"))
-        else:
-            from tenant_schema import TENANT_TABLES
-
-            with get_engine(handle.admin_url(ep.database), pooled=False).begin() as conn:
-                conn.execute(text("SET LOCAL session_replication_role = replica"))
-                for table in reversed(TENANT_TABLES):
-                    conn.execute(
-                        text(f"DELETE FROM {q(ep.schema)}.{q(table)} WHERE tenant_id = :t"),
-                        {"t": tenant_id},
-                    )
-
-
 # -- entry points ------------------------------------------------------------------------------
 def _register(ctl: Control, plan: MovePlan, req: MoveRequest) -> uuid.UUID:
     target = plan.target
     if target.tier == "isolated":
-        target.password_enc = ctl.seal(new_password(), context=f"role:{target.role}")
+        target = target.with_password(ctl.seal(new_password(), context=f"role:{target.role}"))
+        plan.target = target
     op_id = uuid.uuid4()
     params = {
         "tenant_id": str(plan.tenant_id),
         "slug": plan.slug,
-        "source": asdict(plan.source),
-        "target": asdict(target),
+        "source": plan.source.stored(),
+        "target": target.stored(),
         "revision": plan.revision,
         "parallel": req.parallel,
         "keep_source_ms": req.keep_source_ms,
@@ -595,16 +573,7 @@ def _running_move(ctl: Control, slug: str) -> Operation:
     """The tenant's unfinished move (before or after its switch), or InvalidInput."""
     current_endpoint(ctl, slug)  # NotFound for an unknown tenant
     with ctl.catalog() as s:
-        op = s.execute(
-            select(Operation)
-            .where(
-                Operation.kind == "tenant.move",
-                Operation.target == slug,
-                Operation.status == "running",
-            )
-            .order_by(Operation.started_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+        op = latest(s, kind=OperationKind.TENANT_MOVE, target=slug, status=OperationStatus.RUNNING)
     if op is None:
         raise InvalidInput(f"tenant {slug!r} is not moving")
     return op
@@ -641,8 +610,8 @@ def move_tenant(
 
 def _same_move_or_refuse(ctl: Control, op: Operation, req: MoveRequest) -> None:
     """Running the same command again resumes its move; another destination is refused."""
-    target = Endpoint(**op.params["target"])
-    source = Endpoint(**op.params["source"])
+    target = Placement.of(op.params["target"])
+    source = Placement.of(op.params["source"])
     wanted = (req.to_tier, req.to_region or source.region, req.to_server or target.server)
     if (target.tier, target.region, target.server) != wanted:
         raise InvalidInput(
@@ -659,15 +628,10 @@ def finished_move(ctl: Control, req: MoveRequest) -> MoveReport | None:
     already there before any move is still refused by the plan."""
     tenant, here = current_endpoint(ctl, req.slug)
     with ctl.catalog() as s:
-        op = s.execute(
-            select(Operation)
-            .where(Operation.kind == "tenant.move", Operation.target == req.slug)
-            .order_by(Operation.started_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+        op = latest(s, kind=OperationKind.TENANT_MOVE, target=req.slug)
     if op is None or op.status != "done" or op.params.get("tenant_id") != str(tenant.id):
         return None
-    target = Endpoint(**op.params["target"])
+    target = Placement.of(op.params["target"])
     wanted = (
         req.to_tier,
         req.to_region or here.region,
@@ -686,7 +650,7 @@ def finished_move(ctl: Control, req: MoveRequest) -> MoveReport | None:
     return MoveReport(
         operation=str(op.id),
         slug=req.slug,
-        source=Endpoint(**op.params["source"]).public(),
+        source=Placement.of(op.params["source"]).public(),
         target=target.public(),
         status="done",
         keep_until=op.params.get("keep_until"),
@@ -716,10 +680,7 @@ def _run(
     resumed: bool,
 ) -> MoveReport:
     with OperationRun(ctl, op_id) as run:
-        params = run.conn.execute(
-            text("SELECT params FROM operations WHERE id = :id"), {"id": op_id}
-        ).scalar_one()
-        run.conn.rollback()
+        params = run.params()
         move = _Move(ctl, run, params, hooks, progress)
         move.report.resumed = resumed
         try:
@@ -738,13 +699,7 @@ def _run(
         keep_until = time.time() + params["keep_source_ms"] / 1000
 
         def keep(conn: Connection) -> None:
-            conn.execute(
-                text(
-                    "UPDATE operations SET params = params || jsonb_build_object('keep_until', "
-                    "CAST(:k AS float8)) WHERE id = :id"
-                ),
-                {"k": keep_until, "id": op_id},
-            )
+            patch_params(conn, op_id, keep_until=keep_until)
 
         run.finish("done", also=keep)
         report.keep_until = keep_until
@@ -771,12 +726,7 @@ def move_status(ctl: Control, slug: str) -> dict[str, Any]:
 
     tenant, _ = current_endpoint(ctl, slug)
     with ctl.catalog() as s:
-        op = s.execute(
-            select(Operation)
-            .where(Operation.kind == "tenant.move", Operation.target == slug)
-            .order_by(Operation.started_at.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+        op = latest(s, kind=OperationKind.TENANT_MOVE, target=slug)
     if op is None:
         raise NotFound(f"tenant {slug!r} has never moved")
     params = op.params
@@ -786,39 +736,14 @@ def move_status(ctl: Control, slug: str) -> dict[str, Any]:
         "operation": str(op.id),
         "status": op.status,
         "alive": is_alive(ctl, op.id) if op.status == "running" else False,
-        "source": Endpoint(**params["source"]).public(),
-        "target": Endpoint(**params["target"]).public(),
+        "source": Placement.of(params["source"]).public(),
+        "target": Placement.of(params["target"]).public(),
         "steps": [st.flat() for st in steps_of(ctl, op.id)],
         "error": op.error,
         "keep_until": params.get("keep_until"),
         "source_purged": bool(params.get("source_purged")),
         "kept_sources": [k.public() for k in kept_sources(ctl, slug)],
     }
-
-
-def endpoint_drop_sql(ep: Endpoint, tenant_id: uuid.UUID) -> tuple[str, list[str]]:
-    """What ``drop_endpoint`` runs at ``ep``: a one-line description and the statements (for a
-    plan; the tenant id is shown inline, the real statements bind it)."""
-    if ep.tier == "isolated":
-        return (
-            f"drop database {ep.database} and its login roles on {ep.server}",
-            [f"DROP DATABASE IF EXISTS {q(ep.database)} WITH (FORCE)"]
-            + [f"DROP ROLE IF EXISTS {q(role)}" for role in login_roles(ep.database)],
-        )
-    if ep.tier == "schema":
-        return (
-            f"drop schema {ep.schema} in {ep.database} on {ep.server}",
-            [f"DROP SCHEMA IF EXISTS {q(ep.schema)} CASCADE"],
-        )
-    from tenant_schema import TENANT_TABLES
-
-    return (
-        f"delete the tenant's rows in {ep.database}.{ep.schema} on {ep.server}",
-        [
-            f"DELETE FROM {q(ep.schema)}.{q(table)} WHERE tenant_id = '{tenant_id}'"
-            for table in reversed(TENANT_TABLES)
-        ],
-    )
 
 
 #: The steps of a move in order (``copy`` stands for one ``copy:<table>`` step per table).
@@ -849,14 +774,14 @@ def plan_abort(ctl: Control, slug: str) -> dict[str, Any]:
     op = _running_move(ctl, slug)
     if _switched(ctl, op.id):
         raise InvalidInput(f"the move of {slug!r} has switched already; move it back instead")
-    target = Endpoint(**op.params["target"])
+    target = Placement.of(op.params["target"])
     done, _left = _progress_of(ctl, op)
-    action, sql = endpoint_drop_sql(target, uuid.UUID(op.params["tenant_id"]))
+    action, sql = target.drop_summary(ctl, uuid.UUID(op.params["tenant_id"]))
     return {
         "slug": slug,
         "operation": str(op.id),
         "alive": is_alive(ctl, op.id),
-        "source": Endpoint(**op.params["source"]).public(),
+        "source": Placement.of(op.params["source"]).public(),
         "target": target.public(),
         "done": done,
         "capture_triggers": "capture" in done,
@@ -876,8 +801,8 @@ def plan_resume(ctl: Control, slug: str) -> dict[str, Any]:
     return {
         "slug": slug,
         "operation": str(op.id),
-        "source": Endpoint(**op.params["source"]).public(),
-        "target": Endpoint(**op.params["target"]).public(),
+        "source": Placement.of(op.params["source"]).public(),
+        "target": Placement.of(op.params["target"]).public(),
         "done": done,
         "left": left,
         "max_freeze_ms": op.params.get("max_freeze_ms"),

@@ -18,22 +18,22 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation, Route, Tenant
+from bizosctl.catalog.operations import patch_params
 from bizosctl.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    # moves.plan loads the tenant models: `tenant show` lists kept sources without them
-    from bizosctl.moves.plan import Endpoint
+    from bizosctl.tenancy.placement import Placement
 
 
 @dataclass
 class KeptSource:
     slug: str
     tenant_id: uuid.UUID
-    source: dict[str, Any]  # an Endpoint's fields (see ``endpoint()``)
+    source: dict[str, Any]  # a Placement's stored fields (see ``placement()``)
     keep_until: float | None
     operations: list[str] = field(default_factory=list)  # every move that left it, newest last
 
@@ -45,10 +45,10 @@ class KeptSource:
     def expired(self) -> bool:
         return (self.keep_until or 0) <= time.time()
 
-    def endpoint(self) -> Endpoint:
-        from bizosctl.moves.plan import Endpoint
+    def placement(self) -> Placement:
+        from bizosctl.tenancy.placement import Placement
 
-        return Endpoint(**self.source)
+        return Placement.of(self.source)
 
     def public(self) -> dict[str, Any]:
         public_source = {k: v for k, v in self.source.items() if k != "password_enc"}
@@ -138,11 +138,9 @@ def plan_purge_sources(
         operation: only the source that move left (a unique prefix of its id).
         force: also sources whose ``--keep-source`` has not expired.
     """
-    from bizosctl.moves.engine import endpoint_drop_sql
-
     out = []
     for k in _select(ctl, slug, operation=operation, force=force):
-        action, sql = endpoint_drop_sql(k.endpoint(), k.tenant_id)
+        action, sql = k.placement().drop_summary(ctl, k.tenant_id)
         out.append({**k.public(), "action": action, "sql": sql})
     return {"slug": slug, "sources": out}
 
@@ -156,17 +154,10 @@ def purge_sources(
 
 
 def _purge(ctl: Control, k: KeptSource) -> dict[str, Any]:
-    from bizosctl.moves.engine import drop_endpoint
-
-    drop_endpoint(ctl, k.endpoint(), k.tenant_id)
+    k.placement().drop(ctl, k.tenant_id)
     with ctl.catalog() as s:
-        s.execute(
-            text(
-                "UPDATE operations SET params = params || '{\"source_purged\": true}'::jsonb "
-                "WHERE id = ANY(:ids)"
-            ),
-            {"ids": [uuid.UUID(o) for o in k.operations]},
-        )
+        for op_id in k.operations:
+            patch_params(s, uuid.UUID(op_id), source_purged=True)
     return {"operation": k.operation, "source": k.public()["source"]}
 
 

@@ -1,10 +1,11 @@
-"""Where a tenant is and where it goes: endpoints, validation and the move plan."""
+"""Where a tenant is and where it goes (its source and target placements), validation and the
+move plan."""
 
 from __future__ import annotations
 
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, text
@@ -17,15 +18,9 @@ from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.moves.copy import table_bytes
 from bizosctl.moves.tables import table_infos
-from bizosctl.security.dbpasswords import shared_login
 from bizosctl.sync.drift import diff
-from bizosctl.tenancy.names import (
-    SHARED_DB,
-    SHARED_SCHEMA,
-    check_slug,
-    check_tier,
-    tenant_names,
-)
+from bizosctl.tenancy.names import check_slug, check_tier, tenant_names
+from bizosctl.tenancy.placement import Placement, placement_for
 from tenant_schema import TENANT_TABLES
 
 DAY_MS = 86_400_000
@@ -36,22 +31,6 @@ MAX_FREEZE_MS = 60_000  # writes paused longer than a minute is an outage, not a
 #: Free space a move leaves on the target's disk beyond the tenant's own size.
 RESERVE_ENV = "BIZOS_MOVE_RESERVE_BYTES"
 DEFAULT_RESERVE = 256 * 1024 * 1024
-
-
-@dataclass
-class Endpoint:
-    tier: str
-    region: str
-    server: str
-    database: str
-    schema: str
-    role: str
-    password_enc: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("password_enc")
-        return d
 
 
 @dataclass
@@ -72,8 +51,8 @@ class MoveRequest:
 class MovePlan:
     tenant_id: uuid.UUID
     slug: str
-    source: Endpoint
-    target: Endpoint
+    source: Placement
+    target: Placement
     rows: dict[str, int] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
     revision: str | None = None
@@ -93,7 +72,7 @@ class MovePlan:
         }
 
 
-def current_endpoint(ctl: Control, slug: str) -> tuple[Tenant, Endpoint]:
+def current_endpoint(ctl: Control, slug: str) -> tuple[Tenant, Placement]:
     check_slug(slug)
     with ctl.catalog() as s:
         row = s.execute(
@@ -104,7 +83,7 @@ def current_endpoint(ctl: Control, slug: str) -> tuple[Tenant, Endpoint]:
     if row is None:
         raise NotFound(f"no tenant named {slug!r}")
     tenant, route = row
-    return tenant, Endpoint(
+    return tenant, Placement(
         tenant.tier,
         tenant.region,
         route.server,
@@ -115,7 +94,7 @@ def current_endpoint(ctl: Control, slug: str) -> tuple[Tenant, Endpoint]:
     )
 
 
-def target_endpoint(ctl: Control, req: MoveRequest, source: Endpoint) -> Endpoint:
+def target_endpoint(ctl: Control, req: MoveRequest, source: Placement) -> Placement:
     check_tier(req.to_tier)
     region = req.to_region or source.region
     with ctl.catalog() as s:
@@ -145,20 +124,11 @@ def target_endpoint(ctl: Control, req: MoveRequest, source: Endpoint) -> Endpoin
             f"moving {req.slug!r} from region {source.region} to {region} changes where its data "
             'lives: pass --residency-change "reason" (it is recorded)'
         )
-    names = tenant_names(req.slug)
-    if req.to_tier == "shared":
-        return Endpoint(
-            "shared", region, server, SHARED_DB, SHARED_SCHEMA, shared_login(ctl, server)
-        )
-    if req.to_tier == "schema":
-        return Endpoint(
-            "schema", region, server, SHARED_DB, names.schema, shared_login(ctl, server)
-        )
-    return Endpoint("isolated", region, server, names.database, names.schema, names.roles[0])
+    return placement_for(ctl, slug=req.slug, tier=req.to_tier, region=region, server=server)
 
 
 def _check_source(
-    ctl: Control, conn: Connection, slug: str, source: Endpoint, revision: str | None
+    ctl: Control, conn: Connection, slug: str, source: Placement, revision: str | None
 ) -> None:
     """Refuse, before anything is made, a source the move could not finish: a revision this
     code does not know (the fleet is ahead of it), or tables that drifted from their revision
@@ -202,7 +172,7 @@ def _free_bytes(ctl: Control, server: str) -> int | None:
     return shutil.disk_usage(handle.cluster.pgdata).free
 
 
-def _check_target_names(ctl: Control, target: Endpoint, tenant_id: uuid.UUID, slug: str) -> None:
+def _check_target_names(ctl: Control, target: Placement, tenant_id: uuid.UUID, slug: str) -> None:
     """The target's names must serve no other tenant (one made under the old naming)."""
     from bizosctl.tenancy.claims import claims
 

@@ -18,16 +18,15 @@ from bizosctl.catalog.models import Route, SchemaTarget, Server, Tenant
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import BizosError, NotFound
 from bizosctl.tenancy.names import SHARED_DB, SHARED_SCHEMA, check_region_name, check_tier
+from bizosctl.tenancy.placement import Placement
 
 
 @dataclass
 class Target:
-    kind: str  # shared | schema | isolated
-    tenant: str | None
-    region: str
-    server: str
-    database: str
-    schema: str
+    """A migration target: where it is (a placement) and what sync knows of it."""
+
+    placement: Placement
+    tenant: str | None  # the tenant whose schema it is (None: a server's shared schema)
     revision: str | None = None
     status: str | None = None  # last recorded: ok | failed
     error: str | None = None
@@ -38,8 +37,28 @@ class Target:
     holds: list[str] = field(default_factory=list)
 
     @property
+    def kind(self) -> str:  # shared | schema | isolated
+        return self.placement.tier
+
+    @property
+    def region(self) -> str:
+        return self.placement.region
+
+    @property
+    def server(self) -> str:
+        return self.placement.server
+
+    @property
+    def database(self) -> str:
+        return self.placement.database
+
+    @property
+    def schema(self) -> str:
+        return self.placement.schema
+
+    @property
     def key(self) -> tuple[str, str, str]:
-        return (self.server, self.database, self.schema)
+        return self.placement.key
 
     @property
     def label(self) -> str:
@@ -90,7 +109,13 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
         servers = s.execute(select(Server).order_by(Server.name)).all()
         rows = s.execute(
             select(
-                Tenant.slug, Tenant.tier, Tenant.region, Route.server, Route.database, Route.schema
+                Tenant.slug,
+                Tenant.tier,
+                Tenant.region,
+                Route.server,
+                Route.database,
+                Route.schema,
+                Route.role,
             )
             .join(Route, Route.tenant_id == Tenant.id)
             .where(Tenant.status.not_in(["deleted", "provisioning", "deleting"]))
@@ -110,9 +135,7 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
     if not sel.tenants and sel.tier in (None, "shared"):
         for (srv,) in servers:
             if sel.region in (None, srv.region):
-                targets.append(
-                    Target("shared", None, srv.region, srv.name, SHARED_DB, SHARED_SCHEMA)
-                )
+                targets.append(Target(_shared(srv), None))
     by_server = {srv.name: srv for (srv,) in servers}
     for r in rows:
         if r.tier == "shared":
@@ -123,8 +146,7 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
                     (t for t in targets if t.kind == "shared" and t.server == r.server), None
                 )
                 if shared is None:
-                    srv = by_server[r.server]
-                    shared = Target("shared", None, srv.region, srv.name, SHARED_DB, SHARED_SCHEMA)
+                    shared = Target(_shared(by_server[r.server]), None)
                     targets.append(shared)
                 shared.holds.append(r.slug)
             continue
@@ -132,7 +154,8 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
             continue
         if sel.tier not in (None, r.tier) or sel.region not in (None, r.region):
             continue
-        targets.append(Target(r.tier, r.slug, r.region, r.server, r.database, r.schema))
+        place = Placement(r.tier, r.region, r.server, r.database, r.schema, r.role)
+        targets.append(Target(place, r.slug))
     held = _held_by_moves(ctl)
     for t in targets:
         rec = recorded.get(t.key)
@@ -140,6 +163,11 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
             t.status, t.error = rec.status, rec.error
         t.moving = held.get(t.key)
     return targets
+
+
+def _shared(srv: Server) -> Placement:
+    """A server's shared schema, where its shared-tier tenants live."""
+    return Placement("shared", srv.region, srv.name, SHARED_DB, SHARED_SCHEMA, srv.app_role)
 
 
 def _held_by_moves(ctl: Control) -> dict[tuple[str, str, str], str]:
@@ -156,9 +184,11 @@ def _held_by_moves(ctl: Control) -> dict[tuple[str, str, str], str]:
     held: dict[tuple[str, str, str], str] = {}
     for op_id, slug, params in ops:
         for side in ("source", "target"):
-            ep = params.get(side) or {}
-            key = (ep.get("server"), ep.get("database"), ep.get("schema"))
-            held[key] = f"tenant {slug} is moving (operation {op_id}); sync again after the move"  # type: ignore[index]
+            if params.get(side):
+                key = Placement.of(params[side]).key
+                held[key] = (
+                    f"tenant {slug} is moving (operation {op_id}); sync again after the move"
+                )
     return held
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import select, text
@@ -18,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bizosctl.catalog.control import Control, RouteInfo
 from bizosctl.catalog.models import Operation, Tenant
-from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
+from bizosctl.catalog.operations import OperationRun, create_operation, is_alive, patch_params
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import refuse_unknown_revisions, upgrade
 from bizosctl.errors import (
@@ -30,19 +29,16 @@ from bizosctl.errors import (
     OperationFailed,
 )
 from bizosctl.faults import crash_point
-from bizosctl.security.dbpasswords import shared_login
 from bizosctl.security.fields import blind_index, normalize_email
 from bizosctl.tenancy.names import (
     SHARED_DB,
-    SHARED_SCHEMA,
     check_new_slug,
     check_slug,
     check_tenant_name,
     check_tier,
-    login_roles,
     q,
-    tenant_names,
 )
+from bizosctl.tenancy.placement import DropStep, Placement, placement_for
 from bizosctl.tenancy.regions import default_server, region_exists
 from bizosctl.tenancy.servers import (
     close_template1,
@@ -51,35 +47,10 @@ from bizosctl.tenancy.servers import (
     prepare_schema,
     set_login_role,
 )
-from tenant_schema import TENANT_TABLES
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
-
-
-@dataclass
-class Placement:
-    server: str
-    database: str
-    schema: str
-    role: str
-
-
-@dataclass
-class PlanStep:
-    name: str
-    sql: list[str] = field(default_factory=list)
-
-
-def placement_for(ctl: Control, *, slug: str, tier: str, region: str) -> Placement:
-    server = default_server(ctl, region)
-    if tier == "shared":
-        return Placement(server, SHARED_DB, SHARED_SCHEMA, shared_login(ctl, server))
-    names = tenant_names(slug)
-    if tier == "schema":
-        return Placement(server, SHARED_DB, names.schema, shared_login(ctl, server))
-    return Placement(server, names.database, names.schema, names.roles[0])
 
 
 def _validate(ctl: Control, *, slug: str, tier: str, region: str, name: str | None = None) -> None:
@@ -211,10 +182,8 @@ def _register(
     owner_email: str | None,
 ) -> tuple[RouteInfo, uuid.UUID]:
     """Commit the tenant (provisioning), its route and its operation in one transaction."""
-    names = tenant_names(slug)
-    database = names.database if tier == "isolated" else SHARED_DB
-    schema = SHARED_SCHEMA if tier == "shared" else names.schema
-    role = names.roles[0] if tier == "isolated" else shared_login(ctl, server)
+    place = placement_for(ctl, slug=slug, tier=tier, region=region, server=server)
+    database, schema, role = place.database, place.schema, place.role
     tenant_id, op_id = uuid.uuid4(), uuid.uuid4()
     password, password_enc = "", None
     if tier == "isolated":
@@ -355,57 +324,14 @@ def _check_app_login(ctl: Control, route: RouteInfo) -> None:
 
 
 # -- deletion -------------------------------------------------------------------------------
-def own_login_roles(ctl: Control, *, server: str, database: str, tenant_id: uuid.UUID) -> list[str]:
-    """The login roles of an isolated tenant that no other tenant uses (a tenant made under
-    the old naming, ``x--b``, lives on the second role of ``x``): the ones to drop with it."""
-    from bizosctl.tenancy.claims import claims
-
-    held = claims(ctl, names=set(login_roles(database)))
-    return [
-        role
-        for role in login_roles(database)
-        if not set(held.get((server, "role", role), {})) - {tenant_id}
-    ]
-
-
-def delete_plan(ctl: Control, slug: str) -> list[PlanStep]:
+def delete_plan(ctl: Control, slug: str) -> list[DropStep]:
+    """What ``delete_tenant`` drops (``--dry-run``): its placement's drop plan."""
     route = ctl.route(slug)
-    schema = q(route.schema)
-    if route.tier == "shared":
-        sql = [
-            f"DELETE FROM {schema}.{q(t)} WHERE tenant_id = '{route.tenant_id}'"
-            for t in reversed(TENANT_TABLES)
-        ]
-        return [PlanStep(f"delete the tenant's rows in {route.database}.{route.schema}", sql)]
-    if route.tier == "schema":
-        return [
-            PlanStep(
-                f"drop schema {route.schema} in {route.database}",
-                [f"DROP SCHEMA IF EXISTS {schema} CASCADE"],
-            )
-        ]
-    return [
-        PlanStep(
-            f"drop database {route.database} on {route.server}",
-            [f"DROP DATABASE IF EXISTS {q(route.database)} WITH (FORCE)"],
-        ),
-        PlanStep(
-            f"drop login roles of {route.database}",
-            [
-                f"DROP ROLE IF EXISTS {q(role)}"
-                for role in own_login_roles(
-                    ctl, server=route.server, database=route.database, tenant_id=route.tenant_id
-                )
-            ],
-        ),
-    ]
+    return Placement.of_route(route).drop_plan(ctl, route.tenant_id)
 
 
 def _purge_kept_sources(ctl: Control, slug: str, tenant_id: uuid.UUID) -> int:
     """Sources that earlier moves kept (``--keep-source``) go with the tenant."""
-    from bizosctl.moves.engine import drop_endpoint
-    from bizosctl.moves.plan import Endpoint
-
     with ctl.catalog() as s:
         ops = s.execute(
             select(Operation.id, Operation.params).where(
@@ -418,15 +344,9 @@ def _purge_kept_sources(ctl: Control, slug: str, tenant_id: uuid.UUID) -> int:
     for op_id, params in ops:
         if params.get("source_purged") or "source" not in params:
             continue
-        drop_endpoint(ctl, Endpoint(**params["source"]), tenant_id)
+        Placement.of(params["source"]).drop(ctl, tenant_id)
         with ctl.catalog() as s:
-            s.execute(
-                text(
-                    "UPDATE operations SET params = params || '{\"source_purged\": true}'::jsonb "
-                    "WHERE id = :id"
-                ),
-                {"id": op_id},
-            )
+            patch_params(s, op_id, source_purged=True)
         purged += 1
     return purged
 
@@ -451,26 +371,8 @@ def delete_tenant(ctl: Control, slug: str) -> dict[str, Any]:
             )
         tenant.status = "deleting"
     op_id = create_operation(ctl, kind="tenant.delete", target=slug, params={"tier": route.tier})
-    handle = ctl.server(route.server)
-    handle.ensure_ready()
-    plan = delete_plan(ctl, slug)
     with OperationRun(ctl, op_id) as run, translate_errors(f"deleting {slug}"):
-        if route.tier == "isolated":
-            from bizosctl.db.engines import dispose_all
-
-            dispose_all(host_contains=f"/{route.database}?")
-            admin = get_engine(handle.admin_url("postgres"), pooled=False)
-            with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                for step in plan:
-                    for stmt in step.sql:
-                        conn.execute(text(stmt))
-        else:
-            engine = get_engine(handle.admin_url(route.database), pooled=False)
-            with engine.begin() as conn:
-                # Triggers off: deleting a tenant is not an audited change of its data.
-                conn.execute(text("SET LOCAL session_replication_role = replica"))
-                for stmt in plan[0].sql:
-                    conn.execute(text(stmt))
+        Placement.of_route(route).drop(ctl, route.tenant_id)
         run.step("dropped")
         purged = _purge_kept_sources(ctl, slug, route.tenant_id)
         if purged:
