@@ -37,7 +37,11 @@ def operation_checks(ctl: Control) -> list[Check]:
     """Tenants stuck ``moving`` with no live process, and operations that died unfinished."""
     with ctl.catalog() as s:
         moving = s.execute(
-            select(Tenant.slug, Tenant.operation_id).where(Tenant.status == "moving")
+            select(Tenant.slug, Tenant.operation_id)
+            .outerjoin(Operation, Operation.id == Tenant.operation_id)
+            .where(Tenant.status == "moving")
+            # a move queued for a worker (--background) waits; the workers check covers it
+            .where(Operation.status.is_distinct_from("queued"))
         ).all()
         running = s.execute(
             select(Operation.id, Operation.kind, Operation.target)

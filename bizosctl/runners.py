@@ -57,6 +57,8 @@ REGISTRY: dict[OperationKind, Kind] = {
     OperationKind.SCHEMA_SYNC: Kind(
         "bizosctl.sync.engine:resume_sync", cancel="stops after the targets in flight"
     ),
+    OperationKind.TENANT_CREATE: Kind("bizosctl.tenancy.provision:run_create"),
+    OperationKind.TENANT_DELETE: Kind("bizosctl.tenancy.provision:run_delete"),
     OperationKind.TENANT_MOVE: Kind(
         "bizosctl.moves.engine:resume_operation", cancel="aborted before its switch"
     ),

@@ -71,3 +71,39 @@ def test_background_dry_run_queues_nothing(ctl, cli):
     assert r.exit_code == 0 and json.loads(r.stdout)["dry_run"] is True
     with ctl.catalog() as s:
         assert s.execute(text("SELECT count(*) FROM procrastinate_jobs")).scalar_one() == before
+
+
+def test_move_in_the_background_upgrades_the_tenant_while_it_works(
+    ctl, cli, make_tenant, operations_queue
+):
+    """The seed's "Upgrade to Enterprise" button: queued, then locked, copied, switched."""
+    from bizosctl.tenancy.sample import load_sample_data
+
+    slug = make_tenant(tier="shared")
+    load_sample_data(ctl, slug)
+    r = cli("tenant", "move", slug, "--to-tier", "isolated", "--background", "--json")
+    assert r.exit_code == 0, r.stderr
+    sub = json.loads(r.stdout)
+    assert sub["kind"] == "tenant.move" and sub["target"] == slug
+    op_id = uuid.UUID(sub["operation"])
+    assert describe(ctl, op_id).status == "queued"
+    status = json.loads(cli("tenant", "move", slug, "--status", "--json").stdout)
+    assert status["status"] == "queued" and status["tenant_status"] == "moving"
+    # the same request again queues nothing new; another destination is refused
+    again = json.loads(
+        cli("tenant", "move", slug, "--to-tier", "isolated", "--background", "--json").stdout
+    )
+    assert again["operation"] == sub["operation"] and again["resumed"] is True
+    other = cli("tenant", "move", slug, "--to-tier", "schema", "--background")
+    assert other.exit_code == 2 and "has an unfinished move to isolated" in other.stderr
+    operations_queue.append(Worker("operations").started())
+    wait_for("the move to finish", lambda: describe(ctl, op_id).status == "done", 120)
+    route = ctl.route(slug)
+    assert route.tier == "isolated" and route.status == "active"
+
+
+def test_background_goes_with_a_move_or_resume_only(cli, make_tenant):
+    slug = make_tenant(tier="schema")
+    r = cli("tenant", "move", slug, "--status", "--background")
+    assert r.exit_code == 2
+    assert r.stderr.strip() == "error: --background goes with a move or --resume, not --status"

@@ -44,7 +44,8 @@ def test_doctor_finds_an_operation_whose_process_died(ctl, run_bizosctl, cli):
     check = doctor(cli)["unfinished operations"]
     assert not check["ok"]
     assert f"(tenant.create {slug}) stopped after" in check["detail"]
-    assert "run the same command again" in check["detail"]
+    assert "(or the same command again) resumes it" in check["detail"]
+    assert "`bizosctl ops resume " in check["detail"]
     assert run_bizosctl(*args).returncode == 0
     assert f"tenant.create {slug})" not in doctor(cli)["unfinished operations"]["detail"]
 

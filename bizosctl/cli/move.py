@@ -8,12 +8,14 @@ from typing import Any
 import typer
 
 from bizosctl.cli.output import (
+    BackgroundOpt,
     DryRunOpt,
     JsonOpt,
     YesOpt,
     confirm_destructive,
     handle_errors,
     print_json,
+    print_submitted,
     stderr_console,
     stdout_console,
     table,
@@ -204,6 +206,7 @@ def move(
         help="With --purge-source: only the source this move left (a unique id prefix).",
     ),
     yes: bool = YesOpt,
+    background: bool = BackgroundOpt,
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -212,6 +215,9 @@ def move(
     Writes pause only for the final catch-up and verification (at most --max-freeze). Running
     the same command again after a crash continues from the last checkpoint. Every mode takes
     --dry-run and prints what it would do.
+
+    With --background the move is queued for a worker (`bizosctl worker`) and the command
+    returns its operation id at once; the tenant keeps working while it runs.
 
     Example: bizosctl tenant move acme --to-tier isolated --max-freeze 1s --max-rate 20MB
     """
@@ -251,6 +257,8 @@ def move(
     ]
     if len(modes) > 1:
         raise InvalidInput(f"choose one of {', '.join(modes)}")
+    if background and set(modes) - {"--resume"}:
+        raise InvalidInput(f"--background goes with a move or --resume, not {modes[0]}")
     doc: dict[str, Any]
     if status:
         doc = engine.move_status(ctl, slug)
@@ -300,6 +308,16 @@ def move(
                 )
         return
     progress = None if json_out else (lambda msg: stderr_console().print(f"[dim]{msg}[/]"))
+    if background:
+        submitted = (
+            engine.submit_resume(ctl, slug) if resume else engine.submit_move(ctl, request())
+        )
+        if isinstance(submitted, engine.MoveReport):  # that very move has finished already
+            doc = submitted.public()
+            print_json(doc) if json_out else _render_report(doc)
+        else:
+            print_submitted(submitted, json_out=json_out)
+        return
     if resume:  # the same destination again also resumes (in move_tenant)
         doc = engine.resume_move(ctl, slug, progress=progress).public()
     else:

@@ -10,13 +10,14 @@ catalog transaction and new sessions go to the target.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
@@ -24,10 +25,12 @@ from sqlalchemy.engine import Connection, Engine
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation
 from bizosctl.catalog.operations import (
+    OPEN,
     OperationKind,
     OperationPublic,
     OperationRun,
     OperationStatus,
+    add_operation,
     is_alive,
     latest,
     patch_params,
@@ -46,6 +49,11 @@ from bizosctl.tenancy.placement import Placement
 from bizosctl.tenancy.servers import ensure_database, new_password, prepare_schema, set_login_role
 from bizosctl.throttle import Throttle
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from bizosctl.jobs.background import Submitted
 
 Hooks = dict[str, Callable[..., None]]
 CATCHUP_THRESHOLD = 200  # dirty keys left before we freeze
@@ -535,7 +543,15 @@ class _Move:
 
 
 # -- entry points ------------------------------------------------------------------------------
-def _register(ctl: Control, plan: MovePlan, req: MoveRequest) -> uuid.UUID:
+def _register(
+    ctl: Control,
+    plan: MovePlan,
+    req: MoveRequest,
+    *,
+    session: Session | None = None,
+    status: OperationStatus = OperationStatus.RUNNING,
+) -> uuid.UUID:
+    """Mark the tenant moving and record the move, in ``session``'s transaction if given."""
     target = plan.target
     if target.tier == "isolated":
         target = target.with_password(ctl.seal(new_password(), context=f"role:{target.role}"))
@@ -555,7 +571,7 @@ def _register(ctl: Control, plan: MovePlan, req: MoveRequest) -> uuid.UUID:
         "residency_change": req.residency_change,
         "plan": {"rows": plan.rows, "bytes": plan.bytes},
     }
-    with ctl.catalog() as s:
+    with contextlib.nullcontext(session) if session is not None else ctl.catalog() as s:
         updated = s.execute(
             text(
                 "UPDATE tenants SET status = 'moving', operation_id = :op "
@@ -565,7 +581,10 @@ def _register(ctl: Control, plan: MovePlan, req: MoveRequest) -> uuid.UUID:
         ).first()
         if not updated:
             raise Busy(f"tenant {plan.slug!r} changed status meanwhile; try again")
-        s.add(Operation(id=op_id, kind="tenant.move", target=plan.slug, params=params))
+        add_operation(
+            s, kind=OperationKind.TENANT_MOVE, target=plan.slug, params=params, status=status,
+            op_id=op_id,
+        )  # fmt: skip
     return op_id
 
 
@@ -573,8 +592,8 @@ def _running_move(ctl: Control, slug: str) -> Operation:
     """The tenant's unfinished move (before or after its switch), or InvalidInput."""
     current_endpoint(ctl, slug)  # NotFound for an unknown tenant
     with ctl.catalog() as s:
-        op = latest(s, kind=OperationKind.TENANT_MOVE, target=slug, status=OperationStatus.RUNNING)
-    if op is None:
+        op = latest(s, kind=OperationKind.TENANT_MOVE, target=slug)
+    if op is None or op.status not in OPEN:  # queued (--background) or running
         raise InvalidInput(f"tenant {slug!r} is not moving")
     return op
 
@@ -584,6 +603,41 @@ def unfinished_move(ctl: Control, slug: str) -> Operation | None:
         return _running_move(ctl, slug)
     except InvalidInput:
         return None
+
+
+def submit_move(ctl: Control, req: MoveRequest) -> Submitted | MoveReport:
+    """``tenant move --background``: refuse what a move refuses, then record it (the tenant
+    marked moving) and queue its job in one transaction. An unfinished move of the same
+    request is queued again; one that has finished gives its report, as in the foreground."""
+    from bizosctl.jobs.background import submit
+
+    unfinished = unfinished_move(ctl, req.slug)
+    if unfinished is not None:
+        _same_move_or_refuse(ctl, unfinished, req)
+        if is_alive(ctl, unfinished.id):
+            raise Busy(
+                f"tenant {req.slug!r} is being moved by a running process "
+                f"(operation {unfinished.id})"
+            )
+        return submit(ctl, lambda s: (unfinished.id, True))
+    finished = finished_move(ctl, req)
+    if finished is not None:
+        return finished
+    plan = make_plan(ctl, req)
+    return submit(
+        ctl,
+        lambda s: (_register(ctl, plan, req, session=s, status=OperationStatus.QUEUED), False),
+    )
+
+
+def submit_resume(ctl: Control, slug: str) -> Submitted:
+    """``tenant move SLUG --resume --background``: queue the unfinished move for a worker."""
+    from bizosctl.jobs.background import submit
+
+    op = _running_move(ctl, slug)
+    if is_alive(ctl, op.id):
+        raise Busy(f"tenant {slug!r} is being moved by a running process (operation {op.id})")
+    return submit(ctl, lambda s: (op.id, True))
 
 
 def move_tenant(

@@ -17,7 +17,14 @@ from sqlalchemy.exc import IntegrityError
 
 from bizosctl.catalog.control import Control, RouteInfo
 from bizosctl.catalog.models import Operation, Tenant
-from bizosctl.catalog.operations import OperationRun, create_operation, is_alive, patch_params
+from bizosctl.catalog.operations import (
+    OperationKind,
+    OperationPublic,
+    OperationRun,
+    is_alive,
+    patch_params,
+    start_or_resume,
+)
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.db.migrate import refuse_unknown_revisions, upgrade
 from bizosctl.errors import (
@@ -144,6 +151,11 @@ def create_tenant(
             server=server,
             owner_email=owner_email,
         )
+    _finish_create(ctl, op_id, route)
+    return route.tenant_id
+
+
+def _finish_create(ctl: Control, op_id: uuid.UUID, route: RouteInfo) -> None:
     with OperationRun(ctl, op_id) as run:
         _provision(ctl, run, route)
         crash_point("tenant.create.state")
@@ -154,7 +166,17 @@ def create_tenant(
             )
 
         run.finish("done", also=activate)
-    return route.tenant_id
+
+
+def run_create(ctl: Control, op: OperationPublic) -> dict[str, Any]:
+    """The registry's runner: finish a create whose process died (``ops resume ID``). The
+    tenant's registration holds everything it needs: its route, tier and region."""
+    route = ctl.route(op.target)
+    if route.status != "provisioning":
+        raise InvalidInput(f"tenant {op.target!r} is {route.status}, not being created")
+    _finish_create(ctl, op.id, route)
+    return {"operation": str(op.id), "slug": op.target, "tenant_id": str(route.tenant_id),
+            "status": "done"}  # fmt: skip
 
 
 def _check_available(ctl: Control, *, slug: str, server: str) -> None:
@@ -370,10 +392,34 @@ def delete_tenant(ctl: Control, slug: str) -> dict[str, Any]:
                 f"tenant {slug!r} is moving: `tenant move --abort {slug}` (or let it finish) first"
             )
         tenant.status = "deleting"
-    op_id = create_operation(ctl, kind="tenant.delete", target=slug, params={"tier": route.tier})
+        # an interrupted delete of this tenant is resumed, not started again
+        op_id, _ = start_or_resume(
+            ctl,
+            s,
+            kind=OperationKind.TENANT_DELETE,
+            target=slug,
+            params={"tier": route.tier},
+            exclusive=True,
+            other_params="resume",
+        )
+    return _run_delete(ctl, op_id, route)
+
+
+def run_delete(ctl: Control, op: OperationPublic) -> dict[str, Any]:
+    """The registry's runner: finish a delete whose process died (``ops resume ID``)."""
+    route = ctl.route(op.target)
+    if route.status != "deleting":
+        raise InvalidInput(f"tenant {op.target!r} is {route.status}, not being deleted")
+    return _run_delete(ctl, op.id, route)
+
+
+def _run_delete(ctl: Control, op_id: uuid.UUID, route: RouteInfo) -> dict[str, Any]:
+    slug = route.slug
     with OperationRun(ctl, op_id) as run, translate_errors(f"deleting {slug}"):
-        Placement.of_route(route).drop(ctl, route.tenant_id)
-        run.step("dropped")
+        if "dropped" not in run.completed:
+            Placement.of_route(route).drop(ctl, route.tenant_id)
+            run.step("dropped")
+        crash_point("tenant.delete.dropped")
         purged = _purge_kept_sources(ctl, slug, route.tenant_id)
         if purged:
             run.step("kept-sources", purged=purged)
