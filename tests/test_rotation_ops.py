@@ -385,3 +385,60 @@ def test_db_password_killed_after_its_switch_is_finished_by_ops_resume(
     assert [x["tenant"] for x in doc["rotated"]] == [slug]
     assert shown(cli, op_id)["status"] == "done"
     assert open_rotations(ctl, "secrets.db-password") == 0
+
+
+def test_a_queued_pii_rotation_runs_by_id_and_a_running_one_cancels_between_targets(
+    home, cli, tmp_path
+):
+    from bizosctl.catalog.operations import OperationStatus
+    from bizosctl.security.rotation import PiiRotationParams, record_pii_rotation
+    from bizosctl.tenancy.provision import create_tenant
+
+    for slug in ("q-one", "q-two"):
+        create_tenant(home, slug=slug, name=slug, tier="schema", region="global")
+        load_sample_data(home, slug)
+    # recorded for a worker (--background): nothing runs until someone resumes it
+    with home.catalog() as s:
+        op_id, resumed = record_pii_rotation(
+            home, s, PiiRotationParams(batch=2, workers=0), status=OperationStatus.QUEUED
+        )
+    assert resumed is False
+    dry = json.loads(cli("secrets", "rotate", "pii", "--dry-run", "--json").stdout)
+    assert dry["would_resume"] == [str(op_id)] and dry["would_rewrite"] == 26
+    assert shown(cli, str(op_id))["status"] == "queued"
+    r = cli("ops", "resume", str(op_id), "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is True and doc["resumed"] is False and doc["retired"] == [1]
+    # a running rotation asked to stop stops before its next target
+    release = tmp_path / "release"
+    pause = {"BIZOS_PAUSE_AT": "rotate.target.1", "BIZOS_PAUSE_RELEASE": str(release)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bizosctl", "secrets", "rotate", "pii", "--json"],
+        env={**os.environ, **pause},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert child.stderr is not None
+        assert child.stderr.readline().strip() == "paused at rotate.target.1"
+        running = dead_or_live(cli, "secrets.rotate")
+        r = cli("ops", "cancel", running, "--json")
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["cancel"]["how"] == "requested: it stops between two targets"
+    finally:
+        release.touch()
+        out, err = child.communicate(timeout=120)
+    assert child.returncode == 1, err  # the report, ok: false
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["cancelled"] is True and doc["operation"] == running
+    op = shown(cli, running)
+    assert op["status"] == "cancelled"
+    assert open_rotations(home, "secrets.rotate") == 0
+
+
+def dead_or_live(cli, kind):
+    r = cli("ops", "list", "--kind", kind, "--status", "running", "--json")
+    [op] = json.loads(r.stdout)["operations"]
+    return op["id"]

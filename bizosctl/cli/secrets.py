@@ -154,19 +154,15 @@ def rotate_pii(
     Example: bizosctl secrets rotate pii
     """
     from bizosctl.security.rotation import rotate_pii
-    from bizosctl.security.usage import pii_usage
+    from bizosctl.security.rotation_plans import plan_pii_rotation
 
     ctl = _ctl()
     if dry_run:
-        usage = pii_usage(ctl)
-        doc = {
-            "dry_run": True,
-            "purpose": "pii",
-            "values_by_version": usage,
-            "would_rewrite": sum(usage.values()),
-        }
-        plan, key = _next_key(ctl, "pii", fresh_key)
-        doc.update(plan)
+        doc = plan_pii_rotation(ctl, fresh_key=fresh_key)
+        usage = doc["values_by_version"]
+        _plan, key = _next_key(ctl, "pii", fresh_key)
+        if doc["would_resume"]:
+            key = f"{key} (first finishing the interrupted operation {doc['would_resume'][0]})"
         _done(
             doc,
             json_out,
@@ -459,6 +455,8 @@ def rotate_master(
             f"would re-wrap {plan['data_keys']} data key(s), now under {plan['from']}, "
             f"with {target}{checked}"
         )
+        if plan["would_resume"]:
+            line += f"; first finishing the interrupted operation {plan['would_resume'][0]}"
         doc: dict[str, object] = {"dry_run": True, **plan}
         if compromised:
             steps = compromise_plan()
