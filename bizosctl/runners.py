@@ -62,6 +62,17 @@ REGISTRY: dict[OperationKind, Kind] = {
     OperationKind.TENANT_MOVE: Kind(
         "bizosctl.moves.engine:resume_operation", cancel="aborted before its switch"
     ),
+    OperationKind.ROTATE_PII: Kind(
+        "bizosctl.security.rotation:resume_pii_rotation", cancel="stops between two targets"
+    ),
+    OperationKind.ROTATE_JWT: Kind("bizosctl.security.secrets:resume_jwt_rotation"),
+    OperationKind.ROTATE_DB_CREDENTIALS: Kind(
+        "bizosctl.security.secrets:resume_credentials_rotation"
+    ),
+    OperationKind.ROTATE_MASTER_KEY: Kind("bizosctl.security.secrets:resume_master_rotation"),
+    OperationKind.ROTATE_DB_PASSWORD: Kind(
+        "bizosctl.security.dbpasswords:resume_db_password_rotation"
+    ),
 }
 
 

@@ -132,9 +132,9 @@ class Control:
                         ring.ensure(s)  # purposes added by newer code get their first key
                         ring.load(s)
                 except KeyringError as exc:
-                    from bizosctl.security.secrets import finish_interrupted_rotation
+                    from bizosctl.security.masterkey import finish_interrupted_rotation
 
-                    if not finish_interrupted_rotation(self, exc):
+                    if not finish_interrupted_rotation(self.settings, exc):
                         raise
                     ring = Keyring(
                         load_master(self.settings),

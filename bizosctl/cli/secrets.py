@@ -154,19 +154,15 @@ def rotate_pii(
     Example: bizosctl secrets rotate pii
     """
     from bizosctl.security.rotation import rotate_pii
-    from bizosctl.security.usage import pii_usage
+    from bizosctl.security.rotation_plans import plan_pii_rotation
 
     ctl = _ctl()
     if dry_run:
-        usage = pii_usage(ctl)
-        doc = {
-            "dry_run": True,
-            "purpose": "pii",
-            "values_by_version": usage,
-            "would_rewrite": sum(usage.values()),
-        }
-        plan, key = _next_key(ctl, "pii", fresh_key)
-        doc.update(plan)
+        doc = plan_pii_rotation(ctl, fresh_key=fresh_key)
+        usage = doc["values_by_version"]
+        _plan, key = _next_key(ctl, "pii", fresh_key)
+        if doc["would_resume"]:
+            key = f"{key} (first finishing the interrupted operation {doc['would_resume'][0]})"
         _done(
             doc,
             json_out,
@@ -200,9 +196,30 @@ def rotate_pii(
             )
     _done(doc, json_out, _pii_summary(doc))
     _quarantined(doc, json_out)
+    _failed(doc, json_out)
+
+
+def _failed(doc: dict, json_out: bool) -> None:  # type: ignore[type-arg]
+    """Exit code 1 when a report says ``ok: false`` (the report was printed already)."""
+    if doc.get("ok", True):
+        return
+    if not json_out:
+        stderr_console().print(f"error: {doc.get('error') or 'incomplete'}", markup=False)
+    raise typer.Exit(1)
 
 
 def _pii_summary(doc: dict) -> str:  # type: ignore[type-arg]
+    if doc.get("cancelled"):
+        return (
+            f"pii rotation to v{doc['version']} cancelled after {doc['rows_rewritten']} row(s) "
+            "re-encrypted"
+        )
+    if doc.get("skipped") or doc.get("left"):
+        return (
+            f"pii rotation to v{doc['version']} incomplete: {doc['rows_rewritten']} row(s) "
+            f"re-encrypted; left under old versions: {doc.get('left') or 'nothing'}; not "
+            f"rotated (moving): {', '.join(doc.get('skipped') or []) or 'nothing'}"
+        )
     destroyed = f", destroyed {doc['destroyed']}" if doc.get("destroyed") else ""
     return (
         f"pii is now v{doc['version']}: {doc['rows_rewritten']} row(s) re-encrypted, "
@@ -279,14 +296,18 @@ def rotate_credentials(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> N
 
     Example: bizosctl secrets rotate db-credentials
     """
-    from bizosctl.security.secrets import rotate_credentials_key
+    from bizosctl.security.secrets import plan_credentials_rotation, rotate_credentials_key
 
     if dry_run:
-        _done(
-            {"dry_run": True, "purpose": "db-credentials"},
-            json_out,
-            "would re-seal every catalog secret",
+        plan = plan_credentials_rotation(_ctl())
+        line = (
+            f"would make db-credentials v{plan['new_version']}, re-seal "
+            f"{plan['would_reseal']} value(s) and retire "
+            + (", ".join(f"v{v}" for v in plan["would_retire"]) or "nothing")
         )
+        if plan["would_resume"]:
+            line = f"would first finish the interrupted operation {plan['would_resume'][0]}"
+        _done({"dry_run": True, **plan}, json_out, line)
         return
     doc = rotate_credentials_key(_ctl())
     _done(
@@ -336,7 +357,7 @@ def rotate_db_password(
         check_grace,
         finish_db_password_rotations,
         pending_rotations,
-        plan_rotation,
+        plan_db_password,
     )
     from bizosctl.security.dbpasswords import rotate_db_password as rotate
 
@@ -365,28 +386,17 @@ def rotate_db_password(
         )
         return
     grace_ms = check_grace(parse_ms(grace, what="--grace"))
-    refused: list[dict[str, str]] = []
-    switches = plan_rotation(
-        ctl, tenant=tenant, all_=all_, server=server, region=shared, refused=refused
-    )
     if dry_run:
-        plan = [sw.public() for sw in switches]
-        pending = [str(op.id) for op in pending_rotations(ctl)]
-        lines = [f"would rotate {len(plan)} login role(s), grace {grace_ms} ms:"]
-        lines += [f"  {p['previous']} -> {p['role']} on {p['server']}" for p in plan]
-        if pending:
-            lines.append(f"and first finish {len(pending)} interrupted rotation(s)")
-        _done(
-            {
-                "dry_run": True,
-                "would_rotate": plan,
-                "grace_ms": grace_ms,
-                "would_finish": pending,
-                "refused": refused,
-            },
-            json_out,
-            "\n".join(lines),
+        plan = plan_db_password(
+            ctl, tenant=tenant, all_=all_, server=server, region=shared, grace_ms=grace_ms
         )
+        lines = [f"would rotate {len(plan['would_rotate'])} login role(s), grace {grace_ms} ms:"]
+        lines += [
+            f"  {p['previous']} -> {p['role']} on {p['server']}" for p in plan["would_rotate"]
+        ]
+        if plan["would_finish"]:
+            lines.append(f"and first finish {len(plan['would_finish'])} interrupted rotation(s)")
+        _done(plan, json_out, "\n".join(lines))
         return
     try:
         doc = rotate(ctl, tenant=tenant, all_=all_, server=server, region=shared, grace_ms=grace_ms)
@@ -445,6 +455,8 @@ def rotate_master(
             f"would re-wrap {plan['data_keys']} data key(s), now under {plan['from']}, "
             f"with {target}{checked}"
         )
+        if plan["would_resume"]:
+            line += f"; first finishing the interrupted operation {plan['would_resume'][0]}"
         doc: dict[str, object] = {"dry_run": True, **plan}
         if compromised:
             steps = compromise_plan()
@@ -463,6 +475,9 @@ def rotate_master(
         yes, "--compromised (it ends every session and re-encrypts all PII; see --dry-run)"
     )
     all_ = rotate_after_compromise(ctl, to_kms=to_kms, quarantine_action=quarantine_action.value)
+    if not all_["ok"]:
+        _done(all_, json_out, str(all_["error"]))
+        raise typer.Exit(1)
     _done(
         all_,
         json_out,

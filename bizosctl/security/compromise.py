@@ -53,17 +53,27 @@ def rotate_after_compromise(
         ("db-credentials", "db-credentials", lambda: rotate_credentials_key(ctl)),
         ("db-password", "db-password --all", lambda: rotate_db_password(ctl, all_=True)),
     ]
-    report: dict[str, Any] = {"compromised": True}
+    report: dict[str, Any] = {"compromised": True, "ok": True}
     for i, (key, label, step) in enumerate(steps):
+        done = ", ".join(s[1] for s in steps[:i]) or "nothing"
+        rest = "; ".join(f"bizosctl secrets rotate {s[1]}" for s in steps[i:])
         try:
             report[key] = step()
         except BizosError as exc:
             if i == 0:
                 raise  # nothing changed yet: the master key's own error, as it is
-            done = ", ".join(s[1] for s in steps[:i]) or "nothing"
-            rest = "; ".join(f"bizosctl secrets rotate {s[1]}" for s in steps[i:])
             raise OperationFailed(
                 f"after a compromise: {label} failed ({exc.message}); done: {done}; "
                 f"still to run: {rest}"
             ) from exc
+        part = report[key]
+        # values that no key decrypts do not stop the rest (they are listed); anything left
+        # under the exposed key does
+        if part.get("left") or part.get("skipped") or part.get("cancelled"):
+            report["ok"] = False
+            report["error"] = (
+                f"after a compromise: {label} incomplete ({part.get('error')}); done: {done}; "
+                f"still to run: {rest}"
+            )
+            return report
     return report

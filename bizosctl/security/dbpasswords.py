@@ -20,10 +20,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import select, text
 
 from bizosctl.catalog.models import Operation, Route, Server, Tenant
-from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
+from bizosctl.catalog.operations import (
+    OPEN,
+    OperationKind,
+    OperationPublic,
+    OperationRun,
+    is_alive,
+    start_or_resume,
+)
 from bizosctl.db.engines import dispose_all, get_engine, translate_errors
 from bizosctl.errors import Busy, InvalidInput, NotFound
 from bizosctl.faults import crash_point
@@ -36,7 +44,7 @@ if TYPE_CHECKING:
 
     from bizosctl.catalog.control import Control
 
-KIND = "secrets.db-password"
+KIND = OperationKind.ROTATE_DB_PASSWORD
 MAX_GRACE_MS = 3_600_000  # the grace covers sessions that looked the route up just before
 SHARED_LOGIN_B = SHARED_LOGIN + "__b"
 
@@ -185,15 +193,22 @@ def rotate_db_password(
             refused.append({"tenant": sw.slug or sw.server, "reason": exc.message})
             continue
         switches.append(sw)
-    op_id = create_operation(
-        ctl,
-        kind=KIND,
-        target="db-password",
-        params={"grace_ms": grace_ms, "switches": [asdict(sw) for sw in switches]},
-    )
+    params = DbPasswordParams(grace_ms=grace_ms, switches=[asdict(sw) for sw in switches])
+    with ctl.catalog() as s:
+        # the earlier ones were finished above: this is new, unless a process died in between
+        op_id, _resumed = start_or_resume(
+            ctl,
+            s,
+            kind=OperationKind.ROTATE_DB_PASSWORD,
+            target="db-password",
+            params=params,
+            exclusive=True,
+            other_params="new",
+        )
     with OperationRun(ctl, op_id) as run:
         for sw in switches:
-            _switch(ctl, run, sw)
+            if f"switch:{sw.name}" not in run.completed:
+                _switch(ctl, run, sw)
         until = time.time() + grace_ms / 1000
         run.step("switched", grace_until=until)
         crash_point("rotate.db-password.switched")
@@ -201,6 +216,49 @@ def rotate_db_password(
     doc["finished_earlier"] = previous
     doc["refused"] = refused
     return doc
+
+
+class DbPasswordParams(BaseModel):
+    """What a ``secrets.db-password`` operation records: the grace and every role it switches
+    (as :class:`Switch` fields)."""
+
+    grace_ms: int = Field(2000, ge=0, le=MAX_GRACE_MS)
+    switches: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def resume_db_password_rotation(ctl: Control, op: OperationPublic) -> dict[str, Any]:
+    """The registry's runner: finish a rotation whose process died, as ``--finish`` does: the
+    switches it made stay, the previous roles lose LOGIN at once (the run that owned the grace
+    is gone), the roles it had not switched yet keep their password (rotate them again)."""
+    params = DbPasswordParams.model_validate(op.params)
+    switches = [Switch(**sw) for sw in params.switches]
+    with OperationRun(ctl, op.id) as run:
+        return _end_grace(ctl, run, switches, time.time(), wait=time.sleep)
+
+
+def plan_db_password(
+    ctl: Control,
+    *,
+    tenant: str | None = None,
+    all_: bool = False,
+    server: str | None = None,
+    region: str | None = None,
+    grace_ms: int = 2000,
+) -> dict[str, Any]:
+    """What :func:`rotate_db_password` would do, changing nothing: the roles it would switch,
+    the grace, the interrupted rotations it would finish first, the tenants it would leave
+    out (and why)."""
+    refused: list[dict[str, str]] = []
+    switches = plan_rotation(
+        ctl, tenant=tenant, all_=all_, server=server, region=region, refused=refused
+    )
+    return {
+        "dry_run": True,
+        "would_rotate": [sw.public() for sw in switches],
+        "grace_ms": check_grace(grace_ms),
+        "would_finish": [str(op.id) for op in pending_rotations(ctl)],
+        "refused": refused,
+    }
 
 
 def _check_free(ctl: Control, sw: Switch) -> None:
@@ -369,7 +427,7 @@ def pending_rotations(ctl: Control) -> list[Operation]:
         ops = (
             s.execute(
                 select(Operation)
-                .where(Operation.kind == KIND, Operation.status == "running")
+                .where(Operation.kind == KIND, Operation.status.in_(OPEN))
                 .order_by(Operation.started_at)
             )
             .scalars()

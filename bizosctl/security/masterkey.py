@@ -170,3 +170,19 @@ def load_master(settings: Settings) -> MasterKey:
 def next_key_file(settings: Settings) -> Path:
     """Where `secrets rotate master-key` writes the new key before it becomes the key file."""
     return settings.key_file.with_name(settings.key_file.name + ".next")
+
+
+def finish_interrupted_rotation(settings: Settings, error: KeyringError) -> bool:
+    """A rotation killed between the catalog commit and the key file rename leaves the new
+    key in ``master.key.next``: when that is the key the keyring expects (``error`` names it),
+    install it. True when it did; the rotation's operation records it when it is resumed."""
+    nxt = next_key_file(settings)
+    if settings.master_key is not None or not nxt.exists():
+        return False
+    candidate = LocalMasterKey(
+        load_master_key(settings.model_copy(update={"master_key_file": nxt}))
+    )
+    if candidate.id not in error.message:
+        return False
+    os.replace(nxt, settings.key_file)
+    return True

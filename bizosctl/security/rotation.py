@@ -29,14 +29,21 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from typing import Any
 
-from sqlalchemy import select
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from bizosctl.catalog.control import Control
-from bizosctl.catalog.models import Operation
-from bizosctl.catalog.operations import OperationRun, create_operation, is_alive
+from bizosctl.catalog.operations import (
+    OperationKind,
+    OperationPublic,
+    OperationRun,
+    OperationStatus,
+    get_operation,
+    patch_params,
+)
 from bizosctl.db.engines import psycopg_conninfo, translate_errors
-from bizosctl.errors import DecryptionFailed, InvalidInput, OperationFailed
+from bizosctl.errors import DecryptionFailed, InvalidInput, NotFound
 from bizosctl.faults import crash_point
 from bizosctl.security.keyring import (
     Keyring,
@@ -47,6 +54,7 @@ from bizosctl.security.keyring import (
     stage_next,
 )
 from bizosctl.security.recrypt import Job, Keys, close_connections, rotate_pages
+from bizosctl.security.rotation_ops import start_rotation, step_session
 from bizosctl.security.usage import _engine, _targets, pii_usage
 from bizosctl.security.usage import count_by_version as count_by_version  # re-exported
 from bizosctl.sync.targets import Target
@@ -201,28 +209,53 @@ def reencrypt_table(
     return written
 
 
-def _operation(ctl: Control, purpose: str) -> tuple[uuid.UUID, bool]:
-    with ctl.catalog() as s:
-        ops = (
-            s.execute(
-                select(Operation.id)
-                .where(
-                    Operation.kind == "secrets.rotate",
-                    Operation.target == purpose,
-                    Operation.status == "running",
-                )
-                .order_by(Operation.started_at.desc())
-            )
-            .scalars()
-            .all()
-        )
-    for op_id in ops:
-        if not is_alive(ctl, op_id):
-            return op_id, True
-        from bizosctl.errors import Busy
+class PiiRotationParams(BaseModel):
+    """What a ``secrets.rotate`` operation records: everything a rerun (``ops resume ID``, a
+    worker) needs. ``fresh_key`` says which key; the others only say how to run."""
 
-        raise Busy(f"a {purpose} rotation is running in another process (operation {op_id})")
-    return create_operation(ctl, kind="secrets.rotate", target=purpose, params={}), False
+    batch: int = Field(2000, ge=1, le=50_000)
+    workers: int | None = Field(None, ge=0, le=32)
+    fresh_key: bool = False
+    quarantine_action: str = "keep"
+
+    @field_validator("quarantine_action")
+    @classmethod
+    def _known_action(cls, value: str) -> str:
+        from bizosctl.security import quarantine as qt
+
+        if value not in qt.ACTIONS:
+            raise InvalidInput(
+                f"unknown quarantine action {value!r}: choose {' or '.join(qt.ACTIONS)}"
+            )
+        return value
+
+
+def record_pii_rotation(
+    ctl: Control,
+    s: Session,
+    params: PiiRotationParams,
+    *,
+    status: OperationStatus = OperationStatus.RUNNING,
+) -> tuple[uuid.UUID, bool]:
+    """Resume the pii rotation a dead process left open, or record a new one (``queued`` for a
+    worker), in the caller's transaction. Returns ``(operation id, resumed)``; Busy while
+    another process runs one. A resumed run keeps its key (``fresh_key`` as recorded) and
+    takes the new call's batch size, workers and quarantine action."""
+    op_id, resumed = start_rotation(
+        ctl, s, kind=OperationKind.ROTATE_PII, target="pii", params=params, status=status
+    )
+    if resumed:
+        patch_params(
+            s,
+            op_id,
+            **params.model_dump(mode="json", include={"batch", "workers", "quarantine_action"}),
+        )
+    return op_id, resumed
+
+
+def resume_pii_rotation(ctl: Control, op: OperationPublic) -> dict[str, Any]:
+    """The registry's runner: run a queued pii rotation, or resume one whose process died."""
+    return _run_pii(ctl, op.id, resumed=op.status != OperationStatus.QUEUED)
 
 
 def reencrypt_target(
@@ -261,10 +294,6 @@ def _sleep_until(moment: float) -> None:
         time.sleep(wait)
 
 
-def _step(run: OperationRun, name: str) -> dict[str, Any]:
-    return run.step_data(name)
-
-
 def _target_name(t: Target) -> str:
     return f"{t.server}/{t.database}/{t.schema}"
 
@@ -286,15 +315,31 @@ def rotate_pii(
     new one, which first waits one reload period. Values that do not decrypt are quarantined
     (see :mod:`bizosctl.security.quarantine`; ``quarantine_action``: ``keep`` or ``null``)
     and listed in the report's ``quarantined``; the rotation still completes.
+
+    An operation (``secrets.rotate`` on ``pii``; one step per target done): a run that died
+    is resumed by running it again or by ``ops resume ID``. Returns the report; ``ok`` is
+    false when something is left (``left``: values under old versions; ``skipped``: targets
+    of moving tenants) or quarantined, and ``error`` says what.
     """
+    params = PiiRotationParams(
+        batch=batch, workers=workers, fresh_key=fresh_key, quarantine_action=quarantine_action
+    )
+    with ctl.catalog() as s:
+        op_id, resumed = record_pii_rotation(ctl, s, params)
+    return _run_pii(ctl, op_id, resumed=resumed, progress=progress)
+
+
+def _run_pii(
+    ctl: Control, op_id: uuid.UUID, *, resumed: bool, progress: Progress | None = None
+) -> dict[str, Any]:
     from bizosctl.security import quarantine as qt
 
-    if quarantine_action not in qt.ACTIONS:
-        raise InvalidInput(
-            f"unknown quarantine action {quarantine_action!r}: choose {' or '.join(qt.ACTIONS)}"
-        )
-    op_id, resumed = _operation(ctl, "pii")
-    crypto = Crypto(default_workers() if workers is None else workers)
+    op = get_operation(ctl, op_id)
+    if op is None:
+        raise NotFound(f"no operation {op_id}")
+    params = PiiRotationParams.model_validate(op.params)
+    batch, fresh_key, quarantine_action = params.batch, params.fresh_key, params.quarantine_action
+    crypto = Crypto(default_workers() if params.workers is None else params.workers)
     quarantined: dict[tuple[str, str, str, str], qt.Entry] = {}
 
     def keep(entries: list[qt.Entry]) -> None:
@@ -308,32 +353,36 @@ def rotate_pii(
         # staged key was made long ago: no wait.
         if "new-key" not in run.completed:
             master = ctl.keyring.master
-            with ctl.catalog() as s:
+            with step_session(run) as s:  # committed with its step
                 version, age = next_version(s, master, "pii", fresh=fresh_key)
             run.step("new-key", version=version, at=time.time() - age)
             crash_point("rotate.new-key")
-        new_key = _step(run, "new-key")
+        new_key = run.step_data("new-key")
         version = int(new_key["version"])
         waited = max(0.0, float(new_key["at"]) + reload_s - time.time())
         _sleep_until(float(new_key["at"]) + reload_s)
         # Phase 2: it becomes primary; writes move to it within one more reload period.
         if "primary" not in run.completed:
-            with ctl.catalog() as s:
+            with step_session(run) as s:
                 set_primary(s, "pii", version)
             run.step("primary", at=time.time())
-        started = float(_step(run, "primary")["at"])
+        started = float(run.step_data("primary")["at"])
         ctl.reload_keyring()
         ring = ctl.keyring
         rewritten = 0
         targets = _targets(ctl)
         skipped = [t.label for t in targets if t.moving]
-        for done in _steps(run):  # what an earlier, interrupted run quarantined
-            if str(done.get("name", "")).startswith("target:"):
-                keep(list(done.get("quarantined") or []))
-        for t in targets:
+        for done in run.steps("target:"):  # what an earlier, interrupted run quarantined
+            keep(list(done.data.get("quarantined") or []))
+        cancelled = False
+        for i, t in enumerate(targets):
             name = f"target:{_target_name(t)}"
             if t.moving or name in run.completed:
                 continue
+            if run.cancel_requested():  # a safe point: every target before is done
+                cancelled = True
+                break
+            run.set_progress(i, len(targets), _target_name(t))
             bad: list[qt.Entry] = []
             n = reencrypt_target(ctl, t, ring, version, batch, crypto, progress, bad)
             for e in bad:
@@ -344,6 +393,19 @@ def rotate_pii(
             crash_point(
                 f"rotate.target.{len([c for c in run.completed if c.startswith('target:')])}"
             )
+        if cancelled:
+            why = "cancelled by the operator; what was re-encrypted stays so"
+            run.finish(OperationStatus.CANCELLED, why)
+            return {
+                "ok": False,
+                "error": why,
+                "cancelled": True,
+                "purpose": "pii",
+                "operation": str(op_id),
+                "resumed": resumed,
+                "version": version,
+                "rows_rewritten": rewritten,
+            }
         # Processes that had not re-read their keyring yet may have written under the old
         # key: wait one reload period, then sweep until nothing old is left.
         _sleep_until(started + reload_s)
@@ -401,7 +463,7 @@ def rotate_pii(
             run.step("quarantine", action=quarantine_action, values=qt.public(quarantined.values()))
         if not left and not skipped:
             master = ctl.keyring.master
-            with ctl.catalog() as s:
+            with step_session(run) as s:
                 retired = retire(s, "pii", keep=version)
                 destroyed = [
                     v
@@ -412,7 +474,7 @@ def rotate_pii(
                 staged = stage_next(s, master, "pii")
             run.step("retire", versions=retired, destroyed=destroyed, staged=staged)
         status = "done" if not left and not skipped else "failed"
-        error = None
+        error: str | None = None
         if left:
             error = f"values still under old versions: {left}"
         elif skipped:
@@ -421,7 +483,9 @@ def rotate_pii(
             error = f"{len(quarantined)} value(s) do not decrypt: quarantined"
         run.finish(status, error)
     ctl.reload_keyring()
-    report = {
+    return {
+        "ok": status == "done" and not quarantined,
+        "error": error,
         "purpose": "pii",
         "operation": str(op_id),
         "resumed": resumed,
@@ -436,10 +500,3 @@ def rotate_pii(
         "quarantined": qt.public(quarantined.values()),
         "quarantine_action": quarantine_action,
     }
-    if status != "done":
-        raise OperationFailed(f"pii rotation incomplete: {error}")
-    return report
-
-
-def _steps(run: OperationRun) -> list[dict[str, Any]]:
-    return [st.flat() for st in run.steps()]

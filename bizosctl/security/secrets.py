@@ -7,13 +7,20 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from typing import Any
+import uuid
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 
 from bizosctl.catalog.control import Control
-from bizosctl.catalog.models import KeyringEntry, Route, Server
+from bizosctl.catalog.models import KeyringEntry, Operation, Route, Server
+from bizosctl.catalog.operations import (
+    OperationKind,
+    OperationPublic,
+    OperationRun,
+    OperationStatus,
+)
 from bizosctl.errors import ConfigError, InvalidInput, KeyringError
 from bizosctl.faults import crash_point
 from bizosctl.security.fields import key_version
@@ -37,6 +44,10 @@ from bizosctl.security.masterkey import (
     load_master_key,
     next_key_file,
 )
+from bizosctl.security.rotation_ops import start, step_session
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 class KeyVersion(BaseModel):
@@ -141,6 +152,12 @@ def _wait_before_switch(ctl: Control, age: float) -> float:
 
 
 # -- JWT ----------------------------------------------------------------------------------------
+class JwtRotationParams(BaseModel):
+    """What a ``secrets.jwt`` operation records: enough to run it again from its id alone."""
+
+    fresh_key: bool = False
+
+
 def rotate_jwt(ctl: Control, *, fresh_key: bool = False) -> dict[str, Any]:
     """New signing key (new ``kid``); older live keys retire once their last token expired.
 
@@ -149,47 +166,86 @@ def rotate_jwt(ctl: Control, *, fresh_key: bool = False) -> dict[str, Any]:
     keyring (one reload period), so that no verifier meets a ``kid`` it does not know.
     ``fresh_key`` is for a leak: every other live key (the leaked primary, older ones) is
     retired, and destroyed, at the switch, so nothing signed with them verifies any more.
+
+    An operation (``secrets.jwt``, steps ``new-key`` and ``switched``): a run that died is
+    resumed by running it again (with its own params) or by ``ops resume ID``.
     """
+    op_id, resumed = start(
+        ctl,
+        kind=OperationKind.ROTATE_JWT,
+        target="jwt",
+        params=JwtRotationParams(fresh_key=fresh_key),
+    )
+    return _run_jwt(ctl, op_id, resumed=resumed)
+
+
+def resume_jwt_rotation(ctl: Control, op: OperationPublic) -> dict[str, Any]:
+    """The registry's runner: finish a jwt rotation whose process died."""
+    return _run_jwt(ctl, op.id, resumed=True)
+
+
+def _run_jwt(ctl: Control, op_id: uuid.UUID, *, resumed: bool) -> dict[str, Any]:
     ttl = ctl.settings.jwt_ttl_seconds
     reload_s = ctl.settings.keyring_reload_seconds
     # a process that has not re-read its keyring signs with the old key for up to one reload
     # period after the switch; its tokens live ``ttl``
     valid_for = int(ttl + reload_s + ctl.settings.jwt_leeway_seconds) + 1
     master = ctl.keyring.master  # not inside a catalog transaction: a reload may happen
-    with ctl.catalog() as s:
-        version, age = next_version(s, master, "jwt", fresh=fresh_key)
-    waited = _wait_before_switch(ctl, age)
-    time.sleep(waited)
-    with ctl.catalog() as s:
-        due = [v for _p, v in retire_due_keys(s, purposes=("jwt",))]
-        if fresh_key:
-            due += retire(s, "jwt", keep=version)
-        else:
-            s.execute(
-                update(KeyringEntry)
-                .where(
-                    KeyringEntry.purpose == "jwt",
-                    KeyringEntry.retired_at.is_(None),
-                    KeyringEntry.retire_after.is_(None),
-                    KeyringEntry.version != version,
+    with OperationRun(ctl, op_id) as run:
+        params = JwtRotationParams.model_validate(run.params())
+        fresh_key = params.fresh_key
+        if "new-key" not in run.completed:
+            with step_session(run) as s:
+                version, age = next_version(s, master, "jwt", fresh=fresh_key)
+            run.step("new-key", version=version, at=time.time() - age)
+            crash_point("rotate.jwt.new-key")
+        new_key = run.step_data("new-key")
+        version = int(new_key["version"])
+        waited = max(0.0, float(new_key["at"]) + reload_s - time.time())
+        time.sleep(waited)
+        if "switched" not in run.completed:
+            with step_session(run) as s:
+                due = [v for _p, v in retire_due_keys(s, purposes=("jwt",))]
+                if fresh_key:
+                    due += retire(s, "jwt", keep=version)
+                else:
+                    s.execute(
+                        update(KeyringEntry)
+                        .where(
+                            KeyringEntry.purpose == "jwt",
+                            KeyringEntry.retired_at.is_(None),
+                            KeyringEntry.retire_after.is_(None),
+                            KeyringEntry.version != version,
+                        )
+                        .values(retire_after=func.now() + dt.timedelta(seconds=valid_for))
+                    )
+                set_primary(s, "jwt", version)
+                destroyed = destroy_due(
+                    s, destroy_after_s=ctl.settings.key_destroy_after, purposes=("jwt",)
                 )
-                .values(retire_after=text(f"now() + interval '{valid_for} seconds'"))
+                staged = stage_next(s, master, "jwt")
+            run.step(
+                "switched",
+                retired=sorted(set(due)),
+                destroyed=[v for _p, v in destroyed],
+                staged=staged,
+                previous_valid_for_s=0 if fresh_key else valid_for,
             )
-        set_primary(s, "jwt", version)
-        destroyed = destroy_due(
-            s, destroy_after_s=ctl.settings.key_destroy_after, purposes=("jwt",)
-        )
-        staged = stage_next(s, master, "jwt")
+            crash_point("rotate.jwt.switched")
+        switched = run.step_data("switched")
+        run.finish(OperationStatus.DONE)
     ctl.reload_keyring()
     return {
+        "operation": str(op_id),
+        "resumed": resumed,
         "purpose": "jwt",
         "version": version,
         "kid": f"jwt-v{version}",
-        "retired": sorted(set(due)),
-        "destroyed": [v for _p, v in destroyed],
-        "staged": staged,
+        "retired": switched["retired"],
+        "destroyed": switched["destroyed"],
+        "staged": switched["staged"],
         "waited_s": round(waited, 3),
-        "previous_valid_for_s": 0 if fresh_key else valid_for,
+        "previous_valid_for_s": switched["previous_valid_for_s"],
     }
 
 
@@ -225,63 +281,157 @@ def retire_due(ctl: Control) -> list[tuple[str, int]]:
 
 
 # -- catalog credentials ------------------------------------------------------------------------
+class CredentialsRotationParams(BaseModel):
+    """A ``secrets.db-credentials`` operation takes no params: it re-seals everything."""
+
+
 def rotate_credentials_key(ctl: Control) -> dict[str, Any]:
-    """New ``db-credentials`` key; every sealed catalog value re-sealed; the old key retired."""
+    """New ``db-credentials`` key; every sealed catalog value re-sealed; the old key retired.
+
+    An operation (``secrets.db-credentials``, steps ``new-key`` then ``resealed``, each
+    committed with the change it records; every value moves in one transaction, or none does):
+    a run that died is resumed by running it again or by ``ops resume ID``.
+    """
+    op_id, resumed = start(
+        ctl,
+        kind=OperationKind.ROTATE_DB_CREDENTIALS,
+        target="db-credentials",
+        params=CredentialsRotationParams(),
+    )
+    return _run_credentials(ctl, op_id, resumed=resumed)
+
+
+def resume_credentials_rotation(ctl: Control, op: OperationPublic) -> dict[str, Any]:
+    """The registry's runner: finish a db-credentials rotation whose process died."""
+    return _run_credentials(ctl, op.id, resumed=True)
+
+
+def _reseal_all(ctl: Control, s: Session) -> int:
     from bizosctl.catalog.models import WebhookEndpoint
 
     resealed = 0
-    with ctl.catalog() as s:
-        version = add_version(s, ctl.keyring.master, "db-credentials")
-    ctl.reload_keyring()
-    with ctl.catalog() as s:  # one transaction: every value moves, or none does
 
-        def again(token: str | None, context: str) -> str | None:
-            nonlocal resealed
-            if not token:
-                return token
-            resealed += 1
-            return ctl.seal(ctl.unseal(token, context=context), context=context)
+    def again(token: str | None, context: str) -> str | None:
+        nonlocal resealed
+        if not token:
+            return token
+        resealed += 1
+        return ctl.seal(ctl.unseal(token, context=context), context=context)
 
-        for srv in s.execute(select(Server)).scalars():
-            srv.url_enc = again(srv.url_enc, f"server:{srv.name}:url")
-            srv.app_password_enc = again(srv.app_password_enc, f"server:{srv.name}:app")
-        for route in s.execute(select(Route)).scalars():
-            route.password_enc = again(route.password_enc, f"role:{route.role}")
-        for ep in s.execute(select(WebhookEndpoint)).scalars():
-            ep.secrets = [
-                {**item, "secret_enc": again(item.get("secret_enc"), f"webhook:{ep.id}")}
-                for item in ep.secrets or []
-            ]
-        retired = retire(s, "db-credentials", keep=version)
-        destroyed = destroy_due(
-            s, destroy_after_s=ctl.settings.key_destroy_after, purposes=("db-credentials",)
-        )
+    for srv in s.execute(select(Server)).scalars():
+        srv.url_enc = again(srv.url_enc, f"server:{srv.name}:url")
+        srv.app_password_enc = again(srv.app_password_enc, f"server:{srv.name}:app")
+    for route in s.execute(select(Route)).scalars():
+        route.password_enc = again(route.password_enc, f"role:{route.role}")
+    for ep in s.execute(select(WebhookEndpoint)).scalars():
+        ep.secrets = [
+            {**item, "secret_enc": again(item.get("secret_enc"), f"webhook:{ep.id}")}
+            for item in ep.secrets or []
+        ]
+    s.flush()
+    return resealed
+
+
+def _run_credentials(ctl: Control, op_id: uuid.UUID, *, resumed: bool) -> dict[str, Any]:
+    with OperationRun(ctl, op_id) as run:
+        if "new-key" not in run.completed:
+            master = ctl.keyring.master
+            with step_session(run) as s:
+                version = add_version(s, master, "db-credentials")
+            run.step("new-key", version=version)
+            crash_point("rotate.db-credentials.new-key")
+        version = int(run.step_data("new-key")["version"])
+        ctl.reload_keyring()  # seal with the new primary
+        if "resealed" not in run.completed:
+            with step_session(run) as s:
+                resealed = _reseal_all(ctl, s)
+                retired = retire(s, "db-credentials", keep=version)
+                destroyed = destroy_due(
+                    s, destroy_after_s=ctl.settings.key_destroy_after, purposes=("db-credentials",)
+                )
+            run.step(
+                "resealed",
+                resealed=resealed,
+                retired=retired,
+                destroyed=[v for _p, v in destroyed],
+            )
+            crash_point("rotate.db-credentials.resealed")
+        done = run.step_data("resealed")
+        run.finish(OperationStatus.DONE)
     ctl.reload_keyring()
     return {
+        "operation": str(op_id),
+        "resumed": resumed,
         "purpose": "db-credentials",
         "version": version,
-        "resealed": resealed,
-        "retired": retired,
-        "destroyed": [v for _p, v in destroyed],
+        "resealed": done["resealed"],
+        "retired": done["retired"],
+        "destroyed": done["destroyed"],
+    }
+
+
+def plan_credentials_rotation(ctl: Control) -> dict[str, Any]:
+    """What :func:`rotate_credentials_key` would do, changing nothing: the version it would
+    make, the values it would re-seal (by the version sealing them now), what it would
+    retire, and an interrupted rotation it would finish first."""
+    from bizosctl.catalog.operations import OPEN
+
+    by_version: dict[int, int] = {}
+    for token in _credential_tokens(ctl):
+        v = key_version(token)
+        by_version[v] = by_version.get(v, 0) + 1
+    with ctl.catalog() as s:
+        versions = s.execute(
+            select(KeyringEntry.version, KeyringEntry.retired_at).where(
+                KeyringEntry.purpose == "db-credentials"
+            )
+        ).all()
+        pending = s.execute(
+            select(Operation.id).where(
+                Operation.kind == OperationKind.ROTATE_DB_CREDENTIALS,
+                Operation.status.in_(OPEN),
+            )
+        ).scalars()
+        would_resume = [str(i) for i in pending]
+    return {
+        "purpose": "db-credentials",
+        "new_version": max((v for v, _r in versions), default=0) + 1,
+        "would_reseal": sum(by_version.values()),
+        "values_by_version": by_version,
+        "would_retire": sorted(v for v, retired in versions if retired is None),
+        "would_resume": would_resume,
     }
 
 
 # -- master key ---------------------------------------------------------------------------------
-def _rewrap_all(ctl: Control, new: MasterKey) -> int:
+class MasterKeyRotationParams(BaseModel):
+    """What a ``secrets.master-key`` operation records: the KMS key it moves to (None: a new
+    key file)."""
+
+    to_kms: str | None = None
+
+
+def _rewrap_all(ctl: Control, s: Session, new: MasterKey) -> int:
+    """Every data key not yet wrapped by ``new``, re-wrapped by it (in ``s``)."""
     from bizosctl.security.keyring import _aad, unwrap
 
     old = ctl.keyring.master
-    with ctl.catalog() as s:
-        s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('keyring', 0))"))
-        entries = (
-            s.execute(select(KeyringEntry).where(KeyringEntry.wrapped_key.is_not(None)))
-            .scalars()
-            .all()
+    s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('keyring', 0))"))
+    entries = (
+        s.execute(
+            select(KeyringEntry).where(
+                KeyringEntry.wrapped_key.is_not(None),
+                KeyringEntry.master_id.is_distinct_from(new.id),
+            )
         )
-        for e in entries:  # a destroyed key has nothing left to re-wrap
-            key = unwrap(old, e)
-            e.wrapped_key = new.wrap(_aad(e.purpose, e.version), key)
-            e.master_id = new.id
+        .scalars()
+        .all()
+    )
+    for e in entries:  # a destroyed key has nothing left to re-wrap
+        key = unwrap(old, e)
+        e.wrapped_key = new.wrap(_aad(e.purpose, e.version), key)
+        e.master_id = new.id
+    s.flush()
     return len(entries)
 
 
@@ -298,52 +448,117 @@ def check_master_rotation(ctl: Control, *, to_kms: str | None) -> None:
 
 
 def rotate_master_key(ctl: Control, *, to_kms: str | None = None) -> dict[str, Any]:
-    """Re-wrap every data key under a new master key: a new key file, or a KMS key."""
-    settings = ctl.settings
+    """Re-wrap every data key under a new master key: a new key file, or a KMS key.
+
+    An operation (``secrets.master-key``): ``new-key`` (the new key written to
+    ``master.key.next``, or the KMS key), ``rewrapped`` (committed with the re-wrapped data
+    keys), ``installed`` (the key file replaced, or the KMS key written to the config file). A
+    run killed after its commit leaves the new key in ``master.key.next``: the next process
+    that opens the keyring installs it, and the next run of this command (or ``ops resume
+    ID``) records that and finishes the operation. A run that died earlier is resumed the same
+    way, with its own params.
+    """
     check_master_rotation(ctl, to_kms=to_kms)
-    _ = ctl.keyring  # opens with the current master, or fails clearly
-    if to_kms is not None:
-        new: MasterKey = KmsMasterKey(to_kms, endpoint_url=settings.kms_endpoint_url)
+    _ = ctl.keyring  # opens with the current master (after finishing a rename), or fails clearly
+    op_id, resumed = start(
+        ctl,
+        kind=OperationKind.ROTATE_MASTER_KEY,
+        target="master-key",
+        params=MasterKeyRotationParams(to_kms=to_kms),
+    )
+    return _run_master(ctl, op_id, resumed=resumed)
+
+
+def resume_master_rotation(ctl: Control, op: OperationPublic) -> dict[str, Any]:
+    """The registry's runner: finish a master-key rotation whose process died."""
+    _ = ctl.keyring  # installs master.key.next when the catalog already expects it
+    return _run_master(ctl, op.id, resumed=True)
+
+
+def _key_at(settings: Any, path: Any) -> LocalMasterKey | None:
+    if not path.exists():
+        return None
+    return LocalMasterKey(load_master_key(settings.model_copy(update={"master_key_file": path})))
+
+
+def _new_master(ctl: Control, run: OperationRun, params: MasterKeyRotationParams) -> MasterKey:
+    """The new master key: the one an earlier run of this operation made, or a new one."""
+    settings = ctl.settings
+    nxt = next_key_file(settings)
+    if "new-key" in run.completed:
+        want = str(run.step_data("new-key")["master"])
+        if params.to_kms is not None:
+            return KmsMasterKey(params.to_kms, endpoint_url=settings.kms_endpoint_url)
+        for path in (nxt, settings.key_file):
+            key = _key_at(settings, path)
+            if key is not None and key.id == want:
+                return key
+        if "rewrapped" in run.completed:
+            raise KeyringError(
+                f"the new master key {want} is lost: neither {nxt} nor {settings.key_file} "
+                "holds it (restore it from a backup)"
+            )
+        # the new key file went before anything was wrapped with it: make another one
+    new: MasterKey
+    if params.to_kms is not None:
+        new = KmsMasterKey(params.to_kms, endpoint_url=settings.kms_endpoint_url)
     else:
-        nxt = next_key_file(settings)
         nxt.unlink(missing_ok=True)
         create_key_file(nxt)
-        new = LocalMasterKey(load_master_key(settings.model_copy(update={"master_key_file": nxt})))
-    count = _rewrap_all(ctl, new)
-    crash_point("rotate.master.rewrapped")
-    if to_kms is None:
-        os.replace(next_key_file(settings), settings.key_file)  # the old key is gone
-    else:
-        _write_config(
-            settings,
-            {
-                "kms_key_id": to_kms,
-                **(
-                    {"kms_endpoint_url": settings.kms_endpoint_url}
-                    if settings.kms_endpoint_url
-                    else {}
-                ),
-            },
-        )
-        if settings.master_key is None and settings.key_file.exists():
-            settings.key_file.unlink()
-    ctl.use_master(new)  # this process goes on with the new master
-    return {"rewrapped": count, "master": new.id}
+        key = _key_at(settings, nxt)
+        assert key is not None
+        new = key
+    run.step("new-key", master=new.id, to="kms" if params.to_kms else str(nxt))
+    crash_point("rotate.master.new-key")
+    return new
 
 
-def finish_interrupted_rotation(ctl: Control, error: KeyringError) -> bool:
-    """A rotation killed between the catalog commit and the key file rename leaves the new
-    key in ``master.key.next``: when that is the key the keyring expects, install it."""
-    nxt = next_key_file(ctl.settings)
-    if ctl.settings.master_key is not None or not nxt.exists():
-        return False
-    candidate = LocalMasterKey(
-        load_master_key(ctl.settings.model_copy(update={"master_key_file": nxt}))
+def _install(ctl: Control, params: MasterKeyRotationParams) -> str:
+    """Make the new master key the configured one; returns how (for the operation's step)."""
+    settings = ctl.settings
+    if params.to_kms is None:
+        nxt = next_key_file(settings)
+        if not nxt.exists():
+            return "installed from master.key.next when the keyring was next opened"
+        os.replace(nxt, settings.key_file)  # the old key is gone
+        return "key file replaced"
+    _write_config(
+        settings,
+        {
+            "kms_key_id": params.to_kms,
+            **(
+                {"kms_endpoint_url": settings.kms_endpoint_url} if settings.kms_endpoint_url else {}
+            ),
+        },
     )
-    if candidate.id not in error.message:
-        return False
-    os.replace(nxt, ctl.settings.key_file)
-    return True
+    if settings.master_key is None and settings.key_file.exists():
+        settings.key_file.unlink()
+    return "KMS key written to the config file"
+
+
+def _run_master(ctl: Control, op_id: uuid.UUID, *, resumed: bool) -> dict[str, Any]:
+    with OperationRun(ctl, op_id) as run:
+        params = MasterKeyRotationParams.model_validate(run.params())
+        new = _new_master(ctl, run, params)
+        if "rewrapped" not in run.completed:
+            with step_session(run) as s:
+                count = _rewrap_all(ctl, s, new)
+            run.step("rewrapped", data_keys=count)
+            crash_point("rotate.master.rewrapped")
+        count = int(run.step_data("rewrapped")["data_keys"])
+        if "installed" not in run.completed:
+            run.step("installed", how=_install(ctl, params))
+            crash_point("rotate.master.installed")
+        how = str(run.step_data("installed")["how"])
+        run.finish(OperationStatus.DONE)
+    ctl.use_master(new)  # this process goes on with the new master
+    return {
+        "operation": str(op_id),
+        "resumed": resumed,
+        "rewrapped": count,
+        "master": new.id,
+        "installed": how,
+    }
 
 
 def _write_config(settings: Any, values: dict[str, str]) -> None:
