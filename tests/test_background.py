@@ -107,3 +107,26 @@ def test_background_goes_with_a_move_or_resume_only(cli, make_tenant):
     r = cli("tenant", "move", slug, "--status", "--background")
     assert r.exit_code == 2
     assert r.stderr.strip() == "error: --background goes with a move or --resume, not --status"
+
+
+def test_create_and_delete_in_the_background(ctl, cli, operations_queue):
+    from conftest import unique_slug
+
+    slug = unique_slug("bg")
+    r = cli(
+        "tenant", "create", slug, "--name", "Bg", "--region", "global", "--tier", "isolated",
+        "--background", "--json",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    created = uuid.UUID(json.loads(r.stdout)["operation"])
+    assert ctl.route(slug).status == "provisioning"
+    operations_queue.append(Worker("operations").started())
+    wait_for("the create to finish", lambda: describe(ctl, created).status == "done", 120)
+    assert ctl.route(slug).status == "active"
+    r = cli("tenant", "delete", slug, "--background", "--json")
+    assert r.exit_code == 2 and "pass --yes" in r.stdout + r.stderr  # still destructive
+    r = cli("tenant", "delete", slug, "--yes", "--background", "--json")
+    assert r.exit_code == 0, r.stderr
+    deleted = uuid.UUID(json.loads(r.stdout)["operation"])
+    wait_for("the delete to finish", lambda: describe(ctl, deleted).status == "done", 120)
+    assert cli("tenant", "show", slug).exit_code == 3

@@ -8,6 +8,7 @@ import typer
 
 from bizosctl.cli.move import move as move_command
 from bizosctl.cli.output import (
+    BackgroundOpt,
     DryRunOpt,
     JsonOpt,
     YesOpt,
@@ -66,16 +67,19 @@ def create(
     owner_email: str | None = typer.Option(
         None, "--owner-email", help="Owner's e-mail (stored as a keyed hash)."
     ),
+    background: bool = BackgroundOpt,
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Create a tenant in a tier and region. Running it again after a crash finishes it.
 
+    With --background the tenant is registered (provisioning) and a worker builds it.
+
     Example: bizosctl tenant create globex --name "Globex" --region id --tier isolated
     """
     from bizosctl.tenancy.lifecycle import get_tenant
     from bizosctl.tenancy.placement import placement_for
-    from bizosctl.tenancy.provision import _validate, create_tenant
+    from bizosctl.tenancy.provision import _validate, create_tenant, submit_create
 
     ctl = _ctl()
     if dry_run:
@@ -98,6 +102,14 @@ def create(
                 f"would create {slug} ({tier}) in {place.server}: "
                 f"database {place.database}, schema {place.schema}"
             )
+        return
+    if background:
+        from bizosctl.cli.output import print_submitted
+
+        sub = submit_create(
+            ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email
+        )
+        print_submitted(sub, json_out=json_out)
         return
     if json_out:
         create_tenant(ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email)
@@ -250,14 +262,18 @@ def unlock(slug: str = Slug, dry_run: bool = DryRunOpt, json_out: bool = JsonOpt
 @app.command("delete")
 @handle_errors
 def delete(
-    slug: str = Slug, yes: bool = YesOpt, dry_run: bool = DryRunOpt, json_out: bool = JsonOpt
+    slug: str = Slug,
+    yes: bool = YesOpt,
+    background: bool = BackgroundOpt,
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Drop a tenant's data (rows, schema, or database and role). The catalog keeps a record.
 
     Example: bizosctl tenant delete acme --dry-run
     """
     from bizosctl.tenancy.names import check_slug
-    from bizosctl.tenancy.provision import delete_plan, delete_tenant
+    from bizosctl.tenancy.provision import delete_plan, delete_tenant, submit_delete
 
     check_slug(slug)
     ctl = _ctl()
@@ -278,6 +294,11 @@ def delete(
                     stdout_console().print(f"  {stmt};", markup=False)
         return
     confirm_destructive(yes, f"deleting tenant {slug!r}")
+    if background:
+        from bizosctl.cli.output import print_submitted
+
+        print_submitted(submit_delete(ctl, slug), json_out=json_out)
+        return
     result = delete_tenant(ctl, slug)
     if json_out:
         print_json(result)

@@ -8,6 +8,7 @@ crash finishes the tenant; ``delete_tenant`` removes what a half-made tenant lef
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -21,6 +22,7 @@ from bizosctl.catalog.operations import (
     OperationKind,
     OperationPublic,
     OperationRun,
+    OperationStatus,
     is_alive,
     patch_params,
     start_or_resume,
@@ -58,6 +60,9 @@ from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
+
+    from bizosctl.jobs.background import Submitted
 
 
 def _validate(ctl: Control, *, slug: str, tier: str, region: str, name: str | None = None) -> None:
@@ -95,6 +100,55 @@ def create_tenant(
     Catalog round trips are few on purpose (one lookup, one registration, one closing
     transaction): provisioning should cost little more than the tenant's own DDL.
     """
+    route, op_id, _ = _start_create(
+        ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email
+    )
+    _finish_create(ctl, op_id, route)
+    return route.tenant_id
+
+
+def submit_create(
+    ctl: Control,
+    *,
+    slug: str,
+    name: str,
+    tier: str,
+    region: str,
+    owner_email: str | None = None,
+) -> Submitted:
+    """``tenant create --background``: refuse what a create refuses, then register the tenant
+    (provisioning) and queue the job that builds it, in one transaction."""
+    from bizosctl.jobs.background import submit
+
+    def record(s: Session) -> tuple[uuid.UUID, bool]:
+        _, op_id, resumed = _start_create(
+            ctl,
+            slug=slug,
+            name=name,
+            tier=tier,
+            region=region,
+            owner_email=owner_email,
+            session=s,
+            status=OperationStatus.QUEUED,
+        )
+        return op_id, resumed
+
+    return submit(ctl, record)
+
+
+def _start_create(
+    ctl: Control,
+    *,
+    slug: str,
+    name: str,
+    tier: str,
+    region: str,
+    owner_email: str | None,
+    session: Session | None = None,
+    status: OperationStatus = OperationStatus.RUNNING,
+) -> tuple[RouteInfo, uuid.UUID, bool]:
+    """Validate a create and register the tenant, or find the half-created one to finish.
+    Returns its route, its operation and whether that operation was there already."""
     check_new_slug(slug)
     check_tier(tier)
     check_tenant_name(name)
@@ -128,31 +182,31 @@ def create_tenant(
         assert existing.operation_id is not None
         if is_alive(ctl, existing.operation_id):
             raise Busy(f"tenant {slug!r} is being created by another process right now")
-        route, op_id = ctl.route(slug), existing.operation_id
-    else:
-        try:
-            _check_available(ctl, slug=slug, server=server)
-        except InvalidInput:
-            # Another `tenant create` of this very slug may have registered it (and made its
-            # objects) since the look-up above: say so, as the registration itself would.
-            with ctl.catalog() as s:
-                taken = s.execute(
-                    select(Tenant.id).where(Tenant.slug == slug, Tenant.status != "deleted")
-                ).first()
-            if taken is not None:
-                raise AlreadyExists(f"tenant {slug!r} already exists") from None
-            raise
-        route, op_id = _register(
-            ctl,
-            slug=slug,
-            name=name,
-            tier=tier,
-            region=region,
-            server=server,
-            owner_email=owner_email,
-        )
-    _finish_create(ctl, op_id, route)
-    return route.tenant_id
+        return ctl.route(slug), existing.operation_id, True
+    try:
+        _check_available(ctl, slug=slug, server=server)
+    except InvalidInput:
+        # Another `tenant create` of this very slug may have registered it (and made its
+        # objects) since the look-up above: say so, as the registration itself would.
+        with ctl.catalog() as s:
+            taken = s.execute(
+                select(Tenant.id).where(Tenant.slug == slug, Tenant.status != "deleted")
+            ).first()
+        if taken is not None:
+            raise AlreadyExists(f"tenant {slug!r} already exists") from None
+        raise
+    route, op_id = _register(
+        ctl,
+        slug=slug,
+        name=name,
+        tier=tier,
+        region=region,
+        server=server,
+        owner_email=owner_email,
+        session=session,
+        status=status,
+    )
+    return route, op_id, False
 
 
 def _finish_create(ctl: Control, op_id: uuid.UUID, route: RouteInfo) -> None:
@@ -202,8 +256,11 @@ def _register(
     region: str,
     server: str,
     owner_email: str | None,
+    session: Session | None = None,
+    status: OperationStatus = OperationStatus.RUNNING,
 ) -> tuple[RouteInfo, uuid.UUID]:
-    """Commit the tenant (provisioning), its route and its operation in one transaction."""
+    """Commit the tenant (provisioning), its route and its operation in one transaction (the
+    caller's ``session`` when given: it commits them with what it adds)."""
     place = placement_for(ctl, slug=slug, tier=tier, region=region, server=server)
     database, schema, role = place.database, place.schema, place.role
     tenant_id, op_id = uuid.uuid4(), uuid.uuid4()
@@ -216,11 +273,15 @@ def _register(
     bidx = blind_index(ctl.keyring, normalize_email(owner_email)) if owner_email else None
     params = json.dumps({"tier": tier, "region": region})
     try:
-        with ctl.catalog() as s:  # one statement: operation, tenant and route
+        with (
+            contextlib.nullcontext(session) if session is not None else ctl.catalog() as s,
+            translate_errors("catalog"),
+        ):  # one statement: operation, tenant and route
             s.execute(
                 text(
-                    "WITH op AS (INSERT INTO operations (id, kind, target, params) "
-                    "  VALUES (:op, 'tenant.create', :slug, CAST(:params AS jsonb)) RETURNING id), "
+                    "WITH op AS (INSERT INTO operations (id, kind, target, params, status) "
+                    "  VALUES (:op, 'tenant.create', :slug, CAST(:params AS jsonb), :status) "
+                    "  RETURNING id), "
                     "t AS (INSERT INTO tenants (id, slug, name, tier, region, status, operation_id,"
                     "  owner_email_bidx) SELECT :tid, :slug, :name, :tier, :region, 'provisioning',"
                     "  op.id, :bidx FROM op RETURNING id) "
@@ -241,6 +302,7 @@ def _register(
                     "role": role,
                     "pw": password_enc,
                     "params": params,
+                    "status": str(status),
                 },
             )
     except BizosError as exc:
@@ -378,31 +440,58 @@ def delete_tenant(ctl: Control, slug: str) -> dict[str, Any]:
     check_slug(slug)
     route = ctl.route(slug)
     with ctl.catalog() as s:
-        tenant = s.get(Tenant, route.tenant_id)
-        if tenant is None:
-            raise NotFound(f"no tenant named {slug!r}")
-        if (
-            tenant.status == "provisioning"
-            and tenant.operation_id
-            and is_alive(ctl, tenant.operation_id)
-        ):
-            raise Busy(f"tenant {slug!r} is being created right now; delete it when that finishes")
-        if tenant.status == "moving":
-            raise InvalidInput(
-                f"tenant {slug!r} is moving: `tenant move --abort {slug}` (or let it finish) first"
-            )
-        tenant.status = "deleting"
-        # an interrupted delete of this tenant is resumed, not started again
-        op_id, _ = start_or_resume(
-            ctl,
-            s,
-            kind=OperationKind.TENANT_DELETE,
-            target=slug,
-            params={"tier": route.tier},
-            exclusive=True,
-            other_params="resume",
-        )
+        op_id = _start_delete(ctl, s, route)
     return _run_delete(ctl, op_id, route)
+
+
+def submit_delete(ctl: Control, slug: str) -> Submitted:
+    """``tenant delete --background``: mark the tenant deleting and queue the job that drops
+    its data, in one transaction."""
+    from bizosctl.jobs.background import submit
+
+    check_slug(slug)
+    route = ctl.route(slug)
+
+    def record(s: Session) -> tuple[uuid.UUID, bool]:
+        return _start_delete(ctl, s, route, status=OperationStatus.QUEUED), False
+
+    return submit(ctl, record)
+
+
+def _start_delete(
+    ctl: Control,
+    s: Session,
+    route: RouteInfo,
+    *,
+    status: OperationStatus = OperationStatus.RUNNING,
+) -> uuid.UUID:
+    slug = route.slug
+    tenant = s.get(Tenant, route.tenant_id)
+    if tenant is None:
+        raise NotFound(f"no tenant named {slug!r}")
+    if (
+        tenant.status == "provisioning"
+        and tenant.operation_id
+        and is_alive(ctl, tenant.operation_id)
+    ):
+        raise Busy(f"tenant {slug!r} is being created right now; delete it when that finishes")
+    if tenant.status == "moving":
+        raise InvalidInput(
+            f"tenant {slug!r} is moving: `tenant move --abort {slug}` (or let it finish) first"
+        )
+    tenant.status = "deleting"
+    # an interrupted delete of this tenant is resumed, not started again
+    op_id, _ = start_or_resume(
+        ctl,
+        s,
+        kind=OperationKind.TENANT_DELETE,
+        target=slug,
+        params={"tier": route.tier},
+        exclusive=True,
+        other_params="resume",
+        status=status,
+    )
+    return op_id
 
 
 def run_delete(ctl: Control, op: OperationPublic) -> dict[str, Any]:
