@@ -69,7 +69,9 @@ REGISTRY: dict[OperationKind, Kind] = {
     OperationKind.ROTATE_DB_CREDENTIALS: Kind(
         "bizosctl.security.secrets:resume_credentials_rotation"
     ),
-    OperationKind.ROTATE_MASTER_KEY: Kind("bizosctl.security.secrets:resume_master_rotation"),
+    OperationKind.ROTATE_MASTER_KEY: Kind(
+        "bizosctl.security.master_rotation:resume_master_rotation"
+    ),
     OperationKind.ROTATE_DB_PASSWORD: Kind(
         "bizosctl.security.dbpasswords:resume_db_password_rotation"
     ),

@@ -443,8 +443,8 @@ def rotate_master(
     Example: bizosctl secrets rotate master-key --compromised --yes
     """
     from bizosctl.security.compromise import compromise_plan, rotate_after_compromise
+    from bizosctl.security.master_rotation import rotate_master_key
     from bizosctl.security.rotation_plans import plan_master_key
-    from bizosctl.security.secrets import rotate_master_key
 
     ctl = _ctl()
     plan = plan_master_key(ctl, to_kms=to_kms)

@@ -39,8 +39,9 @@ def rotate_after_compromise(
     """Every step of :data:`PLAN`. Returns each step's report under its purpose. A step that
     fails stops the rest; the error says which steps were done and what is left to run."""
     from bizosctl.security.dbpasswords import rotate_db_password
+    from bizosctl.security.master_rotation import rotate_master_key
     from bizosctl.security.rotation import rotate_pii
-    from bizosctl.security.secrets import rotate_credentials_key, rotate_jwt, rotate_master_key
+    from bizosctl.security.secrets import rotate_credentials_key, rotate_jwt
 
     steps: list[tuple[str, str, Any]] = [
         ("master-key", "master-key", lambda: rotate_master_key(ctl, to_kms=to_kms)),

@@ -49,8 +49,8 @@ def plan_master_key(ctl: Control, *, to_kms: str | None) -> dict[str, Any]:
     With ``to_kms`` the KMS key is checked by encrypting a throw-away value with it (KMS keeps
     nothing), so a wrong key id or missing permission shows before anything changes.
     """
+    from bizosctl.security.master_rotation import check_master_rotation
     from bizosctl.security.masterkey import KmsMasterKey, next_key_file
-    from bizosctl.security.secrets import check_master_rotation
 
     settings = ctl.settings
     check_master_rotation(ctl, to_kms=to_kms)
