@@ -130,3 +130,13 @@ def test_create_and_delete_in_the_background(ctl, cli, operations_queue):
     deleted = uuid.UUID(json.loads(r.stdout)["operation"])
     wait_for("the delete to finish", lambda: describe(ctl, deleted).status == "done", 120)
     assert cli("tenant", "show", slug).exit_code == 3
+
+
+def test_pii_rotation_in_the_background(ctl, cli, operations_queue):
+    r = cli("secrets", "rotate", "pii", "--background", "--json")
+    assert r.exit_code == 0, r.stderr
+    sub = json.loads(r.stdout)
+    assert sub["kind"] == "secrets.rotate" and sub["target"] == "pii"
+    op_id = uuid.UUID(sub["operation"])
+    operations_queue.append(Worker("operations").started())
+    wait_for("the rotation to finish", lambda: describe(ctl, op_id).status == "done", 180)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from bizosctl.cli.output import (
+    BackgroundOpt,
     DryRunOpt,
     JsonOpt,
     YesOpt,
@@ -141,6 +142,7 @@ def rotate_pii(
         " the staged key is as exposed as the current one); waits one keyring reload period.",
     ),
     quarantine_action: QuarantineAction = QuarantineOpt,
+    background: bool = BackgroundOpt,
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -153,7 +155,7 @@ def rotate_pii(
 
     Example: bizosctl secrets rotate pii
     """
-    from bizosctl.security.rotation import rotate_pii
+    from bizosctl.security.rotation import rotate_pii, submit_pii_rotation
     from bizosctl.security.rotation_plans import plan_pii_rotation
 
     ctl = _ctl()
@@ -169,6 +171,18 @@ def rotate_pii(
             f"would switch to {key} and re-encrypt {doc['would_rewrite']} value(s)"
             + (": " + ", ".join(f"{n} at v{v}" for v, n in sorted(usage.items())) if usage else ""),
         )
+        return
+    if background:
+        from bizosctl.cli.output import print_submitted
+
+        sub = submit_pii_rotation(
+            ctl,
+            batch=batch,
+            workers=workers,
+            fresh_key=fresh_key,
+            quarantine_action=quarantine_action.value,
+        )
+        print_submitted(sub, json_out=json_out)
         return
     if json_out:
         doc = rotate_pii(

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.engine import Engine
@@ -58,6 +58,9 @@ from bizosctl.security.rotation_ops import start_rotation, step_session
 from bizosctl.security.usage import _engine, _targets, pii_usage
 from bizosctl.security.usage import count_by_version as count_by_version  # re-exported
 from bizosctl.sync.targets import Target
+
+if TYPE_CHECKING:
+    from bizosctl.jobs.background import Submitted
 from bizosctl.tenancy.names import q
 from tenant_schema.models import ENCRYPTED_COLUMNS
 
@@ -327,6 +330,24 @@ def rotate_pii(
     with ctl.catalog() as s:
         op_id, resumed = record_pii_rotation(ctl, s, params)
     return _run_pii(ctl, op_id, resumed=resumed, progress=progress)
+
+
+def submit_pii_rotation(
+    ctl: Control,
+    *,
+    batch: int = 2000,
+    workers: int | None = None,
+    fresh_key: bool = False,
+    quarantine_action: str = "keep",
+) -> Submitted:
+    """``secrets rotate pii --background``: record the rotation (or the interrupted one) and
+    queue its job in one transaction; a worker runs it as :func:`rotate_pii` would."""
+    from bizosctl.jobs.background import submit
+
+    params = PiiRotationParams(
+        batch=batch, workers=workers, fresh_key=fresh_key, quarantine_action=quarantine_action
+    )
+    return submit(ctl, lambda s: record_pii_rotation(ctl, s, params, status=OperationStatus.QUEUED))
 
 
 def _run_pii(
