@@ -57,6 +57,33 @@ def interruptible() -> Iterator[None]:
         INTERRUPTED.clear()
 
 
+#: Set by the SIGINT handler ``bizosctl`` installs while it starts and parses its arguments
+#: (before a command runs): the command then stops at once with the "interrupted" error (exit
+#: 130, the JSON document with --json) instead of Click's bare "Aborted!".
+PENDING_SIGINT = threading.Event()
+
+
+def _defer(signum: int, frame: FrameType | None) -> None:
+    PENDING_SIGINT.set()
+
+
+def defer_sigint() -> None:
+    """From process start until a command runs, remember a Ctrl-C instead of raising."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _defer)
+
+
+def command_started() -> bool:
+    """Called as a command starts: back to the default Ctrl-C handling. True when a Ctrl-C
+    came while the process started or parsed its arguments (the command must not run)."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is _defer
+    ):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return PENDING_SIGINT.is_set()
+
+
 def stop_requested() -> bool:
     """True once this process's worker was asked to stop: finish the step, then return."""
     return STOP_REQUESTED.is_set()

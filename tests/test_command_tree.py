@@ -137,3 +137,10 @@ def test_boolean_flags_and_dry_run_are_the_shared_options(name, cmd):
             assert p.help.startswith("Show the plan; change nothing."), name
         if "--json" in opts:
             assert p.help == "Print one JSON document on stdout, nothing else.", name
+
+
+def test_every_command_handles_errors_and_ctrl_c():
+    """Each command runs inside ``handle_errors``: it prints one line for an error, and it is
+    where the Ctrl-C handling of start-up ends (a command outside it would ignore Ctrl-C)."""
+    missing = [name for name, cmd in walk() if getattr(cmd.callback, "__wrapped__", None) is None]
+    assert missing == []

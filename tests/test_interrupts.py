@@ -176,3 +176,25 @@ def test_ctrl_c_during_a_move_stops_the_copy(ctl, make_tenant, cli, tmp_path: Pa
     assert r.exit_code == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["status"] == "done"
     assert exists_at(ctl, "global-1", f"t_{slug}", f"t_{slug}", tid) > 0
+
+
+@pytest.mark.parametrize("json_flag", [True, False])
+def test_ctrl_c_while_bizosctl_starts_is_an_interrupt_not_aborted(
+    fleet, tmp_path: Path, json_flag
+) -> None:  # type: ignore[no-untyped-def]
+    """Before a command runs (imports, argument parsing), Ctrl-C gave Click's bare
+    "Aborted!" and no JSON document; now the command does not run and reports the interrupt."""
+    release = tmp_path / "release"
+    args = ["tenant", "list"] + (["--json"] if json_flag else [])
+    proc = start(args, {"BIZOS_PAUSE_AT": "cli.start", "BIZOS_PAUSE_RELEASE": str(release)})
+    wait_for_pause(proc, "cli.start")
+    os.killpg(proc.pid, signal.SIGINT)
+    release.touch()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Aborted!" not in err
+    assert err.strip() == "error: Interrupted (Ctrl-C); run the same command again to continue."
+    if json_flag:
+        assert json.loads(out)["error"]["type"] == "interrupted"
+    else:
+        assert out == ""

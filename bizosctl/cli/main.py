@@ -91,4 +91,9 @@ worker.register(app)
 
 
 def main() -> None:
+    from bizosctl import signals
+    from bizosctl.faults import crash_point
+
+    signals.defer_sigint()
+    crash_point("cli.start")
     app()

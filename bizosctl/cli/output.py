@@ -114,8 +114,12 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         json_out = bool(kwargs.get("json_out"))
-        from bizosctl.signals import interruptible
+        from bizosctl.signals import command_started, interruptible
 
+        if command_started():  # Ctrl-C while bizosctl started: nothing has run
+            from bizosctl.errors import Interrupted
+
+            fail(Interrupted(), json_out=json_out)
         try:
             with interruptible():
                 return fn(*args, **kwargs)
