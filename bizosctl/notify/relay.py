@@ -223,8 +223,10 @@ class Relay:
             self._dbs.move_to_end(db)
             entry.used = True
             return entry
+        # No ensure_ready(): a relay must not start an embedded server someone stopped (e.g.
+        # `bizosctl down` while a worker runs); a server that is down is retried on the next
+        # poll, with the target's interval backing off.
         handle = self.ctl.server(db[0])
-        handle.ensure_ready()
         info = psycopg_conninfo(handle.admin_url(db[1]))
         with translate_errors(f"server {db[0]}"):
             try:
