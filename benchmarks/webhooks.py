@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -244,6 +245,8 @@ def main() -> None:
     finally:
         if receiver is not None:
             receiver.terminate()
+            receiver.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
         cleanup(ctl, home, log)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -21,8 +21,9 @@ Scaling to thousands of targets with bounded connections (the design, also in th
   listener drains its database's targets at once). One probe query answers for up to 200
   schemas of a database (``EXISTS`` per schema).
 - **Bounded work per step.** Notified targets are drained first; due polls then run for at most
-  ``poll_budget_s`` before the loop looks at notifications again, so 1,000 idle targets cost a
-  busy one a few milliseconds, not a sweep.
+  ``poll_budget_s``, two databases at a time with a look at notifications in between, so 1,000
+  idle targets cost a busy one a few milliseconds, not a sweep. Poll times carry +-10 % jitter,
+  so targets that went idle together do not poll in step.
 - **Bounded connections.** Listeners plus an LRU of at most ``max_connections`` others (opened
   per poll of a cold database and closed when evicted); the catalog uses its own pool.
 """
@@ -33,6 +34,7 @@ import functools
 import heapq
 import json
 import logging
+import random
 import select
 import threading
 import time
@@ -180,16 +182,27 @@ class Relay:
         self._refresh_at = time.monotonic() + self.refresh_s
 
     def _schedule(self, key: TargetKey, delay: float) -> None:
-        due = time.monotonic() + delay
+        # +-10 %: targets that went idle together do not stay in step (one burst of connects).
+        due = time.monotonic() + delay * random.uniform(0.9, 1.1)
         self._due[key] = due
         heapq.heappush(self._heap, (due, key))
 
-    def _pop_due(self, now: float) -> list[TargetKey]:
-        out = []
-        while self._heap and self._heap[0][0] <= now:
-            due, key = heapq.heappop(self._heap)
-            if self._due.get(key) == due:  # else superseded by a later schedule
-                out.append(key)
+    def _pop_due(self, now: float, *, max_dbs: int = 2) -> list[TargetKey]:
+        """Due targets of at most ``max_dbs`` databases (at most PROBE_CHUNK targets): a poll
+        of a cold database costs a connection, so the loop takes a few at a time and looks at
+        notifications in between."""
+        out: list[TargetKey] = []
+        dbs: set[tuple[str, str]] = set()
+        while self._heap and self._heap[0][0] <= now and len(out) < PROBE_CHUNK:
+            due, key = self._heap[0]
+            if self._due.get(key) != due:  # superseded by a later schedule
+                heapq.heappop(self._heap)
+                continue
+            if key.db not in dbs and len(dbs) >= max_dbs:
+                break
+            heapq.heappop(self._heap)
+            dbs.add(key.db)
+            out.append(key)
         return out
 
     def _after_poll(self, key: TargetKey, found: bool) -> None:
@@ -210,8 +223,10 @@ class Relay:
             self._dbs.move_to_end(db)
             entry.used = True
             return entry
+        # No ensure_ready(): a relay must not start an embedded server someone stopped (e.g.
+        # `bizosctl down` while a worker runs); a server that is down is retried on the next
+        # poll, with the target's interval backing off.
         handle = self.ctl.server(db[0])
-        handle.ensure_ready()
         info = psycopg_conninfo(handle.admin_url(db[1]))
         with translate_errors(f"server {db[0]}"):
             try:
