@@ -523,7 +523,7 @@ class Timeline:
 @contextlib.contextmanager
 def instrumented(timeline: Timeline) -> Iterator[None]:
     """Wrap the engine's steps with timestamps (restored on exit; the core is untouched)."""
-    from bizosctl.moves import engine
+    from bizosctl.moves import engine, steps
 
     saved: list[tuple[Any, str, Any]] = []
 
@@ -548,7 +548,8 @@ def instrumented(timeline: Timeline) -> Iterator[None]:
         return wrapper
 
     targets: list[tuple[Any, str]] = [(engine._Move, name) for name in STEP_METHODS]
-    targets += [(engine, name) for name in MODULE_FUNCTIONS]
+    # make_plan and _register are called from engine, checksum from steps (_Move._compare)
+    targets += [(mod, name) for mod in (engine, steps) for name in MODULE_FUNCTIONS]
     for owner, name in targets:
         fn = getattr(owner, name, None)
         if fn is None:  # renamed in the engine: that phase is simply not timed
