@@ -220,6 +220,40 @@ def test_rotation_in_worker_processes(home, monkeypatch):
         assert {v[2:] for v in after.values()} == {(2, "2")}
 
 
+def test_rotation_of_targets_in_parallel_checkpoints_each_target(home, cli):
+    """``parallel``: targets re-encrypted at once (one per server), each its own step."""
+    import json
+
+    from bizosctl.security import rotation
+    from bizosctl.sync.targets import list_targets
+    from bizosctl.tenancy.provision import create_tenant
+
+    slugs = ("par-shared", "par-iso", "par-schema")
+    for slug, tier in zip(slugs, ("shared", "isolated", "schema"), strict=True):
+        create_tenant(home, slug=slug, name=slug, tier=tier, region="global")
+        load_sample_data(home, slug)
+    before = {slug: member_values(home, slug) for slug in slugs}
+    report = rotation.rotate_pii(home, batch=2, workers=0, parallel=3)
+    assert (report["ok"], report["retired"], report["left"], report["skipped"]) == (
+        True,
+        [1],
+        {},
+        [],
+    )
+    r = cli("ops", "show", report["operation"], "--json")
+    assert r.exit_code == 0, r.stderr
+    op = json.loads(r.stdout)["operation"]
+    assert op["params"]["parallel"] == 3
+    names = [st["name"] for st in op["steps"] if st["name"].startswith("target:")]
+    targets = {f"target:{t.server}/{t.database}/{t.schema}" for t in list_targets(home)}
+    assert sorted(names) == sorted(targets)
+    home.reload_keyring()
+    for slug, values in before.items():
+        after = member_values(home, slug)
+        assert {k: v[:2] for k, v in after.items()} == {k: v[:2] for k, v in values.items()}
+        assert {v[2:] for v in after.values()} == {(2, "2")}
+
+
 def test_a_row_the_application_changes_mid_batch_is_never_overwritten(home, monkeypatch):
     """Between the read of a batch and its write, the application updates one of its rows:
     the rotation's write must skip that row (its version changed), and the sweep then

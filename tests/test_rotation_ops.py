@@ -269,6 +269,7 @@ def test_pii_killed_at_a_target_is_finished_by_ops_resume_one_step_row_per_targe
         "workers": None,
         "fresh_key": False,
         "quarantine_action": "keep",
+        "parallel": 1,
     }
     names = [st["name"] for st in op["steps"]]
     assert names[:2] == ["new-key", "primary"] and len(names) == 3

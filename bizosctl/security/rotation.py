@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from bizosctl.catalog.operations import (
 )
 from bizosctl.db.engines import psycopg_conninfo, translate_errors
 from bizosctl.errors import DecryptionFailed, InvalidInput, NotFound
+from bizosctl.fanout import Outcome, for_each
 from bizosctl.faults import crash_point
 from bizosctl.security.keyring import (
     Keyring,
@@ -83,9 +85,14 @@ class Crypto:
         self.workers = workers
         self._thread: ThreadPoolExecutor | None = None
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()  # targets re-encrypted in parallel share this object
 
     def executor(self, pages: int) -> tuple[Executor, int]:
         """The executor for a table of ``pages`` pages and how many workers it has."""
+        with self._lock:
+            return self._executor(pages)
+
+    def _executor(self, pages: int) -> tuple[Executor, int]:
         if self.workers > 0 and pages >= PROCESS_PAGES:
             if self._pool is None:
                 ctx = multiprocessing.get_context("forkserver")
@@ -220,6 +227,7 @@ class PiiRotationParams(BaseModel):
     workers: int | None = Field(None, ge=0, le=32)
     fresh_key: bool = False
     quarantine_action: str = "keep"
+    parallel: int = Field(1, ge=1, le=32)
 
     @field_validator("quarantine_action")
     @classmethod
@@ -243,7 +251,7 @@ def record_pii_rotation(
     """Resume the pii rotation a dead process left open, or record a new one (``queued`` for a
     worker), in the caller's transaction. Returns ``(operation id, resumed)``; Busy while
     another process runs one. A resumed run keeps its key (``fresh_key`` as recorded) and
-    takes the new call's batch size, workers and quarantine action."""
+    takes the new call's batch size, workers, parallel and quarantine action."""
     op_id, resumed = start_rotation(
         ctl, s, kind=OperationKind.ROTATE_PII, target="pii", params=params, status=status
     )
@@ -251,7 +259,9 @@ def record_pii_rotation(
         patch_params(
             s,
             op_id,
-            **params.model_dump(mode="json", include={"batch", "workers", "quarantine_action"}),
+            **params.model_dump(
+                mode="json", include={"batch", "workers", "quarantine_action", "parallel"}
+            ),
         )
     return op_id, resumed
 
@@ -308,6 +318,7 @@ def rotate_pii(
     workers: int | None = None,
     fresh_key: bool = False,
     quarantine_action: str = "keep",
+    parallel: int = 1,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """New primary ``pii`` key, every value re-encrypted, old versions retired. Resumable.
@@ -317,7 +328,8 @@ def rotate_pii(
     the staged key (after a leak of the keyring it is as exposed as the current one) but to a
     new one, which first waits one reload period. Values that do not decrypt are quarantined
     (see :mod:`bizosctl.security.quarantine`; ``quarantine_action``: ``keep`` or ``null``)
-    and listed in the report's ``quarantined``; the rotation still completes.
+    and listed in the report's ``quarantined``; the rotation still completes. ``parallel``:
+    targets re-encrypted at once, never two on one server (default 1: one after another).
 
     An operation (``secrets.rotate`` on ``pii``; one step per target done): a run that died
     is resumed by running it again or by ``ops resume ID``. Returns the report; ``ok`` is
@@ -325,7 +337,11 @@ def rotate_pii(
     of moving tenants) or quarantined, and ``error`` says what.
     """
     params = PiiRotationParams(
-        batch=batch, workers=workers, fresh_key=fresh_key, quarantine_action=quarantine_action
+        batch=batch,
+        workers=workers,
+        fresh_key=fresh_key,
+        quarantine_action=quarantine_action,
+        parallel=parallel,
     )
     with ctl.catalog() as s:
         op_id, resumed = record_pii_rotation(ctl, s, params)
@@ -339,13 +355,18 @@ def submit_pii_rotation(
     workers: int | None = None,
     fresh_key: bool = False,
     quarantine_action: str = "keep",
+    parallel: int = 1,
 ) -> Submitted:
     """``secrets rotate pii --background``: record the rotation (or the interrupted one) and
     queue its job in one transaction; a worker runs it as :func:`rotate_pii` would."""
     from bizosctl.jobs.background import submit
 
     params = PiiRotationParams(
-        batch=batch, workers=workers, fresh_key=fresh_key, quarantine_action=quarantine_action
+        batch=batch,
+        workers=workers,
+        fresh_key=fresh_key,
+        quarantine_action=quarantine_action,
+        parallel=parallel,
     )
     return submit(ctl, lambda s: record_pii_rotation(ctl, s, params, status=OperationStatus.QUEUED))
 
@@ -396,24 +417,53 @@ def _run_pii(
         for done in run.steps("target:"):  # what an earlier, interrupted run quarantined
             keep(list(done.data.get("quarantined") or []))
         cancelled = False
-        for i, t in enumerate(targets):
-            name = f"target:{_target_name(t)}"
-            if t.moving or name in run.completed:
-                continue
-            if run.cancel_requested():  # a safe point: every target before is done
-                cancelled = True
-                break
+        todo = [
+            (i, t)
+            for i, t in enumerate(targets)
+            if not t.moving and f"target:{_target_name(t)}" not in run.completed
+        ]
+
+        def stop() -> bool:  # a safe point: every target before is done (or in flight)
+            nonlocal cancelled
+            cancelled = cancelled or run.cancel_requested()
+            return cancelled
+
+        def start(item: tuple[int, Target]) -> Target:
+            i, t = item
             run.set_progress(i, len(targets), _target_name(t))
+            return t
+
+        def one(t: Target) -> tuple[int, list[qt.Entry]]:
             bad: list[qt.Entry] = []
-            n = reencrypt_target(ctl, t, ring, version, batch, crypto, progress, bad)
+            return reencrypt_target(ctl, t, ring, version, batch, crypto, progress, bad), bad
+
+        def checkpoint(o: Outcome[tuple[int, Target], tuple[int, list[qt.Entry]]]) -> None:
+            nonlocal rewritten
+            if o.result is None:  # skipped: cancelled
+                return
+            t, (n, bad) = o.item[1], o.result
             for e in bad:
                 e["target"] = _target_name(t)
             keep(bad)
             rewritten += n
-            run.step(name, rewritten=n, quarantined=bad)
+            run.step(f"target:{_target_name(t)}", rewritten=n, quarantined=bad)
             crash_point(
                 f"rotate.target.{len([c for c in run.completed if c.startswith('target:')])}"
             )
+
+        # one target per server at a time; any error ends the rotation (once what is in flight
+        # is checkpointed), as in the serial walk
+        for_each(
+            todo,
+            one,
+            key=lambda item: item[1].server,
+            prepare=start,
+            parallel=params.parallel,
+            per_key=1,
+            should_stop=stop,
+            on_done=checkpoint,
+            catch=(),
+        )
         if cancelled:
             why = "cancelled by the operator; what was re-encrypted stays so"
             run.finish(OperationStatus.CANCELLED, why)
@@ -463,7 +513,7 @@ def _run_pii(
         left = old_values()
         for _ in range(SWEEPS if left else 0):
             for t in still:
-                bad = []
+                bad: list[qt.Entry] = []
                 rewritten += reencrypt_target(ctl, t, ring, version, batch, crypto, None, bad)
                 for e in bad:
                     e["target"] = _target_name(t)

@@ -13,9 +13,9 @@ import multiprocessing
 import os
 import time
 import uuid
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from bizosctl.db.migrate import (
     resolve,
 )
 from bizosctl.errors import InvalidInput
+from bizosctl.fanout import Outcome, for_each
 from bizosctl.faults import crash_point
 from bizosctl.sync.targets import Selection, Target, list_targets, read_revisions
 from bizosctl.sync.worker import dispose_engines, migrate_target, warm_up
@@ -291,44 +292,36 @@ class _Runner:
         """Migrate ``targets``: in this process when parallel is 1, else in worker processes,
         never more than ``per_server`` at once on one server."""
         results: dict[tuple[str, str, str], TargetResult] = {}
-        if self.opts.parallel == 1 or len(targets) == 1:
-            for t in targets:
-                if self.stop:
-                    results[t.key] = self._skip(t, self.stop_reason)
-                else:
-                    results[t.key] = self._result(t, migrate_target(self.spec(t)), attempt)
-            self.flush()
-            return [results[t.key] for t in targets]
-        queue = deque(targets)
-        inflight: dict[Future[dict[str, Any]], Target] = {}
-        per_server: Counter[str] = Counter()
-        while queue or inflight:
-            if self.stop:
-                while queue:
-                    t = queue.popleft()
-                    results[t.key] = self._skip(t, self.stop_reason)
-            deferred: deque[Target] = deque()
-            while queue and len(inflight) < self.opts.parallel:
-                t = queue.popleft()
-                if per_server[t.server] >= self.opts.per_server:
-                    deferred.append(t)
-                    continue
-                per_server[t.server] += 1
-                inflight[self.pool().submit(migrate_target, self.spec(t))] = t
-            queue.extendleft(reversed(deferred))
-            if not inflight:
-                continue
-            finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                t = inflight.pop(fut)
-                per_server[t.server] -= 1
-                try:
-                    raw = fut.result()
-                except Exception as exc:  # the worker process itself died
-                    raw = {"status": "failed", "error": f"worker failed: {type(exc).__name__}"}
-                results[t.key] = self._result(t, raw, attempt)
+
+        def done(o: Outcome[Target, dict[str, Any]]) -> None:
+            t = o.item
+            if o.skipped:
+                results[t.key] = self._skip(t, self.stop_reason)
+                return
+            # an error here is the worker process itself dying (migrate_target reports failures)
+            raw = o.result if o.error is None else _worker_failed(o.error)
+            assert raw is not None
+            results[t.key] = self._result(t, raw, attempt)
+
+        # nothing to share out (or everything skipped): no worker processes
+        serial = self.opts.parallel == 1 or len(targets) <= 1 or self.stop
+        for_each(
+            targets,
+            migrate_target,
+            prepare=self.spec,
+            parallel=1 if serial else self.opts.parallel,
+            per_key=self.opts.per_server,
+            executor=None if serial else self.pool(),
+            should_stop=lambda: self.stop,
+            on_done=done,
+            catch=() if serial else (Exception,),
+        )
         self.flush()
         return [results[t.key] for t in targets]
+
+
+def _worker_failed(exc: BaseException) -> dict[str, Any]:
+    return {"status": "failed", "error": f"worker failed: {type(exc).__name__}"}
 
 
 def _classify(
