@@ -184,8 +184,9 @@ def _held_by_moves(ctl: Control) -> dict[tuple[str, str, str], str]:
     held: dict[tuple[str, str, str], str] = {}
     for op_id, slug, params in ops:
         for side in ("source", "target"):
-            if params.get(side):
-                key = Placement.of(params[side]).key
+            where = params.get(side)
+            if where:  # only the target's key: any move's params hold it, old or new
+                key = (where["server"], where["database"], where["schema"])
                 held[key] = (
                     f"tenant {slug} is moving (operation {op_id}); sync again after the move"
                 )
