@@ -78,10 +78,6 @@ REGISTRY: dict[OperationKind, Kind] = {
 }
 
 
-def register(kind: OperationKind, entry: Kind) -> None:
-    REGISTRY[kind] = entry
-
-
 def resumable_by_id(kind: str) -> bool:
     return kind in REGISTRY
 
@@ -101,11 +97,14 @@ def plan_resume(
 ) -> OperationPublic:
     """The operation :func:`resume` would run, changing nothing; it refuses what ``resume``
     refuses."""
-    op = describe(ctl, op_id, with_steps=with_steps, check_alive=check_alive)
+    return _check_resumable(describe(ctl, op_id, with_steps=with_steps, check_alive=check_alive))
+
+
+def _check_resumable(op: OperationPublic) -> OperationPublic:
     if op.status in FINISHED:
-        raise InvalidInput(f"operation {op_id} is {op.status}: there is nothing to resume")
+        raise InvalidInput(f"operation {op.id} is {op.status}: there is nothing to resume")
     if op.alive:
-        raise Busy(f"operation {op_id} is running in another process (pid {op.pid} on {op.host})")
+        raise Busy(f"operation {op.id} is running in another process (pid {op.pid} on {op.host})")
     if not resumable_by_id(op.kind):
         raise InvalidInput(
             f"operations of kind {op.kind!r} cannot be resumed by id: run the same command again"
@@ -120,12 +119,12 @@ def resume(ctl: Control, op_id: uuid.UUID, *, finished_ok: bool = False) -> dict
     with ``finished_ok``, as for a worker's second job of one operation, its status is
     returned instead), Busy when another process runs it now.
     """
-    if finished_ok:
-        found = describe(ctl, op_id, with_steps=False, check_alive=False)
-        if found.status in FINISHED:
-            return {"operation": str(op_id), "status": found.status, "already_finished": True}
-    # not asked here whether another process runs it: the run's own lock answers that (Busy)
-    op = plan_resume(ctl, op_id, with_steps=False, check_alive=False)
+    # one read; not asked here whether another process runs it: the run's own lock answers
+    # that (Busy)
+    op = describe(ctl, op_id, with_steps=False, check_alive=False)
+    if finished_ok and op.status in FINISHED:
+        return {"operation": str(op_id), "status": op.status, "already_finished": True}
+    _check_resumable(op)
     if op.cancel_requested:
         mark_cancelled(ctl, op_id, "cancelled before it resumed")
         return {"operation": str(op_id), "status": OperationStatus.CANCELLED}

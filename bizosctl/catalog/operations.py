@@ -308,19 +308,6 @@ def add_operation(
     return op_id
 
 
-def create_operation(
-    ctl: Control,
-    *,
-    kind: str,
-    target: str,
-    params: BaseModel | Mapping[str, Any],
-    op_id: uuid.UUID | None = None,
-) -> uuid.UUID:
-    """:func:`add_operation` in a transaction of its own."""
-    with ctl.catalog() as s:
-        return add_operation(s, kind=kind, target=target, params=params, op_id=op_id)
-
-
 def start_or_resume(
     ctl: Control,
     s: Session,
@@ -467,14 +454,6 @@ def latest(
     if status is not None:
         stmt = stmt.where(Operation.status == status)
     return s.execute(stmt.order_by(Operation.started_at.desc()).limit(1)).scalar_one_or_none()
-
-
-def open_operations(s: Session, *, kind: OperationKind | None = None) -> list[Operation]:
-    """Operations queued or running (alive or not), oldest first."""
-    stmt = select(Operation).where(Operation.status.in_(OPEN))
-    if kind is not None:
-        stmt = stmt.where(Operation.kind == kind)
-    return list(s.execute(stmt.order_by(Operation.started_at)).scalars())
 
 
 def patch_params(s: Session | Connection, op_id: uuid.UUID, **values: Any) -> None:
