@@ -69,20 +69,28 @@ def key_of(ctl, version: int) -> bytes:
 
 
 def forge(key: bytes, kid: object, **claims: object) -> str:
+    """A token signed with a stolen ``jwt`` seed (the Ed25519 private key it makes)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     now = int(time.time())
     payload = {"sub": "admin", "tenant": "victim", "iat": now, "exp": now + 60}
     payload.update(claims)
     payload = {k: v for k, v in payload.items() if v is not None}
+    private = Ed25519PrivateKey.from_private_bytes(key)
     if isinstance(kid, str):
-        return pyjwt.encode(payload, key, algorithm="HS256", headers={"kid": kid})
+        return pyjwt.encode(payload, private, algorithm="EdDSA", headers={"kid": kid})
 
     # PyJWT will not put a non-string kid in a header: by hand, as an attacker would
-    def part(doc: object) -> str:
-        return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+    signing = part({"alg": "EdDSA", "typ": "JWT", "kid": kid}) + "." + part(payload)
+    return signing + "." + b64(private.sign(signing.encode()))
 
-    signing = part({"alg": "HS256", "typ": "JWT", "kid": kid}) + "." + part(payload)
-    mac = hmac.new(key, signing.encode(), hashlib.sha256).digest()
-    return signing + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def part(doc: object) -> str:
+    return b64(json.dumps(doc).encode())
 
 
 def verifier():
@@ -190,6 +198,67 @@ def test_issue_token_refuses_reserved_claims_and_a_longer_lifetime(home):
         issue_token(home, subject="u", tenant="t", claims={"exp": 2**40})
     with pytest.raises(InvalidInput, match="BIZOS_JWT_TTL_SECONDS"):
         issue_token(home, subject="u", tenant="t", ttl_seconds=TEN_YEARS)
+
+
+def _public_bytes(ctl, version: int) -> bytes:
+    from bizosctl.security.jwt import jwks
+
+    (jwk,) = [k for k in jwks(ctl)["keys"] if k["kid"] == f"jwt-v{version}"]
+    return base64.urlsafe_b64decode(jwk["x"] + "==")
+
+
+def test_alg_none_is_refused(home):
+    now = int(time.time())
+    claims = {"sub": "admin", "tenant": "victim", "iat": now, "exp": now + 60}
+    unsigned = part({"alg": "none", "typ": "JWT", "kid": "jwt-v2"}) + "." + part(claims) + "."
+    with pytest.raises(InvalidToken, match="not signed with EdDSA"):
+        verify_token_of(home, unsigned)
+
+
+def test_hs256_signed_with_the_published_public_key_is_refused(home):
+    """Algorithm confusion: the public key (anyone can read it at the JWKS URL) used as an
+    HMAC secret."""
+    now = int(time.time())
+    claims = {"sub": "admin", "tenant": "victim", "iat": now, "exp": now + 60}
+    public = _public_bytes(home, 2)
+    signing = part({"alg": "HS256", "typ": "JWT", "kid": "jwt-v2"}) + "." + part(claims)
+    mac = hmac.new(public, signing.encode(), hashlib.sha256).digest()
+    with pytest.raises(InvalidToken, match="not signed with EdDSA"):
+        verify_token_of(home, signing + "." + b64(mac))
+    # PyJWT's own HS256 with the seed (the pre-EdDSA scheme) is refused too
+    forged = pyjwt.encode(claims, key_of(home, 2), algorithm="HS256", headers={"kid": "jwt-v2"})
+    with pytest.raises(InvalidToken, match="not signed with EdDSA"):
+        verify_token_of(home, forged)
+
+
+def test_token_signed_by_another_key_pair_is_refused(home):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    other = Ed25519PrivateKey.generate().private_bytes_raw()
+    with pytest.raises(InvalidToken, match="invalid token"):
+        verify_token_of(home, forge(other, "jwt-v2"))
+
+
+def test_jwks_lists_every_live_key_and_a_standard_client_verifies(home):
+    """PyJWT's JWK parsing (what a JWKS client does with the document) verifies our tokens;
+    the staged key is published before it signs; no private part is published."""
+    from bizosctl.security.jwt import issue_token, jwks
+
+    doc = jwks(home)
+    kids = [k["kid"] for k in doc["keys"]]
+    assert kids == ["jwt-v1", "jwt-v2", "jwt-v3"]  # demoted, primary, staged
+    assert all(set(k) == {"kty", "crv", "x", "kid", "alg", "use"} for k in doc["keys"])
+    token = issue_token(home, subject="u1", tenant="acme")
+    keyset = pyjwt.PyJWKSet.from_dict(doc)
+    signing = keyset[pyjwt.get_unverified_header(token)["kid"]]
+    claims = pyjwt.decode(token, signing.key, algorithms=["EdDSA"])
+    assert claims["sub"] == "u1"
+
+
+def verify_token_of(ctl, token):
+    from bizosctl.security.jwt import verify_token
+
+    return verify_token(ctl, token)
 
 
 def test_invalid_token_is_in_the_error_hierarchy():

@@ -1,4 +1,11 @@
-"""Session tokens (JWT, HS256) signed with the keyring's ``jwt`` key; ``kid`` names the version.
+"""Session tokens (JWT, EdDSA) signed with the keyring's ``jwt`` key; ``kid`` names the version.
+
+Each ``jwt`` key version is the 32-byte seed of an Ed25519 key pair: the private key signs,
+the public key verifies and is published at ``/.well-known/jwks.json`` (:func:`jwks`, every
+live version, the staged one included before it signs), so any service verifies our tokens
+with a standard JWKS client and holds no secret. Only ``EdDSA`` is accepted: a token that
+says ``none``, ``HS256`` (signed with the public key as a shared secret: the classic
+algorithm confusion) or anything else is refused before its signature is looked at.
 
 Rotation makes a new primary version; the previous one stops signing (``demoted_at``) and keeps
 verifying the tokens it signed before until ``retire_after`` (when the last of them has
@@ -13,25 +20,38 @@ expired), then it is retired and destroyed. A token is refused unless all of the
   ``BIZOS_JWT_TTL_SECONDS``.
 
 Every refusal is :class:`~bizosctl.errors.InvalidToken`. The algorithm travels with the key
-version (``ALGORITHM`` today), so asymmetric keys (EdDSA, a JWKS) can be added per version.
+version (``ALGORITHM``).
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import jwt as pyjwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bizosctl.catalog.control import Control
 from bizosctl.errors import InvalidInput, InvalidToken, KeyringError, TenantSuspended
 from bizosctl.security.keyring import DataKey
 
-__all__ = ["ALGORITHM", "InvalidToken", "issue_token", "kid", "parse_kid", "verify_token"]
+__all__ = [
+    "ALGORITHM",
+    "InvalidToken",
+    "issue_token",
+    "jwks",
+    "kid",
+    "parse_kid",
+    "public_jwk",
+    "verify_token",
+]
 
-ALGORITHM = "HS256"
+ALGORITHM = "EdDSA"
 REQUIRED = ("sub", "tenant", "iat", "exp")
 #: No real token comes near this; parsing stops before any work on a huge one.
 MAX_TOKEN_CHARS = 8192
@@ -65,7 +85,38 @@ def issue_token(ctl: Control, *, subject: str, tenant: str, ttl_seconds: int | N
     dk = ctl.keyring.primary("jwt")
     now = int(time.time())
     payload = {**(claims or {}), "sub": subject, "tenant": tenant, "iat": now, "exp": now + ttl}
-    return pyjwt.encode(payload, dk.key, algorithm=ALGORITHM, headers={"kid": kid(dk.version)})
+    return pyjwt.encode(
+        payload, _private_key(dk.key), algorithm=ALGORITHM, headers={"kid": kid(dk.version)}
+    )
+
+
+@lru_cache(maxsize=64)
+def _private_key(seed: bytes) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+@lru_cache(maxsize=64)
+def _public_key(seed: bytes) -> Ed25519PublicKey:
+    return _private_key(seed).public_key()
+
+
+def public_jwk(dk: DataKey) -> dict[str, str]:
+    """The public half of one ``jwt`` key version as a JWK (RFC 8037, OKP / Ed25519)."""
+    raw = _public_key(dk.key).public_bytes(Encoding.Raw, PublicFormat.Raw)
+    x = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid(dk.version), "alg": ALGORITHM,
+            "use": "sig"}  # fmt: skip
+
+
+def jwks(ctl: Control) -> dict[str, list[dict[str, str]]]:
+    """Every live ``jwt`` public key (primary, staged, demoted but still verifying)."""
+    now = time.time()
+    keys = [
+        public_jwk(dk)
+        for dk in ctl.keyring.versions("jwt")
+        if dk.retire_after is None or now < dk.retire_after
+    ]
+    return {"keys": keys}
 
 
 def _refuse_suspended(ctl: Control, tenant: object) -> None:
@@ -111,6 +162,8 @@ def _verify(
         header = pyjwt.get_unverified_header(token)
     except pyjwt.PyJWTError as exc:
         raise InvalidToken("invalid token") from exc
+    if header.get("alg") != ALGORITHM:
+        raise InvalidToken(f"the token is not signed with {ALGORITHM}")
     version = parse_kid(header.get("kid"))
     if version is None:
         raise InvalidToken("the token names no known signing key")
@@ -125,7 +178,7 @@ def _verify(
         # the leeway is for ``iat`` only (below): a token expires at its ``exp``
         claims: dict[str, Any] = pyjwt.decode(
             token,
-            dk.key,
+            _public_key(dk.key),
             algorithms=[ALGORITHM],
             options={"require": list(REQUIRED), "verify_iat": False},
         )
