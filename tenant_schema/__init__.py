@@ -21,12 +21,15 @@ __all__ = ["TENANT_TABLES", "metadata"]
 #: (which is in dependency order; this one is not).
 TABLE_NAMES: tuple[str, ...] = (
     "audit_logs",
+    "auth_sessions",
     "consents",
     "customers",
     "document_chunks",
     "documents",
     "invoice_items",
     "invoices",
+    "login_throttle",
+    "member_identities",
     "member_roles",
     "members",
     "notifications",
@@ -35,6 +38,7 @@ TABLE_NAMES: tuple[str, ...] = (
     "permissions",
     "project_members",
     "projects",
+    "refresh_tokens",
     "roles",
     "settings",
     "tasks",

@@ -19,8 +19,12 @@ TENANT_EXPR = "NULLIF(current_setting('bizos.tenant_id', true), '')::uuid"
 #: sub-select, so the planner evaluates the (STABLE) function once per statement, not per row.
 POLICY_TENANT = "(SELECT bizos_tenant())"
 #: Columns the audit trail never copies: ciphertexts and blind indexes (a retired key would
-#: still decrypt them there). The trail records only that they changed.
-SECRET_COLUMN_RE = "_(enc|bidx)$"
+#: still decrypt them there), password and token hashes. The trail records only that they
+#: changed.
+SECRET_COLUMN_RE = "_(enc|bidx|hash)$"
+#: Tables a ``read_only`` tenant (the dunning soft lock) still writes: its members keep
+#: logging in and out (reads keep working, so must sessions).
+SESSION_TABLES = ("auth_sessions", "refresh_tokens", "login_throttle", "member_identities")
 
 #: Tables the application may only read: written by triggers or by the control plane.
 READ_ONLY_TABLES = ("audit_logs", "tenant_state")
@@ -93,6 +97,8 @@ BEGIN
   IF tid IS NULL THEN RETURN NULL; END IF;
   SELECT status INTO st FROM tenant_state WHERE tenant_id = tid;
   IF st = 'active' THEN RETURN NULL; END IF;
+  IF st = 'read_only' AND TG_TABLE_NAME IN ({", ".join(f"'{t}'" for t in SESSION_TABLES)})
+    THEN RETURN NULL; END IF;
   IF st = 'moving' THEN
     RAISE EXCEPTION 'tenant is moving: writes pause briefly, retry'
       USING ERRCODE = 'BZ503', HINT = 'retry in a moment';

@@ -83,6 +83,8 @@ class Member(Keyed, Base):
     phone_enc: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text, server_default="active")
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    #: bcrypt (12 rounds); NULL for a member who logs in only through OAuth or is invited
+    password_hash: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (UniqueConstraint("tenant_id", "email_bidx"),)
 
 
@@ -132,6 +134,7 @@ class Task(Keyed, Base):
     title: Mapped[str] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text, server_default="todo")
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")
     position: Mapped[int] = mapped_column(Integer, server_default="0")
     assignee_id: Mapped[uuid.UUID | None]
     due_on: Mapped[dt.date | None] = mapped_column(Date)
@@ -278,6 +281,57 @@ class OutboxEvent(TenantRow, Base):
     endpoint_id: Mapped[uuid.UUID | None]
     created_at: Mapped[dt.datetime] = mapped_column(server_default=text("clock_timestamp()"))
     __table_args__ = (Index("ix_outbox_created_at", "created_at"),)
+
+
+class AuthSession(Keyed, Base):
+    """One login of a member (password or OAuth): its refresh tokens form one family, and
+    revoking the session (logout, a refresh token used twice) ends them all. An access token
+    names its session (``sid``), so a revoked session's access tokens are refused too."""
+
+    __tablename__ = "auth_sessions"
+    member_id: Mapped[uuid.UUID]
+    method: Mapped[str] = mapped_column(Text, server_default="password")
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    expires_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (_fk(["member_id"], "members"),)
+
+
+class RefreshToken(Keyed, Base):
+    """A refresh token, stored as its SHA-256 only; each use replaces it (``used_at``)."""
+
+    __tablename__ = "refresh_tokens"
+    session_id: Mapped[uuid.UUID]
+    token_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    used_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        _fk(["session_id"], "auth_sessions"),
+        UniqueConstraint("tenant_id", "token_hash"),
+    )
+
+
+class LoginThrottle(TenantRow, Base):
+    """Failed logins per e-mail (its blind index), known or not: an unknown address slows
+    down and locks exactly as a member's does, so the answers tell nothing apart."""
+
+    __tablename__ = "login_throttle"
+    email_bidx: Mapped[str] = mapped_column(Text, primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_failed_at: Mapped[dt.datetime | None]
+    locked_until: Mapped[dt.datetime | None]
+
+
+class MemberIdentity(TenantRow, Base):
+    """A member's account at an OAuth provider (``provider`` + its stable ``subject``)."""
+
+    __tablename__ = "member_identities"
+    provider: Mapped[str] = mapped_column(Text, primary_key=True)
+    subject: Mapped[str] = mapped_column(Text, primary_key=True)
+    member_id: Mapped[uuid.UUID]
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    __table_args__ = (_fk(["member_id"], "members"),)
 
 
 #: Every tenant table, parents before children (the order to copy and to create).
