@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: int = Field(
         default=5, ge=0, le=300, description="Clock skew allowed when checking a token's times."
     )
+    access_token_ttl_seconds: int = Field(
+        default=900, ge=60, description="Lifetime of a member's access token (at most the JWT TTL)."
+    )
+    refresh_token_ttl_seconds: int = Field(
+        default=30 * 86400, ge=300, description="How long a login session lasts without use."
+    )
     key_destroy_after: float = Field(
         default=30 * 86400.0,
         ge=0,
@@ -176,8 +182,31 @@ class Settings(BaseSettings):
     )
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
-    rate_limit: str | None = Field(default=None, description="e.g. 100/minute per API key")
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Origins allowed to call the API from a browser (production: no '*').",
+    )
+    rate_limit: str | None = Field(
+        default="100/10seconds",
+        description="Requests per API key or member (anonymous: per address), e.g. 100/10seconds.",
+    )
+    rate_limits: dict[str, str] = Field(
+        default_factory=lambda: {"auth": "10/minute"},
+        description='Per-route-group overrides as JSON, e.g. {"auth": "10/minute", '
+        '"invoices": "300/minute"}.',
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Rate-limit counters in Redis (several API workers or hosts); memory if unset.",
+    )
+    rate_limit_fail_open: bool = Field(
+        default=True,
+        description="When the rate-limit store is unreachable, serve (true) or refuse with 503 "
+        "(false). Auth routes always refuse.",
+    )
+    api_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body the API accepts."
+    )
     webhook_allow_hosts: str = Field(
         default="",
         description="Comma-separated webhook hosts allowed although not public (labs, tests); "

@@ -134,6 +134,26 @@ class Forbidden(BizosError):
     code = "forbidden"
 
 
+class TooManyRequests(BizosError):
+    """Too many requests; wait before trying again."""
+
+    http_status = 429
+    code = "too-many-requests"
+    retryable = True
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        #: Seconds to wait (the API's ``Retry-After``).
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
+class TenantMoving(TenantNotWritable):
+    """The tenant is moving: writes pause briefly; retry in a moment."""
+
+    http_status = 503
+    code = "tenant-moving"
+
+
 class InvalidSignature(Unauthorized):
     """The webhook signature does not verify."""
 

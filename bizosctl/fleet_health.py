@@ -275,3 +275,27 @@ def fleet_checks(ctl: Control) -> list[Check]:
         *server_identity_checks(ctl),
         *worker_checks(ctl),
     ]
+
+
+def server_reachability(ctl: Control, *, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+    """Whether each server of the catalog answers ``SELECT 1`` now (readiness): name ->
+    ``{"ok", "region", "error"?}``. Raises when the catalog itself cannot be read."""
+    with ctl.catalog() as s:
+        handles = [ctl.handle_for(row) for row in s.execute(select(Server)).scalars()]
+    out: dict[str, dict[str, Any]] = {}
+    for handle in handles:
+        entry: dict[str, Any] = {"region": handle.region}
+        try:
+            engine = get_engine(
+                handle.admin_url("postgres"),
+                pooled=False,
+                connect_args={"connect_timeout": max(1, int(timeout))},
+            )
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            entry["ok"] = True
+        except Exception as exc:
+            entry["ok"] = False
+            entry["error"] = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+        out[handle.name] = entry
+    return out

@@ -453,8 +453,7 @@ def test_secrets_check_flags_what_is_missing_and_prints_no_secret(home, cli):
         "stripe secret key",
         "stripe publishable key",
         "stripe webhook secret",
-        "rate limit",
-    }
+    }  # the rate limit has a default (100/10seconds)
     env = {
         "BIZOS_STRIPE_SECRET_KEY": "sk_live_verysecret123",
         "BIZOS_STRIPE_PUBLISHABLE_KEY": "pk_test_abc",

@@ -11,7 +11,13 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from bizosctl.errors import BizosError, QueryFailed, ServerUnavailable, TenantNotWritable
+from bizosctl.errors import (
+    BizosError,
+    QueryFailed,
+    ServerUnavailable,
+    TenantMoving,
+    TenantNotWritable,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import URL
@@ -97,7 +103,9 @@ def translate_errors(what: str) -> Iterator[None]:
             raise ServerUnavailable(f"{what}: {db_message(exc)}") from exc
         raise QueryFailed(f"{what}: {db_message(exc)}") from exc
     except sa_exc.DBAPIError as exc:
-        if sqlstate(exc) in ("BZ423", "BZ503"):
+        if sqlstate(exc) == "BZ503":
+            raise TenantMoving(db_message(exc)) from exc
+        if sqlstate(exc) == "BZ423":
             raise TenantNotWritable(db_message(exc)) from exc
         raise QueryFailed(f"{what}: {db_message(exc)}") from exc
 

@@ -372,8 +372,9 @@ def rotate_api_key(ctl: Control, key: str, *, grace_ms: int) -> tuple[ApiKeyPubl
         return _public(new, slug, now), token
 
 
-def verify_api_key(ctl: Control, token: str, *, tenant: str) -> ApiKeyPublic:
-    """The key behind a bearer token, if it is valid for ``tenant``; records its use.
+def verify_api_key(ctl: Control, token: str, *, tenant: str | None) -> ApiKeyPublic:
+    """The key behind a bearer token, if it is valid for ``tenant`` (None: the key's own
+    tenant, as the API server asks); records its use.
 
     Raises:
         Unauthorized: the token is malformed, unknown, revoked or expired (one message).
@@ -396,7 +397,7 @@ def verify_api_key(ctl: Control, token: str, *, tenant: str) -> ApiKeyPublic:
         if row is None or not matches or _status(row[0], now) != "active":
             raise Unauthorized(INVALID_KEY)
         key, slug = row[0], row[1]
-        if slug != tenant:
+        if tenant is not None and slug != tenant:
             raise Forbidden(f"this API key does not belong to tenant {tenant!r}")
         if row[2] == "suspended":
             raise TenantSuspended(f"tenant {slug!r} is suspended: its API keys are refused")

@@ -11,7 +11,7 @@ from bizosctl.doctor import Check
 from bizosctl.errors import BizosError
 from bizosctl.security.masterkey import key_file_mode, load_master_key
 
-RATE_RE = re.compile(r"\d+/(second|minute|hour|day)")
+RATE_RE = re.compile(r"[1-9][0-9]*/([1-9][0-9]*)?(second|minute|hour|day)s?")
 
 
 def _mode(key: str | None, live: str, test: str) -> str | None:

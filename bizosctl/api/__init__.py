@@ -1,0 +1,1 @@
+"""The embedded API server: a thin FastAPI face over the same core functions as the CLI."""

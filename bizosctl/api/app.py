@@ -1,0 +1,52 @@
+"""The API server's app factory: ``create_app()`` is what ``bizosctl serve`` runs."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from bizosctl import __version__
+from bizosctl.api import problems
+from bizosctl.api.middleware import Hygiene
+from bizosctl.api.ratelimit import Limiter
+from bizosctl.catalog.control import Control
+from bizosctl.errors import ConfigError
+
+log = logging.getLogger("bizosctl.api")
+
+
+def create_app(ctl: Control | None = None) -> FastAPI:
+    """The API for ``ctl``'s home (default: the configured one)."""
+    from bizosctl.api.routes import auth, health, invoices, me, operations
+    from bizosctl.catalog.control import get_control
+
+    ctl = ctl or get_control()
+    settings = ctl.settings
+    if settings.env == "production" and "*" in settings.cors_origins:
+        raise ConfigError("production needs an explicit BIZOS_CORS_ORIGINS list, not '*'")
+    app = FastAPI(
+        title="bizosctl API",
+        version=__version__,
+        description="The Enterprise Business OS API: one tenant per API key or member session.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.ctl = ctl
+    app.state.limiter = Limiter(settings)
+    problems.install(app)
+    for router in (health.router, auth.router, me.router, invoices.router, operations.router):
+        app.include_router(router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "RateLimit", "RateLimit-Policy", "Retry-After"],
+    )
+    https = bool(settings.tls_cert_file) or bool(
+        settings.public_url and settings.public_url.startswith("https://")
+    )
+    app.add_middleware(Hygiene, max_body=settings.api_max_body_bytes, hsts=https)
+    return app

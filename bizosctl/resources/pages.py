@@ -1,0 +1,41 @@
+"""Cursor pagination: an opaque cursor naming the last row seen (its sort key and id)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from bizosctl.errors import InvalidInput
+
+T = TypeVar("T")
+MAX_LIMIT = 100
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(at: dt.datetime, row_id: uuid.UUID) -> str:
+    raw = json.dumps([at.isoformat(), str(row_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, row_id = json.loads(raw)
+        return dt.datetime.fromisoformat(at), uuid.UUID(row_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("cursor: not a cursor this API gave out") from exc
+
+
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit: between 1 and {MAX_LIMIT}")
+    return limit
