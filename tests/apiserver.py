@@ -78,9 +78,14 @@ def make_org(ctl: Control, slug: str, *, tier: str = "schema") -> Org:
             email = f"{role.lower()}@{slug}.example"
             org.emails[role] = email
             org.members[role] = add_member(
-                ctl, s, tenant_id=route.tenant_id, email=email, name=f"{role} Person",
-                role=role, password=PASSWORD,
-            )  # fmt: skip
+                ctl,
+                s,
+                tenant_id=route.tenant_id,
+                email=email,
+                name=f"{role} Person",
+                role=role,
+                password=PASSWORD,
+            )
     for name, scopes in {"all": ["*"], "read": ["invoices:read", "customers:read"]}.items():
         _, token = create_api_key(ctl, tenant=slug, name=name, scopes=scopes, expires_ms=None)
         org.keys[name] = token

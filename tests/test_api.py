@@ -14,9 +14,9 @@ import httpx
 import jwt as pyjwt
 import pytest
 from apiserver import PASSWORD, Org, bearer, login, make_org, serve_app
+from conftest import unique_slug
 
 from bizosctl.catalog.control import Control
-from conftest import unique_slug
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,9 @@ def is_problem(r: httpx.Response, status: int, code: str) -> dict[str, object]:
 
 
 def make_customer(client: httpx.Client, token: str) -> str:
-    r = client.post("/api/v1/customers", json={"name": "PT Sinar", "country": "ID"},
-                    headers=bearer(token))  # fmt: skip
+    r = client.post(
+        "/api/v1/customers", json={"name": "PT Sinar", "country": "ID"}, headers=bearer(token)
+    )
     assert r.status_code == 201, r.text
     cid: str = r.json()["id"]
     return cid
@@ -103,21 +104,33 @@ def test_security_headers(client):
 
 
 def test_body_that_is_not_json_is_refused(client, orgs):
-    r = client.post("/api/v1/customers", content=b"name=x", headers={
-        **bearer(orgs[0].keys["all"]), "Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    r = client.post(
+        "/api/v1/customers",
+        content=b"name=x",
+        headers={
+            **bearer(orgs[0].keys["all"]),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
     is_problem(r, 415, "unsupported-media-type")
 
 
 def test_body_too_large_is_refused(client, orgs):
     big = json.dumps({"name": "x" * 2_000_000})
-    r = client.post("/api/v1/customers", content=big, headers={
-        **bearer(orgs[0].keys["all"]), "Content-Type": "application/json"})  # fmt: skip
+    r = client.post(
+        "/api/v1/customers",
+        content=big,
+        headers={**bearer(orgs[0].keys["all"]), "Content-Type": "application/json"},
+    )
     is_problem(r, 413, "payload-too-large")
 
 
 def test_validation_error_is_one_readable_problem(client, orgs):
-    r = client.post("/api/v1/invoices", json={"customer_id": "not-a-uuid", "items": []},
-                    headers=bearer(orgs[0].keys["all"]))  # fmt: skip
+    r = client.post(
+        "/api/v1/invoices",
+        json={"customer_id": "not-a-uuid", "items": []},
+        headers=bearer(orgs[0].keys["all"]),
+    )
     doc = is_problem(r, 422, "invalid-input")
     assert "customer_id" in str(doc["detail"])
 
@@ -137,10 +150,13 @@ def test_invoice_lifecycle_with_an_api_key_emits_events(client, orgs, fleet):
     inv = r.json()
     # 2 x 1,500,000 = 3,000,000; minus 100,000; VAT 11 % of 2,900,000 = 319,000
     assert (inv["subtotal"], inv["tax"], inv["total"]) == ("3000000.00", "319000.00", "3219000.00")
-    assert client.get(f"/api/v1/invoices/{inv['id']}", headers=key).json()["items"][0][
-        "amount"] == "3000000.00"  # fmt: skip
-    paid = client.post(f"/api/v1/invoices/{inv['id']}/pay", json={"reference": "bank-1"},
-                       headers=key)  # fmt: skip
+    assert (
+        client.get(f"/api/v1/invoices/{inv['id']}", headers=key).json()["items"][0]["amount"]
+        == "3000000.00"
+    )
+    paid = client.post(
+        f"/api/v1/invoices/{inv['id']}/pay", json={"reference": "bank-1"}, headers=key
+    )
     assert paid.status_code == 200 and paid.json()["status"] == "paid"
     is_problem(client.delete(f"/api/v1/invoices/{inv['id']}", headers=key), 422, "invalid-input")
     second = client.post("/api/v1/invoices", json=invoice_body(cid), headers=key).json()
@@ -172,8 +188,9 @@ def test_discount_over_20_percent_is_refused(client, orgs):
     key = orgs[0].keys["all"]
     body = invoice_body(make_customer(client, key))
     body["discount"] = "600000.01"
-    doc = is_problem(client.post("/api/v1/invoices", json=body, headers=bearer(key)), 422,
-                     "invalid-input")  # fmt: skip
+    doc = is_problem(
+        client.post("/api/v1/invoices", json=body, headers=bearer(key)), 422, "invalid-input"
+    )
     assert "20 %" in str(doc["detail"])
 
 
@@ -196,8 +213,10 @@ def test_another_tenants_ids_are_404_never_data(client, orgs):
     listed = client.get("/api/v1/invoices?limit=100", headers=other).json()["items"]
     assert inv_id not in {i["id"] for i in listed}
     # and A's invoice is untouched
-    assert client.get(f"/api/v1/invoices/{inv_id}", headers=bearer(a.keys["all"])).json()[
-        "status"] == "draft"  # fmt: skip
+    assert (
+        client.get(f"/api/v1/invoices/{inv_id}", headers=bearer(a.keys["all"])).json()["status"]
+        == "draft"
+    )
 
 
 def test_read_scope_cannot_write(client, orgs):
@@ -211,8 +230,9 @@ def test_read_scope_cannot_write(client, orgs):
 
 def test_missing_malformed_and_unknown_credentials_are_401(client):
     is_problem(client.get("/api/v1/invoices"), 401, "unauthorized")
-    is_problem(client.get("/api/v1/invoices", headers={"Authorization": "Basic eDp5"}), 401,
-               "unauthorized")  # fmt: skip
+    is_problem(
+        client.get("/api/v1/invoices", headers={"Authorization": "Basic eDp5"}), 401, "unauthorized"
+    )
     fake = "bz_abcdefghij_" + "A" * 43
     is_problem(client.get("/api/v1/invoices", headers=bearer(fake)), 401, "unauthorized")
 
@@ -221,8 +241,10 @@ def test_cursor_pagination_walks_every_invoice_once(client, orgs):
     b = orgs[1]
     key = bearer(b.keys["all"])
     cid = make_customer(client, b.keys["all"])
-    made = {client.post("/api/v1/invoices", json=invoice_body(cid), headers=key).json()["id"]
-            for _ in range(7)}  # fmt: skip
+    made = {
+        client.post("/api/v1/invoices", json=invoice_body(cid), headers=key).json()["id"]
+        for _ in range(7)
+    }
     seen: list[str] = []
     cursor = None
     while True:
@@ -233,12 +255,19 @@ def test_cursor_pagination_walks_every_invoice_once(client, orgs):
         if not cursor:
             break
     assert sorted(seen) == sorted(made) and len(seen) == 7
-    is_problem(client.get("/api/v1/invoices", params={"cursor": "garbage!"}, headers=key), 422,
-               "invalid-input")  # fmt: skip
-    is_problem(client.get("/api/v1/invoices", params={"limit": 1000}, headers=key), 422,
-               "invalid-input")  # fmt: skip
-    is_problem(client.get("/api/v1/invoices", params={"status": "bogus"}, headers=key), 422,
-               "invalid-input")  # fmt: skip
+    is_problem(
+        client.get("/api/v1/invoices", params={"cursor": "garbage!"}, headers=key),
+        422,
+        "invalid-input",
+    )
+    is_problem(
+        client.get("/api/v1/invoices", params={"limit": 1000}, headers=key), 422, "invalid-input"
+    )
+    is_problem(
+        client.get("/api/v1/invoices", params={"status": "bogus"}, headers=key),
+        422,
+        "invalid-input",
+    )
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -259,13 +288,17 @@ def test_wrong_password_and_unknown_email_get_the_same_answer(client, orgs):
     a = orgs[0]
     answers = []
     for email in (a.emails["Staff"], f"nobody-{uuid.uuid4().hex[:6]}@{a.slug}.example"):
-        r = client.post("/api/v1/auth/login",
-                        json={"tenant": a.slug, "email": email, "password": "wrong password"})  # fmt: skip
+        r = client.post(
+            "/api/v1/auth/login",
+            json={"tenant": a.slug, "email": email, "password": "wrong password"},
+        )
         doc = is_problem(r, 401, "unauthorized")
         answers.append({k: v for k, v in doc.items() if k != "request_id"})
     assert answers[0] == answers[1]
-    r = client.post("/api/v1/auth/login",
-                    json={"tenant": "no-such-tenant", "email": a.emails["Staff"], "password": "x"})  # fmt: skip
+    r = client.post(
+        "/api/v1/auth/login",
+        json={"tenant": "no-such-tenant", "email": a.emails["Staff"], "password": "x"},
+    )
     doc = is_problem(r, 401, "unauthorized")
     assert {k: v for k, v in doc.items() if k != "request_id"} == answers[0]
 
@@ -314,8 +347,9 @@ def test_refresh_rotates_and_reuse_revokes_the_session(client, orgs):
     assert "used before" in str(is_problem(r, 401, "unauthorized")["detail"])
     r = client.post("/api/v1/auth/refresh", json={"refresh_token": second["refresh_token"]})
     is_problem(r, 401, "unauthorized")
-    is_problem(client.get("/api/v1/me", headers=bearer(second["access_token"])), 401,
-               "unauthorized")  # fmt: skip
+    is_problem(
+        client.get("/api/v1/me", headers=bearer(second["access_token"])), 401, "unauthorized"
+    )
 
 
 def test_logout_revokes_access_and_refresh(client, orgs):
@@ -352,32 +386,41 @@ def test_forged_access_tokens_are_refused(client, orgs):
     stranger = Ed25519PrivateKey.generate()
     forged = {
         "alg none": _unsigned({"alg": "none", "kid": kid}, claims),
-        "unknown kid": pyjwt.encode(claims, stranger, algorithm="EdDSA",
-                                    headers={"kid": "jwt-v999"}),
-        "another key pair": pyjwt.encode(claims, stranger, algorithm="EdDSA",
-                                         headers={"kid": kid}),
-        "expired": pyjwt.encode({**claims, "iat": now - 7200, "exp": now - 3600}, stranger,
-                                algorithm="EdDSA", headers={"kid": kid}),
-        "tampered tenant": ".".join([
-            str(genuine["access_token"]).split(".")[0],
-            _b64(json.dumps({**claims, "tenant": b.slug}).encode()),
-            str(genuine["access_token"]).split(".")[2],
-        ]),
-    }  # fmt: skip
+        "unknown kid": pyjwt.encode(
+            claims, stranger, algorithm="EdDSA", headers={"kid": "jwt-v999"}
+        ),
+        "another key pair": pyjwt.encode(claims, stranger, algorithm="EdDSA", headers={"kid": kid}),
+        "expired": pyjwt.encode(
+            {**claims, "iat": now - 7200, "exp": now - 3600},
+            stranger,
+            algorithm="EdDSA",
+            headers={"kid": kid},
+        ),
+        "tampered tenant": ".".join(
+            [
+                str(genuine["access_token"]).split(".")[0],
+                _b64(json.dumps({**claims, "tenant": b.slug}).encode()),
+                str(genuine["access_token"]).split(".")[2],
+            ]
+        ),
+    }
     for name, token in forged.items():
         r = client.get("/api/v1/me", headers=bearer(token))
         assert r.status_code == 401, (name, r.text)
     # a token of tenant A never reads tenant B (its claims are A's)
-    assert client.get("/api/v1/me", headers=bearer(str(genuine["access_token"]))).json()[
-        "tenant"] == a.slug  # fmt: skip
+    assert (
+        client.get("/api/v1/me", headers=bearer(str(genuine["access_token"]))).json()["tenant"]
+        == a.slug
+    )
 
 
 def test_rbac_staff_cannot_create_invoices_manager_can(client, orgs):
     a = orgs[0]
     cid = make_customer(client, a.keys["all"])
     staff = bearer(str(login(client, a, "Staff")["access_token"]))
-    doc = is_problem(client.post("/api/v1/invoices", json=invoice_body(cid), headers=staff), 403,
-                     "forbidden")  # fmt: skip
+    doc = is_problem(
+        client.post("/api/v1/invoices", json=invoice_body(cid), headers=staff), 403, "forbidden"
+    )
     assert "invoice:create" in str(doc["detail"])
     assert client.get("/api/v1/invoices", headers=staff).status_code == 200
     manager = bearer(str(login(client, a, "Manager")["access_token"]))
