@@ -74,6 +74,14 @@ class Limiter:
         return self._down_since is None
 
     def describe(self) -> dict[str, object]:
+        """The store's state for ``/readyz`` (a store marked down is asked again)."""
+        if not self.healthy and not self._skip_store():
+            try:
+                up = bool(self.storage.check())
+            except Exception:
+                up = False
+            with self._lock:
+                self._down_since = None if up else time.monotonic()
         return {"backend": self.backend, "ok": self.healthy}
 
     def check(self, group: str, caller: str) -> Verdict:
