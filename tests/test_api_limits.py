@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 from apiserver import Org, bearer, free_port, make_org, serve_app
+from conftest import unique_slug
 
 from bizosctl.catalog.control import Control
 from bizosctl.config import Settings
-from conftest import unique_slug
 
 
 def redis_up(port: int = 6379) -> bool:
