@@ -20,7 +20,7 @@ from fastapi import Depends, Request, Response
 from sqlalchemy.orm import Session
 
 from bizosctl.api.ratelimit import Limiter
-from bizosctl.catalog.control import Control
+from bizosctl.catalog.control import Control, RouteInfo
 from bizosctl.errors import Forbidden, InvalidToken, TenantSuspended, Unauthorized
 from bizosctl.security.rbac import Need, allowed, member_permissions, scope_allows
 from bizosctl.tenancy.router import tenant_session
@@ -38,6 +38,8 @@ class Caller:
     key_prefix: str | None = None
     scopes: frozenset[str] = frozenset()
     permissions: frozenset[str] = frozenset()
+    #: The tenant's route as read when authenticating (the request's sessions reuse it).
+    route: RouteInfo | None = None
 
     @property
     def actor(self) -> str:
@@ -64,7 +66,11 @@ class Ctx:
     def session(self, *, read_only: bool = False) -> Iterator[Session]:
         """The caller's tenant session, one transaction (committed on success)."""
         with tenant_session(
-            self.ctl, self.caller.tenant, actor=self.caller.actor, read_only=read_only
+            self.ctl,
+            self.caller.tenant,
+            actor=self.caller.actor,
+            read_only=read_only,
+            route=self.caller.route,
         ) as s:
             yield s
 
@@ -89,16 +95,16 @@ def bearer(request: Request) -> str:
 def authenticate(ctl: Control, token: str) -> Caller:
     """The caller behind a bearer token (no database work for a member: see ``Needs``)."""
     if token.startswith("bz_"):
-        from bizosctl.security.apikeys import verify_api_key
+        from bizosctl.security.apikeys import authenticate_api_key
 
-        key = verify_api_key(ctl, token, tenant=None)
-        route = ctl.route(key.tenant)
+        key, route = authenticate_api_key(ctl, token, tenant=None)
         return Caller(
             tenant=key.tenant,
             tenant_id=route.tenant_id,
             kind="api_key",
             key_prefix=key.prefix,
             scopes=frozenset(key.scopes),
+            route=route,
         )
     from bizosctl.security.jwt import verify_token
 
@@ -116,6 +122,7 @@ def authenticate(ctl: Control, token: str) -> Caller:
         kind="member",
         member_id=member_id,
         session_id=session_id,
+        route=route,
     )
 
 
@@ -125,7 +132,9 @@ def load_member(ctl: Control, caller: Caller) -> None:
     from bizosctl.security.sessions import check_session
 
     assert caller.member_id is not None and caller.session_id is not None
-    with tenant_session(ctl, caller.tenant, actor=caller.actor, read_only=True) as s:
+    with tenant_session(
+        ctl, caller.tenant, actor=caller.actor, read_only=True, route=caller.route
+    ) as s:
         check_session(s, session_id=caller.session_id, member_id=caller.member_id)
         caller.permissions = member_permissions(s, caller.member_id)
 

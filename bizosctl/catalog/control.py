@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bizosctl.config import Settings, get_settings
 from bizosctl.db.embedded import EmbeddedCluster
@@ -20,7 +20,7 @@ from bizosctl.errors import ConfigError, NotFound
 
 if TYPE_CHECKING:
     from sqlalchemy import TextClause
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.orm import Session
 
     from bizosctl.providers.local import ServerHandle
@@ -240,9 +240,19 @@ class Control:
         from bizosctl.db.engines import translate_errors
 
         with translate_errors("catalog"), self.catalog_engine.connect() as conn:
-            row = conn.execute(_route_sql(), {"slug": slug}).one_or_none()
+            return self.route_on(conn, slug)
+
+    def route_on(self, conn: Connection | Session, slug: str) -> RouteInfo:
+        """:meth:`route` on a connection or session the caller holds (one more statement in
+        its transaction instead of a connection of its own)."""
+        row = conn.execute(_route_sql(), {"slug": slug}).one_or_none()
         if row is None:
             raise NotFound(f"no tenant named {slug!r}")
+        return self.route_from_row(row)
+
+    def route_from_row(self, row: Any) -> RouteInfo:
+        """A :class:`RouteInfo` from a row with :data:`ROUTE_COLUMNS` (for a caller that
+        joins them into a query of its own)."""
         if row.password_enc:
             password = self._unseal_cached(row.password_enc, context=f"role:{row.role}")
         else:
@@ -271,15 +281,22 @@ class Control:
         return clear
 
 
+#: What a route is read from: ``tenants t JOIN routes r JOIN servers s`` (see _route_sql).
+ROUTE_COLUMNS = (
+    "t.id, t.slug, t.tier, t.region, t.status, r.server, r.database, r.schema, r.role, "
+    "r.password_enc, s.app_password_enc"
+)
+ROUTE_JOIN = (
+    "tenants AS t JOIN routes AS r ON r.tenant_id = t.id JOIN servers AS s ON s.name = r.server"
+)
+
+
 @functools.cache
 def _route_sql() -> TextClause:
     from sqlalchemy import text
 
     return text(
-        "SELECT t.id, t.slug, t.tier, t.region, t.status, r.server, r.database, r.schema, r.role, "
-        "r.password_enc, s.app_password_enc FROM tenants AS t "
-        "JOIN routes AS r ON r.tenant_id = t.id JOIN servers AS s ON s.name = r.server "
-        "WHERE t.slug = :slug AND t.status <> 'deleted'"
+        f"SELECT {ROUTE_COLUMNS} FROM {ROUTE_JOIN} WHERE t.slug = :slug AND t.status <> 'deleted'"
     )
 
 

@@ -18,15 +18,16 @@ import re
 import secrets
 import string
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, select, text
 from sqlalchemy.orm import Session
 
-from bizosctl.catalog.control import Control
+from bizosctl.catalog.control import ROUTE_COLUMNS, ROUTE_JOIN, Control, RouteInfo
 from bizosctl.catalog.lookups import live_tenant_id
 from bizosctl.catalog.models import ApiKey, Tenant
+from bizosctl.db.engines import translate_errors
 from bizosctl.errors import (
     Forbidden,
     InvalidInput,
@@ -373,8 +374,16 @@ def rotate_api_key(ctl: Control, key: str, *, grace_ms: int) -> tuple[ApiKeyPubl
 
 
 def verify_api_key(ctl: Control, token: str, *, tenant: str | None) -> ApiKeyPublic:
+    """The key behind a bearer token (see :func:`authenticate_api_key`)."""
+    return authenticate_api_key(ctl, token, tenant=tenant)[0]
+
+
+def authenticate_api_key(
+    ctl: Control, token: str, *, tenant: str | None
+) -> tuple[ApiKeyPublic, RouteInfo]:
     """The key behind a bearer token, if it is valid for ``tenant`` (None: the key's own
-    tenant, as the API server asks); records its use.
+    tenant, as the API server asks), and its tenant's route read in the same catalog
+    transaction (what the API needs to serve the request); records its use.
 
     Raises:
         Unauthorized: the token is malformed, unknown, revoked or expired (one message).
@@ -387,22 +396,57 @@ def verify_api_key(ctl: Control, token: str, *, tenant: str | None) -> ApiKeyPub
     prefix, secret = match.groups()
     digest = _hash(secret)
     now = _now()
-    with ctl.catalog() as s:
-        row = s.execute(
-            select(ApiKey, Tenant.slug, Tenant.status)
-            .join(Tenant, Tenant.id == ApiKey.tenant_id)
-            .where(ApiKey.prefix == prefix, Tenant.status != "deleted")
-        ).one_or_none()
-        matches = hmac.compare_digest(row[0].secret_hash if row else _NO_HASH, digest)
-        if row is None or not matches or _status(row[0], now) != "active":
+    # One statement, outside a transaction (a read needs no BEGIN/COMMIT round trips): the
+    # key, its tenant and the tenant's route. This runs on every API request.
+    with (
+        translate_errors("catalog"),
+        ctl.catalog_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+    ):
+        row = conn.execute(_AUTH_SQL, {"prefix": prefix}).one_or_none()
+        matches = hmac.compare_digest(row.secret_hash if row else _NO_HASH, digest)
+        if row is None or not matches or _row_status(row, now) != "active":
             raise Unauthorized(INVALID_KEY)
-        key, slug = row[0], row[1]
+        slug = row.slug
         if tenant is not None and slug != tenant:
             raise Forbidden(f"this API key does not belong to tenant {tenant!r}")
-        if row[2] == "suspended":
+        if row.status == "suspended":
             raise TenantSuspended(f"tenant {slug!r} is suspended: its API keys are refused")
         # At most one write a minute per key: concurrent requests with one key must not queue
         # on its row.
-        if key.last_used_at is None or now - key.last_used_at > dt.timedelta(minutes=1):
-            key.last_used_at = now
-        return _public(key, slug, now)
+        last_used = row.last_used_at
+        if last_used is None or now - last_used > dt.timedelta(minutes=1):
+            conn.execute(
+                text("UPDATE api_keys SET last_used_at = :now WHERE id = :id"),
+                {"now": now, "id": row.key_id},
+            )
+            last_used = now
+        public = ApiKeyPublic(
+            id=row.key_id,
+            tenant=slug,
+            name=row.name,
+            prefix=prefix,
+            scopes=[str(x) for x in row.scopes],
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            revoked_at=None,
+            last_used_at=last_used,
+            replaced_by=row.replaced_by,
+            status="active",
+        )
+        return public, ctl.route_from_row(row)
+
+
+_AUTH_SQL = text(
+    f"SELECT k.id AS key_id, k.name, k.secret_hash, k.scopes, k.created_at, k.expires_at, "
+    f"k.revoked_at, k.last_used_at, k.replaced_by, {ROUTE_COLUMNS} "
+    f"FROM api_keys AS k JOIN {ROUTE_JOIN} ON t.id = k.tenant_id "
+    "WHERE k.prefix = :prefix AND t.status <> 'deleted'"
+)
+
+
+def _row_status(row: Any, now: dt.datetime) -> Status:
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expired"
+    return "active"

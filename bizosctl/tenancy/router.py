@@ -34,10 +34,13 @@ def search_path(route: RouteInfo) -> str:
 
 @contextlib.contextmanager
 def tenant_session(
-    ctl: Control, slug: str, *, actor: str, read_only: bool = False
+    ctl: Control, slug: str, *, actor: str, read_only: bool = False, route: RouteInfo | None = None
 ) -> Iterator[Session]:
-    """A session inside one transaction in ``slug``'s context; committed on success."""
-    route = ctl.route(slug)
+    """A session inside one transaction in ``slug``'s context; committed on success.
+    ``route``: the tenant's route as the caller just read it (the API reads it once per
+    request, with the credentials); looked up otherwise."""
+    if route is None or route.slug != slug:
+        route = ctl.route(slug)
     if route.status == "suspended":
         # The database refuses it too (bizos_tenant() is NULL): this is the clear message.
         raise TenantSuspended(f"tenant {slug!r} is suspended: reads and writes are refused")
