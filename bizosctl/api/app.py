@@ -36,6 +36,22 @@ def create_app(ctl: Control | None = None) -> FastAPI:
     app.state.ctl = ctl
     app.state.limiter = Limiter(settings)
     problems.install(app)
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            app.openapi_schema = problems.document_problems(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     for router in (health.router, auth.router, me.router, invoices.router, operations.router):
         app.include_router(router)
     app.add_middleware(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from bizosctl.api.ratelimit import Limiter
@@ -26,6 +27,11 @@ from bizosctl.security.rbac import Need, allowed, member_permissions, scope_allo
 from bizosctl.tenancy.router import tenant_session
 
 BEARER = "bearer "
+#: Declares the bearer scheme in the OpenAPI document (the header is read by ``bearer``).
+_SCHEME = HTTPBearer(
+    auto_error=False,
+    description="An API key (bz_...) or a member's access token (from /api/v1/auth/login).",
+)
 
 
 @dataclass
@@ -157,7 +163,11 @@ def Needs(
     need = Need(permission=permission or "", scope=scope or "")
     limit_group = group or (scope.partition(":")[0] if scope else "api")
 
-    def dependency(request: Request, response: Response) -> Ctx:
+    def dependency(
+        request: Request,
+        response: Response,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_SCHEME)] = None,
+    ) -> Ctx:
         ctl = get_ctl(request)
         caller = authenticate(ctl, bearer(request))
         rate_limit(request, response, limit_group, caller.rate_key)

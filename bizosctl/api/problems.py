@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bizosctl.errors import BizosError, TenantMoving, TenantNotWritable, TooManyRequests
@@ -24,6 +25,38 @@ log = logging.getLogger("bizosctl.api")
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "https://bizos.dev/problems/"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (every error this API answers)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    request_id: str
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Say in the OpenAPI document what every error really looks like: each operation's
+    ``422`` and ``default`` answers are problem documents (FastAPI would describe its own
+    validation body, which this API never sends)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    problem_response = {
+        "description": "A problem document (RFC 9457)",
+        "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = problem_response
+            responses["default"] = problem_response
+    return schema
 
 
 def _request_id(request: Request) -> str:
@@ -69,6 +102,16 @@ def _for_error(request: Request, exc: BizosError) -> JSONResponse:
     return problem(request, exc.http_status, code=exc.code, detail=detail, headers=headers, **extra)
 
 
+def _allowed(request: Request) -> list[str]:
+    from starlette.routing import Match, Route
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(BizosError)
     async def bizos_error(request: Request, exc: BizosError) -> JSONResponse:
@@ -90,6 +133,10 @@ def install(app: FastAPI) -> None:
         code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route whose path matched; a path served
+            # by several routes (GET and POST /customers) supports all of theirs
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
         return problem(request, exc.status_code, code=code, detail=detail, headers=headers)
 
     @app.exception_handler(Exception)

@@ -42,9 +42,9 @@ def post_refresh(
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, summary="End this session")
 def post_logout(ctx: Ctx = Depends(Needs(None, None, group="auth"))) -> None:
-    from bizosctl.errors import InvalidInput
+    from bizosctl.errors import Forbidden
 
     if ctx.caller.session_id is None:
-        raise InvalidInput("API keys have no session: revoke the key instead")
+        raise Forbidden("an API key has no session to end: revoke the key instead")
     with ctx.session() as s:
         revoke(s, session_id=ctx.caller.session_id, reason="logout")
