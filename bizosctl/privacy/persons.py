@@ -60,7 +60,8 @@ _ORG_AFTER = frozenset(
     Inc Ltd Llc Corp Corporation Company Co Group Holdings Motor Motors Jaya Abadi Makmur
     Sentosa Mandiri Sejahtera Indah Persada Perkasa Utama Raya Tbk Bank Hotel Mart Store Shop
     Street Road Avenue Center Centre Plaza Tower Mall Express Logistics Trading Foods
-    Consulting Solutions Systems Studio Bakery Laundry Motor Cell Ponsel Elektronik
+    Consulting Solutions Systems Studio Bakery Laundry Motor Cell Ponsel Elektronik Pte GmbH
+    AG BV NV SA Sdn Bhd Plc LLP Pty
     """.split()
 )
 # Given names that are also ordinary words: a name only with company (a surname after them,
@@ -116,11 +117,12 @@ def _dictionary(names: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, ...]]
     index: dict[str, list[tuple[str, ...]]] = {}
     tokens: set[str] = set()
     for name in names:
-        words = tuple(w.casefold() for w in _TOKEN.findall(name))
-        if not words or _TOKEN.findall(name)[0] in _ORG_BEFORE:
-            continue
+        found = _TOKEN.findall(name)
+        if not found or any(w in _ORG_BEFORE or w in _ORG_AFTER for w in found):
+            continue  # a company among the customers: not a person
+        words = tuple(w.casefold() for w in found)
         index.setdefault(words[0], []).append(words)
-        tokens.update(w.title() for w in _TOKEN.findall(name) if len(w) > 2)
+        tokens.update(w.title() for w in found if len(w) > 2)
     for entries in index.values():
         entries.sort(key=len, reverse=True)
     return index, frozenset(tokens - _STOP - HONORIFICS - _ORG_AFTER)
