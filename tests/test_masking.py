@@ -176,6 +176,10 @@ def test_same_value_other_format_same_placeholder_for_every_kind() -> None:
         ("invoice for [kresnanda wijayakusuma] today", ("Kresnanda Wijayakusuma",)),
         ("[Wijayakusuma] paid", ("Kresnanda Wijayakusuma",)),
         ("paket untuk [Wiryo]", ("Wiryo",)),
+        ("[I Made Suarta] datang", ()),
+        ("[Ni Luh Ayu Kartika] pesan", ()),
+        ("transfer a.n. [Sri Mulyani] masuk", ()),
+        ("atas nama [Joko Widagdo]", ()),
     ],
 )
 def test_person_found(text: str, names: tuple[str, ...]) -> None:
@@ -198,6 +202,9 @@ def test_person_found(text: str, names: tuple[str, ...]) -> None:
         "Ibu Kota pindah",
         "Reply to <PERSON_1> please",
         "the word jaya in lower case",
+        "I Made a mistake in the invoice",
+        "transfer atas nama PT Maju Jaya",
+        "a.n. Bapak",
     ],
 )
 def test_person_look_alikes(text: str) -> None:
@@ -236,6 +243,25 @@ def test_corpus_masked_text_holds_no_value() -> None:
         for span in sample.spans:
             assert sample.text[span.start : span.end] not in masked.text
         assert masked.restore(masked.text) == sample.text
+
+
+def test_holdout_meets_the_recall_and_false_hit_targets() -> None:
+    # Lines written after the rules (tests/data/pii_holdout.txt): not every line is exact, the
+    # issue's targets hold: recall >= 0.95 on every kind, at most 5 negative lines with a hit.
+    held = corpus.load(Path(__file__).parent / "data" / "pii_holdout.txt")
+    expected: dict[str, int] = {}
+    hit: dict[str, int] = {}
+    false_lines = 0
+    for sample in held.samples:
+        got = set(detect(sample.text, names=held.names))
+        if not sample.spans and got:
+            false_lines += 1
+        for span in sample.spans:
+            expected[span.kind] = expected.get(span.kind, 0) + 1
+            hit[span.kind] = hit.get(span.kind, 0) + (span in got)
+    assert set(expected) == set(KINDS)
+    assert {k: hit[k] / n for k, n in expected.items() if hit[k] / n < 0.95} == {}
+    assert false_lines <= 5
 
 
 def test_corpus_marker_parsing() -> None:

@@ -5,7 +5,8 @@ Three sources, cheapest first:
 - the caller's dictionary (the tenant's own members' and customers' names), matched
   case-insensitively as whole names, and its single tokens as given names;
 - a capitalised word after an honorific (``Pak``, ``Ibu``, ``Mr``...; the honorific stays out
-  of the span), and up to two more capitalised words after it;
+  of the span) or after ``a.n.``/``atas nama``, and up to two more capitalised words after it;
+  Balinese names from their ``I``/``Ni`` and birth-order prefix (``I Made Suarta``);
 - a known given name (English: the US census lists of the ``names`` package; Indonesian: the
   list in ``data/names_id.txt``), alone (a mononym) or followed by up to two capitalised words.
 
@@ -82,6 +83,12 @@ _AMBIGUOUS = frozenset(
     Houston Lincoln China India Asia Camry Avanza Honda Mercedes Lexus Tesla
     """.split()
 )
+
+# Balinese names start with I (men) or Ni (women) and a birth-order name: I Made Suarta.
+_BALI_PREFIX = frozenset({"I", "Ni"})
+_BALI_ORDER = frozenset("Wayan Made Nyoman Ketut Putu Kadek Komang Gede Luh Nengah Gusti".split())
+# "a.n." / "atas nama" (on behalf of): a name follows, as on transfer slips and invoices.
+_CUE = re.compile(r"(?:\ba\.\s?n\.|\batas\s+nama)\s*$", re.IGNORECASE)
 
 _DATA = "data/names_id.txt"
 
@@ -171,6 +178,22 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
             if hit:
                 yield "PERSON", start, toks[hit - 1][1], _key(text, toks, i, hit)
                 i = hit
+                continue
+        if word in _BALI_PREFIX and spaced(i) and toks[i + 1][2] in _BALI_ORDER:
+            stop = run(i + 1, 4)  # I Made Suarta, Ni Luh Ayu Kartika
+            if stop > i + 2:
+                yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
+                i = stop
+                continue
+        if (
+            _name_shaped(word)
+            and word not in _STOP
+            and _CUE.search(text, max(0, start - 12), start)
+        ):
+            stop = run(i, 3)  # "a.n. Sri Mulyani": on behalf of, as on a transfer slip
+            if stop > i and not _org_follows(toks, stop):
+                yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
+                i = stop
                 continue
         if word in HONORIFICS and _name_shaped(word):
             j = i + 1
