@@ -42,6 +42,8 @@ def test_email_look_alikes(text: str) -> None:
         "021-29345678",
         "+44 20 7946 0958",
         "+1 415 555 2671",
+        "0812.3456.7890",
+        "+62 (21) 5551234",
     ],
 )
 def test_phone_found(value: str) -> None:
@@ -60,6 +62,11 @@ def test_phone_found(value: str) -> None:
 )
 def test_phone_look_alikes(text: str) -> None:
     assert found(text) == []
+
+
+def test_phone_in_a_whatsapp_link() -> None:
+    assert found("chat https://wa.me/6281234567890 ya") == [("PHONE", "6281234567890")]
+    assert found("INV/2024/0812345678 lunas") == []
 
 
 def test_same_phone_in_another_format_gets_the_same_placeholder() -> None:
@@ -205,6 +212,9 @@ def test_person_found(text: str, names: tuple[str, ...]) -> None:
         "I Made a mistake in the invoice",
         "transfer atas nama PT Maju Jaya",
         "a.n. Bapak",
+        "Minta tolong cek stok",
+        "Mi goreng 2 bungkus",
+        "Ada barang rusak",
     ],
 )
 def test_person_look_alikes(text: str) -> None:

@@ -58,7 +58,7 @@ def emails(text: str) -> Iterator[Candidate]:
 # ``(0xx)``/``0xx-`` landlines, with spaces, dashes or dots between groups. ``phonenumbers``
 # then decides (valid in its region's numbering plan), so ``08-12-2024`` (a date) fails.
 _PHONE = re.compile(
-    r"(?<![\w+.,/-])"
+    r"(?:(?<=wa\.me/)|(?<![\w+.,/-]))"  # also a WhatsApp link: wa.me/6281...
     r"(?:"
     r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?)(?:[ .-]?\d{2,5}){1,4}"  # +62 812-3456-7890, +44 20 ...
     r"|\(0\d{1,3}\)[ .-]?\d{3,4}(?:[ .-]?\d{3,4}){0,2}"  # (021) 555-1234

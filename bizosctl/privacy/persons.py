@@ -78,7 +78,10 @@ _AMBIGUOUS = frozenset(
     Honey Sugar Lemon Jan Sol Sun Sunny Man Son Ma Mo Ok Al Ed Dan Tim Else
     Made Gede Tari Lestari Teguh Slamet Rahmat Iman Surya Guntur Citra Mega Kurnia Satria Tri
     Dwi Eka Sri Nur Titik Indah Bagus Jaya Agung Cahaya Mulia Putra Putri Sari Dewi Intan
-    Bunga Bintang Ayu Suci Tenant Regional General Ultra Premium Gold Silver Platinum Basic Pro Lite
+    Bunga Bintang Ayu Suci Ada Aja Bibi Cara Dong Kali Kasi Keren Kira Mana Minta Oma Pura
+    Karena Tanya Sang Era Yoga Carry Many My Season See So Soon Bell Bee Buck Dot Echo Fawn
+    Fern Gay Lady Lean Loan Moon Nova Pa Sage Tiny Un Viva Ward Ping Song Hang Mac
+    Tenant Regional General Ultra Premium Gold Silver Platinum Basic Pro Lite
     Apple Amazon Jordan Paris Victoria Florence Georgia Virginia Carolina Dakota Austin
     Houston Lincoln China India Asia Camry Avanza Honda Mercedes Lexus Tesla
     """.split()
@@ -213,7 +216,8 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                 follows = stop > i + 1 and (
                     toks[i + 1][2] in family or toks[i + 1][2] in given or toks[i + 1][2] in known
                 )
-                if word not in _AMBIGUOUS or word in known or follows:
+                plain = word not in _AMBIGUOUS and len(word) > 2  # "Mi goreng", "Li"
+                if plain or word in known or follows:
                     yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
                     i = stop
                     continue
