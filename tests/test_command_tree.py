@@ -66,8 +66,8 @@ CLASSIFICATION = {
     "ops resume": CHANGES,
     "ops cancel": CHANGES,
     "ops ping": CHANGES,
-    "worker": CHANGES,
-    "mask": READS,  # stdin to stdout; --tenant reads the tenant's names  # runs queued operations; --dry-run shows what it would run
+    "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
+    "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
 }
 
 #: Commands exempt from --json, each with its reason. Keep it short: today it is empty.
