@@ -85,6 +85,13 @@ def test_restore_puts_values_back() -> None:
     )
 
 
+def test_restore_forgives_case_and_spacing_of_placeholders() -> None:
+    m = mask("Pak Budi Santoso menunggu.")
+    assert (
+        m.restore("Kabari < person_1 > dan <Person_1>.") == "Kabari Budi Santoso dan Budi Santoso."
+    )
+
+
 def test_nothing_found() -> None:
     m = mask("Stok gudang aman minggu ini.")
     assert m == Masked("Stok gudang aman minggu ini.", [], {})

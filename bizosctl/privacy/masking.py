@@ -50,11 +50,17 @@ class Masked:
     def restore(self, text: str) -> str:
         """Put the original values back in ``text`` (a model's answer to the masked text).
 
-        Placeholders the model invented or mangled beyond ``<KIND_n>`` stay as they are.
+        Models copy placeholders back with other case or spacing (``< person_1 >``): those are
+        restored too. Placeholders the model invented (no such number) stay as they are.
         """
         if not self.mapping:
             return text
-        return _PLACEHOLDER.sub(lambda m: self.mapping.get(m.group(0), m.group(0)), text)
+
+        def value(m: re.Match[str]) -> str:
+            key = f"<{m.group(1).upper()}_{m.group(2)}>"
+            return self.mapping.get(key, m.group(0))
+
+        return _PLACEHOLDER.sub(value, text)
 
     def counts(self) -> dict[str, int]:
         """How many entities of each kind were found (for the usage ledger; no values)."""
@@ -64,7 +70,7 @@ class Masked:
         return out
 
 
-_PLACEHOLDER = re.compile(r"<(?:" + "|".join(KINDS) + r")_\d+>")
+_PLACEHOLDER = re.compile(r"<\s*(" + "|".join(KINDS) + r")_(\d+)\s*>", re.IGNORECASE)
 
 # Order matters where spans overlap: the earlier detector wins (an e-mail or an IBAN holds
 # digits that look like a phone; a NIK-length run inside a card is the card).
