@@ -13,12 +13,14 @@ the same value written another way gets the same placeholder.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterator
 
 import phonenumbers
 from stdnum import iban, luhn, numdb
+from stdnum.exceptions import ValidationError
 from stdnum.id import nik, npwp
 
 Candidate = tuple[str, int, int, str]
@@ -145,13 +147,26 @@ def _is_card(digits: str) -> bool:
     return luhn.is_valid(digits)
 
 
+@functools.lru_cache(maxsize=1024)
+def _known_regency(code: str) -> bool:
+    """Province and regency (the first 4 digits) both in stdnum's table of Indonesian regions."""
+    place = _REGIONS.info(code)
+    return len(place) == 2 and bool(place[0][1]) and bool(place[1][1])
+
+
 def _is_nik(digits: str) -> bool:
-    # stdnum checks the province and the birth date; the regency (digits 3-4) must be known
-    # too, and the sub-district is never 00.
-    if len(digits) != 16 or not nik.is_valid(digits) or digits[4:6] == "00":
+    # stdnum's nik.is_valid checks the province and the birth date (women's day + 40); the
+    # regency (digits 3-4) must be known too, and the sub-district is never 00. The table
+    # lookup is cached: nik.is_valid would walk it again for every candidate.
+    if len(digits) != 16 or not digits.isdigit() or digits[4:6] == "00":
         return False
-    place = _REGIONS.info(digits[:4])
-    return len(place) == 2 and bool(place[1][1])
+    if not _known_regency(digits[:4]):
+        return False
+    try:
+        nik.get_birth_date(digits)
+    except ValidationError:
+        return False
+    return True
 
 
 def long_numbers(text: str) -> Iterator[Candidate]:
@@ -172,11 +187,13 @@ def long_numbers(text: str) -> Iterator[Candidate]:
 def _classify(digits: str, wanted: str | None, grouped: bool) -> str | None:
     n = len(digits)
     is_nik = _is_nik(digits)
-    # a 16-digit NPWP is a NIK or 0 + the old 15 digits
-    is_npwp = is_nik or ((n == 15 or digits.startswith("0")) and npwp.is_valid(digits))
+
+    def is_npwp() -> bool:  # a 16-digit NPWP is a NIK or 0 + the old 15 digits
+        return is_nik or ((n == 15 or digits.startswith("0")) and npwp.is_valid(digits))
+
     if wanted == "nik" and is_nik:
         return "ID_NIK"
-    if wanted == "npwp" and is_npwp:
+    if wanted == "npwp" and is_npwp():
         return "ID_NPWP"
     if wanted == "card" and _is_card(digits):
         return "CREDIT_CARD"
@@ -184,11 +201,11 @@ def _classify(digits: str, wanted: str | None, grouped: bool) -> str | None:
         return "CREDIT_CARD"
     if is_nik:
         return "ID_NIK"
-    if is_npwp and digits.startswith("0"):
+    if digits.startswith("0") and is_npwp():
         return "ID_NPWP"
     if _is_card(digits):
         return "CREDIT_CARD"
-    if is_npwp:
+    if is_npwp():
         return "ID_NPWP"
     return None
 

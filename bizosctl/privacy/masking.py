@@ -9,6 +9,7 @@ object is built and a 2 KB prompt is masked in about a millisecond.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections.abc import Iterable
@@ -85,14 +86,20 @@ _DETECTORS = (
 
 
 def _find(text: str, names: Iterable[str]) -> list[Candidate]:
-    taken: list[Candidate] = []
+    taken: list[Candidate] = []  # kept sorted by start; spans in it never overlap
+    starts: list[int] = []
     candidates = itertools.chain(
         *(detector(text) for detector in _DETECTORS), persons.persons(text, names)
     )
-    for kind, start, end, key in candidates:
-        if not any(start < t_end and t_start < end for _, t_start, t_end, _ in taken):
-            taken.append((kind, start, end, key))
-    taken.sort(key=lambda t: t[1])
+    for candidate in candidates:
+        _, start, end, _ = candidate
+        at = bisect.bisect_left(starts, start)
+        if at > 0 and taken[at - 1][2] > start:  # the one before reaches into it
+            continue
+        if at < len(taken) and taken[at][1] < end:  # it reaches into the one after
+            continue
+        taken.insert(at, candidate)
+        starts.insert(at, start)
     return taken
 
 

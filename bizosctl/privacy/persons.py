@@ -147,7 +147,7 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
     """PERSON candidates in ``text``; ``names`` is the caller's dictionary of known names."""
     given, family = _name_lists()
     index, known = _dictionary(tuple(names))
-    toks = [(m.start(), m.end(), m.group(0)) for m in _TOKEN.finditer(text)]
+    toks = [(*m.span(), m.group()) for m in _TOKEN.finditer(text)]
     n = len(toks)
 
     def spaced(i: int) -> bool:  # token i+1 follows token i after exactly one space
@@ -182,6 +182,9 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                 yield "PERSON", start, toks[hit - 1][1], _key(text, toks, i, hit)
                 i = hit
                 continue
+        if not word[0].isupper():  # most words: every rule below starts with a capital
+            i += 1
+            continue
         if word in _BALI_PREFIX and spaced(i) and toks[i + 1][2] in _BALI_ORDER:
             stop = run(i + 1, 4)  # I Made Suarta, Ni Luh Ayu Kartika
             if stop > i + 2:
