@@ -190,6 +190,7 @@ def test_same_value_other_format_same_placeholder_for_every_kind() -> None:
         ("invoice for [kresnanda wijayakusuma] today", ("Kresnanda Wijayakusuma",)),
         ("[Wijayakusuma] paid", ("Kresnanda Wijayakusuma",)),
         ("paket untuk [Wiryo]", ("Wiryo",)),
+        ("Bapak [Kresnanda] datang", ("Bapak Kresnanda",)),  # honorific out of the entry
         ("[I Made Suarta] datang", ()),
         ("[Ni Luh Ayu Kartika] pesan", ()),
         ("transfer a.n. [Sri Mulyani] masuk", ()),

@@ -128,6 +128,8 @@ def _dictionary(names: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, ...]]
     tokens: set[str] = set()
     for name in names:
         found = _TOKEN.findall(name)
+        while found and found[0].title() in HONORIFICS:  # "Bapak Budi": the name is "Budi"
+            found = found[1:]
         if not found or any(w in _ORG_BEFORE or w in _ORG_AFTER for w in found):
             continue  # a company among the customers: not a person
         words = tuple(w.casefold() for w in found)
