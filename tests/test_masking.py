@@ -195,6 +195,9 @@ def test_same_value_other_format_same_placeholder_for_every_kind() -> None:
         ("[Ni Luh Ayu Kartika] pesan", ()),
         ("transfer a.n. [Sri Mulyani] masuk", ()),
         ("atas nama [Joko Widagdo]", ()),
+        ("Selamat pagi, saya [Lestiani Puspitasari] dari gudang", ()),
+        ("Hello, my name is [Xavier Quint]", ()),
+        ("Customer [Rahmat] complained", ()),
     ],
 )
 def test_person_found(text: str, names: tuple[str, ...]) -> None:
@@ -223,6 +226,9 @@ def test_person_found(text: str, names: tuple[str, ...]) -> None:
         "Minta tolong cek stok",
         "Mi goreng 2 bungkus",
         "Ada barang rusak",
+        "Hari Raya Idul Fitri kantor libur",
+        "Customer Service buka 24 jam",
+        "saya Senin datang",
     ],
 )
 def test_person_look_alikes(text: str) -> None:
@@ -263,10 +269,11 @@ def test_corpus_masked_text_holds_no_value() -> None:
         assert masked.restore(masked.text) == sample.text
 
 
-def test_holdout_meets_the_recall_and_false_hit_targets() -> None:
-    # Lines written after the rules (tests/data/pii_holdout.txt): not every line is exact, the
-    # issue's targets hold: recall >= 0.95 on every kind, at most 5 negative lines with a hit.
-    held = corpus.load(Path(__file__).parent / "data" / "pii_holdout.txt")
+@pytest.mark.parametrize("name", ["pii_holdout.txt", "pii_holdout2.txt"])
+def test_holdout_meets_the_recall_and_false_hit_targets(name: str) -> None:
+    # Lines written after the rules: not every line is exact, the targets hold:
+    # recall >= 0.95 on every kind, at most 5 negative lines with a hit.
+    held = corpus.load(Path(__file__).parent / "data" / name)
     expected: dict[str, int] = {}
     hit: dict[str, int] = {}
     false_lines = 0

@@ -5,13 +5,15 @@ Three sources, cheapest first:
 - the caller's dictionary (the tenant's own members' and customers' names), matched
   case-insensitively as whole names, and its single tokens as given names;
 - a capitalised word after an honorific (``Pak``, ``Ibu``, ``Mr``...; the honorific stays out
-  of the span) or after ``a.n.``/``atas nama``, and up to two more capitalised words after it;
+  of the span) or after ``a.n.``/``atas nama``/``saya``/``my name is``, and up to two more
+  capitalised words after it;
   Balinese names from their ``I``/``Ni`` and birth-order prefix (``I Made Suarta``);
 - a known given name (English: the US census lists of the ``names`` package; Indonesian: the
   list in ``data/names_id.txt``), alone (a mononym) or followed by up to two capitalised words.
 
 Given names that are also common words (``Will``, ``May``, ``Bagus``, ``Indah``) count only
-when a known surname or given name follows them or an honorific precedes them; words after an
+when a known surname or given name follows them, or an honorific or a role (``Customer``,
+``Kurir``) precedes them; words after an
 organisation or place marker (``PT``, ``Toko``, ``Jl.``, ``Bank``) are not people.
 """
 
@@ -53,7 +55,7 @@ _ORG_BEFORE = frozenset(
     PT CV UD Tbk Toko Warung Apotek Klinik Bank Hotel Gedung Jl Jln Jalan Gang Gg Kampus
     Universitas Sekolah Koperasi Yayasan Masjid Gereja Kabupaten Kab Kecamatan Kec Desa
     Kelurahan Provinsi Kota Rumah Makan Restoran Cafe Kafe Mall Plaza Pasar Perumahan Komplek
-    St Lake Mount Fort Port Saint San Santa University
+    St Lake Mount Fort Port Saint San Santa University Hari Idul Tahun
     """.split()
 )
 _ORG_AFTER = frozenset(
@@ -91,7 +93,16 @@ _AMBIGUOUS = frozenset(
 _BALI_PREFIX = frozenset({"I", "Ni"})
 _BALI_ORDER = frozenset("Wayan Made Nyoman Ketut Putu Kadek Komang Gede Luh Nengah Gusti".split())
 # "a.n." / "atas nama" (on behalf of): a name follows, as on transfer slips and invoices.
-_CUE = re.compile(r"(?:\ba\.\s?n\.|\batas\s+nama)\s*$", re.IGNORECASE)
+# "saya" / "my name is" / "I'm" (introducing oneself): the same.
+_CUE = re.compile(
+    r"(?:\ba\.\s?n\.|\batas\s+nama|\bsaya|\bmy\s+name\s+is|\bI'?m|\bI\s+am)\s*$",
+    re.IGNORECASE,
+)
+# A role before a given name that is also a word makes it a name: "Customer Rahmat".
+_ROLE = frozenset(
+    "Customer Pelanggan Client Klien Kurir Courier Driver Sopir Supir Kasir Cashier Admin CS "
+    "Staff Staf Teknisi Technician Sales Manager Supervisor Owner".split()
+)
 
 _DATA = "data/names_id.txt"
 
@@ -222,7 +233,8 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                     toks[i + 1][2] in family or toks[i + 1][2] in given or toks[i + 1][2] in known
                 )
                 plain = word not in _AMBIGUOUS and len(word) > 2  # "Mi goreng", "Li"
-                if plain or word in known or follows:
+                role = i > 0 and toks[i - 1][2] in _ROLE and toks[i - 1][1] + 1 == start
+                if plain or word in known or follows or role:
                     yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
                     i = stop
                     continue
