@@ -14,6 +14,7 @@ def mask(
     tenant: str | None = typer.Option(
         None,
         "--tenant",
+        metavar="SLUG",
         help="Also mask this tenant's members' and customers' names (its own dictionary).",
         show_default=False,
     ),
@@ -22,8 +23,7 @@ def mask(
     """Mask personal data in the text on stdin: e-mails, phones, cards, IBANs, NIK, NPWP, IP
     addresses and people's names become <KIND_n> placeholders, as before a model call.
 
-    With --json: {"text": ..., "entities": [{"kind", "start", "end"}]}, the offsets in the
-    input (characters); the values themselves are never printed.
+    With --json: "text" (masked) and "entities" (kind, start, end in the input), no values.
 
     Example: echo 'Pak Budi, 0812-3456-7890' | bizosctl mask --tenant acme --json
     """
