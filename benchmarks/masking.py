@@ -180,7 +180,8 @@ def prompt_latency(texts: list[str], names: list[str], calls: int = 500) -> dict
     calls, and the mean CPU time."""
     from bizosctl.privacy.masking import mask
 
-    prompt = "\n".join(texts[::3])[:2048]
+    lines = texts[::3] or texts
+    prompt = "\n".join(lines * (2048 // max(1, len("\n".join(lines))) + 1))[:2048]
     mask(prompt, names=names)
     times = []
     cpu = time.process_time()

@@ -69,20 +69,39 @@ _PHONE = re.compile(
     r"(?![\w-]|[.,]\d)"
 )
 _PHONE_DIGITS = range(7, 16)  # E.164 has at most 15
+_NON_DIGIT = re.compile(r"\D")
 
 
 def phones(text: str) -> Iterator[Candidate]:
     for m in _PHONE.finditer(text):
         value = m.group(0)
-        if sum(c.isdigit() for c in value) not in _PHONE_DIGITS or _labelled_id(text, m.start()):
+        digits = _NON_DIGIT.sub("", value)
+        if len(digits) not in _PHONE_DIGITS or _labelled_id(text, m.start()):
             continue
-        try:
-            number = phonenumbers.parse("+" + value if value.startswith("62") else value, "ID")
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_valid_number(number):
-            e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        e164 = _valid_phone(value, digits)
+        if e164 is not None:
             yield "PHONE", m.start(), m.end(), e164
+
+
+def _valid_phone(value: str, digits: str) -> str | None:
+    """The E.164 form when ``phonenumbers`` finds the number valid, else None."""
+    # An Indonesian number (+62 / 62 / 0 + national number) goes straight to the numbering
+    # plan check: phonenumbers.parse, which takes 4/5 of the time, has nothing to add there.
+    national = None
+    if digits.startswith("62") and not value.startswith("0"):
+        national = digits[2:]
+    elif value[0] in "0(":
+        national = digits[1:]
+    if national is not None and not national.startswith("0"):
+        number = phonenumbers.PhoneNumber(country_code=62, national_number=int(national))
+        return f"+62{national}" if phonenumbers.is_valid_number(number) else None
+    try:
+        parsed = phonenumbers.parse(value, "ID")
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 # --- IBAN ------------------------------------------------------------------------------------
@@ -94,11 +113,18 @@ _IBAN = re.compile(
 )
 
 
+def _mod97(value: str) -> bool:
+    # A cheap first test (ISO 13616: the country and check digits moved to the end, letters as
+    # 10..35, the number mod 97 is 1), so that trimmed candidates skip stdnum's full check.
+    compact = value.replace(" ", "")
+    return int("".join(str(int(c, 36)) for c in compact[4:] + compact[:4])) % 97 == 1
+
+
 def ibans(text: str) -> Iterator[Candidate]:
     for m in _IBAN.finditer(text):
         value = m.group(0)
         while True:
-            if iban.is_valid(value):
+            if _mod97(value) and iban.is_valid(value):
                 yield "IBAN", m.start(), m.start() + len(value), iban.compact(value)
                 break
             cut = value.rfind(" ")

@@ -153,7 +153,7 @@ def _dictionary(names: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, ...]]
 
 def _name_shaped(word: str) -> bool:
     # Title case, also McDonald / O'Brien; not ALL CAPS (codes, acronyms, placeholders)
-    return word[0].isupper() and any(c.islower() for c in word[1:])
+    return len(word) > 1 and word[0].isupper() and not word[1:].isupper()
 
 
 def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
@@ -268,4 +268,5 @@ def _dictionary_hit(
 
 
 def _key(text: str, toks: list[tuple[int, int, str]], i: int, stop: int) -> str:
-    return " ".join(toks[k][2].casefold() for k in range(i, stop))
+    # the gaps inside a found name are whitespace: the same as joining its tokens
+    return " ".join(text[toks[i][0] : toks[stop - 1][1]].casefold().split())
