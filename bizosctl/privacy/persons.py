@@ -145,7 +145,7 @@ def _dictionary(names: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, ...]]
             continue  # a company among the customers: not a person
         words = tuple(w.casefold() for w in found)
         index.setdefault(words[0], []).append(words)
-        tokens.update(w.title() for w in found if len(w) > 2)
+        tokens.update(v for w in found if len(w) > 2 for v in (w, w.title()))
     for entries in index.values():
         entries.sort(key=len, reverse=True)
     return index, frozenset(tokens - _STOP - HONORIFICS - _ORG_AFTER)
