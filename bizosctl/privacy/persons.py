@@ -82,7 +82,8 @@ _AMBIGUOUS = frozenset(
     Dwi Eka Sri Nur Titik Indah Bagus Jaya Agung Cahaya Mulia Putra Putri Sari Dewi Intan
     Bunga Bintang Ayu Suci Ada Aja Bibi Cara Dong Kali Kasi Keren Kira Mana Minta Oma Pura
     Karena Tanya Sang Era Yoga Carry Many My Season See So Soon Bell Bee Buck Dot Echo Fawn
-    Fern Gay Lady Lean Loan Moon Nova Pa Sage Tiny Un Viva Ward Ping Song Hang Mac
+    Fern Gay Lady Lean Loan Moon Nova Pa Sage Tiny Un Viva Ward Ping Song Hang Mac Bening
+    Melati Gading Bakti Tegar Pandu Galang Puji Dharma Sukma Cahya Maya Ganjar
     Tenant Regional General Ultra Premium Gold Silver Platinum Basic Pro Lite
     Apple Amazon Jordan Paris Victoria Florence Georgia Virginia Carolina Dakota Austin
     Houston Lincoln China India Asia Camry Avanza Honda Mercedes Lexus Tesla
