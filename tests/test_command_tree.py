@@ -67,6 +67,7 @@ CLASSIFICATION = {
     "ops cancel": CHANGES,
     "ops ping": CHANGES,
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
+    "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
 }
 
 #: Commands exempt from --json, each with its reason. Keep it short: today it is empty.
