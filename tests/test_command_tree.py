@@ -68,6 +68,7 @@ CLASSIFICATION = {
     "ops ping": CHANGES,
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
     "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
+    "serve": CHANGES,  # serves the API (its requests change data); --dry-run checks settings
 }
 
 #: Commands exempt from --json, each with its reason. Keep it short: today it is empty.

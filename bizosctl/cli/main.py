@@ -12,18 +12,12 @@ from typer.core import TyperArgument, TyperOption
 from bizosctl import __version__
 from bizosctl.cli import (
     apikey,
-<<<<<<< HEAD
-=======
     mask,
->>>>>>> hB
     ops,
     region,
     schema,
     secrets,
-<<<<<<< HEAD
     serve,
-=======
->>>>>>> hB
     system,
     tenant,
     webhook,
@@ -106,11 +100,8 @@ app.add_typer(webhook.app, name="webhook")
 app.add_typer(webhook.secret_app, name="webhook-secret")
 app.add_typer(ops.app, name="ops")
 worker.register(app)
-<<<<<<< HEAD
 serve.register(app)
-=======
 mask.register(app)
->>>>>>> hB
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 
 import typer
 from pydantic import BaseModel
@@ -109,6 +110,9 @@ def serve(
 
     s = get_settings()
     stderr_console().print(f"serving {plan.url} ({plan.workers} worker(s))", markup=False)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler
+    # it found: a plain return here makes SIGTERM a clean stop (exit 0), as for `worker`.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(
         "bizosctl.api.app:create_app",
         factory=True,
@@ -122,6 +126,7 @@ def serve(
         ssl_certfile=str(s.tls_cert_file) if plan.tls else None,
         ssl_keyfile=str(s.tls_key_file) if plan.tls else None,
     )
+    stderr_console().print("server stopped", markup=False)
     if json_out:
         print_json({"served": plan.model_dump(), "stopped": True})
 
