@@ -67,6 +67,6 @@ def test_serve_answers_and_stops_on_sigterm(fleet):
         assert httpx.get(f"http://127.0.0.1:{port}/.well-known/jwks.json").json()["keys"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert f"serving http://127.0.0.1:{port}" in err
