@@ -387,6 +387,22 @@ def test_upgrade_refusals(client, orgs, tokens):
     )
 
 
+def test_a_read_only_tenant_cannot_upgrade(client, fleet):
+    from bizosctl.tenancy.lifecycle import set_status
+    from bizosctl.tenancy.provision import delete_tenant
+
+    org = make_org(fleet, unique_slug("ro"))
+    try:
+        admin = bearer(str(login(client, org, "Admin")["access_token"]))
+        set_status(fleet, org.slug, status="read_only", reason="unpaid")
+        r = client.post("/api/v1/tenant/upgrade", json={"tier": "isolated"}, headers=admin)
+        doc = is_problem(r, 423, "tenant-not-writable")
+        assert doc["detail"] == f"tenant {org.slug!r} is read-only: it can upgrade once unlocked"
+        assert "unlock" in doc
+    finally:
+        delete_tenant(fleet, org.slug)
+
+
 @pytest.fixture
 def workers(fleet) -> Iterator[list[Worker]]:
     running: list[Worker] = []

@@ -36,7 +36,7 @@ from bizosctl.catalog.operations import (
     patch_params,
     steps_of,
 )
-from bizosctl.errors import BizosError, Busy, InvalidInput, NotFound
+from bizosctl.errors import BizosError, Busy, InvalidInput, NotFound, TenantNotWritable
 from bizosctl.faults import crash_point
 from bizosctl.moves.plan import MovePlan, MoveRequest, current_endpoint, make_plan
 
@@ -149,10 +149,12 @@ def submit_upgrade(ctl: Control, slug: str, *, tier: str) -> Submitted:
     from bizosctl.tenancy.names import TIERS, check_tier
 
     check_tier(tier)
-    _tenant, here = current_endpoint(ctl, slug)
+    tenant, here = current_endpoint(ctl, slug)
     unfinished = unfinished_move(ctl, slug)  # first: the tier changes at the switch already
     if unfinished is not None:
         raise Busy(f"tenant {slug!r} is moving already (operation {unfinished.id})")
+    if tenant.status == "read_only":
+        raise TenantNotWritable(f"tenant {slug!r} is read-only: it can upgrade once unlocked")
     if TIERS.index(tier) <= TIERS.index(here.tier):
         higher = ", ".join(TIERS[TIERS.index(here.tier) + 1 :]) or "there is none"
         raise InvalidInput(
