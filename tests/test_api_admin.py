@@ -634,3 +634,29 @@ def test_provider_refusal_is_401(client, orgs, fake):
     assert "did not grant the login: access_denied" in str(
         is_problem(r, 401, "unauthorized")["detail"]
     )
+
+
+def test_a_forged_id_token_is_refused(client, orgs, fake):
+    a, _ = orgs
+    fake.account = Account("g-100", a.emails["Manager"])
+    callback, _ = begin(client, "google", a.slug)
+    fake.forge_id_token = True
+    try:
+        r = client.get(callback)
+    finally:
+        fake.forge_id_token = False
+    detail = str(is_problem(r, 401, "unauthorized")["detail"])
+    assert detail.startswith("google's id_token does not verify")
+
+
+def test_start_sets_a_browser_binding_cookie(client, orgs):
+    a, _ = orgs
+    r = client.get("/api/v1/auth/oauth/github/start", params={"tenant": a.slug})
+    assert r.status_code == 302 and "RateLimit" in r.headers
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith("bz_oauth=") and "HttpOnly" in cookie
+    assert "Path=/api/v1/auth/oauth" in cookie and "SameSite=lax" in cookie
+    assert "Secure" not in cookie  # plain http on loopback
+    first = client.cookies["bz_oauth"]
+    client.get("/api/v1/auth/oauth/google/start", params={"tenant": a.slug})
+    assert client.cookies["bz_oauth"] == first  # a second login in this browser keeps it

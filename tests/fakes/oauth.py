@@ -50,9 +50,12 @@ class FakeOAuth:
     account: Account = field(default_factory=lambda: Account("1", "nobody@example.com"))
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    #: sign id_tokens with a key the JWKS does not list (same kid): a forgery
+    forge_id_token: bool = False
 
     def __post_init__(self) -> None:
         self.key = RSAKey.generate_key(2048, parameters={"kid": "fake-1", "use": "sig"})
+        self.other_key = RSAKey.generate_key(2048, parameters={"kid": "fake-1", "use": "sig"})
         self.codes: dict[str, Issued] = {}
         self.tokens: dict[str, Account] = {}
         fake = self
@@ -191,5 +194,6 @@ class FakeOAuth:
             }  # fmt: skip
             if issued.account.email_in_id_token:
                 claims |= {"email": issued.account.email, "email_verified": issued.account.verified}
-            body["id_token"] = jwt.encode({"alg": "RS256", "kid": "fake-1"}, claims, self.key)
+            key = self.other_key if self.forge_id_token else self.key
+            body["id_token"] = jwt.encode({"alg": "RS256", "kid": "fake-1"}, claims, key)
         return self._send(h, 200, body)

@@ -57,6 +57,8 @@ def start(
         browser=request.cookies.get(COOKIE),
     )
     redirect = RedirectResponse(url, status_code=302)
+    for name in ("RateLimit", "RateLimit-Policy"):  # set on ``response``, which is not sent
+        redirect.headers[name] = response.headers[name]
     redirect.set_cookie(
         COOKIE,
         browser,
