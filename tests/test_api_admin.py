@@ -295,8 +295,9 @@ def test_deliveries_by_cursor_and_status_and_replay(client, tokens, deliveries):
     r = client.post(f"/api/v1/webhooks/deliveries/{deliveries['failed']}/replay", headers=admin)
     assert r.status_code == 202 and r.json()["deliveries"] == [deliveries["failed"]]
     again = client.get(
-        "/api/v1/webhooks/deliveries", params={**q, "status": "pending"}, headers=admin
+        "/api/v1/webhooks/deliveries", params={**q, "status": "pending", "limit": 3}, headers=admin
     ).json()["items"]
+    assert sorted(d["id"] for d in again) == sorted(deliveries["ids"])
     replayed = next(d for d in again if d["id"] == deliveries["failed"])
     assert replayed["attempts"] == 0
 
