@@ -232,6 +232,28 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds before the first retry of a job; doubled each time, up to an hour.",
     )
+    oauth_state_ttl_seconds: int = Field(
+        default=600, ge=60, le=3600, description="How long an OAuth login may take, start to end."
+    )
+    oauth_google_client_id: str | None = Field(
+        default=None, description="Google OAuth client id (unset: no Google login)."
+    )
+    oauth_google_client_secret: SecretStr | None = None
+    oauth_google_issuer: str = Field(
+        default="https://accounts.google.com",
+        description="Google's OIDC issuer: its /.well-known/openid-configuration names the "
+        "endpoints and keys (tests point it at a loopback server).",
+    )
+    oauth_github_client_id: str | None = Field(
+        default=None, description="GitHub OAuth app client id (unset: no GitHub login)."
+    )
+    oauth_github_client_secret: SecretStr | None = None
+    oauth_github_url: str = Field(
+        default="https://github.com", description="GitHub's web base URL (authorize, token)."
+    )
+    oauth_github_api_url: str = Field(
+        default="https://api.github.com", description="GitHub's API base URL (/user, /user/emails)."
+    )
     embedded_durable: bool = Field(
         default=True,
         description="fsync on the embedded clusters; tests and throw-away setups may turn it off.",

@@ -15,6 +15,7 @@ from bizosctl.errors import OperationFailed, TenantNotWritable
 from bizosctl.moves.engine import move_tenant
 from bizosctl.moves.plan import MoveRequest
 from bizosctl.tenancy.lifecycle import count_rows
+from bizosctl.tenancy.names import TIERS
 from bizosctl.tenancy.router import tenant_session
 from bizosctl.tenancy.sample import load_sample_data
 
@@ -46,6 +47,14 @@ def exists_at(ctl, server, database, schema, tenant_id):
         ).scalar_one()
 
 
+def same_data(before: dict[str, int], after: dict[str, int]) -> bool:
+    """The tenant's rows are all there, but for the audit trail and the move's own event."""
+    skip = {"audit_logs", "outbox"}
+    return {k: v for k, v in after.items() if k not in skip} == {
+        k: v for k, v in before.items() if k not in skip
+    }
+
+
 @pytest.mark.parametrize(("src", "dst"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
 def test_move_every_direction(ctl, make_tenant, cli, src, dst):
     slug = make_tenant(tier=src, region="id")
@@ -62,10 +71,11 @@ def test_move_every_direction(ctl, make_tenant, cli, src, dst):
     new = ctl.route(slug)
     assert new.tier == dst and (new.database, new.schema) != (old.database, old.schema)
     after = count_rows(ctl, slug)
-    assert {k: v for k, v in after.items() if k != "audit_logs"} == {
-        k: v for k, v in before.items() if k != "audit_logs"
-    }
+    assert same_data(before, after)
     assert after["audit_logs"] >= before["audit_logs"]
+    # a move to a higher tier announces itself (tenant.upgraded), once; others do not
+    upgrade = TIERS.index(dst) > TIERS.index(src)
+    assert after["outbox"] == before["outbox"] + upgrade
     # the application writes at the new place
     with tenant_session(ctl, slug, actor="after-move") as s:
         assert s.execute(text("update tasks set title = title || '.'")).rowcount == 8
@@ -228,6 +238,7 @@ MOVE_STEPS = [
     "move.copy:tasks",
     "move.freeze",
     "move.switch",
+    "move.announced",
     "move.cleanup",
 ]
 
@@ -249,9 +260,8 @@ def test_sigkill_at_every_step_then_the_same_command_finishes(
     route = ctl.route(slug)
     assert route.tier == "isolated" and route.status == "active"
     after = count_rows(ctl, slug)
-    assert {k: v for k, v in after.items() if k != "audit_logs"} == {
-        k: v for k, v in before.items() if k != "audit_logs"
-    }
+    assert same_data(before, after)
+    assert after["outbox"] == before["outbox"] + 1  # tenant.upgraded, once
 
 
 def test_abort_returns_the_tenant(ctl, make_tenant, run_bizosctl, cli):

@@ -19,7 +19,17 @@ log = logging.getLogger("bizosctl.api")
 
 def create_app(ctl: Control | None = None) -> FastAPI:
     """The API for ``ctl``'s home (default: the configured one)."""
-    from bizosctl.api.routes import auth, health, invoices, me, operations
+    from bizosctl.api.routes import (
+        api_keys,
+        auth,
+        health,
+        invoices,
+        me,
+        oauth,
+        operations,
+        tenant,
+        webhooks,
+    )
     from bizosctl.catalog.control import get_control
 
     ctl = ctl or get_control()
@@ -52,7 +62,8 @@ def create_app(ctl: Control | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    for router in (health.router, auth.router, me.router, invoices.router, operations.router):
+    for router in (health.router, auth.router, me.router, invoices.router, operations.router,
+                   api_keys.router, webhooks.router, tenant.router, oauth.router):  # fmt: skip
         app.include_router(router)
     app.add_middleware(
         CORSMiddleware,

@@ -273,3 +273,19 @@ class WebhookAttempt(Base):
     error: Mapped[str | None]
     latency_ms: Mapped[int] = mapped_column(Integer)
     response_excerpt: Mapped[str | None]
+
+
+class OAuthState(Base):
+    """One OAuth login started and not yet finished (``bizosctl.security.oauth``): used
+    once, from the browser that started it, before it expires."""
+
+    __tablename__ = "oauth_states"
+    state_hash: Mapped[str] = mapped_column(primary_key=True)  # SHA-256 of the state
+    provider: Mapped[str]
+    tenant: Mapped[str]  # the slug the login is for
+    browser_hash: Mapped[str]  # SHA-256 of the binding cookie's value
+    verifier_enc: Mapped[str]  # the PKCE code verifier, sealed with the keyring
+    nonce: Mapped[str | None]  # OIDC (Google)
+    redirect_uri: Mapped[str]
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)

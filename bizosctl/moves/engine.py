@@ -36,7 +36,7 @@ from bizosctl.catalog.operations import (
     patch_params,
     steps_of,
 )
-from bizosctl.errors import BizosError, Busy, InvalidInput, NotFound
+from bizosctl.errors import BizosError, Busy, InvalidInput, NotFound, TenantNotWritable
 from bizosctl.faults import crash_point
 from bizosctl.moves.plan import MovePlan, MoveRequest, current_endpoint, make_plan
 
@@ -139,6 +139,31 @@ def submit_move(ctl: Control, req: MoveRequest) -> Submitted | MoveReport:
         ctl,
         lambda s: (_register(ctl, plan, req, session=s, status=OperationStatus.QUEUED), False),
     )
+
+
+def submit_upgrade(ctl: Control, slug: str, *, tier: str) -> Submitted:
+    """The seed's "Upgrade to Enterprise" button (``POST /tenant/upgrade``): a move to a
+    higher tier, in the background, as ``tenant move SLUG --to-tier TIER --background`` with
+    its defaults. InvalidInput for the same or a lower tier, Busy while a move is unfinished
+    (queued or running: the button was pressed already)."""
+    from bizosctl.tenancy.names import TIERS, check_tier
+
+    check_tier(tier)
+    tenant, here = current_endpoint(ctl, slug)
+    unfinished = unfinished_move(ctl, slug)  # first: the tier changes at the switch already
+    if unfinished is not None:
+        raise Busy(f"tenant {slug!r} is moving already (operation {unfinished.id})")
+    if tenant.status == "read_only":
+        raise TenantNotWritable(f"tenant {slug!r} is read-only: it can upgrade once unlocked")
+    if TIERS.index(tier) <= TIERS.index(here.tier):
+        higher = ", ".join(TIERS[TIERS.index(here.tier) + 1 :]) or "there is none"
+        raise InvalidInput(
+            f"tenant {slug!r} is on the {here.tier} tier: an upgrade goes to a higher tier "
+            f"({higher})"
+        )
+    submitted = submit_move(ctl, MoveRequest(slug=slug, to_tier=tier))
+    assert not isinstance(submitted, MoveReport)  # a higher tier: no such move has finished
+    return submitted
 
 
 def submit_resume(ctl: Control, slug: str) -> Submitted:

@@ -385,6 +385,37 @@ class _Move:
         self.run.step("switch", freeze_ms=round(freeze_ms, 1))  # commits the whole transaction
         crash_point("move.switch")
 
+    def announce(self) -> None:
+        """``tenant.upgraded`` (a move to a higher tier), right after the switch, in the
+        outbox of the tenant's new target (the route points there now).
+
+        The switch commits first, so the event never announces a move that could still be
+        aborted, and the target's own write guard and RLS apply as to any other write. A
+        crash between the event and this checkpoint emits it again on resume with the same
+        id (derived from the operation): the outbox records it once, a delivery made of it
+        is unique per (event, endpoint), so a receiver sees one ``webhook-id``.
+        """
+        from bizosctl.notify.outbox import derived_event_id, emit_event
+        from bizosctl.tenancy.names import TIERS
+        from bizosctl.tenancy.router import tenant_session
+
+        if TIERS.index(self.target.tier) > TIERS.index(self.source.tier):
+            with tenant_session(self.ctl, self.slug, actor=self.actor) as s:
+                emit_event(
+                    s,
+                    "tenant.upgraded",
+                    {
+                        "tenant": self.slug,
+                        "from_tier": self.source.tier,
+                        "to_tier": self.target.tier,
+                        "region": self.target.region,
+                        "operation": str(self.run.id),
+                    },
+                    event_id=derived_event_id(f"tenant.upgraded:{self.run.id}"),
+                )
+            crash_point("move.announced")  # emitted, not checkpointed: a rerun emits it again
+        self.checkpoint("announce")
+
     def retire_source_logins(self) -> None:
         """An isolated source's login roles lose LOGIN and their sessions at the switch: the
         kept copy is for the operator (``--purge-source``, a move back), not the application.
@@ -453,6 +484,8 @@ class _Move:
             return self.report
         if "switch" not in done:
             self._freeze_verify_switch(tables)
+        if "announce" not in done:
+            self.announce()
         if "retire_source_logins" not in done:
             self.retire_source_logins()
         if "cleanup" not in done:

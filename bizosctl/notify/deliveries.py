@@ -7,13 +7,19 @@ import datetime as dt
 import uuid
 
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import Select, and_, or_, select, update
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Tenant, WebhookDelivery, WebhookEndpoint
 from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.notify.delivery import deliver_due, delivery_uuid
-from bizosctl.notify.webhooks import EndpointPublic, get_endpoint, resolve_endpoint_id
+from bizosctl.notify.webhooks import (
+    EndpointPublic,
+    get_endpoint,
+    resolve_endpoint_id,
+    update_endpoint,
+)
+from bizosctl.resources.pages import Page, check_limit, decode_cursor, encode_cursor
 
 STATUSES = ("pending", "delivered", "failed")
 LIST_MAX = 1000
@@ -76,6 +82,43 @@ def parse_since(value: str, *, now: dt.datetime | None = None) -> dt.datetime:
     return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
 
 
+def _delivery_public(d: WebhookDelivery, slug: str) -> DeliveryPublic:
+    return DeliveryPublic(
+        id=d.id,
+        event_id=d.event_id,
+        event_type=d.event_type,
+        endpoint=d.endpoint_id,
+        tenant=slug,
+        status=d.status,
+        attempts=d.attempts,
+        next_attempt_at=d.next_attempt_at,
+        last_status=d.last_status,
+        last_error=d.last_error,
+        event_at=d.event_at,
+        created_at=d.created_at,
+        delivered_at=d.delivered_at,
+    )
+
+
+def _deliveries(
+    *, endpoint_id: uuid.UUID | None, status: str | None, tenant: str | None
+) -> Select[WebhookDelivery, str]:
+    """Deliveries newest first (ties: the larger id first, as a cursor continues)."""
+    check_status(status)
+    stmt = (
+        select(WebhookDelivery, Tenant.slug)
+        .join(Tenant, Tenant.id == WebhookDelivery.tenant_id)
+        .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    )
+    if tenant is not None:
+        stmt = stmt.where(Tenant.slug == tenant)
+    if endpoint_id is not None:
+        stmt = stmt.where(WebhookDelivery.endpoint_id == endpoint_id)
+    if status is not None:
+        stmt = stmt.where(WebhookDelivery.status == status)
+    return stmt
+
+
 def list_deliveries(
     ctl: Control,
     *,
@@ -87,47 +130,62 @@ def list_deliveries(
     check_status(status)
     if not 1 <= limit <= LIST_MAX:
         raise InvalidInput(f"--limit must be between 1 and {LIST_MAX}")
-    stmt = (
-        select(WebhookDelivery, Tenant.slug)
-        .join(Tenant, Tenant.id == WebhookDelivery.tenant_id)
-        .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id)
-        .limit(limit)
-    )
+    eid = None
     if endpoint is not None:
         eid = get_endpoint(ctl, resolve_endpoint_id(ctl, endpoint)).id  # NotFound if none
-        stmt = stmt.where(WebhookDelivery.endpoint_id == eid)
-    if status is not None:
-        stmt = stmt.where(WebhookDelivery.status == status)
+    stmt = _deliveries(endpoint_id=eid, status=status, tenant=None).limit(limit)
     with ctl.catalog() as s:
-        return [
-            DeliveryPublic(
-                id=d.id,
-                event_id=d.event_id,
-                event_type=d.event_type,
-                endpoint=d.endpoint_id,
-                tenant=slug,
-                status=d.status,
-                attempts=d.attempts,
-                next_attempt_at=d.next_attempt_at,
-                last_status=d.last_status,
-                last_error=d.last_error,
-                event_at=d.event_at,
-                created_at=d.created_at,
-                delivered_at=d.delivered_at,
+        return [_delivery_public(d, slug) for d, slug in s.execute(stmt).all()]
+
+
+def page_deliveries(
+    ctl: Control,
+    *,
+    tenant: str,
+    endpoint_id: uuid.UUID | None = None,
+    status: str | None = None,
+    limit: int = 20,
+    cursor: str | None = None,
+) -> Page[DeliveryPublic]:
+    """One tenant's deliveries, newest first, a page at a time (the API's list); of one of
+    its endpoints (another tenant's endpoint is NotFound) and/or one status."""
+    limit = check_limit(limit)
+    if endpoint_id is not None:
+        get_endpoint(ctl, endpoint_id, tenant=tenant)
+    stmt = _deliveries(endpoint_id=endpoint_id, status=status, tenant=tenant)
+    if cursor:
+        at, did = decode_cursor(cursor)
+        stmt = stmt.where(
+            or_(
+                WebhookDelivery.created_at < at,
+                and_(WebhookDelivery.created_at == at, WebhookDelivery.id < did),
             )
-            for d, slug in s.execute(stmt).all()
-        ]
+        )
+    with ctl.catalog() as s:
+        rows = s.execute(stmt.limit(limit + 1)).all()
+    more, rows = len(rows) > limit, rows[:limit]
+    nxt = encode_cursor(rows[-1][0].created_at, rows[-1][0].id) if more and rows else None
+    return Page(items=[_delivery_public(d, slug) for d, slug in rows], next_cursor=nxt)
 
 
 def plan_replay(
-    ctl: Control, *, delivery_id: str | None = None, since: dt.datetime | None = None
+    ctl: Control,
+    *,
+    delivery_id: str | None = None,
+    since: dt.datetime | None = None,
+    tenant: str | None = None,
 ) -> ReplayPlan:
-    """One delivery (any status), or every failed delivery created since ``since``."""
+    """One delivery (any status), or every failed delivery created since ``since``; of
+    ``tenant`` only, when given (another tenant's delivery is NotFound)."""
     if (delivery_id is None) == (since is None):
         raise InvalidInput("give a delivery id or --since, not both")
     stmt = select(WebhookDelivery.id, WebhookEndpoint.disabled_at).join(
         WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id
     )
+    if tenant is not None:
+        stmt = stmt.join(Tenant, Tenant.id == WebhookDelivery.tenant_id).where(
+            Tenant.slug == tenant
+        )
     if delivery_id is not None:
         stmt = stmt.where(WebhookDelivery.id == delivery_uuid(delivery_id))
     else:
@@ -143,11 +201,15 @@ def plan_replay(
 
 
 def replay(
-    ctl: Control, *, delivery_id: str | None = None, since: dt.datetime | None = None
+    ctl: Control,
+    *,
+    delivery_id: str | None = None,
+    since: dt.datetime | None = None,
+    tenant: str | None = None,
 ) -> ReplayPlan:
     """Send deliveries again from their first attempt, with the same webhook-id (a receiver
     that already has one drops the copy). Their recorded attempts stay."""
-    plan = plan_replay(ctl, delivery_id=delivery_id, since=since)
+    plan = plan_replay(ctl, delivery_id=delivery_id, since=since, tenant=tenant)
     ids = plan.deliveries + plan.waiting_for_enable
     if ids:
         with ctl.catalog() as s:
@@ -166,13 +228,7 @@ def enable_endpoint(ctl: Control, endpoint: str, *, dry_run: bool = False) -> En
     current = get_endpoint(ctl, eid)
     if dry_run or current.disabled_at is None:
         return current
-    with ctl.catalog() as s:
-        s.execute(
-            update(WebhookEndpoint)
-            .where(WebhookEndpoint.id == eid)
-            .values(disabled_at=None, disabled_reason=None, failing_since=None)
-        )
-    return get_endpoint(ctl, eid)
+    return update_endpoint(ctl, eid, enabled=True)
 
 
 def send_test(ctl: Control, endpoint: str, *, dry_run: bool = False) -> str | None:

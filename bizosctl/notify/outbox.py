@@ -10,6 +10,7 @@ receiver can drop a duplicate (delivery is at least once).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -20,17 +21,25 @@ from bizosctl.errors import InvalidInput
 from bizosctl.notify.webhooks import check_events
 
 EVENT_PREFIX = "evt_"
+EVENT_ID_RE = re.compile(r"evt_[0-9a-f]{32}")
 DATA_MAX_BYTES = 256 * 1024
 
 _INSERT = text(
     "INSERT INTO outbox (tenant_id, id, type, data, endpoint_id) VALUES ("
     "NULLIF(current_setting('bizos.tenant_id', true), '')::uuid, "
-    ":id, :type, CAST(:data AS jsonb), :endpoint)"
+    ":id, :type, CAST(:data AS jsonb), :endpoint) "
+    # an event with a given id (a step run again after a crash) is recorded once
+    "ON CONFLICT DO NOTHING"
 )
 
 
 def new_event_id() -> str:
     return EVENT_PREFIX + uuid.uuid4().hex
+
+
+def derived_event_id(name: str) -> str:
+    """A stable event id for ``name`` (e.g. ``tenant.upgraded:<operation id>``)."""
+    return EVENT_PREFIX + uuid.uuid5(uuid.NAMESPACE_URL, f"bizosctl:{name}").hex
 
 
 def emit_event(
@@ -39,6 +48,7 @@ def emit_event(
     data: dict[str, Any],
     *,
     endpoint: uuid.UUID | None = None,
+    event_id: str | None = None,
 ) -> str:
     """Record an event in the caller's transaction; returns its id (``evt_...``).
 
@@ -47,6 +57,9 @@ def emit_event(
         type: a dotted lowercase name, e.g. ``invoice.paid``.
         data: the event's JSON object (at most 256 KiB encoded).
         endpoint: deliver to this endpoint only, whatever it subscribes to (``webhook test``).
+        event_id: the event's id when the caller derives it (``evt_`` and 32 hex digits), so
+            emitting the same event again (a step re-run after a crash) records it once and a
+            receiver sees one ``webhook-id``; default: a new one.
     """
     check_events([type])
     if not isinstance(data, dict):
@@ -57,6 +70,9 @@ def emit_event(
         raise InvalidInput(f"event data is not JSON: {exc}") from None
     if len(encoded.encode()) > DATA_MAX_BYTES:
         raise InvalidInput(f"event data is larger than {DATA_MAX_BYTES // 1024} KiB")
-    event_id = new_event_id()
+    if event_id is None:
+        event_id = new_event_id()
+    elif not EVENT_ID_RE.fullmatch(event_id):
+        raise InvalidInput(f"invalid event id {event_id!r}: use evt_ and 32 hex digits")
     session.execute(_INSERT, {"id": event_id, "type": type, "data": encoded, "endpoint": endpoint})
     return event_id

@@ -211,14 +211,18 @@ def resolve_endpoint_id(ctl: Control, ref: str) -> uuid.UUID:
 
 
 def _find(
-    s: Session, endpoint_id: uuid.UUID | str, *, lock: bool = False
+    s: Session, endpoint_id: uuid.UUID | str, *, lock: bool = False, tenant: str | None = None
 ) -> tuple[WebhookEndpoint, str]:
+    """The endpoint (of a live tenant; of ``tenant`` only, when given: another tenant's is
+    as unknown as a made-up id) and its tenant's slug."""
     eid = _endpoint_uuid(endpoint_id)
     stmt = (
         select(WebhookEndpoint, Tenant.slug)
         .join(Tenant, Tenant.id == WebhookEndpoint.tenant_id)
         .where(WebhookEndpoint.id == eid, Tenant.status != "deleted")
     )
+    if tenant is not None:
+        stmt = stmt.where(Tenant.slug == tenant)
     if lock:
         # secrets is read, changed and written back: two rotations must not interleave.
         stmt = stmt.with_for_update(of=WebhookEndpoint)
@@ -316,10 +320,59 @@ def list_endpoints(ctl: Control, *, tenant: str | None = None) -> list[EndpointP
         return [_public(ep, slug, now) for ep, slug in s.execute(stmt).all()]
 
 
-def get_endpoint(ctl: Control, endpoint_id: uuid.UUID | str) -> EndpointPublic:
+def get_endpoint(
+    ctl: Control, endpoint_id: uuid.UUID | str, *, tenant: str | None = None
+) -> EndpointPublic:
+    """One endpoint (of ``tenant`` only, when given)."""
     with ctl.catalog() as s:
-        ep, slug = _find(s, endpoint_id)
+        ep, slug = _find(s, endpoint_id, tenant=tenant)
         return _public(ep, slug, _now())
+
+
+DISABLED_BY_TENANT = "disabled by the tenant"
+
+
+def update_endpoint(
+    ctl: Control,
+    endpoint_id: uuid.UUID | str,
+    *,
+    tenant: str | None = None,
+    url: str | None = None,
+    events: list[str] | None = None,
+    enabled: bool | None = None,
+) -> EndpointPublic:
+    """Change an endpoint's URL or events, or disable / re-enable it (None: unchanged).
+
+    Re-enabling clears why it was disabled (a 410, days of failures, the tenant): its pending
+    deliveries go out again on their schedule; failed ones wait for a replay.
+
+    Args:
+        tenant: only an endpoint of this tenant (another tenant's is NotFound).
+    """
+    url = None if url is None else check_url(url, ctl.settings)
+    events = None if events is None else check_events(events)
+    now = _now()
+    with ctl.catalog() as s:
+        ep, slug = _find(s, endpoint_id, lock=True, tenant=tenant)
+        if url is not None:
+            ep.url = url
+        if events is not None:
+            ep.events = events
+        if enabled is True and ep.disabled_at is not None:
+            ep.disabled_at, ep.disabled_reason, ep.failing_since = None, None, None
+        elif enabled is False and ep.disabled_at is None:
+            ep.disabled_at, ep.disabled_reason = now, DISABLED_BY_TENANT
+        s.flush()
+        return _public(ep, slug, now)
+
+
+def delete_endpoint(
+    ctl: Control, endpoint_id: uuid.UUID | str, *, tenant: str | None = None
+) -> None:
+    """Remove an endpoint with its deliveries and their attempts."""
+    with ctl.catalog() as s:
+        ep, _slug = _find(s, endpoint_id, lock=True, tenant=tenant)
+        s.delete(ep)
 
 
 def plan_secret_rotation(
@@ -337,7 +390,7 @@ def plan_secret_rotation(
 
 
 def rotate_secret(
-    ctl: Control, endpoint_id: uuid.UUID | str, *, overlap_ms: int
+    ctl: Control, endpoint_id: uuid.UUID | str, *, overlap_ms: int, tenant: str | None = None
 ) -> tuple[EndpointPublic, str]:
     """Give an endpoint a new secret; the current ones keep signing for ``overlap_ms``.
 
@@ -347,6 +400,7 @@ def rotate_secret(
     Args:
         endpoint_id: the endpoint's id.
         overlap_ms: how long the previous secrets still sign, in milliseconds.
+        tenant: only an endpoint of this tenant (another tenant's is NotFound).
     """
     check_overlap(overlap_ms)
     eid = _endpoint_uuid(endpoint_id)
@@ -355,7 +409,7 @@ def rotate_secret(
     secret = new_secret()
     fresh = _seal_entry(ctl, eid, secret, now)
     with ctl.catalog() as s:
-        ep, slug = _find(s, eid, lock=True)
+        ep, slug = _find(s, eid, lock=True, tenant=tenant)
         previous = []
         for entry in _live(ep.secrets, now):
             expires = _expires(entry)

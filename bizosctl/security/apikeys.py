@@ -145,6 +145,18 @@ def check_scopes(scopes: list[str]) -> list[str]:
     return out
 
 
+def check_within(scopes: list[str], granted: frozenset[str]) -> None:
+    """Forbidden unless every scope in ``scopes`` is one ``granted`` allows: an API key never
+    makes (or rotates into) a key wider than itself."""
+    from bizosctl.security.rbac import scope_allows
+
+    wider = [x for x in scopes if not scope_allows(granted, x)]
+    if wider:
+        raise Forbidden(
+            f"an API key cannot grant scopes it does not have itself: {', '.join(wider)}"
+        )
+
+
 def check_expiry(expires_ms: int | None) -> int | None:
     if expires_ms is None:
         return None
@@ -181,13 +193,18 @@ def _key_filter(key: str) -> ColumnElement[bool]:
         raise NotFound(f"no API key with id or prefix {shown_key(key)!r}") from None
 
 
-def _find(s: Session, key: str, *, lock: bool = False) -> tuple[ApiKey, str]:
-    """The key (of a live tenant) and its tenant's slug."""
+def _find(
+    s: Session, key: str, *, lock: bool = False, tenant: str | None = None
+) -> tuple[ApiKey, str]:
+    """The key (of a live tenant; of ``tenant`` only, when given) and its tenant's slug.
+    Another tenant's key is as unknown as a made-up one."""
     stmt = (
         select(ApiKey, Tenant.slug)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
         .where(_key_filter(key), Tenant.status != "deleted")
     )
+    if tenant is not None:
+        stmt = stmt.where(Tenant.slug == tenant)
     if lock:
         stmt = stmt.with_for_update(of=ApiKey)
     row = s.execute(stmt).one_or_none()
@@ -251,7 +268,13 @@ def plan_api_key(
 
 
 def create_api_key(
-    ctl: Control, *, tenant: str, name: str, scopes: list[str], expires_ms: int | None
+    ctl: Control,
+    *,
+    tenant: str,
+    name: str,
+    scopes: list[str],
+    expires_ms: int | None,
+    within: frozenset[str] | None = None,
 ) -> tuple[ApiKeyPublic, str]:
     """Create a key for a tenant; returns it and its token, which is never available again.
 
@@ -260,9 +283,13 @@ def create_api_key(
         name: what the key is for, 1-100 characters.
         scopes: ``<resource>:read``, ``<resource>:write`` or ``*``; at least one.
         expires_ms: lifetime in milliseconds, or None for a key that does not expire.
+        within: the scopes of the API key asking, if one asks: the new key's must not be
+            wider (Forbidden).
     """
     name = check_name(name)
     scopes = check_scopes(scopes)
+    if within is not None:
+        check_within(scopes, within)
     expires_ms = check_expiry(expires_ms)
     now = _now()
     expires_at = None if expires_ms is None else now + dt.timedelta(milliseconds=expires_ms)
@@ -289,18 +316,19 @@ def list_api_keys(ctl: Control, *, tenant: str | None = None) -> list[ApiKeyPubl
         return [_public(key, slug, now) for key, slug in s.execute(stmt).all()]
 
 
-def get_api_key(ctl: Control, key: str) -> ApiKeyPublic:
-    """One key, named by its id or its prefix."""
+def get_api_key(ctl: Control, key: str, *, tenant: str | None = None) -> ApiKeyPublic:
+    """One key, named by its id or its prefix (of ``tenant`` only, when given)."""
     with ctl.catalog() as s:
-        row, slug = _find(s, key)
+        row, slug = _find(s, key, tenant=tenant)
         return _public(row, slug, _now())
 
 
-def revoke_api_key(ctl: Control, key: str) -> ApiKeyPublic:
-    """Revoke a key (by id or prefix) now. Revoking a revoked key changes nothing."""
+def revoke_api_key(ctl: Control, key: str, *, tenant: str | None = None) -> ApiKeyPublic:
+    """Revoke a key (by id or prefix; of ``tenant`` only, when given) now. Revoking a revoked
+    key changes nothing."""
     now = _now()
     with ctl.catalog() as s:
-        row, slug = _find(s, key, lock=True)
+        row, slug = _find(s, key, lock=True, tenant=tenant)
         if row.revoked_at is None:
             row.revoked_at = now
         return _public(row, slug, now)
@@ -344,7 +372,14 @@ def plan_rotation(ctl: Control, key: str, *, grace_ms: int) -> ApiKeyRotationPla
         )
 
 
-def rotate_api_key(ctl: Control, key: str, *, grace_ms: int) -> tuple[ApiKeyPublic, str]:
+def rotate_api_key(
+    ctl: Control,
+    key: str,
+    *,
+    grace_ms: int,
+    tenant: str | None = None,
+    within: frozenset[str] | None = None,
+) -> tuple[ApiKeyPublic, str]:
     """Replace a key by a new one with the same tenant, name, scopes and lifetime.
 
     The old key keeps working until now + ``grace_ms`` (or its own expiry, if sooner), so the
@@ -353,12 +388,17 @@ def rotate_api_key(ctl: Control, key: str, *, grace_ms: int) -> tuple[ApiKeyPubl
     Args:
         key: the old key's id or prefix.
         grace_ms: how long the old key stays valid, in milliseconds (0: not at all).
+        tenant: only a key of this tenant (another tenant's is NotFound).
+        within: the scopes of the API key asking, if one asks: the new key's (the old key's)
+            must not be wider (Forbidden).
     """
     check_grace(grace_ms)
     now = _now()
     with ctl.catalog() as s:
-        old, slug = _find(s, key, lock=True)
+        old, slug = _find(s, key, lock=True, tenant=tenant)
         _check_rotatable(old, now)
+        if within is not None:
+            check_within([str(x) for x in old.scopes], within)
         lifetime = _lifetime(old)
         new, token = _insert(
             s,
