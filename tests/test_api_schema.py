@@ -38,7 +38,9 @@ def api_schema(fleet: Control, org: Org) -> Iterator[schemathesis.BaseSchema]:
         yield loaded
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+# Not the upgrade: a 202 there starts a real move of the tenant (tested on its own in
+# test_api_admin.py), which would leave it moving for the next examples.
+schema = schemathesis.pytest.from_fixture("api_schema").exclude(path="/api/v1/tenant/upgrade")
 
 
 @schema.parametrize()
