@@ -19,7 +19,17 @@ log = logging.getLogger("bizosctl.api")
 
 def create_app(ctl: Control | None = None) -> FastAPI:
     """The API for ``ctl``'s home (default: the configured one)."""
-    from bizosctl.api.routes import auth, health, invoices, me, operations
+    from bizosctl.api.routes import (
+        audit,
+        auth,
+        health,
+        invoices,
+        me,
+        members,
+        notifications,
+        operations,
+        projects,
+    )
     from bizosctl.catalog.control import get_control
 
     ctl = ctl or get_control()
@@ -36,7 +46,17 @@ def create_app(ctl: Control | None = None) -> FastAPI:
     app.state.ctl = ctl
     app.state.limiter = Limiter(settings)
     problems.install(app)
-    for router in (health.router, auth.router, me.router, invoices.router, operations.router):
+    for router in (
+        health.router,
+        auth.router,
+        me.router,
+        invoices.router,
+        operations.router,
+        members.router,
+        projects.router,
+        notifications.router,
+        audit.router,
+    ):
         app.include_router(router)
     app.add_middleware(
         CORSMiddleware,
