@@ -443,8 +443,10 @@ def test_project_update_archive_delete_and_bad_input(client, orgs, as_):
     ):
         r = client.patch(f"/api/v1/projects/{pid}", json=body, headers=manager)
         assert detail in str(is_problem(r, 422, "invalid-input")["detail"]), r.text
-    r = client.post("/api/v1/projects", json={"name": ""}, headers=manager)
-    is_problem(r, 422, "invalid-input")
+    r = client.post("/api/v1/projects", json={"name": "   "}, headers=manager)
+    assert "name: String should have at least 1" in str(
+        is_problem(r, 422, "invalid-input")["detail"]
+    )
     r = client.post(
         f"/api/v1/projects/{pid}/members",
         json={"member_id": str(a.members["Staff"]), "access": "owner"},
@@ -499,8 +501,10 @@ def test_kanban_moves_and_reorders_keep_columns_dense(client, orgs, as_):
     for body, detail in bad:
         r = client.patch(f"/api/v1/projects/{pid}/tasks/{ids['d']}", json=body, headers=h)
         assert detail in str(is_problem(r, 422, "invalid-input")["detail"]), (body, r.text)
-    r = client.post(f"/api/v1/projects/{pid}/tasks", json={"title": ""}, headers=h)
-    is_problem(r, 422, "invalid-input")
+    r = client.post(f"/api/v1/projects/{pid}/tasks", json={"title": "  "}, headers=h)
+    assert "title: String should have at least 1" in str(
+        is_problem(r, 422, "invalid-input")["detail"]
+    )
     r = client.get(f"/api/v1/projects/{pid}/tasks?status=someday", headers=h)
     is_problem(r, 422, "invalid-input")
     is_problem(

@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -27,6 +27,7 @@ from tenant_schema.models import Project, ProjectMember
 
 Access = Literal["editor", "viewer"]
 ProjectStatus = Literal["active", "archived"]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,12 @@ class Viewer:
 
 
 class ProjectCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     description: str | None = Field(default=None, max_length=5000)
 
 
 class ProjectUpdate(BaseModel):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = None
     description: str | None = Field(default=None, max_length=5000)
     status: ProjectStatus | None = None
 
@@ -109,7 +110,7 @@ def create_project(
     """A project; the member creating it is its first editor."""
     row = s.execute(
         insert(Project)
-        .values(tenant_id=tenant_id, name=data.name.strip(), description=data.description)
+        .values(tenant_id=tenant_id, name=data.name, description=data.description)
         .returning(Project)
     ).scalar_one()
     if creator is not None:
@@ -164,7 +165,7 @@ def update_project(
             value = getattr(data, name)
             if value is None:
                 raise InvalidInput(f"{name}: cannot be null")
-            values[name] = value.strip() if name == "name" else value
+            values[name] = value
     if "description" in data.model_fields_set:
         values["description"] = data.description
     if values:

@@ -10,8 +10,9 @@ more than the member doing it holds.
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -22,10 +23,11 @@ from bizosctl.tenancy.members import lock_members
 from tenant_schema.models import MemberRole, Permission, Role
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9 _.-]{0,49}$"
+Name = Annotated[str, StringConstraints(strip_whitespace=True, pattern=NAME_PATTERN)]
 
 
 class RoleCreate(BaseModel):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Name
     description: str | None = Field(default=None, max_length=500)
     permissions: list[str] = Field(min_length=1, max_length=100)
 
@@ -121,7 +123,7 @@ def create_role(
     """A custom role (409 for a name in use, the built-in ones included)."""
     perms = _check_permissions(data.permissions)
     check_covers(granted, frozenset(perms), what="this role")
-    name = data.name.strip()
+    name = data.name
     if name.lower() in {r.lower() for r in DEFAULT_ROLES}:
         raise AlreadyExists(f"{name!r} is a built-in role")
     role_id = uuid.uuid4()

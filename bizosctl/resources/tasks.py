@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
@@ -29,10 +29,11 @@ Column = Literal["backlog", "todo", "in_progress", "review", "done"]
 COLUMNS: tuple[str, ...] = get_args(Column)
 #: 0 none, 1 low, 2 medium, 3 high, 4 urgent
 MAX_PRIORITY = 4
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
 
 
 class TaskCreate(BaseModel):
-    title: str = Field(min_length=1, max_length=300)
+    title: Title
     description: str | None = Field(default=None, max_length=20000)
     status: Column = "todo"
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
@@ -46,7 +47,7 @@ class TaskUpdate(BaseModel):
     """Only the fields sent change; ``assignee_id``, ``description`` and ``due_on`` may be
     null (unassign, clear). ``status`` and/or ``position`` move the task."""
 
-    title: str | None = Field(default=None, min_length=1, max_length=300)
+    title: Title | None = None
     description: str | None = Field(default=None, max_length=20000)
     status: Column | None = None
     priority: int | None = Field(default=None, ge=0, le=MAX_PRIORITY)
@@ -191,7 +192,7 @@ def create_task(
             tenant_id=tenant_id,
             id=task_id,
             project_id=project_id,
-            title=data.title.strip(),
+            title=data.title,
             description=data.description,
             status=data.status,
             priority=data.priority,
@@ -245,8 +246,6 @@ def update_task(
         for name in ("title", "description", "priority", "assignee_id", "due_on")
         if name in sent
     }
-    if isinstance(values.get("title"), str):
-        values["title"] = str(values["title"]).strip()
     if "status" in sent or "position" in sent:
         source = task.status
         target = data.status or source
