@@ -480,6 +480,7 @@ def test_kanban_moves_and_reorders_keep_columns_dense(client, orgs, as_):
     assert board(client, h, pid) == {"todo": ["c", "first", "b", "d", "late"], "done": ["a", "x"]}
     move("b", status="in_progress")  # no position: the end of the new column
     move("d", position=1000)  # past the end: the end
+    move("c", status="todo")  # its own column again: it stays where it is
     assert board(client, h, pid) == {
         "todo": ["c", "first", "late", "d"],
         "in_progress": ["b"],

@@ -13,11 +13,11 @@ import uuid
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bizosctl.errors import InvalidInput
-from bizosctl.resources.pages import Page, check_limit, decode_cursor, encode_cursor
+from bizosctl.resources.pages import Page, keyset
 from tenant_schema import TABLE_NAMES
 from tenant_schema.models import AuditLog
 
@@ -45,7 +45,6 @@ def list_audit_logs(
     cursor: str | None = None,
 ) -> Page[AuditLogPublic]:
     """Newest first; ``since`` inclusive, ``until`` exclusive; ``next_cursor`` goes on."""
-    limit = check_limit(limit)
     if table is not None and table not in TABLE_NAMES:
         raise InvalidInput(f"table: no tenant table {table!r}: one of {', '.join(TABLE_NAMES)}")
     for name, value in (("since", since), ("until", until)):
@@ -53,7 +52,7 @@ def list_audit_logs(
             raise InvalidInput(f"{name}: give a time zone (e.g. 2026-12-01T00:00:00Z)")
     if since is not None and until is not None and since >= until:
         raise InvalidInput("since: must be before until")
-    stmt = select(AuditLog).order_by(AuditLog.at.desc(), AuditLog.id.desc())
+    stmt = select(AuditLog)
     if actor:
         stmt = stmt.where(AuditLog.actor == actor)
     if table:
@@ -62,13 +61,7 @@ def list_audit_logs(
         stmt = stmt.where(AuditLog.at >= since)
     if until:
         stmt = stmt.where(AuditLog.at < until)
-    if cursor:
-        at, rid = decode_cursor(cursor)
-        stmt = stmt.where(or_(AuditLog.at < at, and_(AuditLog.at == at, AuditLog.id < rid)))
-    rows = list(s.execute(stmt.limit(limit + 1)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor(rows[-1].at, rows[-1].id) if more and rows else None
+    rows, nxt = keyset(s, stmt, at=AuditLog.at, row_id=AuditLog.id, limit=limit, cursor=cursor)
     return Page(
         items=[
             AuditLogPublic(

@@ -14,14 +14,14 @@ from __future__ import annotations
 import uuid
 
 from pydantic import BaseModel, Field
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from bizosctl.catalog.control import Control
 from bizosctl.errors import Conflict, InvalidInput
 from bizosctl.notify.outbox import emit_event
 from bizosctl.resources.notifications import notify_member
-from bizosctl.resources.pages import Page, check_limit, decode_cursor, encode_cursor
+from bizosctl.resources.pages import Page, keyset
 from bizosctl.resources.roles import check_covers, role_permissions
 from bizosctl.security.rbac import DEFAULT_ROLES, member_permissions
 from bizosctl.tenancy.members import (
@@ -56,19 +56,10 @@ def list_members(
     cursor: str | None = None,
 ) -> Page[MemberPublic]:
     """Members (decrypted e-mail and name), newest first."""
-    limit = check_limit(limit)
-    stmt = select(Member).order_by(Member.created_at.desc(), Member.id.desc())
+    stmt = select(Member)
     if status:
         stmt = stmt.where(Member.status == status)
-    if cursor:
-        at, mid = decode_cursor(cursor)
-        stmt = stmt.where(
-            or_(Member.created_at < at, and_(Member.created_at == at, Member.id < mid))
-        )
-    rows = list(s.execute(stmt.limit(limit + 1)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    rows, nxt = keyset(s, stmt, at=Member.created_at, row_id=Member.id, limit=limit, cursor=cursor)
     return Page(items=[member_public(ctl, s, m) for m in rows], next_cursor=nxt)
 
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import Exists
 
 from bizosctl.errors import Forbidden, InvalidInput, NotFound
 from bizosctl.resources.notifications import notify_member
-from bizosctl.resources.pages import Page, check_limit, decode_cursor, encode_cursor
+from bizosctl.resources.pages import Page, keyset
 from bizosctl.tenancy.members import get_member
 from tenant_schema.models import Project, ProjectMember
 
@@ -131,21 +131,14 @@ def list_projects(
     cursor: str | None = None,
 ) -> Page[ProjectPublic]:
     """The projects the viewer sees, newest first."""
-    limit = check_limit(limit)
-    stmt = select(Project).order_by(Project.created_at.desc(), Project.id.desc())
+    stmt = select(Project)
     if not viewer.sees_all:
         stmt = stmt.where(_visible(viewer))
     if status:
         stmt = stmt.where(Project.status == status)
-    if cursor:
-        at, pid = decode_cursor(cursor)
-        stmt = stmt.where(
-            or_(Project.created_at < at, and_(Project.created_at == at, Project.id < pid))
-        )
-    rows = list(s.execute(stmt.limit(limit + 1)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    rows, nxt = keyset(
+        s, stmt, at=Project.created_at, row_id=Project.id, limit=limit, cursor=cursor
+    )
     return Page(items=[_public(p) for p in rows], next_cursor=nxt)
 
 

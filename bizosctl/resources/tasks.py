@@ -250,7 +250,10 @@ def update_task(
         source = task.status
         target = data.status or source
         column = _column(s, project_id, target, without=task_id)
-        at = len(column) if data.position is None else min(data.position, len(column))
+        if data.position is not None:
+            at = min(data.position, len(column))
+        else:  # a new column: its end; the same one: where it is
+            at = len(column) if target != source else min(task.position, len(column))
         values.update(status=target, position=at)
         s.execute(update(Task).where(Task.id == task_id).values(**values, updated_at=func.now()))
         _renumber(s, [*column[:at], (task_id, at), *column[at:]])
