@@ -33,7 +33,8 @@ def server(fleet: Control, orgs: tuple[Org, Org]) -> Iterator[tuple[Control, str
     """The server's own control plane (its keyring is the one the routes use) and URL."""
     from bizosctl.config import Settings
 
-    ctl = Control(Settings(rate_limits={"auth": "1000/minute"}))
+    # the tests drive one member hard (a board's moves): limits are test_api.py's to test
+    ctl = Control(Settings(rate_limit="10000/10seconds", rate_limits={"auth": "1000/minute"}))
     with serve_app(ctl) as url:
         yield ctl, url
 
@@ -830,3 +831,54 @@ def test_another_tenants_ids_are_404_on_every_route(client, orgs, as_, fleet):
         == "todo"
     )
     assert client.get(f"/api/v1/members/{member}", headers=a_admin).json()["roles"] == ["Staff"]
+
+
+def test_project_and_task_writes_need_their_permission_or_scope(client, orgs, as_, fleet):
+    from bizosctl.security.apikeys import create_api_key
+
+    a = orgs[0]
+    manager, staff = as_(a, "Manager"), as_(a, "Staff")
+    pid = make_project(client, manager, "Guarded")
+    task = add_task(client, manager, pid, "Keep")["id"]
+    _, token = create_api_key(
+        fleet, tenant=a.slug, name="projects-read", scopes=["projects:read"], expires_ms=None
+    )
+    reader = bearer(token)
+    # a projects:read key sees every project and task, changes none
+    assert pid in {p["id"] for p in client.get("/api/v1/projects", headers=reader).json()["items"]}
+    assert client.get(f"/api/v1/projects/{pid}/tasks/{task}", headers=reader).status_code == 200
+    writes = [
+        ("POST", "/api/v1/projects", {"name": "No"}),
+        ("PATCH", f"/api/v1/projects/{pid}", {"name": "No"}),
+        ("DELETE", f"/api/v1/projects/{pid}", None),
+        ("POST", f"/api/v1/projects/{pid}/members", {"member_id": str(a.members["Staff"])}),
+        ("DELETE", f"/api/v1/projects/{pid}/members/{a.members['Manager']}", None),
+        ("POST", f"/api/v1/projects/{pid}/tasks", {"title": "No"}),
+        ("PATCH", f"/api/v1/projects/{pid}/tasks/{task}", {"position": 0}),
+        ("DELETE", f"/api/v1/projects/{pid}/tasks/{task}", None),
+    ]
+    for method, path, body in writes:
+        r = client.request(method, path, json=body, headers=reader)
+        assert "projects:write" in str(is_problem(r, 403, "forbidden")["detail"]), path
+    # staff: project management is not theirs (task writes on a project they are not on: 404)
+    for method, path, body in writes[:5]:
+        r = client.request(method, path, json=body, headers=staff)
+        doc = is_problem(r, 403, "forbidden")
+        assert "project:create" in str(doc["detail"]) or "project:manage" in str(doc["detail"])
+    for method, path, body in writes[5:]:
+        is_problem(client.request(method, path, json=body, headers=staff), 404, "not-found")
+    # roles: Manager and Staff lack role:manage for every change
+    role = client.post(
+        "/api/v1/roles",
+        json={"name": f"Guard {uuid.uuid4().hex[:4]}", "permissions": ["invoice:read"]},
+        headers=as_(a, "Admin"),
+    ).json()["id"]
+    for method, body in (("PATCH", {"permissions": ["task:write"]}), ("DELETE", None)):
+        r = client.request(method, f"/api/v1/roles/{role}", json=body, headers=manager)
+        assert "role:manage" in str(is_problem(r, 403, "forbidden")["detail"])
+    r = client.get("/api/v1/roles", headers=bearer(a.keys["read"]))
+    assert "roles:read" in str(is_problem(r, 403, "forbidden")["detail"])
+    assert (
+        client.get(f"/api/v1/projects/{pid}/tasks/{task}", headers=manager).json()["title"]
+        == "Keep"
+    )
