@@ -882,3 +882,31 @@ def test_project_and_task_writes_need_their_permission_or_scope(client, orgs, as
         client.get(f"/api/v1/projects/{pid}/tasks/{task}", headers=manager).json()["title"]
         == "Keep"
     )
+
+
+def test_two_invitations_of_one_address_at_once_give_one_member(client, orgs, server, fleet):
+    """Both requests queue on the members lock (held here), then run one after the other:
+    the second finds the first's member (409), not a unique-index error."""
+    from sqlalchemy import text
+
+    from bizosctl.tenancy.router import tenant_session
+
+    b = orgs[1]
+    body = {"email": fresh_email(b), "name": "Twin", "role": "Staff"}
+
+    def post(_: int) -> int:
+        with httpx.Client(base_url=server[1], timeout=60) as c:
+            return c.post("/api/v1/members", json=body, headers=bearer(b.keys["all"])).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        with tenant_session(fleet, b.slug, actor="test") as s:
+            s.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                {"k": f"members:{b.tenant_id}"},
+            )
+            futures = [pool.submit(post, i) for i in range(2)]
+            deadline = time.monotonic() + 30
+            while _waiting_on_locks(fleet, b) < 2:
+                assert time.monotonic() < deadline, "the two invitations never queued up"
+        codes = sorted(f.result() for f in futures)
+    assert codes == [201, 409]
