@@ -46,6 +46,13 @@ class AlreadyExists(InvalidInput):
     code = "already-exists"
 
 
+class Conflict(InvalidInput):
+    """The request conflicts with the current state."""
+
+    http_status = 409
+    code = "conflict"
+
+
 class ConfigError(InvalidInput):
     """The configuration is not usable."""
 

@@ -21,12 +21,16 @@ def create_app(ctl: Control | None = None) -> FastAPI:
     """The API for ``ctl``'s home (default: the configured one)."""
     from bizosctl.api.routes import (
         api_keys,
+        audit,
         auth,
         health,
         invoices,
         me,
+        members,
+        notifications,
         oauth,
         operations,
+        projects,
         tenant,
         webhooks,
     )
@@ -62,9 +66,22 @@ def create_app(ctl: Control | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    for router in (health.router, auth.router, me.router, invoices.router, operations.router,
-                   api_keys.router, webhooks.router, tenant.router, oauth.router):  # fmt: skip
-        app.include_router(router)
+    for module in (
+        health,
+        auth,
+        oauth,
+        me,
+        members,
+        projects,
+        notifications,
+        audit,
+        invoices,
+        operations,
+        api_keys,
+        webhooks,
+        tenant,
+    ):
+        app.include_router(module.router)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

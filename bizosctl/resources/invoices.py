@@ -14,13 +14,13 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bizosctl.errors import AlreadyExists, InvalidInput, NotFound
 from bizosctl.notify.outbox import emit_event
-from bizosctl.resources.pages import Page, check_limit, decode_cursor, encode_cursor
+from bizosctl.resources.pages import Page, keyset
 from tenant_schema.models import Customer, Invoice, InvoiceItem, Transaction
 
 VAT = Decimal("0.11")
@@ -111,17 +111,9 @@ def create_customer(s: Session, *, tenant_id: uuid.UUID, data: CustomerCreate) -
 def list_customers(
     s: Session, *, limit: int = 50, cursor: str | None = None
 ) -> Page[CustomerPublic]:
-    limit = check_limit(limit)
-    stmt = select(Customer).order_by(Customer.created_at.desc(), Customer.id.desc())
-    if cursor:
-        at, cid = decode_cursor(cursor)
-        stmt = stmt.where(
-            or_(Customer.created_at < at, and_(Customer.created_at == at, Customer.id < cid))
-        )
-    rows = list(s.execute(stmt.limit(limit + 1)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    rows, nxt = keyset(
+        s, select(Customer), at=Customer.created_at, row_id=Customer.id, limit=limit, cursor=cursor
+    )
     return Page(items=[_customer_public(c) for c in rows], next_cursor=nxt)
 
 
@@ -245,23 +237,16 @@ def list_invoices(
     cursor: str | None = None,
 ) -> Page[InvoicePublic]:
     """Newest first; ``next_cursor`` continues after the last one shown."""
-    limit = check_limit(limit)
-    stmt = select(Invoice).order_by(Invoice.created_at.desc(), Invoice.id.desc())
+    stmt = select(Invoice)
     if status:
         stmt = stmt.where(Invoice.status == status)
     if customer_id:
         stmt = stmt.where(Invoice.customer_id == customer_id)
     if due_before:
         stmt = stmt.where(Invoice.due_on < due_before)
-    if cursor:
-        at, iid = decode_cursor(cursor)
-        stmt = stmt.where(
-            or_(Invoice.created_at < at, and_(Invoice.created_at == at, Invoice.id < iid))
-        )
-    rows = list(s.execute(stmt.limit(limit + 1)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    rows, nxt = keyset(
+        s, stmt, at=Invoice.created_at, row_id=Invoice.id, limit=limit, cursor=cursor
+    )
     return Page(items=[_public(r) for r in rows], next_cursor=nxt)
 
 

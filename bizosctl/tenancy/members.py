@@ -8,6 +8,7 @@ checked against the index under every live version, under a transaction lock per
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 from pydantic import BaseModel
@@ -30,6 +31,7 @@ class MemberPublic(BaseModel):
     name: str
     status: str
     roles: list[str]
+    created_at: dt.datetime | None = None
 
 
 def check_email(email: str) -> str:
@@ -40,7 +42,9 @@ def check_email(email: str) -> str:
     return value
 
 
-def _lock_members(s: Session, tenant_id: uuid.UUID) -> None:
+def lock_members(s: Session, tenant_id: uuid.UUID) -> None:
+    """Serialise changes to the tenant's members and their roles (until the transaction
+    ends; taking it again in the same transaction does not wait)."""
     s.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
         {"k": f"members:{tenant_id}"},
@@ -77,7 +81,7 @@ def add_member(
     )
     if role_id is None:
         raise NotFound(f"no role named {role!r}")
-    _lock_members(s, tenant_id)
+    lock_members(s, tenant_id)
     if find_by_email(ctl, s, email) is not None:
         raise AlreadyExists("a member with this e-mail exists in this tenant")
     ring = ctl.keyring
@@ -121,6 +125,7 @@ def member_public(ctl: Control, s: Session, member: Member) -> MemberPublic:
         name=dec(member.name_enc, "name"),
         status=member.status,
         roles=list(roles),
+        created_at=member.created_at,
     )
 
 
