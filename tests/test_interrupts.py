@@ -198,3 +198,77 @@ def test_ctrl_c_while_bizosctl_starts_is_an_interrupt_not_aborted(
         assert json.loads(out)["error"]["type"] == "interrupted"
     else:
         assert out == ""
+
+
+def _fill_members(ctl, slug: str, n: int) -> None:  # type: ignore[no-untyped-def]
+    """``n`` members with long (valid, encrypted) names: a table big enough for rotation's
+    worker processes (``rotation.PROCESS_PAGES``)."""
+    from sqlalchemy import insert
+
+    from bizosctl.security.fields import blind_index, encrypt
+    from bizosctl.tenancy.router import tenant_session
+    from tenant_schema.models import Member
+
+    tid = ctl.route(slug).tenant_id
+    ring = ctl.keyring
+    rows = []
+    for i in range(n):
+        mid = uuid.uuid4()
+        email = f"m{i}@{slug}.example"
+
+        def enc(value: str, column: str, mid: uuid.UUID = mid) -> str:
+            return encrypt(ring, value, tenant_id=tid, table="members", column=column, row=mid)
+
+        rows.append(
+            {
+                "tenant_id": tid,
+                "id": mid,
+                "email_enc": enc(email, "email"),
+                "email_bidx": blind_index(ring, email),
+                "name_enc": enc(f"Member {i} " + "x" * 600, "name"),
+            }
+        )
+    with tenant_session(ctl, slug, actor="test") as s:
+        s.execute(insert(Member), rows)
+
+
+def test_sigkilled_pii_rotation_leaves_no_worker_forkserver_or_tracker(
+    fresh_home, cli, mark: str
+) -> None:  # type: ignore[no-untyped-def]
+    """The rotation's worker processes (a table of PROCESS_PAGES pages or more) die with the
+    command, as sync's do."""
+    from sqlalchemy import text
+
+    from bizosctl.catalog.control import get_control
+    from bizosctl.db.engines import get_engine
+    from bizosctl.security.rotation import PROCESS_PAGES
+
+    assert cli("init").exit_code == 0
+    ctl = get_control()
+    for slug in ("pool-a", "pool-b"):
+        r = cli("tenant", "create", slug, "--name", slug, "--tier", "schema", "--region", "global")
+        assert r.exit_code == 0, r.stderr
+        _fill_members(ctl, slug, 4500)
+    route = ctl.route("pool-a")
+    admin = get_engine(ctl.server(route.server).admin_url(route.database), pooled=False)
+    with admin.connect() as conn:
+        pages = conn.execute(
+            text(
+                "SELECT pg_relation_size(format('%I.members', CAST(:s AS text))::regclass) / 8192"
+            ),
+            {"s": route.schema},
+        ).scalar_one()
+    assert pages >= PROCESS_PAGES, pages  # else the pool never starts and this tests nothing
+    proc = start(
+        ["secrets", "rotate", "pii", "--workers", "2", "--json"],
+        {"BIZOS_CRASH_AT": "rotate.target.2", MARK: mark},
+        capture=False,
+    )
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    left = marked_pids(mark)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = marked_pids(mark)
+    assert left == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
