@@ -10,7 +10,18 @@ import typer
 from typer.core import TyperArgument, TyperOption
 
 from bizosctl import __version__
-from bizosctl.cli import apikey, ops, region, schema, secrets, system, tenant, webhook, worker
+from bizosctl.cli import (
+    apikey,
+    ops,
+    provider,
+    region,
+    schema,
+    secrets,
+    system,
+    tenant,
+    webhook,
+    worker,
+)
 
 
 def _tidy_help() -> None:
@@ -87,6 +98,7 @@ app.add_typer(apikey.app, name="api-key")
 app.add_typer(webhook.app, name="webhook")
 app.add_typer(webhook.secret_app, name="webhook-secret")
 app.add_typer(ops.app, name="ops")
+app.add_typer(provider.app, name="provider")
 worker.register(app)
 
 
