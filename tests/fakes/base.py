@@ -81,6 +81,7 @@ class Fault:
     status: int
     body: dict[str, Any] = field(default_factory=dict)
     retry_after: str | None = None
+    delay: float = 0.0  # seconds before answering (past the client's timeout: a timeout)
 
 
 class FakeAPI:
@@ -166,6 +167,7 @@ class FakeAPI:
         if req.headers.get("Authorization") != f"Bearer {self.token}":
             status, body = 401, {"message": "authentication required"}
         elif (fault := self._take_fault(method, path)) is not None:
+            time.sleep(fault.delay)
             status, body = fault.status, fault.body or {"message": "injected"}
             if fault.retry_after is not None:
                 headers["Retry-After"] = fault.retry_after
