@@ -66,6 +66,7 @@ CLASSIFICATION = {
     "ops resume": CHANGES,
     "ops cancel": CHANGES,
     "ops ping": CHANGES,
+    "provider orphans": DESTROYS,  # --delete removes projects at the provider
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
 }
 
