@@ -326,3 +326,42 @@ def test_orphans_delete_removes_projects_of_no_tenant(cloud, cli, neon):
     assert ghost in out["deleted"]
     assert ghost not in neon.projects
     assert any(p.name == "someone-elses" for p in neon.projects.values())
+
+
+# -- moves, rotation, schema sync ------------------------------------------------------------
+def test_move_into_neon_and_back_out(cloud, cli, ctl, neon, make_tenant):
+    slug = make_tenant(tier="schema")
+    _json(cli("tenant", "query", slug, "INSERT INTO projects (tenant_id, name) SELECT tenant_id, "
+              "'p1' FROM tenant_state RETURNING name", "--write", "--json"))  # fmt: skip
+    moved = _json(cli("tenant", "move", slug, "--to-tier", "isolated", "--to-region", REGION,
+                      "--residency-change", "enterprise plan", "--json"))  # fmt: skip
+    (project,) = _projects_named(neon, slug)
+    route = ctl.route(slug)
+    assert (route.tier, route.region, route.server) == ("isolated", REGION, f"{REGION}-1-{slug}")
+    assert moved["target"]["server"] == route.server  # the project made for the move
+    rows = _json(cli("tenant", "query", slug, "SELECT name FROM projects", "--json"))
+    assert rows["rows"] == [["p1"]]
+    # rotation reaches the cloud tenant like any isolated one
+    r = cli("secrets", "rotate", "db-password", "--tenant", slug, "--json")
+    assert r.exit_code == 0, r.output
+    assert _json(cli("tenant", "query", slug, "SELECT name FROM projects", "--json"))["rows"]
+    # and out again (the first move's kept source purged): the kept source is now the
+    # project, deleted with the tenant
+    r = cli("tenant", "move", slug, "--purge-source", "--force", "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    _json(cli("tenant", "move", slug, "--to-tier", "schema", "--to-region", "global",
+              "--residency-change", "downgrade", "--json"))  # fmt: skip
+    assert ctl.route(slug).region == "global"
+    assert _json(cli("tenant", "query", slug, "SELECT name FROM projects", "--json"))["rows"] == [
+        ["p1"]
+    ]
+    assert project.id in neon.projects  # kept source
+    assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
+    assert project.id in neon.deleted
+    with ctl.catalog() as s:
+        assert (
+            s.execute(
+                text("SELECT count(*) FROM servers WHERE project_id = :p"), {"p": project.id}
+            ).scalar_one()
+            == 0
+        )

@@ -109,14 +109,23 @@ def owner_role(database: str) -> str:
     return f"{database}_admin"[:63]
 
 
-def make_project(ctl: Control, run: OperationRun, route: RouteInfo) -> RouteInfo:
-    """The steps ``requested``, ``project`` and ``ready`` of a cloud create; returns the route,
-    now on the project's server. ProviderError when the provider fails or the project is not
-    ready in time (the caller marks the operation failed; the same command resumes it)."""
-    account = ctl.server(route.server)
+def make_project(
+    ctl: Control,
+    run: OperationRun,
+    *,
+    account: ServerHandle,
+    slug: str,
+    database: str,
+    tenant_id: uuid.UUID,
+    reroute: bool,
+) -> str:
+    """The steps ``requested``, ``project`` and ``ready`` of an operation that needs a cloud
+    project for ``slug`` (a create, a move into the cloud); returns the project's server name,
+    and with ``reroute`` puts the tenant's route on it (a create). ProviderError when the
+    provider fails or the project is not ready in time (the same command resumes it)."""
     api = provider_for(ctl, account)
-    name = project_name(route.slug, run.id)
-    owner = owner_role(route.database)
+    name = project_name(slug, run.id)
+    owner = owner_role(database)
     try:
         if "requested" in run.completed:
             sealed = run.step_data("requested")["password_enc"]
@@ -136,7 +145,7 @@ def make_project(ctl: Control, run: OperationRun, route: RouteInfo) -> RouteInfo
             crash_point("provider.requested")
             if project is None:
                 project = api.create(
-                    name=name, region=str(account.provider_region), database=route.database,
+                    name=name, region=str(account.provider_region), database=database,
                     owner=owner, password=password,
                 )  # fmt: skip
             run.step("project", project_id=project.id)
@@ -147,13 +156,22 @@ def make_project(ctl: Control, run: OperationRun, route: RouteInfo) -> RouteInfo
             run.set_progress(0, None, note)
 
         project = api.wait_ready(
-            project, database=route.database, owner=owner, password=password,
+            project, database=database, owner=owner, password=password,
             deadline=deadline, progress=progress,
         )  # fmt: skip
     finally:
         api.close()
-    server = _record_project(ctl, account, route, project)
+    server = _record_project(ctl, account, slug, project, tenant_id if reroute else None)
     run.step("ready", server=server, project_id=project.id)
+    return server
+
+
+def make_tenant_project(ctl: Control, run: OperationRun, route: RouteInfo) -> RouteInfo:
+    """A cloud create's project; returns the tenant's route, now on the project's server."""
+    make_project(
+        ctl, run, account=ctl.server(route.server), slug=route.slug, database=route.database,
+        tenant_id=route.tenant_id, reroute=True,
+    )  # fmt: skip
     return ctl.route(route.slug)
 
 
@@ -178,13 +196,18 @@ def project_url(provider: str, settings: Any, project: CloudProject) -> str:
 
 
 def _record_project(
-    ctl: Control, account: ServerHandle, route: RouteInfo, project: CloudProject
+    ctl: Control,
+    account: ServerHandle,
+    slug: str,
+    project: CloudProject,
+    reroute: uuid.UUID | None,
 ) -> str:
-    """The project as a server of the region (its owner URL sealed), and the tenant's route
-    on it, in one transaction. Idempotent: a resumed run rewrites the same row."""
+    """The project as a server of the region (its owner URL sealed), and with ``reroute`` (a
+    tenant id) that tenant's route on it, in one transaction. Idempotent: a resumed run
+    rewrites the same row."""
     from sqlalchemy.dialects.postgresql import insert
 
-    name = f"{account.name}-{route.slug}"[:63]
+    name = f"{account.name}-{slug}"[:63]
     url = project_url(account.provider, ctl.settings, project)
     values = {
         "name": name, "region": account.region, "provider": account.provider,
@@ -200,20 +223,13 @@ def _record_project(
                 set_={k: stmt.excluded[k] for k in ("url_enc", "project_id", "parent")},
             )
         )
-        s.execute(
-            text("UPDATE routes SET server = :s, updated_at = now() WHERE tenant_id = :t"),
-            {"s": name, "t": route.tenant_id},
-        )
+        if reroute is not None:
+            s.execute(
+                text("UPDATE routes SET server = :s, updated_at = now() WHERE tenant_id = :t"),
+                {"s": name, "t": reroute},
+            )
     ctl.forget_server(name)
     return name
-
-
-def maintenance_db(handle: ServerHandle) -> str:
-    """The database a project's owner connects to for roles and CREATE DATABASE."""
-    from sqlalchemy.engine import make_url
-
-    assert handle.url is not None
-    return make_url(handle.url).database or "postgres"
 
 
 # -- deleting -------------------------------------------------------------------------------
@@ -236,10 +252,17 @@ def drop_projects(ctl: Control, handle: ServerHandle, tenant_id: uuid.UUID) -> l
 
 
 def _projects_of_create(ctl: Control, account: ServerHandle, tenant_id: uuid.UUID) -> list[str]:
-    from bizosctl.catalog.models import OperationStep, Tenant
+    """Only for a tenant whose route is still on the account (its create stopped before
+    ``ready``): a move's target that never got its project recorded is left to ``provider
+    orphans`` rather than guessed at here."""
+    from bizosctl.catalog.models import OperationStep, Route, Tenant
 
     with ctl.catalog() as s:
-        op_id = s.execute(select(Tenant.operation_id).where(Tenant.id == tenant_id)).scalar()
+        op_id = s.execute(
+            select(Tenant.operation_id)
+            .join(Route, Route.tenant_id == Tenant.id)
+            .where(Tenant.id == tenant_id, Route.server == account.name)
+        ).scalar()
         if op_id is None:
             return []
         data = s.execute(
@@ -263,13 +286,15 @@ def drop_plan_line(handle: ServerHandle) -> str:
     return f"delete {handle.provider} {what} ({handle.name})"
 
 
-def forget_project_servers(conn: Any) -> None:
-    """Project servers no route uses any more (their tenant deleted or moved away) go."""
+def forget_project_server(conn: Any, name: str) -> None:
+    """A project's server goes from the catalog once no route uses it (its tenant deleted,
+    or moved away and the kept source purged)."""
     conn.execute(
         text(
-            "DELETE FROM servers AS s WHERE s.project_id IS NOT NULL AND NOT EXISTS "
-            "(SELECT 1 FROM routes AS r WHERE r.server = s.name)"
-        )
+            "DELETE FROM servers AS s WHERE s.name = :n AND s.project_id IS NOT NULL AND "
+            "NOT EXISTS (SELECT 1 FROM routes AS r WHERE r.server = s.name)"
+        ),
+        {"n": name},
     )
 
 
@@ -382,9 +407,6 @@ def delete_orphans(ctl: Control) -> OrphansReport:
         finally:
             api.close()
         report.deleted.append(orphan.project_id)
-    if report.deleted:
-        with ctl.catalog() as s:
-            forget_project_servers(s)
     return report
 
 

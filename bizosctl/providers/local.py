@@ -70,6 +70,8 @@ class ServerHandle:
             self.cluster.ensure_running()
 
     def admin_url(self, database: str = "postgres") -> URL:
+        """The operator's URL for ``database``; ``postgres`` means the maintenance database,
+        which for a cloud project is the one its owner URL names (roles, CREATE DATABASE)."""
         if self.provider == "embedded":
             return make_url(self.cluster.url(database))
         if self.url is None:
@@ -79,7 +81,10 @@ class ServerHandle:
                 f"server {self.name} is a {self.provider} account: it makes projects and has no "
                 "database of its own"
             )
-        return make_url(self.url).set(database=database)
+        url = make_url(self.url)
+        if self.is_cloud and database == "postgres":
+            return url
+        return url.set(database=database)
 
     def login_url(self, database: str, role: str, password: str) -> URL:
         return self.admin_url(database).set(username=role, password=password)

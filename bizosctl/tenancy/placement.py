@@ -134,10 +134,12 @@ class Placement:
         rows in a shared schema): the statements of :meth:`drop_plan`. Idempotent."""
         handle = ctl.server(self.server)
         if self.tier == "isolated" and handle.is_cloud:
-            from bizosctl.providers.cloud import drop_projects
+            from bizosctl.providers.cloud import drop_projects, forget_project_server
 
             dispose_all(host_contains=f"/{self.database}?")
             drop_projects(ctl, handle, tenant_id)
+            with ctl.catalog() as s:
+                forget_project_server(s, self.server)
             return
         plan = self.drop_plan(ctl, tenant_id)
         handle.ensure_ready()

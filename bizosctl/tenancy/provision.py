@@ -41,9 +41,8 @@ from bizosctl.errors import (
 from bizosctl.faults import crash_point
 from bizosctl.providers.cloud import (
     fail_on_provider_error,
-    forget_project_servers,
-    maintenance_db,
-    make_project,
+    forget_project_server,
+    make_tenant_project,
     require_cloud_tier,
 )
 from bizosctl.security.fields import blind_index, normalize_email
@@ -362,14 +361,13 @@ def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> RouteInfo:
     cloud region the tenant's project is made first (its route then points at it)."""
     handle = ctl.server(route.server)
     if handle.is_account:
-        route = make_project(ctl, run, route)
+        route = make_tenant_project(ctl, run, route)
         handle = ctl.server(route.server)
     handle.ensure_ready()
     isolated = route.tier == "isolated"
     with translate_errors(f"provisioning {route.slug}"):
         if isolated and "database" not in run.completed:
-            maintenance = maintenance_db(handle) if handle.is_cloud else "postgres"
-            admin = get_engine(handle.admin_url(maintenance))
+            admin = get_engine(handle.admin_url("postgres"))
             with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 if handle.is_cloud:
                     ensure_group_roles(conn)  # a new project has none of bizosctl's roles
@@ -545,6 +543,6 @@ def _run_delete(ctl: Control, op_id: uuid.UUID, route: RouteInfo) -> dict[str, A
             tenant.status = "deleted"
             tenant.deleted_at = text("now()")  # type: ignore[assignment]
             s.execute(text("DELETE FROM routes WHERE tenant_id = :t"), {"t": route.tenant_id})
-            forget_project_servers(s)
+            forget_project_server(s, route.server)
         run.finish("done")
     return {"slug": slug, "deleted": True, "operation": str(op_id)}
