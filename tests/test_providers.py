@@ -183,6 +183,9 @@ def test_neon_tenant_create_query_delete(cloud, cli, ctl, neon, backing):
     assert route.database in backing.databases()
     rows = _json(cli("tenant", "query", slug, "SELECT slug FROM tenant_state", "--json"))
     assert rows["rows"] == [[slug]]
+    synced = cli("schema", "sync", "--tenant", slug, "--json")
+    assert synced.exit_code == 0, synced.output
+    assert slug in synced.stdout
     # the application's role is not the project owner and does not bypass RLS
     assert backing.rows(
         "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = %s", (route.role,)

@@ -126,6 +126,7 @@ def make_project(
     api = provider_for(ctl, account)
     name = project_name(slug, run.id)
     owner = owner_role(database)
+    lost_reply = "requested" in run.completed and "project" not in run.completed
     try:
         if "requested" in run.completed:
             sealed = run.step_data("requested")["password_enc"]
@@ -140,7 +141,7 @@ def make_project(
         if "project" in run.completed:
             project = CloudProject(id=run.step_data("project")["project_id"], name=name)
         else:
-            if "requested" in run.completed:  # an earlier run may have lost the reply
+            if lost_reply:  # an earlier run asked and died before the reply was recorded
                 project = api.find(name)
             crash_point("provider.requested")
             if project is None:
