@@ -100,6 +100,11 @@ def _create(cli: Any, slug: str, region: str = REGION, env: dict[str, str] | Non
                "isolated", "--json", env=env)  # fmt: skip
 
 
+def _create_dry_run(cli: Any, slug: str) -> Any:
+    return cli("tenant", "create", slug, "--name", slug, "--region", REGION, "--tier",
+               "isolated", "--dry-run", "--json")  # fmt: skip
+
+
 def _op_of(ctl: Any, slug: str) -> Any:
     with ctl.catalog() as s:
         return s.execute(
@@ -170,6 +175,8 @@ def test_cloud_region_takes_isolated_tenants_only(cloud, cli):
 # -- the whole path ---------------------------------------------------------------------------
 def test_neon_tenant_create_query_delete(cloud, cli, ctl, neon, backing):
     slug = unique_slug("n")
+    plan = _json(_create_dry_run(cli, slug))
+    assert plan["server"] == f"{REGION}-1" and not _projects_named(neon, slug)
     out = _json(_create(cli, slug))
     assert out["tier"] == "isolated"
     op_id, status, _ = _op_of(ctl, slug)
@@ -255,8 +262,13 @@ def test_never_ready_fails_at_deadline_and_orphans_show_it(cloud, cli, ctl, neon
         neon.ready_polls = 1
     assert r.exit_code == 1, r.output
     assert "was not ready within 0.3s" in r.output
-    assert _op_of(ctl, slug)[1] == "failed"
+    op_id, status, _ = _op_of(ctl, slug)
+    assert status == "failed"
     (project,) = _projects_named(neon, slug)
+    shown = _json(cli("ops", "show", str(op_id), "--json"))  # the progress while it waited
+    assert shown["operation"]["progress"]["note"] == (
+        f"neon project {project.id}: 2 operation(s) running"
+    )
     r = cli("provider", "orphans", "--json")
     assert r.exit_code == 1
     (orphan,) = [p for p in json.loads(r.stdout)["projects"] if p["project_id"] == project.id]

@@ -25,6 +25,7 @@ from bizosctl.faults import crash_point
 from bizosctl.providers.base import (
     CloudProject,
     CloudProvider,
+    Progress,
     make_provider,
     operation_of,
     project_name,
@@ -118,6 +119,7 @@ def make_project(
     database: str,
     tenant_id: uuid.UUID,
     reroute: bool,
+    progress: Progress | None = None,
 ) -> str:
     """The steps ``requested``, ``project`` and ``ready`` of an operation that needs a cloud
     project for ``slug`` (a create, a move into the cloud); returns the project's server name,
@@ -153,12 +155,14 @@ def make_project(
         crash_point("provider.project")
         deadline = time.monotonic() + ctl.settings.provider_ready_timeout
 
-        def progress(note: str) -> None:
-            run.set_progress(0, None, note)
+        def note(text: str) -> None:  # `ops show` shows it; the CLI's spinner too
+            run.set_progress(0, None, text)
+            if progress is not None:
+                progress(text)
 
         project = api.wait_ready(
             project, database=database, owner=owner, password=password,
-            deadline=deadline, progress=progress,
+            deadline=deadline, progress=note,
         )  # fmt: skip
     finally:
         api.close()
@@ -167,11 +171,13 @@ def make_project(
     return server
 
 
-def make_tenant_project(ctl: Control, run: OperationRun, route: RouteInfo) -> RouteInfo:
+def make_tenant_project(
+    ctl: Control, run: OperationRun, route: RouteInfo, progress: Progress | None = None
+) -> RouteInfo:
     """A cloud create's project; returns the tenant's route, now on the project's server."""
     make_project(
         ctl, run, account=ctl.server(route.server), slug=route.slug, database=route.database,
-        tenant_id=route.tenant_id, reroute=True,
+        tenant_id=route.tenant_id, reroute=True, progress=progress,
     )  # fmt: skip
     return ctl.route(route.slug)
 

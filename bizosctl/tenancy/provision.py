@@ -67,6 +67,8 @@ from bizosctl.tenancy.servers import (
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
@@ -104,8 +106,10 @@ def create_tenant(
     tier: str,
     region: str,
     owner_email: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> uuid.UUID:
     """Create a tenant (or finish one whose creation was interrupted). Returns its id.
+    ``progress`` hears how a cloud project's making goes (it can take minutes).
 
     Catalog round trips are few on purpose (one lookup, one registration, one closing
     transaction): provisioning should cost little more than the tenant's own DDL.
@@ -113,7 +117,7 @@ def create_tenant(
     route, op_id, _ = _start_create(
         ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email
     )
-    _finish_create(ctl, op_id, route)
+    _finish_create(ctl, op_id, route, progress)
     return route.tenant_id
 
 
@@ -220,10 +224,15 @@ def _start_create(
     return route, op_id, False
 
 
-def _finish_create(ctl: Control, op_id: uuid.UUID, route: RouteInfo) -> None:
+def _finish_create(
+    ctl: Control,
+    op_id: uuid.UUID,
+    route: RouteInfo,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     with OperationRun(ctl, op_id) as run:
         try:
-            route = _provision(ctl, run, route)
+            route = _provision(ctl, run, route, progress)
         except ProviderError as exc:
             fail_on_provider_error(run, exc)
             raise
@@ -356,12 +365,17 @@ def _recycle_after_many(engine: Any) -> None:
         engine.dispose()
 
 
-def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> RouteInfo:
+def _provision(
+    ctl: Control,
+    run: OperationRun,
+    route: RouteInfo,
+    progress: Callable[[str], None] | None = None,
+) -> RouteInfo:
     """The tenant's database objects: idempotent, so a resumed run simply redoes them. In a
     cloud region the tenant's project is made first (its route then points at it)."""
     handle = ctl.server(route.server)
     if handle.is_account:
-        route = make_tenant_project(ctl, run, route)
+        route = make_tenant_project(ctl, run, route, progress)
         handle = ctl.server(route.server)
     handle.ensure_ready()
     isolated = route.tier == "isolated"
