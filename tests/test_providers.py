@@ -190,6 +190,13 @@ def test_neon_tenant_create_query_delete(cloud, cli, ctl, neon, backing):
     assert route.database in backing.databases()
     rows = _json(cli("tenant", "query", slug, "SELECT slug FROM tenant_state", "--json"))
     assert rows["rows"] == [[slug]]
+    shown = _json(cli("region", "show", REGION, "--json"))
+    assert {"name": f"{REGION}-1", "provider": "neon",
+            "url": "neon api, region aws-ap-southeast-1"} in shown["servers"]  # fmt: skip
+    assert f"{REGION}-1-{slug}" in {s["name"] for s in shown["servers"]}
+    doctor = json.loads(cli("doctor", "--json").stdout)
+    failing = [c for c in doctor["checks"] if not c["ok"]]
+    assert not [c for c in failing if REGION in json.dumps(c) or slug in json.dumps(c)], failing
     synced = cli("schema", "sync", "--tenant", slug, "--json")
     assert synced.exit_code == 0, synced.output
     assert slug in synced.stdout
@@ -380,3 +387,19 @@ def test_move_into_neon_and_back_out(cloud, cli, ctl, neon, make_tenant):
             ).scalar_one()
             == 0
         )
+
+
+def test_move_into_neon_resumes_after_provider_failure(cloud, cli, ctl, neon, make_tenant):
+    slug = make_tenant(tier="schema")
+    neon.fail("POST", "/api/v2/projects", *[Fault(502)] * 6)
+    r = cli("tenant", "move", slug, "--to-tier", "isolated", "--to-region", REGION,
+            "--residency-change", "enterprise plan")  # fmt: skip
+    assert r.exit_code == 1
+    assert "failed 6 times (last: 502 injected)" in r.output
+    assert f"`bizosctl tenant move {slug} --resume` continues it" in r.output
+    assert ctl.route(slug).tier == "schema"  # the route has not moved
+    _json(cli("tenant", "move", slug, "--resume", "--json"))
+    assert ctl.route(slug).region == REGION
+    assert len(_projects_named(neon, slug)) == 1
+    assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
+    assert not _projects_named(neon, slug)
