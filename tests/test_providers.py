@@ -80,6 +80,7 @@ def cloud(fleet: Any, neon: FakeNeon, supabase: FakeSupabase) -> Iterator[dict[s
     with get_control().catalog() as s:  # what the module added goes: tenants, servers, regions
         for region in (REGION, SB_REGION):
             s.execute(text("DELETE FROM tenants WHERE region = :r"), {"r": region})
+            s.execute(text("DELETE FROM schema_targets WHERE region = :r"), {"r": region})
             s.execute(text("DELETE FROM servers WHERE region = :r"), {"r": region})
             s.execute(text("DELETE FROM regions WHERE name = :r"), {"r": region})
     for k, v in saved.items():
@@ -246,8 +247,8 @@ def test_rate_limited_create_waits_and_retries(cloud, cli, ctl, neon):
 def test_timeouts_and_5xx_back_off_then_fail_then_resume(cloud, cli, ctl, neon):
     slug = unique_slug("f")
     # one timeout and five 503s: six tries spent, the operation fails
-    neon.fail("POST", "/api/v2/projects", Fault(200, delay=3), *[Fault(503)] * 5)
-    r = _create(cli, slug)
+    neon.fail("POST", "/api/v2/projects", Fault(200, delay=1), *[Fault(503)] * 5)
+    r = _create(cli, slug, env={**cloud, "BIZOS_PROVIDER_TIMEOUT": "0.3"})
     assert r.exit_code == 1
     assert "neon API POST projects failed 6 times (last: 503 injected)" in r.output
     op_id, status, error = _op_of(ctl, slug)
