@@ -244,19 +244,38 @@ def test_rate_limited_create_waits_and_retries(cloud, cli, ctl, neon):
     assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
 
 
-def test_timeouts_and_5xx_back_off_then_fail_then_resume(cloud, cli, ctl, neon):
+def test_5xx_back_off_then_fail_then_resume_past_a_timeout(cloud, cli, ctl, neon):
     slug = unique_slug("f")
-    # one timeout and five 503s: six tries spent, the operation fails
-    neon.fail("POST", "/api/v2/projects", Fault(200, delay=1), *[Fault(503)] * 5)
-    r = _create(cli, slug, env={**cloud, "BIZOS_PROVIDER_TIMEOUT": "0.3"})
+    neon.fail("POST", "/api/v2/projects", *[Fault(503)] * 6)  # six tries spent: it fails
+    r = _create(cli, slug)
     assert r.exit_code == 1
     assert "neon API POST projects failed 6 times (last: 503 injected)" in r.output
     op_id, status, error = _op_of(ctl, slug)
     assert (status, "503" in error) == ("failed", True)
     assert not _projects_named(neon, slug)
-    # the same command resumes the same operation, and makes one project
-    _json(_create(cli, slug))
+    # the same command resumes the same operation; a poll that times out is tried again
+    neon.fail("GET", "/api/v2/projects/", Fault(200, delay=1))
+    polls = neon.count("GET", "/api/v2/projects/")
+    _json(_create(cli, slug, env={**cloud, "BIZOS_PROVIDER_TIMEOUT": "0.3"}))
+    # the timed-out poll, "running", "finished"
+    assert neon.count("GET", "/api/v2/projects/") - polls == 3
     assert _op_of(ctl, slug)[:2] == (op_id, "done")
+    assert len(_projects_named(neon, slug)) == 1
+    assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
+
+
+def test_create_reply_lost_in_a_run_is_found_not_sent_again(cloud, cli, ctl, neon):
+    import threading
+
+    slug = unique_slug("l")
+    release = neon.hold[("POST", "/api/v2/projects")] = threading.Event()
+    posts = neon.count("POST", "/api/v2/projects")
+    try:  # the project is made, its reply comes after the client's timeout
+        _json(_create(cli, slug, env={**cloud, "BIZOS_PROVIDER_TIMEOUT": "0.3"}))
+    finally:
+        del neon.hold[("POST", "/api/v2/projects")]
+        release.set()
+    assert neon.count("POST", "/api/v2/projects") - posts == 1
     assert len(_projects_named(neon, slug)) == 1
     assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
 

@@ -31,6 +31,7 @@ from bizosctl.providers.base import (
     project_name,
     sslmode_of,
 )
+from bizosctl.providers.http import ReplyLost
 from bizosctl.providers.local import CLOUD_PROVIDERS, ServerHandle
 
 if TYPE_CHECKING:
@@ -147,10 +148,15 @@ def make_project(
                 project = api.find(name)
             crash_point("provider.requested")
             if project is None:
-                project = api.create(
-                    name=name, region=str(account.provider_region), database=database,
-                    owner=owner, password=password,
-                )  # fmt: skip
+                try:
+                    project = api.create(
+                        name=name, region=str(account.provider_region), database=database,
+                        owner=owner, password=password,
+                    )  # fmt: skip
+                except ReplyLost:
+                    project = api.find(name)  # made before the reply was lost?
+                    if project is None:
+                        raise
             run.step("project", project_id=project.id)
         crash_point("provider.project")
         deadline = time.monotonic() + ctl.settings.provider_ready_timeout

@@ -79,7 +79,11 @@ class ProviderHTTP:
         """One API call, retried on 5xx, timeouts and connection errors (backoff doubling
         from ``provider_backoff``) and on 429 (after Retry-After), ``provider_attempts`` tries
         in all. Raises ProviderAuth (401/403), ProjectGone (404), InvalidInput (other 4xx)
-        and ProviderError once the tries are spent."""
+        and ProviderError once the tries are spent.
+
+        A POST whose reply never came (a timeout, a dropped connection) is not sent again:
+        the provider may have done it, and a second project would be paid for. It raises
+        :class:`ReplyLost` and the caller looks for what the first one made."""
         settings = self.settings
         what = f"{self.provider} API {method} {path.split('?')[0]}"
         last = ""
@@ -91,8 +95,12 @@ class ProviderHTTP:
                 r = self._client.request(method, path, params=params, json=json)
             except httpx.TimeoutException:
                 last = f"no answer within {settings.provider_timeout:g}s"
+                if method == "POST":
+                    raise ReplyLost(f"{what}: {last}") from None
             except httpx.TransportError as exc:
                 last = f"cannot connect ({type(exc).__name__})"
+                if method == "POST" and not isinstance(exc, httpx.ConnectError):
+                    raise ReplyLost(f"{what}: {last}") from None
             else:
                 if r.status_code < 400:
                     return r.json() if r.content else None
@@ -116,6 +124,10 @@ class ProviderHTTP:
             f"{what} failed {settings.provider_attempts} times (last: {last}); "
             "run the same command again to resume"
         )
+
+
+class ReplyLost(ProviderError):
+    """A request was sent and its reply lost: it may or may not have been done."""
 
 
 def _retry_after(r: httpx.Response, *, default: float) -> float:
