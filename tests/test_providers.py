@@ -264,19 +264,26 @@ def test_5xx_back_off_then_fail_then_resume_past_a_timeout(cloud, cli, ctl, neon
     assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
 
 
-def test_create_reply_lost_in_a_run_is_found_not_sent_again(cloud, cli, ctl, neon):
+@pytest.mark.parametrize("provider", ["neon", "supabase"])
+def test_create_reply_lost_in_a_run_is_found_not_sent_again(
+    cloud, cli, ctl, neon, supabase, provider
+):
     import threading
 
+    fake, region, path = {
+        "neon": (neon, REGION, "/api/v2/projects"),
+        "supabase": (supabase, SB_REGION, "/v1/projects"),
+    }[provider]
     slug = unique_slug("l")
-    release = neon.hold[("POST", "/api/v2/projects")] = threading.Event()
-    posts = neon.count("POST", "/api/v2/projects")
+    release = fake.hold[("POST", path)] = threading.Event()
+    posts = fake.count("POST", path)
     try:  # the project is made, its reply comes after the client's timeout
-        _json(_create(cli, slug, env={**cloud, "BIZOS_PROVIDER_TIMEOUT": "0.3"}))
+        _json(_create(cli, slug, region, env={**cloud, "BIZOS_PROVIDER_TIMEOUT": "0.3"}))
     finally:
-        del neon.hold[("POST", "/api/v2/projects")]
+        del fake.hold[("POST", path)]
         release.set()
-    assert neon.count("POST", "/api/v2/projects") - posts == 1
-    assert len(_projects_named(neon, slug)) == 1
+    assert fake.count("POST", path) - posts == 1
+    assert len([p for p in fake.projects.values() if p.name.startswith(f"bizos-{slug}-")]) == 1
     assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
 
 
