@@ -428,3 +428,22 @@ def test_move_into_neon_resumes_after_provider_failure(cloud, cli, ctl, neon, ma
     assert len(_projects_named(neon, slug)) == 1
     assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
     assert not _projects_named(neon, slug)
+
+
+def test_supabase_project_that_fails_to_start_fails_then_resumes(cloud, cli, ctl, supabase):
+    slug = unique_slug("u")
+    supabase.health = "INIT_FAILED"
+    try:
+        r = _create(cli, slug, SB_REGION)
+    finally:
+        supabase.health = None
+    assert r.exit_code == 1
+    (project,) = [p for p in supabase.projects.values() if p.name.startswith(f"bizos-{slug}-")]
+    assert f"supabase project {project.ref}: database INIT_FAILED" in r.output
+    op_id, status, _ = _op_of(ctl, slug)
+    assert status == "failed"
+    _json(_create(cli, slug, SB_REGION))  # the provider recovered: the same operation finishes
+    assert _op_of(ctl, slug)[:2] == (op_id, "done")
+    assert len([p for p in supabase.projects.values() if p.name.startswith(f"bizos-{slug}-")]) == 1
+    assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
+    assert project.ref in supabase.deleted

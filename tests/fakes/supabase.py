@@ -37,6 +37,7 @@ class FakeSupabase(FakeAPI):
         self.projects: dict[str, Project] = {}
         self.ready_polls = ready_polls
         self.deleted: list[str] = []
+        self.health: str | None = None  # a state every /health answers (e.g. INIT_FAILED)
 
     def _public(self, p: Project) -> dict[str, Any]:
         status = "ACTIVE_HEALTHY" if p.polls >= self.ready_polls else "COMING_UP"
@@ -72,8 +73,9 @@ class FakeSupabase(FakeAPI):
             if rest == ["health"]:
                 p.polls += 1
                 up = p.polls > self.ready_polls
-                return 200, [{"name": "db", "healthy": up,
-                              "status": "ACTIVE_HEALTHY" if up else "COMING_UP"}]  # fmt: skip
+                state = self.health or ("ACTIVE_HEALTHY" if up else "COMING_UP")
+                return 200, [{"name": "db", "healthy": state == "ACTIVE_HEALTHY",
+                              "status": state}]  # fmt: skip
             if rest == ["config", "database", "pooler"]:
                 return 200, [
                     {"identifier": p.ref, "database_type": "PRIMARY", "is_using_scram_auth": True,
