@@ -403,6 +403,7 @@ def test_move_into_neon_and_back_out(cloud, cli, ctl, neon, make_tenant):
         ["p1"]
     ]
     assert project.id in neon.projects  # kept source
+    assert project.id not in cli("provider", "orphans", "--json").stdout  # it is not an orphan
     assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
     assert project.id in neon.deleted
     with ctl.catalog() as s:

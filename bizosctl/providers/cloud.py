@@ -355,6 +355,23 @@ def find_orphans(ctl: Control) -> OrphansReport:
                 "WHERE s.project_id IS NOT NULL"
             )
         ).all()
+        # projects a move holds: its target (in flight, also before it is recorded as a
+        # server) or its kept source (until purged)
+        held = set(
+            s.execute(
+                text(
+                    "SELECT sv.project_id FROM operations AS o JOIN servers AS sv ON sv.name IN "
+                    "(o.params->'source'->>'server', o.params->'target'->>'server') "
+                    "WHERE o.kind = 'tenant.move' AND sv.project_id IS NOT NULL AND "
+                    "(o.status IN ('queued', 'running') OR (o.status = 'done' AND "
+                    "NOT COALESCE((o.params->>'source_purged')::boolean, false))) "
+                    "UNION SELECT st.data->>'project_id' FROM operation_steps AS st "
+                    "JOIN operations AS o ON o.id = st.op_id "
+                    "WHERE st.name = 'project' AND o.kind = 'tenant.move' "
+                    "AND o.status IN ('queued', 'running')"
+                )
+            ).scalars()
+        )
         creating = s.execute(
             text(
                 "SELECT t.slug, t.status, o.id, o.status AS op_status FROM tenants AS t "
@@ -377,6 +394,8 @@ def find_orphans(ctl: Control) -> OrphansReport:
             maker = by_op.get(op_hex) if op_hex else None
             if owner is not None and owner.status != "provisioning":
                 continue
+            if owner is None and p.id in held:
+                continue  # a move's target or kept source, or being made right now
             slug = owner.slug if owner is not None else maker.slug if maker is not None else None
             if slug is None:
                 reason, deletable = "no tenant", True
