@@ -448,3 +448,30 @@ def test_supabase_project_that_fails_to_start_fails_then_resumes(cloud, cli, ctl
     assert len([p for p in supabase.projects.values() if p.name.startswith(f"bizos-{slug}-")]) == 1
     assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
     assert project.ref in supabase.deleted
+
+
+def test_create_in_the_background_on_neon(cloud, cli, ctl, neon):
+    import uuid
+
+    from test_jobs import Worker, wait_for
+
+    from bizosctl.catalog.operations import describe
+
+    slug = unique_slug("b")
+    r = cli("tenant", "create", slug, "--name", slug, "--region", REGION, "--tier", "isolated",
+            "--background", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    created = uuid.UUID(json.loads(r.stdout)["operation"])
+    assert not _projects_named(neon, slug)  # queued: nothing asked of neon yet
+    worker = Worker("operations").started()
+    try:
+        wait_for("the create to finish", lambda: describe(ctl, created).status == "done", 120)
+    finally:
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.finish(timeout=60)
+        with ctl.catalog() as s:
+            s.execute(text("DELETE FROM procrastinate_jobs WHERE queue_name = 'operations'"))
+            s.execute(text("DELETE FROM procrastinate_workers"))
+    assert len(_projects_named(neon, slug)) == 1
+    assert ctl.route(slug).status == "active"
+    assert _json(cli("tenant", "delete", slug, "--yes", "--json"))["deleted"]
