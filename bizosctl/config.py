@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 REGION_PATTERN = r"^[a-z][a-z0-9-]{1,29}$"
+SSLMode = Literal["verify-full", "verify-ca", "require", "prefer", "disable"]
 
 
 #: root's default home when it has no ~/.bizos: the embedded servers run as unprivileged OS
@@ -257,6 +258,39 @@ class Settings(BaseSettings):
     embedded_durable: bool = Field(
         default=True,
         description="fsync on the embedded clusters; tests and throw-away setups may turn it off.",
+    )
+    # -- cloud providers (Neon, Supabase): tokens, where their APIs are, how patient to be ----
+    neon_api_key: SecretStr | None = Field(default=None, description="Neon API key.")
+    neon_api_url: str = Field(
+        default="https://console.neon.tech/api/v2/",
+        description="Neon API base URL (ends with /; tests point it at a loopback fake).",
+    )
+    neon_sslmode: SSLMode = Field(
+        default="verify-full", description="sslmode of connections to Neon projects."
+    )
+    supabase_token: SecretStr | None = Field(
+        default=None, description="Supabase Management API personal access token."
+    )
+    supabase_api_url: str = Field(
+        default="https://api.supabase.com", description="Supabase Management API base URL."
+    )
+    supabase_sslmode: SSLMode = Field(
+        default="verify-full", description="sslmode of connections to Supabase projects."
+    )
+    provider_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds one provider API request may take."
+    )
+    provider_attempts: int = Field(
+        default=6, ge=1, description="Tries of one provider API request (5xx, timeouts, 429)."
+    )
+    provider_backoff: float = Field(
+        default=1.0, ge=0, description="Seconds before the first retry; doubled each time."
+    )
+    provider_poll_interval: float = Field(
+        default=2.0, gt=0, description="Seconds between two polls of a project being made."
+    )
+    provider_ready_timeout: float = Field(
+        default=900.0, gt=0, description="Seconds a new project may take to become ready."
     )
 
     @field_validator("key_destroy_after", mode="before")

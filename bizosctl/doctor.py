@@ -122,6 +122,8 @@ def run_doctor(ctl: Control) -> DoctorReport:
     tenant_head = head("tenant")
     for handle in handles:
         label = f"server {handle.name}"
+        if handle.is_cloud:
+            continue  # no shared database there (a project is checked by its tenant's sync)
         try:
             handle.ensure_ready()
             with (

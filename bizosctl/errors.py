@@ -173,3 +173,21 @@ class Interrupted(BizosError):
     exit_code = 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C stopped
     http_status = 499
     code = "interrupted"
+
+
+class ProviderError(OperationFailed):
+    """A cloud provider (Neon, Supabase) failed the request; run the same command again."""
+
+    http_status = 502
+    code = "provider"
+    retryable = True
+
+
+class ProviderAuth(InvalidInput):
+    """The cloud provider refused the token."""
+
+    code = "provider-auth"
+
+
+class ProjectGone(NotFound):
+    """The cloud project does not exist (any more) at the provider."""

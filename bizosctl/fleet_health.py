@@ -184,6 +184,8 @@ def server_identity_checks(ctl: Control) -> list[Check]:
     seen: dict[str, list[Any]] = {}
     problems: list[str] = []
     for handle in handles:
+        if handle.is_account:
+            continue  # a provider account: no database to identify
         try:
             handle.ensure_ready()
             ident = server_identity(handle.admin_url("postgres"), label=f"server {handle.name}")

@@ -151,12 +151,9 @@ def fresh_home(
     shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture
-def tcp_cluster_factory():
-    """PostgreSQL servers bizosctl does not manage, on TCP, with a password-only superuser.
-
-    Returns start() -> (port, stop).
-    """
+def _tcp_clusters() -> Iterator[Callable[[], tuple[int, Callable[[], None]]]]:
+    """Start PostgreSQL servers on TCP with the superuser byo_admin / byo-pass-123; all are
+    stopped and removed when the generator closes."""
     import socket
 
     from sqlalchemy import text
@@ -184,3 +181,20 @@ def tcp_cluster_factory():
         cluster.stop(mode="immediate")
         drop_os_user(base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def tcp_cluster_factory():
+    """PostgreSQL servers bizosctl does not manage, on TCP, with a password-only superuser.
+
+    Returns start() -> (port, stop).
+    """
+    yield from _tcp_clusters()
+
+
+@pytest.fixture(scope="module")
+def module_tcp_cluster() -> Iterator[int]:
+    """One such server for a whole module (the cloud fakes keep their projects on it)."""
+    for start in _tcp_clusters():
+        port, _stop = start()
+        yield port

@@ -66,6 +66,7 @@ CLASSIFICATION = {
     "ops resume": CHANGES,
     "ops cancel": CHANGES,
     "ops ping": CHANGES,
+    "provider orphans": DESTROYS,  # --delete removes projects at the provider
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
     "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
     "serve": CHANGES,  # serves the API (its requests change data); --dry-run checks settings

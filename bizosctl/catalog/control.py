@@ -216,7 +216,15 @@ class Control:
             url=self.unseal(row.url_enc, context=f"server:{row.name}:url") if row.url_enc else None,
             regions_dir=self.settings.regions_dir,
             durable=self.settings.embedded_durable,
+            provider_region=row.provider_region,
+            provider_org=row.provider_org,
+            project_id=row.project_id,
+            parent=row.parent,
         )
+
+    def forget_server(self, name: str) -> None:
+        """Drop a cached handle (a project server removed or re-pointed)."""
+        self._servers.pop(name, None)
 
     def route_password_for_server(self, name: str) -> str:
         """Password of the shared database's login role on that server (read each time: a

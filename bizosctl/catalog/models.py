@@ -62,6 +62,21 @@ class Server(Base):
     app_role: Mapped[str] = mapped_column(server_default="bizos_app_shared")
     is_default: Mapped[bool] = mapped_column(Boolean, server_default="true")
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    # neon | supabase: where the provider makes projects (e.g. aws-ap-southeast-1), its org
+    provider_region: Mapped[str | None]
+    provider_org: Mapped[str | None]
+    # a tenant's own cloud project: its id at the provider, the provider server that made it
+    project_id: Mapped[str | None]
+    parent: Mapped[str | None]
+    __table_args__ = (
+        Index(
+            "uq_servers_provider_project",
+            "provider",
+            "project_id",
+            unique=True,
+            postgresql_where=text("project_id IS NOT NULL"),
+        ),
+    )
 
 
 class Tenant(Base):

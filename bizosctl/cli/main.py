@@ -14,6 +14,7 @@ from bizosctl.cli import (
     apikey,
     mask,
     ops,
+    provider,
     region,
     schema,
     secrets,
@@ -99,6 +100,7 @@ app.add_typer(apikey.app, name="api-key")
 app.add_typer(webhook.app, name="webhook")
 app.add_typer(webhook.secret_app, name="webhook-secret")
 app.add_typer(ops.app, name="ops")
+app.add_typer(provider.app, name="provider")
 worker.register(app)
 serve.register(app)
 mask.register(app)

@@ -80,22 +80,43 @@ def add(
     allow_url_password: bool = typer.Option(
         False, "--allow-url-password", help="Accept a password inside --url (visible in ps)."
     ),
+    provider: str | None = typer.Option(
+        None,
+        "--provider",
+        help="neon | supabase: each isolated tenant of the region gets a project there "
+        "(token in BIZOS_NEON_API_KEY / BIZOS_SUPABASE_TOKEN).",
+    ),
+    provider_region: str | None = typer.Option(
+        None, "--provider-region", help="The provider's region, e.g. aws-ap-southeast-1."
+    ),
+    org: str | None = typer.Option(
+        None, "--org", help="The provider organisation (required by supabase)."
+    ),
     dry_run: bool = DryRunOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Add a region with an embedded server, or one that points at an existing server.
+    """Add a region with an embedded server, one that points at an existing server, or one
+    whose isolated tenants live on Neon or Supabase.
 
     A --url server is reached with TLS (verify-full), SCRAM and channel binding.
 
     Its password comes from --password-file, --password-stdin or BIZOS_SERVER_PASSWORD.
 
+    With --provider the token is checked and the provider region must exist; nothing is
+    recorded otherwise.
+
     Example: bizosctl region add id
     Example: bizosctl region add eu --url postgresql://admin@db.example/postgres --password-file pw
+    Example: bizosctl region add jkt --provider neon --provider-region aws-ap-southeast-1
     """
     from bizosctl.catalog.control import get_control
     from bizosctl.tenancy.names import check_region_name
     from bizosctl.tenancy.regions import add_region, check_server, region_exists, server_url
 
+    if provider is not None or provider_region is not None or org is not None:
+        _add_cloud(name, provider, provider_region, org, url=url, port=port, dry_run=dry_run,
+                   json_out=json_out)  # fmt: skip
+        return
     password = _read_password(password_file, password_stdin) if url is not None else None
     ctl = get_control()
     if dry_run:
@@ -139,6 +160,48 @@ def add(
         password=password,
         insecure=insecure,
         allow_url_password=allow_url_password,
+    )
+    if json_out:
+        print_json(region)
+    else:
+        _render([region])
+
+
+def _add_cloud(
+    name: str,
+    provider: str | None,
+    provider_region: str | None,
+    org: str | None,
+    *,
+    url: str | None,
+    port: int | None,
+    dry_run: bool,
+    json_out: bool,
+) -> None:
+    from bizosctl.catalog.control import get_control
+    from bizosctl.errors import InvalidInput
+    from bizosctl.providers.cloud import add_cloud_region, check_cloud_region
+
+    if provider is None or provider_region is None:
+        raise InvalidInput("a cloud region needs both --provider and --provider-region")
+    if url is not None or port is not None:
+        raise InvalidInput("--url and --port are for local servers, not --provider")
+    ctl = get_control()
+    if dry_run:
+        check_cloud_region(ctl, name, provider=provider, provider_region=provider_region, org=org)
+        plan = {"dry_run": True, "region": name, "server": f"{name}-1", "provider": provider,
+                "provider_region": provider_region, "org": org}  # fmt: skip
+        if json_out:
+            print_json(plan)
+        else:
+            stdout_console().print(
+                f"would add region {name}: isolated tenants get a {provider} project in "
+                f"{provider_region}",
+                markup=False,
+            )
+        return
+    region = add_cloud_region(
+        ctl, name, provider=provider, provider_region=provider_region, org=org
     )
     if json_out:
         print_json(region)

@@ -114,10 +114,12 @@ def create(
     if json_out:
         create_tenant(ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email)
     else:
-        with stderr_console().status(f"Creating {slug} ({tier}, {region})..."):
+        what = f"Creating {slug} ({tier}, {region})"
+        with stderr_console().status(f"{what}...") as status:
             create_tenant(
-                ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email
-            )
+                ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email,
+                progress=lambda note: status.update(f"{what}: {note}"),
+            )  # fmt: skip
     detail = get_tenant(ctl, slug)
     if json_out:
         print_json(detail)

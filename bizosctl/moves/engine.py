@@ -271,6 +271,7 @@ def _run(
 ) -> MoveReport:
     with OperationRun(ctl, op_id) as run:
         params = run.params()
+        params = _cloud_target(ctl, run, params)
         move = _Move(ctl, run, params, hooks, progress)
         move.report.resumed = resumed
         try:
@@ -294,6 +295,31 @@ def _run(
         run.finish("done", also=keep)
         report.keep_until = keep_until
     return report
+
+
+def _cloud_target(ctl: Control, run: OperationRun, params: dict[str, Any]) -> dict[str, Any]:
+    """A move into a cloud region first gets the tenant its project (the steps of
+    :func:`bizosctl.providers.cloud.make_project`); the target is then that project's
+    server. A provider failure leaves the move unfinished: ``--resume`` continues it."""
+    target = params["target"]
+    account = ctl.server(target["server"])
+    if not account.is_account:
+        return params
+    from bizosctl.providers.cloud import make_project
+
+    try:
+        server = make_project(
+            ctl, run, account=account, slug=params["slug"], database=target["database"],
+            tenant_id=uuid.UUID(params["tenant_id"]), reroute=False,
+        )  # fmt: skip
+    except BizosError as exc:
+        raise type(exc)(
+            f"{exc}. The move of {params['slug']!r} is unfinished (operation {run.id}): "
+            f"`bizosctl tenant move {params['slug']} --resume` continues it"
+        ) from exc
+    with ctl.catalog() as s:
+        patch_params(s, run.id, target={**target, "server": server})
+    return run.params()
 
 
 def resume_operation(ctl: Control, op: OperationPublic) -> dict[str, Any]:

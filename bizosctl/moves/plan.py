@@ -21,6 +21,7 @@ from bizosctl.moves.tables import table_infos
 from bizosctl.sync.drift import diff
 from bizosctl.tenancy.names import check_slug, check_tier, tenant_names
 from bizosctl.tenancy.placement import Placement, placement_for
+from bizosctl.tenancy.regions import default_server
 from tenant_schema import TENANT_TABLES
 
 DAY_MS = 86_400_000
@@ -110,10 +111,10 @@ def target_endpoint(ctl: Control, req: MoveRequest, source: Placement) -> Placem
                 f"server {req.to_server!r} is in region {servers[req.to_server]!r}, not {region!r}"
             )
         server = req.to_server
-    elif region == source.region:
+    elif region == source.region and not ctl.server(source.server).is_cloud:
         server = source.server
-    else:
-        server = sorted(n for n, r in servers.items() if r == region)[0]
+    else:  # the region's default server (a cloud region's: its provider account)
+        server = default_server(ctl, region)
     if (req.to_tier, server) == (source.tier, source.server):
         raise InvalidInput(
             f"tenant {req.slug!r} is already {source.tier} on {source.server} in {source.region}: "
@@ -213,7 +214,12 @@ def make_plan(ctl: Control, req: MoveRequest) -> MovePlan:
     if tenant.status != "active":
         raise InvalidInput(f"tenant {req.slug!r} is {tenant.status}; only active tenants move")
     target = target_endpoint(ctl, req, source)
-    _check_target_names(ctl, target, tenant.id, req.slug)
+    dst = ctl.server(target.server)
+    from bizosctl.providers.cloud import require_cloud_tier
+
+    require_cloud_tier(dst, target.tier)
+    if not dst.is_account:  # a cloud target is a new project: no name there is taken
+        _check_target_names(ctl, target, tenant.id, req.slug)
     plan = MovePlan(tenant.id, req.slug, source, target, residency_change=req.residency_change)
     src = ctl.server(source.server)
     src.ensure_ready()
@@ -237,7 +243,8 @@ def make_plan(ctl: Control, req: MoveRequest) -> MovePlan:
     for name, size in sizes.items():  # the tenant's share of each table
         total = total_rows.get(name) or 0
         plan.bytes[name] = size * plan.rows.get(name, 0) // total if total else 0
-    dst = ctl.server(target.server)
+    if dst.is_account:
+        return plan  # the project is made by the move's first steps
     with translate_errors(f"target {target.server}"):
         dst.ensure_ready()
         with get_engine(dst.admin_url("postgres"), pooled=False).connect() as conn:

@@ -31,7 +31,12 @@ from bizosctl.moves.copy import checksum, copy_table, sync_keys
 from bizosctl.moves.tables import TableInfo, table_infos
 from bizosctl.tenancy.names import login_roles, q
 from bizosctl.tenancy.placement import Placement
-from bizosctl.tenancy.servers import ensure_database, prepare_schema, set_login_role
+from bizosctl.tenancy.servers import (
+    ensure_database,
+    ensure_group_roles,
+    prepare_schema,
+    set_login_role,
+)
 from bizosctl.throttle import Throttle
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
@@ -125,6 +130,8 @@ class _Move:
                 password = self.ctl.unseal(t.password_enc, context=f"role:{t.role}")
                 admin = get_engine(handle.admin_url("postgres"), pooled=False)
                 with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    if handle.is_cloud:
+                        ensure_group_roles(conn)  # a new project has none of bizosctl's roles
                     set_login_role(
                         conn, t.role, password, member_of=APP_GROUP, settings=self.ctl.settings
                     )

@@ -63,6 +63,7 @@ PROBE_CHUNK = 200
 
 _TARGETS = text(
     "SELECT name AS server, :db AS database, :schema AS schema FROM servers "
+    "WHERE provider NOT IN ('neon', 'supabase') "
     "UNION SELECT r.server, r.database, r.schema FROM routes AS r "
     "JOIN tenants AS t ON t.id = r.tenant_id "
     "WHERE t.status IN ('active', 'read_only', 'suspended', 'moving')"

@@ -17,6 +17,7 @@ from bizosctl.catalog.lookups import require_region
 from bizosctl.catalog.models import Route, SchemaTarget, Server, Tenant
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import BizosError, NotFound
+from bizosctl.providers.local import CLOUD_PROVIDERS
 from bizosctl.tenancy.names import SHARED_DB, SHARED_SCHEMA, check_region_name, check_tier
 from bizosctl.tenancy.placement import Placement
 
@@ -134,6 +135,8 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
     targets: list[Target] = []
     if not sel.tenants and sel.tier in (None, "shared"):
         for (srv,) in servers:
+            if srv.provider in CLOUD_PROVIDERS:
+                continue  # a cloud account or project has no shared database
             if sel.region in (None, srv.region):
                 targets.append(Target(_shared(srv), None))
     by_server = {srv.name: srv for (srv,) in servers}

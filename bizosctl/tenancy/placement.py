@@ -81,6 +81,11 @@ class Placement:
         """The statements :meth:`drop` runs, in order (the tenant id is inline: a uuid)."""
         from tenant_schema import TENANT_TABLES
 
+        handle = ctl.server(self.server)
+        if self.tier == "isolated" and handle.is_cloud:
+            from bizosctl.providers.cloud import drop_plan_line
+
+            return [DropStep(drop_plan_line(handle))]
         if self.tier == "isolated":
             roles = own_login_roles(
                 ctl, server=self.server, database=self.database, tenant_id=tenant_id
@@ -116,7 +121,9 @@ class Placement:
     def drop_summary(self, ctl: Control, tenant_id: uuid.UUID) -> tuple[str, list[str]]:
         """The drop plan as one line and a flat list of statements (moves' plans show it)."""
         plan = self.drop_plan(ctl, tenant_id)
-        if self.tier == "isolated":
+        if self.tier == "isolated" and ctl.server(self.server).is_cloud:
+            action = plan[0].name
+        elif self.tier == "isolated":
             action = f"drop database {self.database} and its login roles on {self.server}"
         else:
             action = f"{plan[0].name} on {self.server}"
@@ -125,8 +132,16 @@ class Placement:
     def drop(self, ctl: Control, tenant_id: uuid.UUID) -> None:
         """Remove the tenant's data here (a database and its own login roles, a schema, or its
         rows in a shared schema): the statements of :meth:`drop_plan`. Idempotent."""
-        plan = self.drop_plan(ctl, tenant_id)
         handle = ctl.server(self.server)
+        if self.tier == "isolated" and handle.is_cloud:
+            from bizosctl.providers.cloud import drop_projects, forget_project_server
+
+            dispose_all(host_contains=f"/{self.database}?")
+            drop_projects(ctl, handle, tenant_id)
+            with ctl.catalog() as s:
+                forget_project_server(s, self.server)
+            return
+        plan = self.drop_plan(ctl, tenant_id)
         handle.ensure_ready()
         with translate_errors(f"server {self.server}"):
             if self.tier == "isolated":

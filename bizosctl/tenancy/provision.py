@@ -36,8 +36,15 @@ from bizosctl.errors import (
     InvalidInput,
     NotFound,
     OperationFailed,
+    ProviderError,
 )
 from bizosctl.faults import crash_point
+from bizosctl.providers.cloud import (
+    fail_on_provider_error,
+    forget_project_server,
+    make_tenant_project,
+    require_cloud_tier,
+)
 from bizosctl.security.fields import blind_index, normalize_email
 from bizosctl.tenancy.names import (
     SHARED_DB,
@@ -52,6 +59,7 @@ from bizosctl.tenancy.regions import default_server, region_exists
 from bizosctl.tenancy.servers import (
     close_template1,
     ensure_database,
+    ensure_group_roles,
     new_password,
     prepare_schema,
     set_login_role,
@@ -59,6 +67,8 @@ from bizosctl.tenancy.servers import (
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
@@ -73,10 +83,12 @@ def _validate(ctl: Control, *, slug: str, tier: str, region: str, name: str | No
         check_tenant_name(name)
     if not region_exists(ctl, region):
         _unknown_region(ctl, region)
+    server = default_server(ctl, region)
+    require_cloud_tier(ctl.server(server), tier)
     try:
         ctl.route(slug)
     except NotFound:  # a new tenant (a half-created one resumes on its own names)
-        _check_available(ctl, slug=slug, server=default_server(ctl, region))
+        _check_available(ctl, slug=slug, server=server)
 
 
 def _unknown_region(ctl: Control, region: str) -> NoReturn:
@@ -94,8 +106,10 @@ def create_tenant(
     tier: str,
     region: str,
     owner_email: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> uuid.UUID:
     """Create a tenant (or finish one whose creation was interrupted). Returns its id.
+    ``progress`` hears how a cloud project's making goes (it can take minutes).
 
     Catalog round trips are few on purpose (one lookup, one registration, one closing
     transaction): provisioning should cost little more than the tenant's own DDL.
@@ -103,7 +117,7 @@ def create_tenant(
     route, op_id, _ = _start_create(
         ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email
     )
-    _finish_create(ctl, op_id, route)
+    _finish_create(ctl, op_id, route, progress)
     return route.tenant_id
 
 
@@ -171,6 +185,7 @@ def _start_create(
     refuse_unknown_revisions("tenant", row.revisions or {}, doing=f"create {slug!r}")
     if server is None:
         _unknown_region(ctl, region)
+    require_cloud_tier(ctl.server(server), tier)
     if existing is not None:
         if existing.status != "provisioning":
             raise AlreadyExists(f"tenant {slug!r} already exists")
@@ -209,9 +224,18 @@ def _start_create(
     return route, op_id, False
 
 
-def _finish_create(ctl: Control, op_id: uuid.UUID, route: RouteInfo) -> None:
+def _finish_create(
+    ctl: Control,
+    op_id: uuid.UUID,
+    route: RouteInfo,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     with OperationRun(ctl, op_id) as run:
-        _provision(ctl, run, route)
+        try:
+            route = _provision(ctl, run, route, progress)
+        except ProviderError as exc:
+            fail_on_provider_error(run, exc)
+            raise
         crash_point("tenant.create.state")
 
         def activate(conn: Connection) -> None:
@@ -239,6 +263,8 @@ def _check_available(ctl: Control, *, slug: str, server: str) -> None:
     from bizosctl.tenancy.claims import check_names_free
 
     handle = ctl.server(server)
+    if handle.is_account:
+        return  # a project of its own: no name there is taken
     handle.ensure_ready()
     with (
         translate_errors(f"server {server}"),
@@ -339,16 +365,28 @@ def _recycle_after_many(engine: Any) -> None:
         engine.dispose()
 
 
-def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
-    """The tenant's database objects: idempotent, so a resumed run simply redoes them."""
+def _provision(
+    ctl: Control,
+    run: OperationRun,
+    route: RouteInfo,
+    progress: Callable[[str], None] | None = None,
+) -> RouteInfo:
+    """The tenant's database objects: idempotent, so a resumed run simply redoes them. In a
+    cloud region the tenant's project is made first (its route then points at it)."""
     handle = ctl.server(route.server)
+    if handle.is_account:
+        route = make_tenant_project(ctl, run, route, progress)
+        handle = ctl.server(route.server)
     handle.ensure_ready()
     isolated = route.tier == "isolated"
     with translate_errors(f"provisioning {route.slug}"):
         if isolated and "database" not in run.completed:
             admin = get_engine(handle.admin_url("postgres"))
             with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                close_template1(conn)  # servers bootstrapped before it was closed there
+                if handle.is_cloud:
+                    ensure_group_roles(conn)  # a new project has none of bizosctl's roles
+                else:
+                    close_template1(conn)  # servers bootstrapped before it was closed there
                 set_login_role(
                     conn, route.role, route.password, member_of=APP_GROUP, settings=ctl.settings
                 )
@@ -377,6 +415,7 @@ def _provision(ctl: Control, run: OperationRun, route: RouteInfo) -> None:
             )
         crash_point("tenant.create.migrated")
     _check_app_login(ctl, route)
+    return route
 
 
 def _check_app_login(ctl: Control, route: RouteInfo) -> None:
@@ -518,5 +557,6 @@ def _run_delete(ctl: Control, op_id: uuid.UUID, route: RouteInfo) -> dict[str, A
             tenant.status = "deleted"
             tenant.deleted_at = text("now()")  # type: ignore[assignment]
             s.execute(text("DELETE FROM routes WHERE tenant_id = :t"), {"t": route.tenant_id})
+            forget_project_server(s, route.server)
         run.finish("done")
     return {"slug": slug, "deleted": True, "operation": str(op_id)}

@@ -224,6 +224,8 @@ def refuse_known_server(ctl: Control, url: str) -> None:
         rows = s.execute(select(Server).order_by(Server.name)).scalars().all()
         handles = [ctl.handle_for(row) for row in rows]
     for handle in handles:
+        if handle.is_account:
+            continue
         try:
             handle.ensure_ready()
             known = server_identity(handle.admin_url("postgres"), label=f"server {handle.name}")

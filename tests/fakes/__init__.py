@@ -1,0 +1,1 @@
+"""Loopback servers that answer like the cloud providers' APIs (tests and benchmarks)."""
