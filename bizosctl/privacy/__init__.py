@@ -1,0 +1,1 @@
+"""Privacy: personal data found in free text and masked before it leaves for a model."""
