@@ -232,7 +232,7 @@ class Settings(BaseSettings):
     )
     ai_max_output_tokens: int = Field(default=1024, ge=1, le=65536)
     ai_names_ttl: float = Field(
-        default=60.0, ge=0, description="Seconds a tenant's names (the masking dictionary) are kept."
+        default=60.0, ge=0, description="Seconds a tenant's names (masking dictionary) are kept."
     )
     ai_prices: dict[str, dict[str, float]] = Field(
         default_factory=lambda: {

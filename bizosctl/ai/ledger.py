@@ -21,62 +21,19 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING
 
-from bizosctl.errors import ConfigError, NotFound
+from bizosctl.ai.plans import TenantPlan
+from bizosctl.errors import ConfigError
 
 if TYPE_CHECKING:
     from sqlalchemy import TextClause
     from sqlalchemy.orm import Session
 
-    from bizosctl.catalog.control import Control
     from bizosctl.config import Settings
 
 MICRO = Decimal("0.000001")
 UNLIMITED = Decimal("1000000000")
 MILLION = Decimal(1_000_000)
 MONTH_SQL = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
-
-
-@dataclass(frozen=True)
-class TenantPlan:
-    """A tenant's commercial terms, from the catalog and the ``ai_plans`` setting."""
-
-    tenant_id: uuid.UUID
-    slug: str
-    plan: str
-    price: Decimal  # USD a month
-    budget: Decimal | None  # USD a month for AI; None: no limit
-    over_budget: str  # refuse | offline
-
-
-def plan_terms(settings: Settings, plan: str) -> tuple[Decimal, Decimal | None]:
-    terms = settings.ai_plans.get(plan)
-    if terms is None:
-        raise ConfigError(f"plan {plan!r} is not in the ai_plans setting ({sorted(settings.ai_plans)})")
-    budget = terms.get("ai_budget")
-    return Decimal(str(terms.get("price", 0))), None if budget is None else Decimal(str(budget))
-
-
-def tenant_plan(ctl: Control, slug: str) -> TenantPlan:
-    from sqlalchemy import select
-
-    from bizosctl.catalog.models import Tenant
-
-    with ctl.catalog() as s:
-        row = s.execute(
-            select(Tenant.id, Tenant.slug, Tenant.plan, Tenant.ai_budget, Tenant.ai_over_budget)
-            .where(Tenant.slug == slug, Tenant.status != "deleted")
-        ).one_or_none()  # fmt: skip
-    if row is None:
-        raise NotFound(f"no tenant named {slug!r}")
-    price, budget = plan_terms(ctl.settings, row.plan)
-    return TenantPlan(
-        tenant_id=row.id,
-        slug=row.slug,
-        plan=row.plan,
-        price=price,
-        budget=row.ai_budget if row.ai_budget is not None else budget,
-        over_budget=row.ai_over_budget,
-    )
 
 
 def prices(settings: Settings, model: str) -> tuple[Decimal, Decimal]:
@@ -121,8 +78,8 @@ def _sql() -> dict[str, TextClause]:
             " SET spent = s.spent + EXCLUDED.spent, calls = s.calls + 1"
             " WHERE s.spent + EXCLUDED.spent <= :budget RETURNING s.period)"
             f" INSERT INTO ai_usage ({usage_cols}, reserved, entities)"
-            " SELECT :tid, s.period, CAST(:member AS uuid), :feature, :provider, :model, 'reserved', :amount,"
-            " CAST(:entities AS jsonb) FROM s RETURNING id"
+            " SELECT :tid, s.period, CAST(:member AS uuid), :feature, :provider, :model,"
+            " 'reserved', :amount, CAST(:entities AS jsonb) FROM s RETURNING id"
         ),
         "spent": text(
             f"SELECT COALESCE((SELECT spent FROM ai_spend WHERE tenant_id = :tid AND period = "
@@ -142,9 +99,9 @@ def _sql() -> dict[str, TextClause]:
         "record": text(
             f"INSERT INTO ai_usage ({usage_cols}, tokens_in, tokens_out, latency_ms,"
             " overhead_ms, attempts, degraded, reason, entities)"
-            f" VALUES (:tid, {MONTH_SQL}, CAST(:member AS uuid), :feature, :provider, :model, :status,"
-            " :tokens_in, :tokens_out, :latency_ms, :overhead_ms, :attempts, :degraded, :reason,"
-            " CAST(:entities AS jsonb)) RETURNING id"
+            f" VALUES (:tid, {MONTH_SQL}, CAST(:member AS uuid), :feature, :provider, :model,"
+            " :status, :tokens_in, :tokens_out, :latency_ms, :overhead_ms, :attempts, :degraded,"
+            " :reason, CAST(:entities AS jsonb)) RETURNING id"
         ),
     }
 
@@ -199,7 +156,9 @@ class Outcome:
     reason: str | None = None
 
 
-def settle(session: Session, *, tenant_id: uuid.UUID, reservation: Reservation, outcome: Outcome) -> None:
+def settle(
+    session: Session, *, tenant_id: uuid.UUID, reservation: Reservation, outcome: Outcome
+) -> None:
     session.execute(
         _sql()["settle"],
         {"tid": tenant_id, "id": reservation.id, **_values(outcome), "cost": outcome.cost},

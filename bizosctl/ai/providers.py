@@ -76,10 +76,19 @@ def failure_for_status(status: int, headers: Any, what: str) -> ProviderFailed:
     return ProviderFailed(f"{what}: request refused ({status})", reason="rejected", retryable=False)
 
 
-def failure_for_transport(exc: Exception, what: str) -> ProviderFailed:
+def transport_errors() -> tuple[type[Exception], ...]:
+    """httpx's errors, and those of httpx2, the fork google-genai uses when it is installed."""
     import httpx
 
-    if isinstance(exc, httpx.TimeoutException):
+    try:
+        import httpx2  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return (httpx.HTTPError,)
+    return (httpx.HTTPError, httpx2.HTTPError)
+
+
+def failure_for_transport(exc: Exception, what: str) -> ProviderFailed:
+    if "Timeout" in type(exc).__name__:
         return ProviderFailed(f"{what}: no answer in time", reason="timeout")
     return ProviderFailed(f"{what}: unreachable ({type(exc).__name__})", reason="connect")
 
@@ -99,7 +108,6 @@ class GeminiProvider:
         self._client = genai.Client(api_key=api_key, http_options=options)
 
     def complete(self, prompt: Prompt, *, timeout: float) -> Completion:
-        import httpx
         from google.genai import errors
 
         types = self._types
@@ -119,7 +127,7 @@ class GeminiProvider:
         except errors.APIError as exc:
             headers = exc.response.headers if exc.response is not None else {}
             raise failure_for_status(exc.code, headers, what) from exc
-        except httpx.HTTPError as exc:
+        except transport_errors() as exc:
             raise failure_for_transport(exc, what) from exc
         except (ValueError, KeyError, TypeError) as exc:  # a body that is not the API's JSON
             raise ProviderFailed(f"{what}: malformed response", reason="malformed") from exc
@@ -132,6 +140,9 @@ class GeminiProvider:
         tokens_out = ((usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
                       if usage else 0)  # fmt: skip
         return Completion(text=text, tokens_in=tokens_in, tokens_out=tokens_out)
+
+    def close(self) -> None:
+        self._client.close()
 
 
 class OpenAIProvider:
@@ -183,6 +194,9 @@ class OpenAIProvider:
         if not isinstance(text, str):
             raise ProviderFailed(f"{what}: an answer without text", reason="malformed")
         return Completion(text=text, tokens_in=tokens_in, tokens_out=tokens_out)
+
+    def close(self) -> None:
+        self._client.close()
 
 
 #: A feature's offline rule: the masked prompt in, the answer out (text, or the structured
@@ -243,6 +257,7 @@ def configured(settings: Settings) -> Provider | None:
 
 
 def close(provider: Provider | None) -> None:
-    client: httpx.Client | None = getattr(provider, "_client", None)
-    if client is not None and hasattr(client, "close"):
-        client.close()
+    """Close the provider's connections (providers without any have no ``close``)."""
+    closer = getattr(provider, "close", None)
+    if closer is not None:
+        closer()
