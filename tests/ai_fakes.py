@@ -79,8 +79,8 @@ class FakeModel:
             step = "ok"
         if step.startswith("429"):
             after = step.partition(":")[2] or "1"
-            return self._send(h, 429, b'{"error": {"code": 429, "message": "slow down",'
-                              b' "status": "RESOURCE_EXHAUSTED"}}', {"Retry-After": after})  # fmt: skip
+            doc = b'{"error": {"code": 429, "message": "slow", "status": "RESOURCE_EXHAUSTED"}}'
+            return self._send(h, 429, doc, {"Retry-After": after})
         if step == "500":
             return self._send(h, 500, b'{"error": {"code": 500, "message": "boom",'
                               b' "status": "INTERNAL"}}')  # fmt: skip
