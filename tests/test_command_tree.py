@@ -66,6 +66,9 @@ CLASSIFICATION = {
     "ops resume": CHANGES,
     "ops cancel": CHANGES,
     "ops ping": CHANGES,
+    "ai check": READS,
+    "ai budget": CHANGES,
+    "usage": READS,
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
 }
 

@@ -425,6 +425,19 @@ class Gate:
             self._names[slug] = (now + self.settings.ai_names_ttl, names)
         return names
 
+    def probe(self) -> tuple[bool, str | None, float]:
+        """One tiny request to the configured provider, through the breaker (``ai check``):
+        (reachable, why not, milliseconds). It carries no tenant data and has no ledger row;
+        a provider whose breaker is open is not asked."""
+        if self.provider is None:
+            return True, None, 0.0
+        call = _Call(started=time.perf_counter())
+        prompt = Prompt(text="Reply with: ok", max_output_tokens=8)
+        done = self._attempts(
+            self.provider, call, prompt, self._clock() + self.settings.ai_deadline
+        )
+        return done is not None, call.reason, _ms(time.perf_counter() - call.started)
+
     def breaker_state(self) -> BreakerState:
         return self.breaker.snapshot()
 

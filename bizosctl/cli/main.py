@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperArgument, TyperOption
 
 from bizosctl import __version__
-from bizosctl.cli import apikey, ops, region, schema, secrets, system, tenant, webhook, worker
+from bizosctl.cli import ai, apikey, ops, region, schema, secrets, system, tenant, webhook, worker
 
 
 def _tidy_help() -> None:
@@ -87,6 +87,8 @@ app.add_typer(apikey.app, name="api-key")
 app.add_typer(webhook.app, name="webhook")
 app.add_typer(webhook.secret_app, name="webhook-secret")
 app.add_typer(ops.app, name="ops")
+app.add_typer(ai.app, name="ai")
+ai.register(app)
 worker.register(app)
 
 
