@@ -503,7 +503,9 @@ def get_gate(ctl: Control) -> Gate:
     key = str(ctl.settings.home)
     with _gates_lock:
         gate = _gates.get(key)
-        if gate is None or gate.settings is not ctl.settings:
+        if gate is None or gate.settings is not ctl.settings or gate.ctl is not ctl:
+            if gate is not None:
+                gate.close()
             gate = _gates[key] = Gate(ctl)
         return gate
 
