@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bizosctl.privacy.masking import Masked, Span, detect, mask
+from bizosctl.privacy import corpus
+from bizosctl.privacy.masking import KINDS, Masked, Span, detect, mask
 
 
 def found(text: str, **kw: object) -> list[tuple[str, str]]:
@@ -84,3 +87,160 @@ def test_nothing_found() -> None:
 def test_spans_point_into_the_original() -> None:
     text = "a@example.com 0812-3456-7890"
     assert detect(text) == [Span("EMAIL", 0, 13), Span("PHONE", 14, 28)]
+
+
+@pytest.mark.parametrize(
+    "text,kind,value",
+    [
+        ("kartu 4111 1111 1111 1111 ditolak", "CREDIT_CARD", "4111 1111 1111 1111"),
+        ("card 5500-0000-0000-0004 expired", "CREDIT_CARD", "5500-0000-0000-0004"),
+        ("paid with 4111111111111111 today", "CREDIT_CARD", "4111111111111111"),
+        ("Amex 3782 822463 10005 on file", "CREDIT_CARD", "3782 822463 10005"),
+        ("IBAN DE89 3704 0044 0532 0130 00 PAID", "IBAN", "DE89 3704 0044 0532 0130 00"),
+        ("to GB82WEST12345698765432.", "IBAN", "GB82WEST12345698765432"),
+        ("NIK 3171011708450001 ok", "ID_NIK", "3171011708450001"),
+        ("NIK perempuan 3171015708450001 ok", "ID_NIK", "3171015708450001"),
+        ("NPWP 01.234.567.4-012.000 terbit", "ID_NPWP", "01.234.567.4-012.000"),
+        ("NPWP 012345674012000 terbit", "ID_NPWP", "012345674012000"),
+        ("NPWP 0012345674012000 terbit", "ID_NPWP", "0012345674012000"),
+        ("NPWP 3171011708450001 (NIK form)", "ID_NPWP", "3171011708450001"),
+        ("from 203.0.113.7.", "IP_ADDRESS", "203.0.113.7"),
+        ("host 2001:db8::8a2e:370:7334 down", "IP_ADDRESS", "2001:db8::8a2e:370:7334"),
+        ("peer fe80::1ff:fe23:4567:890a", "IP_ADDRESS", "fe80::1ff:fe23:4567:890a"),
+    ],
+)
+def test_identifier_found(text: str, kind: str, value: str) -> None:
+    assert found(text) == [(kind, value)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "kartu 4111 1111 1111 1112 ditolak",  # fails Luhn
+        "Nomor seri 1234567890123456",  # fails Luhn and NIK
+        "NIK 9971011708450001",  # no such province
+        "NIK 3199011708450001",  # no such regency
+        "NIK 3171013213450001",  # month 13
+        "NIK 3171017208450001",  # day 72 - 40 = 32
+        "NPWP 01.234.567.5-012.000",  # wrong check digit
+        "IBAN DE89 3704 0044 0532 0130 01",  # fails mod-97
+        "versi 10.2.0.1 rilis",
+        "build v1.2.3.4",
+        "Release 4.2.1.0 fixes it",
+        "Rp 1.200.100.000 masuk",
+        "1.250.000.000 rupiah",
+        "at 10:30:00 sharp",
+        "MAC 00:1A:2B:3C:4D:5E",
+        "999.1.1.1 is not an address",
+        "Order #4111111111111111 shipped",
+        "SKU 8991234567890 habis",
+    ],
+)
+def test_identifier_look_alikes(text: str) -> None:
+    assert found(text) == []
+
+
+def test_card_label_decides_between_nik_and_card() -> None:
+    # a 16-digit number that passes Luhn and the NIK rules is what its label says
+    number = "3578011708450005"  # Surabaya, and a JCB prefix
+    assert found(f"NIK {number}") == [("ID_NIK", number)]
+    assert found(f"kartu kredit {number}") == [("CREDIT_CARD", number)]
+
+
+def test_same_value_other_format_same_placeholder_for_every_kind() -> None:
+    m = mask(
+        "4111 1111 1111 1111 / 4111-1111-1111-1111; "
+        "01.234.567.4-012.000 = 0012345674012000; "
+        "GB82 WEST 1234 5698 7654 32 = GB82WEST12345698765432; "
+        "Budi Santoso = budi santoso; 2001:db8::1 = 2001:0db8:0:0:0:0:0:1",
+        names=["Budi Santoso"],
+    )
+    assert m.text == (
+        "<CREDIT_CARD_1> / <CREDIT_CARD_1>; <ID_NPWP_1> = <ID_NPWP_1>; <IBAN_1> = <IBAN_1>; "
+        "<PERSON_1> = <PERSON_1>; <IP_ADDRESS_1> = <IP_ADDRESS_1>"
+    )
+    assert m.mapping["<CREDIT_CARD_1>"] == "4111 1111 1111 1111"
+
+
+@pytest.mark.parametrize(
+    "text,names",
+    [
+        ("Pak [Budi] minta nota", ()),
+        ("Ibu [Siti Rahayu] sudah bayar", ()),
+        ("Mr. [John Smith] called", ()),
+        ("Dr. Ir. [Bambang] datang", ()),
+        ("[Muhammad Rizky Pratama] cuti", ()),
+        ("[Sarah] confirmed", ()),
+        ("[Will Turner] will call", ()),
+        ("invoice for [Kresnanda Wijayakusuma] today", ("Kresnanda Wijayakusuma",)),
+        ("invoice for [kresnanda wijayakusuma] today", ("Kresnanda Wijayakusuma",)),
+        ("[Wijayakusuma] paid", ("Kresnanda Wijayakusuma",)),
+        ("paket untuk [Wiryo]", ("Wiryo",)),
+    ],
+)
+def test_person_found(text: str, names: tuple[str, ...]) -> None:
+    plain = text.replace("[", "").replace("]", "")
+    want = [("PERSON", v.split("]")[0]) for v in text.split("[")[1:]]
+    assert found(plain, names=names) == want
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Mark the invoice as paid",
+        "Will the shipment arrive?",
+        "May sales were up",
+        "Toko Budi Makmur minta nota",
+        "PT Sinar Jaya Abadi memesan",
+        "Kantor di Jl. Sudirman No. 45",
+        "Indah sekali display toko",
+        "Bapak/Ibu yang terhormat",
+        "Ibu Kota pindah",
+        "Reply to <PERSON_1> please",
+        "the word jaya in lower case",
+    ],
+)
+def test_person_look_alikes(text: str) -> None:
+    assert found(text, names=["PT Sinar Jaya Abadi", "Jaya"]) == []
+
+
+def test_honorific_stays_out_of_the_span() -> None:
+    m = mask("Terima kasih Pak Gunawan dan Ibu Sri Wahyuni.")
+    assert m.text == "Terima kasih Pak <PERSON_1> dan Ibu <PERSON_2>."
+
+
+# --- the corpus -------------------------------------------------------------------------------
+
+CORPUS = corpus.load(Path(__file__).parent / "data" / "pii_corpus.txt")
+
+
+def test_corpus_covers_every_kind_and_enough_negatives() -> None:
+    kinds = {span.kind for sample in CORPUS.samples for span in sample.spans}
+    assert kinds == set(KINDS)
+    assert len(CORPUS.samples) >= 300
+    assert sum(1 for sample in CORPUS.samples if not sample.spans) >= 80
+
+
+@pytest.mark.parametrize("sample", CORPUS.samples, ids=lambda s: f"line{s.line}")
+def test_corpus_line_gives_exactly_its_spans(sample: corpus.Sample) -> None:
+    got = detect(sample.text, names=CORPUS.names)
+    assert [(s.kind, sample.text[s.start : s.end]) for s in got] == [
+        (s.kind, sample.text[s.start : s.end]) for s in sample.spans
+    ]
+    assert got == sample.spans
+
+
+def test_corpus_masked_text_holds_no_value() -> None:
+    for sample in CORPUS.samples:
+        masked = mask(sample.text, names=CORPUS.names)
+        for span in sample.spans:
+            assert sample.text[span.start : span.end] not in masked.text
+        assert masked.restore(masked.text) == sample.text
+
+
+def test_corpus_marker_parsing() -> None:
+    text, spans = corpus.parse_line("Hi [[PERSON|Ani]], mail [[EMAIL|a@b.co]].")
+    assert text == "Hi Ani, mail a@b.co."
+    assert spans == [Span("PERSON", 3, 6), Span("EMAIL", 13, 19)]
+    with pytest.raises(ValueError, match="unknown kind 'NAME'"):
+        corpus.parse_line("[[NAME|x]]")

@@ -1,0 +1,225 @@
+"""PERSON detection without a language model: a dictionary, name lists and honorifics.
+
+Three sources, cheapest first:
+
+- the caller's dictionary (the tenant's own members' and customers' names), matched
+  case-insensitively as whole names, and its single tokens as given names;
+- a capitalised word after an honorific (``Pak``, ``Ibu``, ``Mr``...; the honorific stays out
+  of the span), and up to two more capitalised words after it;
+- a known given name (English: the US census lists of the ``names`` package; Indonesian: the
+  list in ``data/names_id.txt``), alone (a mononym) or followed by up to two capitalised words.
+
+Given names that are also common words (``Will``, ``May``, ``Bagus``, ``Indah``) count only
+when a known surname or given name follows them or an honorific precedes them; words after an
+organisation or place marker (``PT``, ``Toko``, ``Jl.``, ``Bank``) are not people.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+from collections.abc import Iterable, Iterator
+
+Candidate = tuple[str, int, int, str]
+
+_TOKEN = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+
+HONORIFICS = frozenset(
+    "Pak Bu Ibu Bapak Mr Mrs Ms Miss Mister Mdm Madam Sir Dr Prof Ir Sdr Sdri Saudara Saudari "
+    "Mas Mbak Kak Bang Tuan Nyonya Nona Haji Hj Drs Dra".split()
+)
+# Capitalised words that end a name: function words, greetings, days, months, places, and the
+# words of business text that start sentences.
+_STOP = frozenset(
+    """
+    The A An And Or Of In On At For To From With By As Is Are Was Be This That These Those It
+    Dear Hi Hello Thanks Thank Please Regards Best Cheers Team Sales Support Admin Customer
+    Yth Dengan Hormat Terima Kasih Dan Atau Di Ke Dari Untuk Yang Ini Itu Akan Sudah Belum
+    Bisa Mohon Tolong Selamat Pagi Siang Sore Malam Salam Halo Tim Kami Kita Saya Anda Beliau
+    Senin Selasa Rabu Kamis Jumat Jum'at Sabtu Minggu Monday Tuesday Wednesday Thursday Friday
+    Saturday Sunday January February March April May June July August September October
+    November December Januari Februari Maret Mei Juni Juli Agustus Oktober Desember
+    Jakarta Surabaya Bandung Medan Semarang Makassar Yogyakarta Jogja Bali Denpasar Bekasi
+    Tangerang Depok Bogor Malang Solo Palembang Batam Indonesia Singapore Singapura Kota
+    Invoice Order Faktur Pesanan Total Payment Pembayaran Transfer Stok Stock Gudang Barang
+    Via Re Fwd Cc Bcc Subject Note Catatan Mr Mrs Ms Pak Bu Ibu Bapak
+    """.split()
+)
+# After one of these, the capitalised words are a company, a shop, a street or a place.
+_ORG_BEFORE = frozenset(
+    """
+    PT CV UD Tbk Toko Warung Apotek Klinik Bank Hotel Gedung Jl Jln Jalan Gang Gg Kampus
+    Universitas Sekolah Koperasi Yayasan Masjid Gereja Kabupaten Kab Kecamatan Kec Desa
+    Kelurahan Provinsi Kota Rumah Makan Restoran Cafe Kafe Mall Plaza Pasar Perumahan Komplek
+    St Lake Mount Fort Port Saint San Santa University
+    """.split()
+)
+_ORG_AFTER = frozenset(
+    """
+    Inc Ltd Llc Corp Corporation Company Co Group Holdings Motor Motors Jaya Abadi Makmur
+    Sentosa Mandiri Sejahtera Indah Persada Perkasa Utama Raya Tbk Bank Hotel Mart Store Shop
+    Street Road Avenue Center Centre Plaza Tower Mall Express Logistics Trading Foods
+    Consulting Solutions Systems Studio Bakery Laundry Motor Cell Ponsel Elektronik
+    """.split()
+)
+# Given names that are also ordinary words: a name only with company (a surname after them,
+# or an honorific before).
+_AMBIGUOUS = frozenset(
+    """
+    Will May June April August Mark Bill Grant Rose Hope Faith Joy Dawn Ray Penny Sandy Art
+    Frank Guy Jack Chase Lane Miles Page Price Sterling Summer Autumn Winter Holly Ivy Iris
+    Daisy Violet Ruby Pearl Crystal Amber Jade Star Rich Don Van Les Major Prince King Earl
+    Duke Royal Sonny Buddy Rocky Lucky Happy Chance Cash Carol Sue Pat Max Gene Bob Rod Doc
+    Long Young Love Light Angel Harmony Destiny Trinity Unity Liberty Precious Genesis Justice
+    Ace Bud Clay Cliff Dale Glen Heath Forest Rock Stone Wood Brook Robin Ginger Candy Cherry
+    Honey Sugar Lemon Jan Sol Sun Sunny Man Son Ma Mo Ok Al Ed Dan Tim Else
+    Made Gede Tari Lestari Teguh Slamet Rahmat Iman Surya Guntur Citra Mega Kurnia Satria Tri
+    Dwi Eka Sri Nur Titik Indah Bagus Jaya Agung Cahaya Mulia Putra Putri Sari Dewi Intan
+    Bunga Bintang Ayu Suci Tenant Regional General Ultra Premium Gold Silver Platinum Basic Pro Lite
+    Apple Amazon Jordan Paris Victoria Florence Georgia Virginia Carolina Dakota Austin
+    Houston Lincoln China India Asia Camry Avanza Honda Mercedes Lexus Tesla
+    """.split()
+)
+
+_DATA = "data/names_id.txt"
+
+
+@functools.cache
+def _name_lists() -> tuple[frozenset[str], frozenset[str]]:
+    """(given names, family names), title-cased; loaded once, on first use."""
+    given: set[str] = set()
+    family: set[str] = set()
+    census = importlib.resources.files("names")
+    for name, into in (
+        ("dist.male.first", given),
+        ("dist.female.first", given),
+        ("dist.all.last", family),
+    ):
+        for line in census.joinpath(name).read_text().splitlines():
+            into.add(line.split(" ", 1)[0].title())
+    section = given
+    for line in importlib.resources.files(__package__).joinpath(_DATA).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = given if line == "[given]" else family
+            continue
+        section.add(line)
+    return frozenset(given - _STOP), frozenset(family - _STOP)
+
+
+@functools.lru_cache(maxsize=64)
+def _dictionary(names: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, ...]]], frozenset[str]]:
+    """Index of the caller's names by first token (longest first), and their single tokens."""
+    index: dict[str, list[tuple[str, ...]]] = {}
+    tokens: set[str] = set()
+    for name in names:
+        words = tuple(w.casefold() for w in _TOKEN.findall(name))
+        if not words or _TOKEN.findall(name)[0] in _ORG_BEFORE:
+            continue
+        index.setdefault(words[0], []).append(words)
+        tokens.update(w.title() for w in _TOKEN.findall(name) if len(w) > 2)
+    for entries in index.values():
+        entries.sort(key=len, reverse=True)
+    return index, frozenset(tokens - _STOP - HONORIFICS - _ORG_AFTER)
+
+
+def _name_shaped(word: str) -> bool:
+    # Title case, also McDonald / O'Brien; not ALL CAPS (codes, acronyms, placeholders)
+    return word[0].isupper() and any(c.islower() for c in word[1:])
+
+
+def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
+    """PERSON candidates in ``text``; ``names`` is the caller's dictionary of known names."""
+    given, family = _name_lists()
+    index, known = _dictionary(tuple(names))
+    toks = [(m.start(), m.end(), m.group(0)) for m in _TOKEN.finditer(text)]
+    n = len(toks)
+
+    def spaced(i: int) -> bool:  # token i+1 follows token i after exactly one space
+        return i + 1 < n and toks[i + 1][0] == toks[i][1] + 1 and text[toks[i][1]] == " "
+
+    def run(i: int, limit: int) -> int:
+        """Index after the capitalised words from i that can be part of a name (at most limit)."""
+        j = i
+        while j < n and j - i < limit and _name_shaped(toks[j][2]) and toks[j][2] not in _STOP:
+            if toks[j][2] in HONORIFICS or (j > i and toks[j][2] in _ORG_AFTER):
+                break
+            if not spaced(j):
+                return j + 1
+            j += 1
+        return j
+
+    i = 0
+    while i < n:
+        start, _, word = toks[i]
+        if word in _ORG_BEFORE:  # the capitalised words after it name the organisation
+            i += 1
+            while (
+                i < n
+                and text[toks[i - 1][1] : toks[i][0]] in (" ", ". ")
+                and toks[i][2][0].isupper()
+            ):
+                i += 1
+            continue
+        if index:
+            hit = _dictionary_hit(text, toks, i, index.get(word.casefold(), ()))
+            if hit:
+                yield "PERSON", start, toks[hit - 1][1], _key(text, toks, i, hit)
+                i = hit
+                continue
+        if word in HONORIFICS and _name_shaped(word):
+            j = i + 1
+            while j < n and toks[j][2] in HONORIFICS and toks[j][0] - toks[j - 1][1] <= 2:
+                j += 1
+            if j < n and toks[j][0] - toks[j - 1][1] <= 2 and text[toks[j - 1][1]] in " .":
+                stop = run(j, 3)
+                if stop > j and not _org_follows(toks, stop):
+                    yield "PERSON", toks[j][0], toks[stop - 1][1], _key(text, toks, j, stop)
+                    i = stop
+                    continue
+            i = j
+            continue
+        if _name_shaped(word) and (word in given or word in known) and word not in _STOP:
+            stop = run(i, 3)
+            if stop > i and not _org_follows(toks, stop):
+                follows = stop > i + 1 and (
+                    toks[i + 1][2] in family or toks[i + 1][2] in given or toks[i + 1][2] in known
+                )
+                if word not in _AMBIGUOUS or word in known or follows:
+                    yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
+                    i = stop
+                    continue
+        i += 1
+
+
+def _org_follows(toks: list[tuple[int, int, str]], stop: int) -> bool:
+    return (
+        stop < len(toks) and toks[stop][2] in _ORG_AFTER and toks[stop][0] - toks[stop - 1][1] == 1
+    )
+
+
+def _dictionary_hit(
+    text: str,
+    toks: list[tuple[int, int, str]],
+    i: int,
+    entries: Iterable[tuple[str, ...]],
+) -> int:
+    """Index after the longest dictionary name starting at token i, or 0."""
+    for words in entries:
+        stop = i + len(words)
+        if stop > len(toks):
+            continue
+        if len(words) == 1 and not _name_shaped(toks[i][2]):
+            continue  # a one-word name matches only capitalised ("Jaya", not "jaya")
+        if all(toks[i + k][2].casefold() == w for k, w in enumerate(words)) and all(
+            text[toks[k][1] : toks[k + 1][0]].isspace() for k in range(i, stop - 1)
+        ):
+            return stop
+    return 0
+
+
+def _key(text: str, toks: list[tuple[int, int, str]], i: int, stop: int) -> str:
+    return " ".join(toks[k][2].casefold() for k in range(i, stop))
