@@ -98,11 +98,16 @@ class GeminiProvider:
 
     name = "gemini"
 
-    def __init__(self, *, api_key: str, model: str, base_url: str | None = None) -> None:
+    def __init__(
+        self, *, api_key: str, model: str, base_url: str | None = None, timeout: float = 10.0
+    ) -> None:
         from google import genai
         from google.genai import types
 
-        options = types.HttpOptions(api_version="v1beta", base_url=base_url)
+        self.timeout = timeout
+        options = types.HttpOptions(
+            api_version="v1beta", base_url=base_url, timeout=max(1, int(timeout * 1000))
+        )
         self.model = model
         self._types = types
         self._client = genai.Client(api_key=api_key, http_options=options)
@@ -117,7 +122,11 @@ class GeminiProvider:
             temperature=prompt.temperature,
             response_mime_type="application/json" if prompt.schema else None,
             response_json_schema=prompt.schema,
-            http_options=types.HttpOptions(timeout=max(1, int(timeout * 1000))),
+            # Per-request options cost the client ~1 ms (a client copy): only when the
+            # deadline leaves less than the usual timeout.
+            http_options=types.HttpOptions(timeout=max(1, int(timeout * 1000)))
+            if timeout < self.timeout
+            else None,
         )
         what = f"gemini {self.model}"
         try:
@@ -245,7 +254,10 @@ def configured(settings: Settings) -> Provider | None:
         if not gemini_key:
             raise ConfigError("ai_provider is gemini but BIZOS_GEMINI_API_KEY is not set")
         return GeminiProvider(
-            api_key=gemini_key, model=settings.gemini_model, base_url=settings.gemini_base_url
+            api_key=gemini_key,
+            model=settings.gemini_model,
+            base_url=settings.gemini_base_url,
+            timeout=settings.ai_timeout,
         )
     if choice == "openai":
         if not openai_key:
