@@ -44,15 +44,23 @@ from bizosctl.ai.providers import (
     Provider,
     configured,
 )
-from bizosctl.errors import BudgetExceeded, InvalidInput, OperationFailed, ProviderFailed
+from bizosctl.errors import (
+    BizosError,
+    BudgetExceeded,
+    InvalidInput,
+    OperationFailed,
+    ProviderFailed,
+)
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from bizosctl.catalog.control import Control
+    from bizosctl.catalog.control import Control, RouteInfo
     from bizosctl.config import Settings
     from bizosctl.privacy.masking import Masked
 
+#: Seconds a tenant's plan and budget are kept by a gate (the spending itself is never cached).
+TERMS_TTL = 5.0
 FEATURE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
@@ -114,6 +122,7 @@ class Gate:
         self._sleep = sleep
         self._names: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._names_lock = threading.Lock()
+        self._terms: dict[str, tuple[float, plans.TenantPlan]] = {}
         if self.provider is not None:
             ledger.prices(s, self.provider.model)  # a model without a price: refuse at once
 
@@ -149,7 +158,7 @@ class Gate:
         call = _Call(started=time.perf_counter())
         if not FEATURE.match(feature):
             raise InvalidInput(f"feature {feature!r}: lower-case letters, digits, . _ - only")
-        plan = plans.tenant_plan(self.ctl, tenant, self.settings)
+        plan = self.tenant_terms(tenant)
         masked = mask(prompt, names=[*self.tenant_names(tenant), *names])
         entities = masked.counts()
         out = Prompt(
@@ -170,7 +179,8 @@ class Gate:
             out.max_output_tokens * (2 if schema else 1),  # a malformed answer is asked twice
         )
         refused, spent = False, Decimal(0)
-        with self._tenant(tenant, feature) as session:
+        route = self.ctl.route(tenant)  # one lookup for the reservation and the settlement
+        with self._tenant(tenant, feature, route) as session:
             held = ledger.reserve(
                 session,
                 plan=plan,
@@ -211,13 +221,14 @@ class Gate:
         try:
             data, text = self._remote(provider, call, out, schema)
         except BaseException:
-            self._settle(tenant, feature, plan, held, provider, call, degraded=True)
+            self._settle(tenant, feature, plan, held, provider, call, degraded=True, route=route)
             raise
         if text is None:
             data, text = self._answer_offline(out, schema, offline)
         answer_cost = ledger.cost(self.settings, provider.model, call.tokens_in, call.tokens_out)
         overhead = self._settle(tenant, feature, plan, held, provider, call,
-                                degraded=call.reason is not None, cost=answer_cost)  # fmt: skip
+                                degraded=call.reason is not None, cost=answer_cost,
+                                route=route)  # fmt: skip
         return self._answer(masked, data, text, provider.name if call.reason is None else
                             "offline", provider.model if call.reason is None else "offline",
                             call, answer_cost, held.id, overhead, entities)  # fmt: skip
@@ -351,6 +362,7 @@ class Gate:
         *,
         degraded: bool,
         cost: Decimal = Decimal(0),
+        route: RouteInfo | None = None,
     ) -> float:
         elapsed = time.perf_counter() - call.started
         overhead = _ms(elapsed - call.model_seconds)
@@ -366,8 +378,16 @@ class Gate:
             degraded=degraded,
             reason=call.reason if degraded else None,
         )
-        with self._tenant(tenant, feature) as session:
-            ledger.settle(session, tenant_id=plan.tenant_id, reservation=held, outcome=outcome)
+        try:
+            with self._tenant(tenant, feature, route) as session:
+                ledger.settle(session, tenant_id=plan.tenant_id, reservation=held, outcome=outcome)
+        except BizosError:
+            if route is None:
+                raise
+            # The tenant moved while the model answered (its old place refuses writes): the
+            # reservation was copied with it; settle it where the tenant is now.
+            with self._tenant(tenant, feature) as session:
+                ledger.settle(session, tenant_id=plan.tenant_id, reservation=held, outcome=outcome)
         return overhead
 
     def _answer(
@@ -407,10 +427,21 @@ class Gate:
         )
 
     # -- tenants ---------------------------------------------------------------------------
-    def _tenant(self, slug: str, feature: str) -> Any:
+    def _tenant(self, slug: str, feature: str, route: RouteInfo | None = None) -> Any:
         from bizosctl.tenancy.router import tenant_session
 
-        return tenant_session(self.ctl, slug, actor=f"bizosctl:ai:{feature}")
+        return tenant_session(self.ctl, slug, actor=f"bizosctl:ai:{feature}", route=route)
+
+    def tenant_terms(self, slug: str) -> plans.TenantPlan:
+        """The tenant's plan and budget, cached for :data:`TERMS_TTL` seconds (a change made
+        with ``ai budget`` applies within that)."""
+        now = self._clock()
+        hit = self._terms.get(slug)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        terms = plans.tenant_plan(self.ctl, slug, self.settings)
+        self._terms[slug] = (now + TERMS_TTL, terms)
+        return terms
 
     def tenant_names(self, slug: str) -> tuple[str, ...]:
         """The tenant's members' and customers' names (the masking dictionary), cached for

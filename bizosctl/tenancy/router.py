@@ -34,10 +34,18 @@ def search_path(route: RouteInfo) -> str:
 
 @contextlib.contextmanager
 def tenant_session(
-    ctl: Control, slug: str, *, actor: str, read_only: bool = False
+    ctl: Control,
+    slug: str,
+    *,
+    actor: str,
+    read_only: bool = False,
+    route: RouteInfo | None = None,
 ) -> Iterator[Session]:
-    """A session inside one transaction in ``slug``'s context; committed on success."""
-    route = ctl.route(slug)
+    """A session inside one transaction in ``slug``'s context; committed on success.
+
+    ``route``: the route a caller looked up for this very operation moments ago (the LLM gate
+    reserves and settles one call with one lookup); by default it is looked up now."""
+    route = route or ctl.route(slug)
     if route.status == "suspended":
         # The database refuses it too (bizos_tenant() is NULL): this is the clear message.
         raise TenantSuspended(f"tenant {slug!r} is suspended: reads and writes are refused")
