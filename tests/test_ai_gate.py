@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from bizosctl.ai import ledger
-from bizosctl.ai.gate import Gate
+from bizosctl.ai.gate import TERMS_TTL, Gate
 from bizosctl.ai.plans import set_terms
 from bizosctl.catalog.control import Control
 from bizosctl.config import Settings
@@ -323,7 +323,8 @@ def test_over_budget_is_refused_with_a_clear_error(
     ctl: Control, model: FakeModel, budget_tenant: str
 ) -> None:
     model.reset()
-    gate = make_gate(ctl, model, gemini_model="gemini-2.5-pro")
+    clock = Clock()
+    gate = make_gate(ctl, model, gemini_model="gemini-2.5-pro", clock=clock)
     price = one_call_cost(gate, "hello")
     set_terms(ctl, budget_tenant, budget=price * 2)
     gate.ask(budget_tenant, feature="test.budget", prompt="hello")
@@ -334,6 +335,7 @@ def test_over_budget_is_refused_with_a_clear_error(
     statuses = [r["status"] for r in rows(ctl, budget_tenant)]
     assert statuses == ["done", "done", "refused"]
     set_terms(ctl, budget_tenant, over_budget="offline")
+    clock.now += TERMS_TTL  # a gate keeps a tenant's terms that long
     answer = gate.ask(budget_tenant, feature="test.budget", prompt="hello")
     assert (answer.provider, answer.degraded, answer.reason) == ("offline", True, "over-budget")
     assert model.calls == 2
