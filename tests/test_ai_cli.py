@@ -209,3 +209,17 @@ def test_ai_check_model_without_a_price(cli: Any) -> None:
     assert r.exit_code == 2
     assert r.stderr.strip().startswith("error: model 'gemini-9-ultra' has no price in the "
                                        "ai_prices setting")  # fmt: skip
+
+
+def test_doctor_names_plans_the_settings_do_not_price(cli: Any, two: dict[str, Any]) -> None:
+    env = {"BIZOS_AI_PLANS": '{"free": {"price": 0, "ai_budget": 1}}'}
+    r = cli("doctor", "--json", env=env)
+    doc = json.loads(r.stdout)
+    assert "checks" in doc, doc
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert checks["ai provider"]["ok"] and checks["ai provider"]["detail"].startswith("offline")
+    assert checks["ai plans"] == {
+        "name": "ai plans", "ok": False, "warning": False,
+        "detail": "tenants on plans missing from the ai_plans setting: pro",
+    }  # fmt: skip
+    assert r.exit_code == 1
