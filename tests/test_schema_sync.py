@@ -19,7 +19,7 @@ FAILING = f"{ADD}{os.pathsep}{MIGRATIONS / 'failing'}"
 
 @pytest.fixture
 def small_fleet(fresh_home, cli):
-    """A fresh home at revision 0003: shared targets on two servers, 2 schema, 1 isolated."""
+    """A fresh home at revision 0004: shared targets on two servers, 2 schema, 1 isolated."""
     assert cli("init").exit_code == 0
     assert cli("region", "add", "id").exit_code == 0
     for slug, tier, region in [
@@ -60,7 +60,7 @@ def column_exists(ctl, server, database, schema, table, column):
 def test_status_json_contract(small_fleet, cli):
     doc = status(cli)
     assert doc["head"] == "t002"
-    assert doc["summary"] == {"0003": 5}
+    assert doc["summary"] == {"0004": 5}
     kinds = sorted(t["kind"] for t in doc["targets"])
     assert kinds == ["isolated", "schema", "schema", "shared", "shared"]
     assert set(doc["targets"][0]) == {
@@ -118,7 +118,7 @@ def test_new_tenant_after_code_update_is_created_at_head(small_fleet, cli):
     )
     assert r.exit_code == 0
     revs = {t["tenant"]: t["revision"] for t in status(cli)["targets"]}
-    assert revs["late-co"] == "t002" and revs["alpha"] == "0003"
+    assert revs["late-co"] == "t002" and revs["alpha"] == "0004"
 
 
 def test_tenant_created_during_a_sync_is_not_left_behind(small_fleet, cli):
@@ -136,7 +136,7 @@ def test_tenant_created_during_a_sync_is_not_left_behind(small_fleet, cli):
 
         def on_result(result, done, total):
             if not made:
-                # provisioning as "old code" would: at 0003, while the sync runs
+                # provisioning as "old code" would: at 0004, while the sync runs
                 os.environ.pop("BIZOS_TENANT_MIGRATIONS_EXTRA")
                 create_tenant(ctl, slug="mid-sync", name="M", tier="schema", region="global")
                 os.environ["BIZOS_TENANT_MIGRATIONS_EXTRA"] = ADD
@@ -179,10 +179,10 @@ def test_failing_migration_in_one_target_others_finish(small_fleet, cli):
         t["error"] for t in doc["failed"]
     ]
     [failed] = doc["failed"]
-    assert failed["tenant"] == "boom-co" and failed["revision"] == "0003"
+    assert failed["tenant"] == "boom-co" and failed["revision"] == "0004"
     assert "RuntimeError: boom: this migration refuses this target" in failed["error"]
     st = status(cli, extra=FAILING)
-    assert st["summary"] == {"t003": 4, "0003": 1}
+    assert st["summary"] == {"t003": 4, "0004": 1}
     boom = next(t for t in st["targets"] if t["tenant"] == "boom-co")
     assert boom["status"] == "failed" and "boom" in boom["error"]
 
@@ -217,7 +217,7 @@ def test_canary_failure_stops_the_rest(small_fleet, cli):
     assert r.exit_code == 1
     statuses = {t["tenant"]: t["status"] for t in doc["targets"]}
     assert statuses == {"boom-co": "failed", "alpha": "skipped"}
-    assert status(cli, extra=FAILING)["summary"]["0003"] == 5
+    assert status(cli, extra=FAILING)["summary"]["0004"] == 5
 
 
 def test_unreachable_server_fails_only_its_targets(fresh_home, cli, tcp_cluster_factory):
@@ -313,7 +313,7 @@ def test_sigkill_mid_run_then_resume(small_fleet, run_bizosctl):
     )
     assert first.returncode == -9
     mid = json.loads(run_bizosctl("schema", "status", "--json", env=env).stdout)["summary"]
-    assert mid == {"t002": 2, "0003": 3}
+    assert mid == {"t002": 2, "0004": 3}
     second = run_bizosctl("schema", "sync", "--parallel", "1", "--json", env=env)
     assert second.returncode == 0, second.stderr
     doc = json.loads(second.stdout)
@@ -333,16 +333,16 @@ def test_sigkill_mid_run_then_resume(small_fleet, run_bizosctl):
 
 def test_downgrade_needs_yes(small_fleet, cli):
     assert sync(cli)[0].exit_code == 0
-    r, doc = sync(cli, "--to", "0003")
+    r, doc = sync(cli, "--to", "0004")
     assert r.exit_code == 2
     assert (
-        "--to 0003 downgrades 5 target(s)" in doc["error"]["message"]
+        "--to 0004 downgrades 5 target(s)" in doc["error"]["message"]
         and "--yes" in doc["error"]["message"]
     )
     assert status(cli)["summary"] == {"t002": 5}
-    r, doc = sync(cli, "--to", "0003", "--yes")
+    r, doc = sync(cli, "--to", "0004", "--yes")
     assert r.exit_code == 0 and doc["summary"] == {"migrated": 5, "unchanged": 0, "failed": 0}
-    assert status(cli)["summary"] == {"0003": 5}
+    assert status(cli)["summary"] == {"0004": 5}
 
 
 def test_dry_run_shows_plan_and_sql_and_changes_nothing(small_fleet, cli):
@@ -352,7 +352,7 @@ def test_dry_run_shows_plan_and_sql_and_changes_nothing(small_fleet, cli):
     assert sum(g["count"] for g in doc["plan"]) == 5
     sql = "\n".join(g["sql"] for g in doc["plan"])
     assert "ALTER TABLE tasks ADD COLUMN priority INTEGER DEFAULT '0' NOT NULL" in sql
-    assert status(cli)["summary"] == {"0003": 5}
+    assert status(cli)["summary"] == {"0004": 5}
 
 
 def test_drift_detects_hand_made_changes(small_fleet, cli):

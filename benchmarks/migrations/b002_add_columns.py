@@ -5,7 +5,7 @@ bizosctl itself: adding a column with a constant default is catalog-only in Post
 and the indexes are built on near-empty tenant tables, so the cost is the per-target overhead.
 
 Revision ID: b002
-Revises: 0003
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "b002"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 # Pure DDL (as tests/migrations/add_column/t002): safe to run from its offline rendering.

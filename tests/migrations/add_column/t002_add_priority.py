@@ -1,7 +1,7 @@
 """Test revision: a column with a default and an index on two tables.
 
 Revision ID: t002
-Revises: 0003
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "t002"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 offline_safe = True
