@@ -368,3 +368,22 @@ def test_racing_threads_never_overspend(ctl: Control, model: FakeModel, budget_t
         total = s.execute(text("SELECT sum(cost) FROM ai_usage WHERE status = 'done'")).scalar_one()
         counter = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
     assert total == counter == price * 5 <= price * Decimal("5.5")
+
+
+def test_the_ledger_moves_with_its_tenant(
+    ctl: Control, model: FakeModel, make_tenant: Any, cli: Any
+) -> None:
+    model.reset()
+    slug = make_tenant(tier="shared", region="id")
+    gate = make_gate(ctl, model)
+    first = gate.ask(slug, feature="test.move", prompt="before the move")
+    r = cli("tenant", "move", slug, "--to-tier", "isolated", "--json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["tables"]["ai_usage"]["match"] and report["tables"]["ai_spend"]["match"]
+    second = gate.ask(slug, feature="test.move", prompt="after the move")
+    moved = rows(ctl, slug)
+    assert [row["id"] for row in moved] == [first.usage_id, second.usage_id]
+    with tenant_session(ctl, slug, actor="test", read_only=True) as s:
+        spent = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
+    assert spent == first.cost + second.cost
