@@ -19,7 +19,7 @@ from bizosctl.ai.gate import TERMS_TTL, Gate
 from bizosctl.ai.plans import set_terms
 from bizosctl.catalog.control import Control
 from bizosctl.config import Settings
-from bizosctl.errors import BudgetExceeded
+from bizosctl.errors import BudgetExceeded, InvalidInput
 from bizosctl.tenancy.router import tenant_session
 from tests.ai_fakes import FakeModel
 
@@ -387,3 +387,9 @@ def test_the_ledger_moves_with_its_tenant(
     with tenant_session(ctl, slug, actor="test", read_only=True) as s:
         spent = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
     assert spent == first.cost + second.cost
+
+
+def test_a_feature_name_must_be_plain(ctl: Control, model: FakeModel, tenant: str) -> None:
+    gate = make_gate(ctl, model, kind="offline")
+    with pytest.raises(InvalidInput, match=r"^feature 'Digest!': lower-case letters, digits"):
+        gate.ask(tenant, feature="Digest!", prompt="x")
