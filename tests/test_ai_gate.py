@@ -393,3 +393,65 @@ def test_a_feature_name_must_be_plain(ctl: Control, model: FakeModel, tenant: st
     gate = make_gate(ctl, model, kind="offline")
     with pytest.raises(InvalidInput, match=r"^feature 'Digest!': lower-case letters, digits"):
         gate.ask(tenant, feature="Digest!", prompt="x")
+
+
+RACER = """
+import sys
+from bizosctl.ai.gate import ask
+from bizosctl.catalog.control import get_control
+from bizosctl.errors import BudgetExceeded
+ctl = get_control()
+ctl.route(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+ok = refused = 0
+for _ in range(2):
+    try:
+        ask(ctl, sys.argv[1], feature="test.race", prompt="Summarise the week.")
+        ok += 1
+    except BudgetExceeded:
+        refused += 1
+print(ok, refused, flush=True)
+"""
+
+
+def test_racing_processes_never_overspend(
+    ctl: Control, model: FakeModel, budget_tenant: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    model.reset()
+    gate = make_gate(ctl, model, gemini_model="gemini-2.5-pro")
+    price = one_call_cost(gate, "Summarise the week.")
+    set_terms(ctl, budget_tenant, budget=price * Decimal("3.5"))
+    env = {**os.environ, "BIZOS_AI_PROVIDER": "gemini", "BIZOS_GEMINI_API_KEY": "k",
+           "BIZOS_GEMINI_BASE_URL": model.url, "BIZOS_GEMINI_MODEL": "gemini-2.5-pro",
+           "BIZOS_AI_MAX_OUTPUT_TOKENS": "50"}  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, budget_tenant],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    try:
+        for p in procs:  # every process is connected and waits: then all go at once
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        counts = [tuple(map(int, p.communicate(timeout=120)[0].split())) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert sum(ok for ok, _ in counts) == 3 and sum(r for _, r in counts) == 3
+    with tenant_session(ctl, budget_tenant, actor="test", read_only=True) as s:
+        total = s.execute(text("SELECT sum(cost) FROM ai_usage WHERE status = 'done'")).scalar_one()
+        counter = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
+    assert total == counter == price * 3
