@@ -193,13 +193,15 @@ def test_ai_check_reaches_the_model_and_reports_a_dead_one(cli: Any, model: Fake
     r = cli("ai", "check", "--json", env=env)
     doc = json.loads(r.stdout)
     assert r.exit_code == 0 and (doc["provider"], doc["reachable"]) == ("gemini", True)
-    assert model.calls == 1 and "k" not in json.dumps(doc["endpoint"])
+    assert model.calls == 1 and doc["endpoint"] == model.url
     dead = FakeModel()
     dead.close()
-    env = {"BIZOS_GEMINI_API_KEY": "k", "BIZOS_GEMINI_BASE_URL": dead.url, "BIZOS_AI_RETRIES": "0"}
+    leaky = dead.url.replace("http://", "http://user:pw@") + "?key=secret"
+    env = {"BIZOS_GEMINI_API_KEY": "k", "BIZOS_GEMINI_BASE_URL": leaky, "BIZOS_AI_RETRIES": "0"}
     r = cli("ai", "check", "--json", env=env)
     doc = json.loads(r.stdout)
     assert r.exit_code == 1 and (doc["reachable"], doc["error"]) == (False, "connect")
+    assert doc["endpoint"] == dead.url and "secret" not in r.stdout and "pw" not in r.stdout
     assert doc["breaker"]["failures"] == 1
 
 

@@ -55,14 +55,16 @@ def check(
     provider = gate.provider
     reachable, reason, ms = gate.probe() if probe else (None, None, 0.0)
     state = gate.breaker_state()
+    if provider is None:
+        endpoint = None
+    elif provider.name == "gemini":
+        endpoint = _shown(s.gemini_base_url or "https://generativelanguage.googleapis.com")
+    else:
+        endpoint = _shown(s.openai_base_url)
     doc: dict[str, Any] = {
         "provider": provider.name if provider else "offline",
         "model": provider.model if provider else "offline",
-        "endpoint": (s.gemini_base_url or "https://generativelanguage.googleapis.com")
-        if provider and provider.name == "gemini"
-        else s.openai_base_url
-        if provider
-        else None,
+        "endpoint": endpoint,
         "key_set": provider is not None,
         "reachable": reachable,
         "error": reason,
@@ -95,6 +97,16 @@ def check(
             stderr_console().print(f"[yellow]note:[/] {doc['note']}")
     if probe and provider and not reachable:
         raise typer.Exit(1)
+
+
+def _shown(url: str) -> str:
+    """A base URL without user info, query or fragment (where a key could hide)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 @app.command("budget")
