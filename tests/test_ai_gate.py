@@ -77,7 +77,7 @@ def make_gate(
     ctl: Control, fake: FakeModel, *, kind: str = "gemini", clock: Clock | None = None, **kw: Any
 ) -> Gate:
     options: dict[str, Any] = {
-        "ai_timeout": 0.5,
+        "ai_timeout": 5,  # generous: a loaded machine must not turn answers into timeouts
         "ai_deadline": 30,
         "ai_backoff": 0.1,
         "ai_retries": 2,
