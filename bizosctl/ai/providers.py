@@ -110,24 +110,13 @@ class GeminiProvider:
         )
         self.model = model
         self._types = types
+        self._configs: dict[tuple[Any, ...], Any] = {}
         self._client = genai.Client(api_key=api_key, http_options=options)
 
     def complete(self, prompt: Prompt, *, timeout: float) -> Completion:
         from google.genai import errors
 
-        types = self._types
-        config = types.GenerateContentConfig(
-            system_instruction=prompt.system,
-            max_output_tokens=prompt.max_output_tokens,
-            temperature=prompt.temperature,
-            response_mime_type="application/json" if prompt.schema else None,
-            response_json_schema=prompt.schema,
-            # Per-request options cost the client ~1 ms (a client copy): only when the
-            # deadline leaves less than the usual timeout.
-            http_options=types.HttpOptions(timeout=max(1, int(timeout * 1000)))
-            if timeout < self.timeout
-            else None,
-        )
+        config = self._config(prompt, timeout)
         what = f"gemini {self.model}"
         try:
             r = self._client.models.generate_content(
@@ -149,6 +138,35 @@ class GeminiProvider:
         tokens_out = ((usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
                       if usage else 0)  # fmt: skip
         return Completion(text=text, tokens_in=tokens_in, tokens_out=tokens_out)
+
+    def _config(self, prompt: Prompt, timeout: float) -> Any:
+        """The request's config, built once per shape (building one validates ~100 fields)."""
+        short = timeout < self.timeout
+        key = (
+            prompt.system,
+            prompt.max_output_tokens,
+            prompt.temperature,
+            json.dumps(prompt.schema, sort_keys=True) if prompt.schema else None,
+            timeout if short else None,
+        )
+        config = self._configs.get(key)
+        if config is not None:
+            return config
+        types = self._types
+        config = types.GenerateContentConfig(
+            system_instruction=prompt.system,
+            max_output_tokens=prompt.max_output_tokens,
+            temperature=prompt.temperature,
+            response_mime_type="application/json" if prompt.schema else None,
+            response_json_schema=prompt.schema,
+            # Per-request options cost the client ~1 ms (a client copy): only when the
+            # deadline leaves less than the usual timeout.
+            http_options=types.HttpOptions(timeout=max(1, int(timeout * 1000))) if short else None,
+        )
+        if len(self._configs) >= 64:
+            self._configs.clear()
+        self._configs[key] = config
+        return config
 
     def close(self) -> None:
         self._client.close()
