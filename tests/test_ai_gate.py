@@ -19,7 +19,7 @@ from bizosctl.ai.gate import TERMS_TTL, Gate
 from bizosctl.ai.plans import set_terms
 from bizosctl.catalog.control import Control
 from bizosctl.config import Settings
-from bizosctl.errors import BudgetExceeded, InvalidInput
+from bizosctl.errors import BudgetExceeded, InvalidInput, OperationFailed
 from bizosctl.tenancy.router import tenant_session
 from tests.ai_fakes import FakeModel
 
@@ -455,3 +455,17 @@ def test_racing_processes_never_overspend(
         total = s.execute(text("SELECT sum(cost) FROM ai_usage WHERE status = 'done'")).scalar_one()
         counter = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
     assert total == counter == price * 3
+
+
+def test_a_feature_without_a_valid_offline_answer_fails_and_releases_its_reservation(
+    ctl: Control, model: FakeModel, budget_tenant: str
+) -> None:
+    model.reset("json:nope", "json:nope")
+    gate = make_gate(ctl, model)
+    with pytest.raises(OperationFailed, match=r"^the offline answer is not a valid Verdict"):
+        gate.ask(budget_tenant, feature="test.norule", prompt="hello", schema=Verdict)
+    (row,) = rows(ctl, budget_tenant)
+    assert (row["status"], row["degraded"], row["reason"]) == ("done", True, "malformed")
+    with tenant_session(ctl, budget_tenant, actor="test", read_only=True) as s:
+        spent = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
+    assert spent == row["cost"] > 0  # the two malformed answers, billed; nothing held

@@ -220,18 +220,22 @@ class Gate:
                                  entities, reason="over-budget")  # fmt: skip
         try:
             data, text = self._remote(provider, call, out, schema)
+            if text is None:
+                data, text = self._answer_offline(out, schema, offline)
         except BaseException:
-            self._settle(tenant, feature, plan, held, provider, call, degraded=True, route=route)
+            # Never leave the reservation held: what the provider billed so far is recorded.
+            billed = ledger.cost(self.settings, provider.model, call.tokens_in, call.tokens_out)
+            call.reason = call.reason or "error"
+            self._settle(tenant, feature, plan, held, provider, call, degraded=True,
+                         cost=billed, route=route)  # fmt: skip
             raise
-        if text is None:
-            data, text = self._answer_offline(out, schema, offline)
         answer_cost = ledger.cost(self.settings, provider.model, call.tokens_in, call.tokens_out)
-        overhead = self._settle(tenant, feature, plan, held, provider, call,
-                                degraded=call.reason is not None, cost=answer_cost,
-                                route=route)  # fmt: skip
-        return self._answer(masked, data, text, provider.name if call.reason is None else
-                            "offline", provider.model if call.reason is None else "offline",
-                            call, answer_cost, held.id, overhead, entities)  # fmt: skip
+        degraded = call.reason is not None
+        overhead = self._settle(tenant, feature, plan, held, provider, call, degraded=degraded,
+                                cost=answer_cost, route=route)  # fmt: skip
+        by, model = ("offline", "offline") if degraded else (provider.name, provider.model)
+        return self._answer(masked, data, text, by, model, call, answer_cost, held.id, overhead,
+                            entities)  # fmt: skip
 
     # -- the model -------------------------------------------------------------------------
     def _remote(
