@@ -70,6 +70,7 @@ CLASSIFICATION = {
     "ai budget": CHANGES,
     "usage": READS,
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
+    "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
 }
 
 #: Commands exempt from --json, each with its reason. Keep it short: today it is empty.

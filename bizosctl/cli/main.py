@@ -10,7 +10,19 @@ import typer
 from typer.core import TyperArgument, TyperOption
 
 from bizosctl import __version__
-from bizosctl.cli import ai, apikey, ops, region, schema, secrets, system, tenant, webhook, worker
+from bizosctl.cli import (
+    ai,
+    apikey,
+    mask,
+    ops,
+    region,
+    schema,
+    secrets,
+    system,
+    tenant,
+    webhook,
+    worker,
+)
 
 
 def _tidy_help() -> None:
@@ -90,6 +102,7 @@ app.add_typer(ops.app, name="ops")
 app.add_typer(ai.app, name="ai")
 ai.register(app)
 worker.register(app)
+mask.register(app)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ object is built and a 2 KB prompt is masked in about a millisecond.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections.abc import Iterable
@@ -50,11 +51,17 @@ class Masked:
     def restore(self, text: str) -> str:
         """Put the original values back in ``text`` (a model's answer to the masked text).
 
-        Placeholders the model invented or mangled beyond ``<KIND_n>`` stay as they are.
+        Models copy placeholders back with other case or spacing (``< person_1 >``): those are
+        restored too. Placeholders the model invented (no such number) stay as they are.
         """
         if not self.mapping:
             return text
-        return _PLACEHOLDER.sub(lambda m: self.mapping.get(m.group(0), m.group(0)), text)
+
+        def value(m: re.Match[str]) -> str:
+            key = f"<{m.group(1).upper()}_{m.group(2)}>"
+            return self.mapping.get(key, m.group(0))
+
+        return _PLACEHOLDER.sub(value, text)
 
     def counts(self) -> dict[str, int]:
         """How many entities of each kind were found (for the usage ledger; no values)."""
@@ -64,7 +71,7 @@ class Masked:
         return out
 
 
-_PLACEHOLDER = re.compile(r"<(?:" + "|".join(KINDS) + r")_\d+>")
+_PLACEHOLDER = re.compile(r"<\s*(" + "|".join(KINDS) + r")_(\d+)\s*>", re.IGNORECASE)
 
 # Order matters where spans overlap: the earlier detector wins (an e-mail or an IBAN holds
 # digits that look like a phone; a NIK-length run inside a card is the card).
@@ -79,14 +86,20 @@ _DETECTORS = (
 
 
 def _find(text: str, names: Iterable[str]) -> list[Candidate]:
-    taken: list[Candidate] = []
+    taken: list[Candidate] = []  # kept sorted by start; spans in it never overlap
+    starts: list[int] = []
     candidates = itertools.chain(
         *(detector(text) for detector in _DETECTORS), persons.persons(text, names)
     )
-    for kind, start, end, key in candidates:
-        if not any(start < t_end and t_start < end for _, t_start, t_end, _ in taken):
-            taken.append((kind, start, end, key))
-    taken.sort(key=lambda t: t[1])
+    for candidate in candidates:
+        _, start, end, _ = candidate
+        at = bisect.bisect_left(starts, start)
+        if at > 0 and taken[at - 1][2] > start:  # the one before reaches into it
+            continue
+        if at < len(taken) and taken[at][1] < end:  # it reaches into the one after
+            continue
+        taken.insert(at, candidate)
+        starts.insert(at, start)
     return taken
 
 

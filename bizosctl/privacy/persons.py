@@ -5,12 +5,15 @@ Three sources, cheapest first:
 - the caller's dictionary (the tenant's own members' and customers' names), matched
   case-insensitively as whole names, and its single tokens as given names;
 - a capitalised word after an honorific (``Pak``, ``Ibu``, ``Mr``...; the honorific stays out
-  of the span), and up to two more capitalised words after it;
+  of the span) or after ``a.n.``/``atas nama``/``saya``/``my name is``, and up to two more
+  capitalised words after it;
+  Balinese names from their ``I``/``Ni`` and birth-order prefix (``I Made Suarta``);
 - a known given name (English: the US census lists of the ``names`` package; Indonesian: the
   list in ``data/names_id.txt``), alone (a mononym) or followed by up to two capitalised words.
 
 Given names that are also common words (``Will``, ``May``, ``Bagus``, ``Indah``) count only
-when a known surname or given name follows them or an honorific precedes them; words after an
+when a known surname or given name follows them, or an honorific or a role (``Customer``,
+``Kurir``) precedes them; words after an
 organisation or place marker (``PT``, ``Toko``, ``Jl.``, ``Bank``) are not people.
 """
 
@@ -52,7 +55,7 @@ _ORG_BEFORE = frozenset(
     PT CV UD Tbk Toko Warung Apotek Klinik Bank Hotel Gedung Jl Jln Jalan Gang Gg Kampus
     Universitas Sekolah Koperasi Yayasan Masjid Gereja Kabupaten Kab Kecamatan Kec Desa
     Kelurahan Provinsi Kota Rumah Makan Restoran Cafe Kafe Mall Plaza Pasar Perumahan Komplek
-    St Lake Mount Fort Port Saint San Santa University
+    St Lake Mount Fort Port Saint San Santa University Hari Idul Tahun
     """.split()
 )
 _ORG_AFTER = frozenset(
@@ -60,7 +63,8 @@ _ORG_AFTER = frozenset(
     Inc Ltd Llc Corp Corporation Company Co Group Holdings Motor Motors Jaya Abadi Makmur
     Sentosa Mandiri Sejahtera Indah Persada Perkasa Utama Raya Tbk Bank Hotel Mart Store Shop
     Street Road Avenue Center Centre Plaza Tower Mall Express Logistics Trading Foods
-    Consulting Solutions Systems Studio Bakery Laundry Motor Cell Ponsel Elektronik
+    Consulting Solutions Systems Studio Bakery Laundry Motor Cell Ponsel Elektronik Pte GmbH
+    AG BV NV SA Sdn Bhd Plc LLP Pty
     """.split()
 )
 # Given names that are also ordinary words: a name only with company (a surname after them,
@@ -76,10 +80,29 @@ _AMBIGUOUS = frozenset(
     Honey Sugar Lemon Jan Sol Sun Sunny Man Son Ma Mo Ok Al Ed Dan Tim Else
     Made Gede Tari Lestari Teguh Slamet Rahmat Iman Surya Guntur Citra Mega Kurnia Satria Tri
     Dwi Eka Sri Nur Titik Indah Bagus Jaya Agung Cahaya Mulia Putra Putri Sari Dewi Intan
-    Bunga Bintang Ayu Suci Tenant Regional General Ultra Premium Gold Silver Platinum Basic Pro Lite
+    Bunga Bintang Ayu Suci Ada Aja Bibi Cara Dong Kali Kasi Keren Kira Mana Minta Oma Pura
+    Karena Tanya Sang Era Yoga Carry Many My Season See So Soon Bell Bee Buck Dot Echo Fawn
+    Fern Gay Lady Lean Loan Moon Nova Pa Sage Tiny Un Viva Ward Ping Song Hang Mac Bening
+    Melati Gading Bakti Tegar Pandu Galang Puji Dharma Sukma Cahya Maya Ganjar
+    Tenant Regional General Ultra Premium Gold Silver Platinum Basic Pro Lite
     Apple Amazon Jordan Paris Victoria Florence Georgia Virginia Carolina Dakota Austin
     Houston Lincoln China India Asia Camry Avanza Honda Mercedes Lexus Tesla
     """.split()
+)
+
+# Balinese names start with I (men) or Ni (women) and a birth-order name: I Made Suarta.
+_BALI_PREFIX = frozenset({"I", "Ni"})
+_BALI_ORDER = frozenset("Wayan Made Nyoman Ketut Putu Kadek Komang Gede Luh Nengah Gusti".split())
+# "a.n." / "atas nama" (on behalf of): a name follows, as on transfer slips and invoices.
+# "saya" / "my name is" / "I'm" (introducing oneself): the same.
+_CUE = re.compile(
+    r"(?:\ba\.\s?n\.|\batas\s+nama|\bsaya|\bmy\s+name\s+is|\bI'?m|\bI\s+am)\s*$",
+    re.IGNORECASE,
+)
+# A role before a given name that is also a word makes it a name: "Customer Rahmat".
+_ROLE = frozenset(
+    "Customer Pelanggan Client Klien Kurir Courier Driver Sopir Supir Kasir Cashier Admin CS "
+    "Staff Staf Teknisi Technician Sales Manager Supervisor Owner".split()
 )
 
 _DATA = "data/names_id.txt"
@@ -116,11 +139,14 @@ def _dictionary(names: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, ...]]
     index: dict[str, list[tuple[str, ...]]] = {}
     tokens: set[str] = set()
     for name in names:
-        words = tuple(w.casefold() for w in _TOKEN.findall(name))
-        if not words or _TOKEN.findall(name)[0] in _ORG_BEFORE:
-            continue
+        found = _TOKEN.findall(name)
+        while found and found[0].title() in HONORIFICS:  # "Bapak Budi": the name is "Budi"
+            found = found[1:]
+        if not found or any(w in _ORG_BEFORE or w in _ORG_AFTER for w in found):
+            continue  # a company among the customers: not a person
+        words = tuple(w.casefold() for w in found)
         index.setdefault(words[0], []).append(words)
-        tokens.update(w.title() for w in _TOKEN.findall(name) if len(w) > 2)
+        tokens.update(v for w in found if len(w) > 2 for v in (w, w.title()))
     for entries in index.values():
         entries.sort(key=len, reverse=True)
     return index, frozenset(tokens - _STOP - HONORIFICS - _ORG_AFTER)
@@ -128,14 +154,14 @@ def _dictionary(names: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, ...]]
 
 def _name_shaped(word: str) -> bool:
     # Title case, also McDonald / O'Brien; not ALL CAPS (codes, acronyms, placeholders)
-    return word[0].isupper() and any(c.islower() for c in word[1:])
+    return len(word) > 1 and word[0].isupper() and not word[1:].isupper()
 
 
 def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
     """PERSON candidates in ``text``; ``names`` is the caller's dictionary of known names."""
     given, family = _name_lists()
     index, known = _dictionary(tuple(names))
-    toks = [(m.start(), m.end(), m.group(0)) for m in _TOKEN.finditer(text)]
+    toks = [(*m.span(), m.group()) for m in _TOKEN.finditer(text)]
     n = len(toks)
 
     def spaced(i: int) -> bool:  # token i+1 follows token i after exactly one space
@@ -170,6 +196,25 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                 yield "PERSON", start, toks[hit - 1][1], _key(text, toks, i, hit)
                 i = hit
                 continue
+        if not word[0].isupper():  # most words: every rule below starts with a capital
+            i += 1
+            continue
+        if word in _BALI_PREFIX and spaced(i) and toks[i + 1][2] in _BALI_ORDER:
+            stop = run(i + 1, 4)  # I Made Suarta, Ni Luh Ayu Kartika
+            if stop > i + 2:
+                yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
+                i = stop
+                continue
+        if (
+            _name_shaped(word)
+            and word not in _STOP
+            and _CUE.search(text, max(0, start - 12), start)
+        ):
+            stop = run(i, 3)  # "a.n. Sri Mulyani": on behalf of, as on a transfer slip
+            if stop > i and not _org_follows(toks, stop):
+                yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
+                i = stop
+                continue
         if word in HONORIFICS and _name_shaped(word):
             j = i + 1
             while j < n and toks[j][2] in HONORIFICS and toks[j][0] - toks[j - 1][1] <= 2:
@@ -188,7 +233,9 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                 follows = stop > i + 1 and (
                     toks[i + 1][2] in family or toks[i + 1][2] in given or toks[i + 1][2] in known
                 )
-                if word not in _AMBIGUOUS or word in known or follows:
+                plain = word not in _AMBIGUOUS and len(word) > 2  # "Mi goreng", "Li"
+                role = i > 0 and toks[i - 1][2] in _ROLE and toks[i - 1][1] + 1 == start
+                if plain or word in known or follows or role:
                     yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
                     i = stop
                     continue
@@ -222,4 +269,5 @@ def _dictionary_hit(
 
 
 def _key(text: str, toks: list[tuple[int, int, str]], i: int, stop: int) -> str:
-    return " ".join(toks[k][2].casefold() for k in range(i, stop))
+    # the gaps inside a found name are whitespace: the same as joining its tokens
+    return " ".join(text[toks[i][0] : toks[stop - 1][1]].casefold().split())

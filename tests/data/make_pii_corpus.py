@@ -19,7 +19,6 @@ from stdnum import iban, luhn
 from stdnum.id import nik
 
 rng = random.Random(16)
-OUT = Path(__file__).with_name("pii_corpus.txt")
 
 
 def digits(n: int) -> str:
@@ -226,8 +225,11 @@ def fill(template: str) -> str:
     return _SLOT.sub(one, template)
 
 
-def main() -> None:
-    source = Path(__file__).with_name("pii_templates.txt").read_text(encoding="utf-8")
+def main(
+    templates: str = "pii_templates.txt", out_name: str = "pii_corpus.txt", seed: str = "16"
+) -> None:
+    rng.seed(int(seed))
+    source = Path(__file__).with_name(templates).read_text(encoding="utf-8")
     out: list[str] = []
     for raw in source.splitlines():
         if not raw.strip() or (raw.startswith("#") and not raw.startswith("#names:")):
@@ -240,8 +242,10 @@ def main() -> None:
         if raw.startswith("x2 "):
             times, raw = 2, raw[3:]
         out.extend(fill(raw) for _ in range(times))
-    OUT.write_text("\n".join(out) + "\n", encoding="utf-8")
+    Path(__file__).with_name(out_name).write_text("\n".join(out) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(*sys.argv[1:4])
