@@ -455,7 +455,11 @@ class Gate:
             hit = self._names.get(slug)
         if hit is not None and hit[0] > now:
             return hit[1]
-        names = load_names(self.ctl, slug)
+        from bizosctl.privacy.dictionary import tenant_names
+
+        # A member name that does not decrypt fails the call: without the whole dictionary
+        # the gate cannot promise the names stay home.
+        names = tuple(sorted(set(tenant_names(self.ctl, slug, actor="bizosctl:ai:names"))))
         with self._names_lock:
             self._names[slug] = (now + self.settings.ai_names_ttl, names)
         return names
@@ -480,29 +484,6 @@ class Gate:
         from bizosctl.ai.providers import close
 
         close(self.provider)
-
-
-def load_names(ctl: Control, slug: str) -> tuple[str, ...]:
-    from sqlalchemy import select
-
-    from bizosctl.errors import DecryptionFailed, KeyringError
-    from bizosctl.security.fields import decrypt
-    from bizosctl.tenancy.router import tenant_session
-    from tenant_schema.models import Customer, Member
-
-    names: set[str] = set()
-    with tenant_session(ctl, slug, actor="bizosctl:ai:names", read_only=True) as s:
-        members = s.execute(select(Member.tenant_id, Member.id, Member.name_enc)).all()
-        names.update(n for (n,) in s.execute(select(Customer.name)).all() if n)
-    if members:
-        ring = ctl.keyring
-        for tid, mid, token in members:
-            try:
-                names.add(decrypt(ring, token, tenant_id=tid, table="members", column="name",
-                                  row=mid))  # fmt: skip
-            except (DecryptionFailed, KeyringError):
-                continue  # quarantined by rotation; nothing to mask with
-    return tuple(sorted(n for n in names if n.strip()))
 
 
 def _parse(schema: type[BaseModel], text: str) -> Any:
