@@ -225,3 +225,16 @@ def test_doctor_names_plans_the_settings_do_not_price(cli: Any, two: dict[str, A
         "detail": "tenants on plans missing from the ai_plans setting: pro",
     }  # fmt: skip
     assert r.exit_code == 1
+
+
+def test_usage_skips_a_suspended_tenant_and_says_so(cli: Any, make_tenant: Any) -> None:
+    slug = make_tenant(tier="shared")
+    assert cli("tenant", "lock", slug, "--mode", "suspended").exit_code == 0
+    try:
+        r = cli("usage", "--tenant", slug, "--json")
+    finally:
+        assert cli("tenant", "unlock", slug).exit_code == 0
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["rows"] == []
+    assert doc["skipped"] == [{"tenant": slug, "reason": "suspended: its data is not readable"}]
+    assert f"skipped {slug}: suspended" in r.stderr
