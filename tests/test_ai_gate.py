@@ -248,6 +248,8 @@ def test_breaker_opens_skips_then_probes(ctl: Control, model: FakeModel, tenant:
     row = rows(ctl, tenant, skipped.usage_id)[0]
     assert (row["degraded"], row["reason"], row["attempts"], row["cost"]) == (
         True, "breaker-open", 0, Decimal(0))  # fmt: skip
+    # While open nothing is reserved: one transaction per call, the provider is not named.
+    assert (row["provider"], row["reserved"], row["status"]) == ("offline", Decimal(0), "done")
 
 
 def test_half_open_lets_one_probe_through_at_a_time(

@@ -53,6 +53,11 @@ class Breaker:
             self._probing = True
             return True
 
+    def is_open(self) -> bool:
+        """Open and still cooling down (no attempt would be allowed); changes nothing."""
+        with self._lock:
+            return self._state == "open" and self._clock() < self._until
+
     def success(self) -> None:
         with self._lock:
             self._state = "closed"

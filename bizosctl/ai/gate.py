@@ -172,6 +172,9 @@ class Gate:
         if provider is None:
             return self._offline(plan, call, out, masked, schema, offline, member, feature,
                                  entities, reason=None)  # fmt: skip
+        if self.breaker.is_open():  # nothing to reserve: the provider is out for now
+            return self._offline(plan, call, out, masked, schema, offline, member, feature,
+                                 entities, reason="breaker-open")  # fmt: skip
         amount = ledger.cost(
             self.settings,
             provider.model,
