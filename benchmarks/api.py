@@ -192,7 +192,9 @@ def main() -> int:
             for kind in ("bare", "bizosctl"):
                 proc, url = start(kind, workers, env)
                 try:
-                    path = "/api/v1/invoices?limit=20" if kind == "bizosctl" else "/invoices?limit=20"
+                    path = (
+                        "/api/v1/invoices?limit=20" if kind == "bizosctl" else "/invoices?limit=20"
+                    )
                     log(f"{kind}, {workers} worker(s): {args.seconds} s of load")
                     row[kind] = result(load(url + path, args.seconds, args.connections, auth))
                 finally:

@@ -5,13 +5,13 @@ Run as ``python benchmarks/schema_sync.py [--schemas N] [--isolated M] [--scale 
 
 Everything happens in a throw-away ``BIZOS_HOME`` (``/tmp/bzb-XXXXXXXX``, short so that the
 Unix socket path stays under 108 bytes) with one embedded server, ``global-1``. N schema-tier
-and M isolated tenants are created at revision 0003; only then is the benchmark revision
+and M isolated tenants are created at revision 0004; only then is the benchmark revision
 ``benchmarks/migrations/b002_add_columns.py`` added to the tenant history (through
 ``BIZOS_TENANT_MIGRATIONS_EXTRA``), so every target has one migration to run. The targets are
 those ``schema sync`` selects by default: the tenants plus the server's shared schema.
 
-Each approach moves the same targets from 0003 to b002; between approaches bizosctl's own
-``run_sync(to="0003")`` brings them back (untimed), and ``status_report`` checks (untimed) that
+Each approach moves the same targets from 0004 to b002; between approaches bizosctl's own
+``run_sync(to="0005")`` brings them back (untimed), and ``status_report`` checks (untimed) that
 every target reached b002:
 
 * (a) the loop users write today: ``python -m alembic upgrade head`` per target, one after the
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 EXTRA_DIR = HERE / "migrations"
 EXTRA_ENV = "BIZOS_TENANT_MIGRATIONS_EXTRA"
-BASE, DEST = "0003", "b002"
+BASE, DEST = "0005", "b002"
 REGION, SERVER = "global", "global-1"
 SLUG_PREFIX = {"schema": "ss", "isolated": "si"}
 TARGET_SYNC_MS = 10.0  # (c): at most 10 ms per target, total wall time
@@ -133,7 +133,7 @@ class ScalePoint:
 # -- set-up -------------------------------------------------------------------------------------
 @contextmanager
 def base_history() -> Iterator[None]:
-    """Without the benchmark revision: tenants created meanwhile are created at 0003."""
+    """Without the benchmark revision: tenants created meanwhile are created at 0004."""
     saved = os.environ.pop(EXTRA_ENV, None)
     try:
         yield
@@ -147,7 +147,7 @@ def slug(tier: str, i: int) -> str:
 
 
 def provision(ctl: Control, tier: str, first: int, last: int, log: Log) -> float:
-    """Create tenants ``first..last`` (1-based, inclusive) of a tier, at revision 0003.
+    """Create tenants ``first..last`` (1-based, inclusive) of a tier, at revision 0004.
 
     Returns the seconds it took."""
     from bizosctl.db.engines import dispose_all
@@ -219,7 +219,7 @@ def verify(
 
 
 def reset(ctl: Control, selection: Selection, log: Log) -> None:
-    """Bring the selected targets back to 0003 with bizosctl itself, and check it (untimed)."""
+    """Bring the selected targets back to 0004 with bizosctl itself, and check it (untimed)."""
     from bizosctl.sync.engine import SyncOptions, run_sync
 
     started = time.perf_counter()
@@ -734,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         init_home(ctl)
         log(f"creating {args.schemas} schema-tier and {args.isolated} isolated tenants at {BASE}")
         provision_s = provision(ctl, "isolated", 1, args.isolated, log)
-        # From here on the history has b002; tenants made later are still made at 0003
+        # From here on the history has b002; tenants made later are still made at 0004
         # (provision() hides the extra directory while it creates them).
         os.environ[EXTRA_ENV] = str(EXTRA_DIR)
         if head("tenant") != DEST:

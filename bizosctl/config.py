@@ -254,6 +254,54 @@ class Settings(BaseSettings):
     )
     oauth_github_api_url: str = Field(
         default="https://api.github.com", description="GitHub's API base URL (/user, /user/emails)."
+    # -- the LLM gate (bizosctl/ai) ------------------------------------------------------------
+    ai_provider: Literal["auto", "gemini", "openai", "offline"] = Field(
+        default="auto",
+        description="Which model the gate calls: auto = gemini when a Gemini key is set, else "
+        "openai when an OpenAI-compatible key is set, else the offline provider.",
+    )
+    gemini_api_key: SecretStr | None = None
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_base_url: str | None = Field(default=None, description="Default: Google's endpoint.")
+    openai_api_key: SecretStr | None = None
+    openai_model: str = "gpt-4o-mini"
+    openai_base_url: str = Field(
+        default="https://api.openai.com/v1",
+        description="Any OpenAI-compatible endpoint (its /chat/completions is called).",
+    )
+    ai_timeout: float = Field(default=10.0, gt=0, description="Seconds one model request may take.")
+    ai_deadline: float = Field(
+        default=20.0, gt=0, description="Seconds a call may spend on the model, retries included."
+    )
+    ai_retries: int = Field(default=2, ge=0, le=10, description="Retries on 429, 5xx, timeouts.")
+    ai_backoff: float = Field(default=0.25, ge=0, description="First retry delay, then doubled.")
+    ai_breaker_failures: int = Field(
+        default=3, ge=1, description="Consecutive failed attempts that open a provider's breaker."
+    )
+    ai_breaker_cooldown: float = Field(
+        default=30.0, ge=0, description="Seconds an open breaker keeps its provider out."
+    )
+    ai_max_output_tokens: int = Field(default=1024, ge=1, le=65536)
+    ai_names_ttl: float = Field(
+        default=60.0, ge=0, description="Seconds a tenant's names (masking dictionary) are kept."
+    )
+    ai_prices: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {
+            "gemini-2.5-flash": {"input": 0.30, "output": 2.50},
+            "gemini-2.5-flash-lite": {"input": 0.10, "output": 0.40},
+            "gemini-2.5-pro": {"input": 1.25, "output": 10.0},
+            "gpt-4o-mini": {"input": 0.15, "output": 0.60},
+            "offline": {"input": 0.0, "output": 0.0},
+        },
+        description="USD per million tokens in and out, per model (JSON in BIZOS_AI_PRICES).",
+    )
+    ai_plans: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {
+            "free": {"price": 0.0, "ai_budget": 1.0},
+            "pro": {"price": 49.0, "ai_budget": 10.0},
+            "enterprise": {"price": 499.0, "ai_budget": 100.0},
+        },
+        description="Plans: monthly price and monthly AI budget in USD (JSON in BIZOS_AI_PLANS).",
     )
     embedded_durable: bool = Field(
         default=True,

@@ -119,6 +119,9 @@ def run_doctor(ctl: Control) -> DoctorReport:
 
     checks += _name_checks(ctl)
     checks += fleet_checks(ctl)
+    from bizosctl.ai.health import ai_checks
+
+    checks += ai_checks(ctl)
     tenant_head = head("tenant")
     for handle in handles:
         label = f"server {handle.name}"

@@ -167,6 +167,35 @@ class InvalidSignature(Unauthorized):
     code = "invalid-signature"
 
 
+class BudgetExceeded(BizosError):
+    """The tenant's AI budget for this month is spent: the call was refused."""
+
+    http_status = 402
+    code = "budget-exceeded"
+
+
+class ProviderFailed(BizosError):
+    """The model provider did not answer."""
+
+    http_status = 502
+    code = "provider-failed"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        reason: str = "error",
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        #: timeout | connect | rate-limited | server-error | rejected | malformed
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
 class Interrupted(BizosError):
     """Interrupted (Ctrl-C); run the same command again to continue."""
 

@@ -190,6 +190,24 @@ $fn$""",
     ]
 
 
+def ai_usage_sql() -> list[str]:
+    """Security of the usage ledger and its budget counter (revision 0004): RLS like every
+    tenant table and the write guard; the application inserts and settles its own rows
+    (SELECT, INSERT, UPDATE) but never deletes them; no audit trail (the ledger is a record
+    already, and an audit row per call would double the gate's writes)."""
+    stmts: list[str] = []
+    for table in ("ai_usage", "ai_spend"):
+        stmts += [
+            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+            f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
+            *policy_sql(table),
+            f"GRANT SELECT, INSERT, UPDATE ON {table} TO {APP_GROUP}",
+            f"CREATE TRIGGER bizos_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION bizos_guard()",
+        ]
+    return stmts
+
+
 def scrub_audit_sql() -> list[str]:
     """Replace the ciphertexts and blind indexes in existing audit rows (revision 0002).
 

@@ -332,6 +332,45 @@ class MemberIdentity(TenantRow, Base):
     member_id: Mapped[uuid.UUID]
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     __table_args__ = (_fk(["member_id"], "members"),)
+class AiUsage(TenantRow, Base):
+    """The usage ledger: one row per call through the LLM gate (``bizosctl.ai``), never the
+    text. ``reserved`` is the cost held against the budget while the call runs (status
+    ``reserved``); the settled row (``done``) has the real tokens and cost."""
+
+    __tablename__ = "ai_usage"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=NEW_ID)
+    at: Mapped[dt.datetime] = mapped_column(server_default=text("clock_timestamp()"))
+    period: Mapped[dt.date] = mapped_column(Date)  # the budget month (first day, UTC)
+    member_id: Mapped[uuid.UUID | None]
+    feature: Mapped[str] = mapped_column(Text)
+    provider: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="done")  # reserved|done|refused
+    tokens_in: Mapped[int] = mapped_column(Integer, server_default="0")
+    tokens_out: Mapped[int] = mapped_column(Integer, server_default="0")
+    reserved: Mapped[Decimal] = mapped_column(Numeric(14, 6), server_default="0")
+    cost: Mapped[Decimal] = mapped_column(Numeric(14, 6), server_default="0")
+    latency_ms: Mapped[float | None]
+    overhead_ms: Mapped[float | None]
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    degraded: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    reason: Mapped[str | None] = mapped_column(Text)  # why degraded or refused
+    entities: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    __table_args__ = (
+        _fk(["member_id"], "members", ondelete="SET NULL (member_id)"),
+        Index("ix_ai_usage_at", "tenant_id", "at"),
+    )
+
+
+class AiSpend(TenantRow, Base):
+    """The budget counter: what a tenant's ledger holds for one month (reserved and settled
+    costs), kept in the transaction of every ledger write, so that a budget check is one row
+    lock and not a sum over the month."""
+
+    __tablename__ = "ai_spend"
+    period: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    spent: Mapped[Decimal] = mapped_column(Numeric(14, 6), server_default="0")
+    calls: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 #: Every tenant table, parents before children (the order to copy and to create).

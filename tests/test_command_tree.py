@@ -67,6 +67,9 @@ CLASSIFICATION = {
     "ops cancel": CHANGES,
     "ops ping": CHANGES,
     "provider orphans": DESTROYS,  # --delete removes projects at the provider
+    "ai check": READS,
+    "ai budget": CHANGES,
+    "usage": READS,
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
     "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
     "serve": CHANGES,  # serves the API (its requests change data); --dry-run checks settings

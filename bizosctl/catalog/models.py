@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     Text,
     text,
 )
@@ -93,7 +95,15 @@ class Tenant(Base):
     operation_id: Mapped[uuid.UUID | None]
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     deleted_at: Mapped[dt.datetime | None]
+    # The plan names an entry of the ai_plans setting (monthly price, AI budget); ai_budget
+    # (USD a month) overrides the plan's; ai_over_budget: refuse | offline (bizosctl.ai).
+    plan: Mapped[str] = mapped_column(server_default="free")
+    ai_budget: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    ai_over_budget: Mapped[str] = mapped_column(server_default="refuse")
     __table_args__ = (
+        CheckConstraint(
+            "ai_over_budget IN ('refuse', 'offline')", name="ck_tenants_ai_over_budget"
+        ),
         # A slug names one live tenant; deleted tenants stay on record.
         Index(
             "uq_tenants_live_slug",

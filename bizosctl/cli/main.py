@@ -11,6 +11,7 @@ from typer.core import TyperArgument, TyperOption
 
 from bizosctl import __version__
 from bizosctl.cli import (
+    ai,
     apikey,
     mask,
     ops,
@@ -101,6 +102,8 @@ app.add_typer(webhook.app, name="webhook")
 app.add_typer(webhook.secret_app, name="webhook-secret")
 app.add_typer(ops.app, name="ops")
 app.add_typer(provider.app, name="provider")
+app.add_typer(ai.app, name="ai")
+ai.register(app)
 worker.register(app)
 serve.register(app)
 mask.register(app)

@@ -6,7 +6,7 @@ callback deletes the row as it reads it: a state works once, from the browser th
 the login, until it expires, whichever API worker serves the callback.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-02
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

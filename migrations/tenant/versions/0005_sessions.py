@@ -8,7 +8,7 @@ its members keep logging in to read. New tables get RLS, the guard and the audit
 every tenant table.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 from tenant_schema.ddl import functions_sql, table_security_sql
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 offline_safe = True
