@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -40,13 +39,15 @@ HERE = Path(__file__).resolve().parent
 LOAD = r"""
 import asyncio, json, sys, time
 import httpx
-url, seconds, conns, headers, body = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5]
+url, seconds, conns = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+headers, body = json.loads(sys.argv[4]), sys.argv[5]
 lat, codes = [], {}
 async def one(client, stop):
     while time.monotonic() < stop:
         t0 = time.perf_counter()
         if body:
-            r = await client.post(url, content=body, headers={**headers, "content-type": "application/json"})
+            h = {**headers, "content-type": "application/json"}
+            r = await client.post(url, content=body, headers=h)
         else:
             r = await client.get(url, headers=headers)
         lat.append(time.perf_counter() - t0)
@@ -62,7 +63,8 @@ async def main():
         elapsed = time.monotonic() - t0
     lat.sort()
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else None
-    print(json.dumps({"rps": len(lat) / elapsed, "p50_ms": p(0.5), "p99_ms": p(0.99), "codes": codes}))
+    doc = {"rps": len(lat) / elapsed, "p50_ms": p(0.5), "p99_ms": p(0.99), "codes": codes}
+    print(json.dumps(doc))
 asyncio.run(main())
 """
 

@@ -254,6 +254,7 @@ class Settings(BaseSettings):
     )
     oauth_github_api_url: str = Field(
         default="https://api.github.com", description="GitHub's API base URL (/user, /user/emails)."
+    )
     # -- the LLM gate (bizosctl/ai) ------------------------------------------------------------
     ai_provider: Literal["auto", "gemini", "openai", "offline"] = Field(
         default="auto",
