@@ -102,13 +102,34 @@ def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
 def start(kind: str, workers: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     if kind == "bizosctl":
-        cmd = [sys.executable, "-m", "bizosctl", "serve", "--port", str(port),
-               "--workers", str(workers)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "bizosctl",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
         probe = f"http://127.0.0.1:{port}/healthz"
     else:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "_bare_api:create", "--app-dir",
-               str(HERE), "--port", str(port), "--workers", str(workers), "--log-level",
-               "warning", "--no-access-log"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "_bare_api:create",
+            "--app-dir",
+            str(HERE),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
         probe = f"http://127.0.0.1:{port}/docs"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_up(probe, proc)
@@ -123,13 +144,23 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def load(url: str, seconds: float, conns: int, headers: dict[str, str] | None = None,
-         body: str = "") -> subprocess.Popen[str]:  # fmt: skip
+def load(
+    url: str, seconds: float, conns: int, headers: dict[str, str] | None = None, body: str = ""
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", LOAD, url, str(seconds), str(conns), json.dumps(headers or {}),
-         body],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            LOAD,
+            url,
+            str(seconds),
+            str(conns),
+            json.dumps(headers or {}),
+            body,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def result(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -158,11 +189,21 @@ def seed(ctl: Any, slug: str) -> tuple[str, str, str]:
         cust = create_customer(s, tenant_id=tid, data=CustomerCreate(name="PT Bench"))
         for i in range(200):
             item = ItemCreate(description="day", quantity=1, unit_price=1000)
-            create_invoice(s, tenant_id=tid, data=InvoiceCreate(
-                customer_id=cust.id, number=f"B-{i:04d}", items=[item]))  # fmt: skip
+            create_invoice(
+                s,
+                tenant_id=tid,
+                data=InvoiceCreate(customer_id=cust.id, number=f"B-{i:04d}", items=[item]),
+            )
         email = f"bench@{slug}.example"
-        add_member(ctl, s, tenant_id=tid, email=email, name="Bench", role="Staff",
-                   password="bench password 1")  # fmt: skip
+        add_member(
+            ctl,
+            s,
+            tenant_id=tid,
+            email=email,
+            name="Bench",
+            role="Staff",
+            password="bench password 1",
+        )
     _, key = create_api_key(ctl, tenant=slug, name="bench", scopes=["*"], expires_ms=None)
     return key, email, "bench password 1"
 
@@ -174,8 +215,13 @@ def main() -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    home = make_home(fast=True, env={"BIZOS_RATE_LIMIT": "1000000/second",
-                                     "BIZOS_RATE_LIMITS": '{"auth": "1000000/second"}'})  # fmt: skip
+    home = make_home(
+        fast=True,
+        env={
+            "BIZOS_RATE_LIMIT": "1000000/second",
+            "BIZOS_RATE_LIMITS": '{"auth": "1000000/second"}',
+        },
+    )
     ctl = None
     results: list[dict[str, Any]] = []
     try:
@@ -215,16 +261,18 @@ def main() -> int:
             login_stats = result(logins)
         finally:
             stop(proc)
-        results.append({
-            "name": "logins while reading",
-            "logins_per_s": round(login_stats["rps"], 1),
-            "login_p50_ms": login_stats["p50_ms"],
-            "read_p99_ms_alone": alone["p99_ms"],
-            "read_p99_ms_during_logins": during["p99_ms"],
-            "read_rps_alone": round(alone["rps"], 1),
-            "read_rps_during_logins": round(during["rps"], 1),
-            "codes": {"logins": login_stats["codes"], "reads": during["codes"]},
-        })  # fmt: skip
+        results.append(
+            {
+                "name": "logins while reading",
+                "logins_per_s": round(login_stats["rps"], 1),
+                "login_p50_ms": login_stats["p50_ms"],
+                "read_p99_ms_alone": alone["p99_ms"],
+                "read_p99_ms_during_logins": during["p99_ms"],
+                "read_rps_alone": round(alone["rps"], 1),
+                "read_rps_during_logins": round(during["rps"], 1),
+                "codes": {"logins": login_stats["codes"], "reads": during["codes"]},
+            }
+        )
     finally:
         cleanup(ctl, home, log)
     if args.json:
@@ -233,14 +281,18 @@ def main() -> int:
     for r in results:
         if "ratio" in r:
             b, o = r["bare"], r["bizosctl"]
-            print(f"{r['name']}: bizosctl {o['rps']:.0f} req/s (p99 {o['p99_ms']:.1f} ms) vs "
-                  f"bare {b['rps']:.0f} req/s (p99 {b['p99_ms']:.1f} ms): ratio {r['ratio']} "
-                  f"(target {r['target']}); codes {o['codes']}")  # fmt: skip
+            print(
+                f"{r['name']}: bizosctl {o['rps']:.0f} req/s (p99 {o['p99_ms']:.1f} ms) vs "
+                f"bare {b['rps']:.0f} req/s (p99 {b['p99_ms']:.1f} ms): ratio {r['ratio']} "
+                f"(target {r['target']}); codes {o['codes']}"
+            )
         else:
-            print(f"{r['name']}: {r['logins_per_s']} logins/s (p50 {r['login_p50_ms']:.0f} ms); "
-                  f"GET /invoices p99 {r['read_p99_ms_alone']:.1f} ms alone, "
-                  f"{r['read_p99_ms_during_logins']:.1f} ms during logins "
-                  f"({r['read_rps_alone']} vs {r['read_rps_during_logins']} req/s)")  # fmt: skip
+            print(
+                f"{r['name']}: {r['logins_per_s']} logins/s (p50 {r['login_p50_ms']:.0f} ms); "
+                f"GET /invoices p99 {r['read_p99_ms_alone']:.1f} ms alone, "
+                f"{r['read_p99_ms_during_logins']:.1f} ms during logins "
+                f"({r['read_rps_alone']} vs {r['read_rps_during_logins']} req/s)"
+            )
     return 0
 
 
