@@ -454,3 +454,16 @@ def test_read_only_tenant_reads_logs_in_and_gets_423_on_writes(client, fleet):
     finally:
         set_status(fleet, org.slug, status="active")
         delete_tenant(fleet, org.slug)
+
+
+def test_api_key_check_survives_a_catalog_restart(fleet, orgs):
+    """The per-request key check reads the catalog without pinging its pooled connection
+    first (one round trip less); a connection killed by a server restart is retried once."""
+    from bizosctl.security.apikeys import authenticate_api_key
+
+    a = orgs[0]
+    key, _ = authenticate_api_key(fleet, a.keys["all"], tenant=None)
+    fleet.home_cluster.stop(mode="fast")
+    fleet.home_cluster.ensure_running()
+    again, route = authenticate_api_key(fleet, a.keys["all"], tenant=None)
+    assert again.id == key.id and route.slug == a.slug

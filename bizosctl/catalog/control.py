@@ -89,6 +89,15 @@ class Control:
             self._upgrade_catalog(engine)
         return engine
 
+    @property
+    def catalog_engine_unpinged(self) -> Engine:
+        """The catalog's engine without a ping at checkout, for one-statement reads that retry
+        on a dead connection themselves (the API's per-request authentication)."""
+        from bizosctl.db.engines import get_engine
+
+        self.catalog_engine  # noqa: B018 (the checks: initialised, running, at head)
+        return get_engine(self.home_cluster.url(CATALOG_DB), pre_ping=False)
+
     def _upgrade_catalog(self, engine: Engine) -> None:
         """Bring the catalog to this code's head once per process (newer code, older home)."""
         from bizosctl.db.engines import translate_errors

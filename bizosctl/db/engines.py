@@ -43,13 +43,19 @@ def redact(url: str | URL) -> str:
     return shown.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def get_engine(url: str | URL, *, pooled: bool = True, **kwargs: Any) -> Engine:
-    """One engine per URL (password included) and pooling choice, created on first use."""
+def get_engine(
+    url: str | URL, *, pooled: bool = True, pre_ping: bool = True, **kwargs: Any
+) -> Engine:
+    """One engine per URL (password included) and pooling choice, created on first use.
+
+    ``pre_ping=False``: a pooled connection is not pinged at checkout (one round trip less),
+    so the caller must expect a dead one (a restarted server) and retry on
+    :func:`is_disconnect`, as the API's per-request catalog read does."""
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
     parsed = make_url(url)
-    key = parsed.render_as_string(hide_password=False) + f"|pooled={pooled}"
+    key = parsed.render_as_string(hide_password=False) + f"|pooled={pooled}|ping={pre_ping}"
     with _lock:
         engine = _engines.get(key)
         if engine is None:
@@ -58,7 +64,7 @@ def get_engine(url: str | URL, *, pooled: bool = True, **kwargs: Any) -> Engine:
                 from bizosctl.config import get_settings
 
                 size = get_settings().pool_size
-                options.update(pool_size=size, max_overflow=size, pool_pre_ping=True)
+                options.update(pool_size=size, max_overflow=size, pool_pre_ping=pre_ping)
             else:
                 options["poolclass"] = NullPool
             options.update(kwargs)
@@ -72,6 +78,12 @@ def dispose_all(*, host_contains: str | None = None) -> None:
         for key in list(_engines):
             if host_contains is None or host_contains in key:
                 _engines.pop(key).dispose()
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True when SQLAlchemy saw the connection die (it was invalidated: retrying on a new
+    one is safe for a statement that had not committed anything)."""
+    return bool(getattr(exc, "connection_invalidated", False))
 
 
 def sqlstate(exc: BaseException) -> str | None:

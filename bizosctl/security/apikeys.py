@@ -22,12 +22,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bizosctl.catalog.control import ROUTE_COLUMNS, ROUTE_JOIN, Control, RouteInfo
 from bizosctl.catalog.lookups import live_tenant_id
 from bizosctl.catalog.models import ApiKey, Tenant
-from bizosctl.db.engines import translate_errors
+from bizosctl.db.engines import is_disconnect, translate_errors
 from bizosctl.errors import (
     Forbidden,
     InvalidInput,
@@ -437,43 +439,60 @@ def authenticate_api_key(
     digest = _hash(secret)
     now = _now()
     # One statement, outside a transaction (a read needs no BEGIN/COMMIT round trips): the
-    # key, its tenant and the tenant's route. This runs on every API request.
-    with (
-        translate_errors("catalog"),
-        ctl.catalog_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
-    ):
-        row = conn.execute(_AUTH_SQL, {"prefix": prefix}).one_or_none()
-        matches = hmac.compare_digest(row.secret_hash if row else _NO_HASH, digest)
-        if row is None or not matches or _row_status(row, now) != "active":
-            raise Unauthorized(INVALID_KEY)
-        slug = row.slug
-        if tenant is not None and slug != tenant:
-            raise Forbidden(f"this API key does not belong to tenant {tenant!r}")
-        if row.status == "suspended":
-            raise TenantSuspended(f"tenant {slug!r} is suspended: its API keys are refused")
-        # At most one write a minute per key: concurrent requests with one key must not queue
-        # on its row.
-        last_used = row.last_used_at
-        if last_used is None or now - last_used > dt.timedelta(minutes=1):
-            conn.execute(
-                text("UPDATE api_keys SET last_used_at = :now WHERE id = :id"),
-                {"now": now, "id": row.key_id},
-            )
-            last_used = now
-        public = ApiKeyPublic(
-            id=row.key_id,
-            tenant=slug,
-            name=row.name,
-            prefix=prefix,
-            scopes=[str(x) for x in row.scopes],
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            revoked_at=None,
-            last_used_at=last_used,
-            replaced_by=row.replaced_by,
-            status="active",
+    # key, its tenant and the tenant's route. This runs on every API request, so its pooled
+    # connection is not pinged first: a dead one (the server restarted) is retried once.
+    engine = ctl.catalog_engine_unpinged
+    with translate_errors("catalog"):
+        for attempt in (1, 2):
+            try:
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    return _authenticate(ctl, conn, prefix, digest, tenant, now)
+            except DBAPIError as exc:
+                if attempt == 2 or not is_disconnect(exc):
+                    raise
+    raise AssertionError("unreachable")
+
+
+def _authenticate(
+    ctl: Control,
+    conn: Connection,
+    prefix: str,
+    digest: str,
+    tenant: str | None,
+    now: dt.datetime,
+) -> tuple[ApiKeyPublic, RouteInfo]:
+    row = conn.execute(_AUTH_SQL, {"prefix": prefix}).one_or_none()
+    matches = hmac.compare_digest(row.secret_hash if row else _NO_HASH, digest)
+    if row is None or not matches or _row_status(row, now) != "active":
+        raise Unauthorized(INVALID_KEY)
+    slug = row.slug
+    if tenant is not None and slug != tenant:
+        raise Forbidden(f"this API key does not belong to tenant {tenant!r}")
+    if row.status == "suspended":
+        raise TenantSuspended(f"tenant {slug!r} is suspended: its API keys are refused")
+    # At most one write a minute per key: concurrent requests with one key must not queue
+    # on its row.
+    last_used = row.last_used_at
+    if last_used is None or now - last_used > dt.timedelta(minutes=1):
+        conn.execute(
+            text("UPDATE api_keys SET last_used_at = :now WHERE id = :id"),
+            {"now": now, "id": row.key_id},
         )
-        return public, ctl.route_from_row(row)
+        last_used = now
+    public = ApiKeyPublic(
+        id=row.key_id,
+        tenant=slug,
+        name=row.name,
+        prefix=prefix,
+        scopes=[str(x) for x in row.scopes],
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=None,
+        last_used_at=last_used,
+        replaced_by=row.replaced_by,
+        status="active",
+    )
+    return public, ctl.route_from_row(row)
 
 
 _AUTH_SQL = text(
