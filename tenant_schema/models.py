@@ -332,6 +332,8 @@ class MemberIdentity(TenantRow, Base):
     member_id: Mapped[uuid.UUID]
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     __table_args__ = (_fk(["member_id"], "members"),)
+
+
 class AiUsage(TenantRow, Base):
     """The usage ledger: one row per call through the LLM gate (``bizosctl.ai``), never the
     text. ``reserved`` is the cost held against the budget while the call runs (status

@@ -221,7 +221,10 @@ def test_jwt_rotation_keeps_old_tokens_until_retired(home, cli):
     ("token", "message"),
     [
         ("not.a.token", "invalid token"),
-        ("eyJhbGciOiJIUzI1NiIsImtpZCI6Imp3dC12OSJ9.eyJzdWIiOiJ4In0.c2ln", "retired or unknown"),
+        # {"alg": "EdDSA", "kid": "jwt-v9"}: a key version that does not exist
+        ("eyJhbGciOiJFZERTQSIsImtpZCI6Imp3dC12OSJ9.eyJzdWIiOiJ4In0.c2ln", "retired or unknown"),
+        # {"alg": "HS256", "kid": "jwt-v9"}: refused before any key is looked up
+        ("eyJhbGciOiJIUzI1NiIsImtpZCI6Imp3dC12OSJ9.eyJzdWIiOiJ4In0.c2ln", "not signed with EdDSA"),
     ],
 )
 def test_bad_tokens(home, token, message):
