@@ -120,9 +120,17 @@ def test_webhook_secret_rotate_refuses_an_ambiguous_prefix(ctl, make_tenant, cli
                 text("update webhook_endpoints set id = :new where id = :old"),
                 {"new": f"{shared}-0000-4000-8000-00000000000{n}", "old": eid},
             )
-    r = cli("webhook-secret", "rotate", "--endpoint", shared, "--dry-run")
-    assert r.exit_code == 2
-    assert f"'{shared}' names more than one webhook endpoint: give more of its id" in r.stderr
+    try:
+        r = cli("webhook-secret", "rotate", "--endpoint", shared, "--dry-run")
+        assert r.exit_code == 2
+        assert f"'{shared}' names more than one webhook endpoint: give more of its id" in r.stderr
+    finally:
+        # their secrets were sealed for the old ids and no longer open: a later rotation of the
+        # fleet's credentials (same worker, session fleet) would stop on them
+        with ctl.catalog() as s:
+            s.execute(
+                text("delete from webhook_endpoints where id::text like :p"), {"p": f"{shared}-%"}
+            )
 
 
 def test_grace_is_the_one_name_and_overlap_a_hidden_alias(make_tenant, cli):
