@@ -304,6 +304,11 @@ class Settings(BaseSettings):
         },
         description="Plans: monthly price and monthly AI budget in USD (JSON in BIZOS_AI_PLANS).",
     )
+    region_time_zones: dict[str, str] = Field(
+        default_factory=lambda: {"id": "Asia/Jakarta"},
+        description="Default IANA time zone of a region's tenants (JSON in "
+        "BIZOS_REGION_TIME_ZONES); other regions default to UTC.",
+    )
     embedded_durable: bool = Field(
         default=True,
         description="fsync on the embedded clusters; tests and throw-away setups may turn it off.",

@@ -15,7 +15,7 @@ from bizosctl.db.engines import get_engine
 MIGRATIONS = Path(__file__).parent / "migrations"
 ADD = str(MIGRATIONS / "add_column")
 #: The tenant history's head, on which the test revisions (t002, t003) are chained.
-HEAD = "0005"
+HEAD = "0007"
 FAILING = f"{ADD}{os.pathsep}{MIGRATIONS / 'failing'}"
 
 

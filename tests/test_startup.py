@@ -81,12 +81,12 @@ def test_adding_a_revision_file_changes_the_head(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(migrate.EXTRA_ENV, str(tmp_path))
-    _write(tmp_path, "x002", '"0005"')  # on the tenant history's head
+    _write(tmp_path, "x002", '"0007"')  # on the tenant history's head
     assert migrate.fast_head("tenant") == "x002" == _alembic_head("tenant")
     _write(tmp_path, "x003", "'x002'", ann=": str | None")  # the typed template's form
     assert migrate.fast_head("tenant") == "x003" == _alembic_head("tenant")
     # A merge of two branches: tuple down_revision.
-    _write(tmp_path, "x004", '"0005"')
+    _write(tmp_path, "x004", '"0007"')
     _write(tmp_path, "x005", '("x003", "x004")')
     assert migrate.fast_head("tenant") == "x005" == _alembic_head("tenant")
 
@@ -96,7 +96,7 @@ def test_a_revision_file_the_scan_cannot_read_falls_back_to_alembic(
 ) -> None:
     monkeypatch.setenv(migrate.EXTRA_ENV, str(tmp_path))
     (tmp_path / "x002_odd.py").write_text(
-        'PREV = "0005"\nrevision = "x" + "002"\ndown_revision = PREV\n'
+        'PREV = "0007"\nrevision = "x" + "002"\ndown_revision = PREV\n'
         "def upgrade():\n    pass\n\ndef downgrade():\n    pass\n"
     )
     assert migrate.fast_head("tenant") is None

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "b002"
-down_revision = "0005"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 # Pure DDL (as tests/migrations/add_column/t002): safe to run from its offline rendering.

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "t002"
-down_revision = "0005"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 offline_safe = True
