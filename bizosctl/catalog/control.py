@@ -54,7 +54,7 @@ class Control:
         self._unsealed: dict[tuple[str, str], str] = {}
 
     # -- the home region and the catalog -----------------------------------------------------
-    @property
+    @functools.cached_property
     def home_cluster(self) -> EmbeddedCluster:
         return EmbeddedCluster(
             self.settings.regions_dir / self.settings.home_region,
@@ -80,11 +80,9 @@ class Control:
 
     @property
     def catalog_engine(self) -> Engine:
-        from bizosctl.db.engines import get_engine
-
         self.require_initialized()
         self.home_cluster.ensure_running()
-        engine = get_engine(self.home_cluster.url(CATALOG_DB))
+        engine = self._catalog(pre_ping=True)
         if not self._catalog_at_head:
             self._upgrade_catalog(engine)
         return engine
@@ -93,10 +91,17 @@ class Control:
     def catalog_engine_unpinged(self) -> Engine:
         """The catalog's engine without a ping at checkout, for one-statement reads that retry
         on a dead connection themselves (the API's per-request authentication)."""
-        from bizosctl.db.engines import get_engine
-
         self.catalog_engine  # noqa: B018 (the checks: initialised, running, at head)
-        return get_engine(self.home_cluster.url(CATALOG_DB), pre_ping=False)
+        return self._catalog(pre_ping=False)
+
+    def _catalog(self, *, pre_ping: bool) -> Engine:
+        from bizosctl.db.engines import get_engine, memo_engine
+
+        cluster = self.home_cluster
+        return memo_engine(
+            ("catalog", str(cluster.pgdata), pre_ping),
+            lambda: get_engine(cluster.url(CATALOG_DB), pre_ping=pre_ping),
+        )
 
     def _upgrade_catalog(self, engine: Engine) -> None:
         """Bring the catalog to this code's head once per process (newer code, older home)."""

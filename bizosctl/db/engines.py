@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bizosctl.errors import (
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
+#: Engines by a caller's cheap key (see :func:`memo_engine`), emptied with ``_engines``.
+_memo: dict[tuple[object, ...], Engine] = {}
 
 
 def make_url(url: str | URL) -> URL:
@@ -73,17 +75,35 @@ def get_engine(
         return engine
 
 
+def memo_engine(key: tuple[object, ...], make: Callable[[], Engine]) -> Engine:
+    """The engine ``make()`` returns (through :func:`get_engine`), remembered under ``key``:
+    hot paths (every API request) skip building and rendering the URL again. ``key`` must
+    name everything the URL is made of (server, database, role, password, options)."""
+    engine = _memo.get(key)
+    if engine is None:
+        engine = make()
+        with _lock:
+            _memo[key] = engine
+    return engine
+
+
 def dispose_all(*, host_contains: str | None = None) -> None:
     with _lock:
+        _memo.clear()
         for key in list(_engines):
             if host_contains is None or host_contains in key:
                 _engines.pop(key).dispose()
 
 
 def is_disconnect(exc: BaseException) -> bool:
-    """True when SQLAlchemy saw the connection die (it was invalidated: retrying on a new
-    one is safe for a statement that had not committed anything)."""
-    return bool(getattr(exc, "connection_invalidated", False))
+    """True when the connection died under the statement: SQLAlchemy invalidated it, or the
+    driver (used directly on a hot path) closed it. Retrying on a new one is safe for a
+    statement that had not committed anything."""
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    import psycopg
+
+    return isinstance(exc, psycopg.OperationalError) and sqlstate(exc) in (None, "57P01")
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -100,6 +120,12 @@ def db_message(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _psycopg() -> Any:
+    import psycopg
+
+    return psycopg
+
+
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """Turn driver errors into BizosError subclasses, once, at the db boundary."""
@@ -109,12 +135,12 @@ def translate_errors(what: str) -> Iterator[None]:
         yield
     except BizosError:
         raise
-    except sa_exc.OperationalError as exc:
+    except (sa_exc.OperationalError, _psycopg().OperationalError) as exc:
         state = sqlstate(exc)
         if state is None or state.startswith("08") or state in ("28P01", "28000", "57P03"):
             raise ServerUnavailable(f"{what}: {db_message(exc)}") from exc
         raise QueryFailed(f"{what}: {db_message(exc)}") from exc
-    except sa_exc.DBAPIError as exc:
+    except (sa_exc.DBAPIError, _psycopg().Error) as exc:
         if sqlstate(exc) == "BZ503":
             raise TenantMoving(db_message(exc)) from exc
         if sqlstate(exc) == "BZ423":

@@ -13,19 +13,33 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from bizosctl.catalog.control import Control, RouteInfo
-from bizosctl.db.engines import get_engine, translate_errors
+from bizosctl.db.engines import get_engine, memo_engine, translate_errors
 from bizosctl.errors import TenantSuspended
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from bizosctl.providers.local import ServerHandle
 
 _CONTEXT_SQL = text(
     "SELECT set_config('bizos.tenant_id', :tenant, true),"
     " set_config('bizos.actor', :actor, true),"
     " set_config('search_path', :path, true)"
 )
+
+
+def _engine(handle: ServerHandle, route: RouteInfo, read_only: bool) -> Engine:
+    engine = get_engine(handle.login_url(route.database, route.role, route.password))
+    if read_only:
+        # psycopg then opens the transaction with BEGIN READ ONLY (reset when pooled back).
+        engine = engine.execution_options(postgresql_readonly=True)
+    return engine
 
 
 def search_path(route: RouteInfo) -> str:
@@ -46,10 +60,10 @@ def tenant_session(
         raise TenantSuspended(f"tenant {slug!r} is suspended: reads and writes are refused")
     handle = ctl.server(route.server)
     handle.ensure_ready()
-    engine = get_engine(handle.login_url(route.database, route.role, route.password))
-    if read_only:
-        # psycopg then opens the transaction with BEGIN READ ONLY (reset when pooled back).
-        engine = engine.execution_options(postgresql_readonly=True)
+    engine = memo_engine(
+        ("tenant", route.server, handle.url, route.database, route.role, route.password, read_only),
+        lambda: _engine(handle, route, read_only),
+    )
     with translate_errors(f"tenant {slug}"), Session(engine) as session, session.begin():
         # One round trip: SET LOCAL of the context (READ ONLY came with the BEGIN).
         session.execute(
