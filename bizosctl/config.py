@@ -304,6 +304,19 @@ class Settings(BaseSettings):
         },
         description="Plans: monthly price and monthly AI budget in USD (JSON in BIZOS_AI_PLANS).",
     )
+    password_hash_concurrency: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Password checks (bcrypt) run at once per API process; 0: half the CPUs "
+        "(at least 1), so logins never take every core from the other requests.",
+    )
+    password_hash_wait: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a login waits for a free password check before a 429.",
+    )
     region_time_zones: dict[str, str] = Field(
         default_factory=lambda: {"id": "Asia/Jakarta"},
         description="Default IANA time zone of a region's tenants (JSON in "

@@ -303,6 +303,30 @@ def test_wrong_password_and_unknown_email_get_the_same_answer(client, orgs):
     assert {k: v for k, v in doc.items() if k != "request_id"} == answers[0]
 
 
+def test_logins_queue_for_few_password_checks_and_reads_do_not(client, orgs, monkeypatch):
+    """bcrypt runs at most ``password_hash_concurrency`` at once: while another login holds
+    the only slot, a login waits, then gets a 429 with Retry-After; reads keep being served."""
+    from bizosctl.config import reset_settings
+    from bizosctl.security.passwords import hashing_slot
+
+    a = orgs[0]
+    token = str(login(client, a, "Staff")["access_token"])
+    monkeypatch.setenv("BIZOS_PASSWORD_HASH_CONCURRENCY", "1")
+    monkeypatch.setenv("BIZOS_PASSWORD_HASH_WAIT", "0.3")
+    reset_settings()
+    body = {"tenant": a.slug, "email": a.emails["Staff"], "password": PASSWORD}
+    try:
+        with hashing_slot():  # a login in another thread holds the only slot
+            r = client.post("/api/v1/auth/login", json=body)
+            is_problem(r, 429, "too-many-requests")
+            assert r.headers["retry-after"] == "1"
+            assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200
+        assert client.post("/api/v1/auth/login", json=body).status_code == 200
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+
+
 def test_repeated_failures_slow_down_then_lock_known_and_unknown_alike(client, orgs, fleet):
     from sqlalchemy import update
 
