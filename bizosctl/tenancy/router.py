@@ -7,12 +7,16 @@ carries one tenant's context into the next request. A read-only session is ``BEG
 
 The database enforces what the context allows (RLS, the write guard, a suspended tenant reads
 nothing); setting the context is the application's job: the login role may set any tenant.
+
+:func:`tenant_statement` is the same door for a hot path that runs one statement: the
+transaction, the context and the statement go in one round trip (psycopg's pipeline mode).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, LiteralString
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -20,6 +24,9 @@ from sqlalchemy.orm import Session
 from bizosctl.catalog.control import Control, RouteInfo
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import TenantSuspended
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 _CONTEXT_SQL = text(
     "SELECT set_config('bizos.tenant_id', :tenant, true),"
@@ -32,6 +39,22 @@ def search_path(route: RouteInfo) -> str:
     return f'"{route.schema}", public'
 
 
+_CONTEXT_PG: LiteralString = (
+    "SELECT set_config('bizos.tenant_id', %(tenant)s, true),"
+    " set_config('bizos.actor', %(actor)s, true),"
+    " set_config('search_path', %(path)s, true)"
+)
+
+
+def _engine(ctl: Control, route: RouteInfo) -> Engine:
+    if route.status == "suspended":
+        # The database refuses it too (bizos_tenant() is NULL): this is the clear message.
+        raise TenantSuspended(f"tenant {route.slug!r} is suspended: reads and writes are refused")
+    handle = ctl.server(route.server)
+    handle.ensure_ready()
+    return get_engine(handle.login_url(route.database, route.role, route.password))
+
+
 @contextlib.contextmanager
 def tenant_session(
     ctl: Control, slug: str, *, actor: str, read_only: bool = False, route: RouteInfo | None = None
@@ -41,12 +64,7 @@ def tenant_session(
     request, with the credentials); looked up otherwise."""
     if route is None or route.slug != slug:
         route = ctl.route(slug)
-    if route.status == "suspended":
-        # The database refuses it too (bizos_tenant() is NULL): this is the clear message.
-        raise TenantSuspended(f"tenant {slug!r} is suspended: reads and writes are refused")
-    handle = ctl.server(route.server)
-    handle.ensure_ready()
-    engine = get_engine(handle.login_url(route.database, route.role, route.password))
+    engine = _engine(ctl, route)
     if read_only:
         # psycopg then opens the transaction with BEGIN READ ONLY (reset when pooled back).
         engine = engine.execution_options(postgresql_readonly=True)
@@ -61,3 +79,43 @@ def tenant_session(
             },
         )
         yield session
+
+
+def tenant_statement(
+    ctl: Control,
+    route: RouteInfo,
+    *,
+    actor: str,
+    sql: LiteralString,
+    params: Mapping[str, Any],
+) -> tuple[Any, ...] | None:
+    """Run one statement (psycopg ``%(name)s`` parameters) in its own transaction in the
+    tenant's context, as :func:`tenant_session` would, and return its first row (None: no
+    row, or a statement without one).
+
+    BEGIN, the context, the statement and COMMIT are sent together in pipeline mode: one
+    round trip instead of four, for the LLM gate's ledger writes. ``route`` is the caller's
+    (it may be stale: a moved tenant's old place refuses writes, so a caller that caches
+    routes looks the route up again on an error and retries there).
+    """
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    engine = _engine(ctl, route)
+    with translate_errors(f"tenant {route.slug}"):
+        raw = engine.raw_connection()
+        conn = raw.driver_connection
+        assert isinstance(conn, psycopg.Connection)
+        try:
+            context = {"tenant": str(route.tenant_id), "actor": actor, "path": search_path(route)}
+            with conn.pipeline(), conn.transaction():
+                conn.execute(_CONTEXT_PG, context)
+                cur = conn.execute(sql, params)
+            return cur.fetchone() if cur.description is not None else None
+        except psycopg.Error as exc:
+            if conn.closed or conn.broken:
+                raw.invalidate(exc)
+            # the same translation as every other statement (SQLAlchemy's wrapper of the class)
+            raise sa_exc.DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
+        finally:
+            raw.close()
