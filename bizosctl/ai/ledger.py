@@ -10,6 +10,11 @@ no number of threads or processes racing can spend past the budget. After the ca
 *settled* (real tokens and cost; the difference goes back to the month's total). A process
 that dies in between leaves its reservation counted: the budget errs on the safe side.
 The ledger never holds the text, only counts.
+
+Each write is one statement, its own transaction, sent with the tenant context in one round
+trip (``tenant_statement``), and safe to run twice: the row's id is chosen here, so a retry
+after a lost connection finds the row the first run may have committed instead of reserving
+again.
 """
 
 from __future__ import annotations
@@ -64,16 +69,21 @@ class Reservation:
 _USAGE_COLS = "tenant_id, period, member_id, feature, provider, model, status"
 # Statements in psycopg's %(name)s style: each runs alone, in one round trip, through
 # bizosctl.tenancy.router.tenant_statement.
+# Every statement can run twice (tenant_statement retries one whose connection had died, not
+# knowing whether it committed): the row's id is the caller's, and a second run finds it.
 RESERVE: LiteralString = (
-    "WITH s AS ("
+    "WITH prior AS (SELECT id FROM ai_usage WHERE tenant_id = %(tid)s AND id = %(id)s),"
+    " s AS ("
     " INSERT INTO ai_spend AS s (tenant_id, period, spent, calls)"
-    f" SELECT %(tid)s, {MONTH_SQL}, %(amount)s, 1 WHERE %(amount)s <= %(budget)s"
+    f" SELECT %(tid)s, {MONTH_SQL}, %(amount)s, 1"
+    " WHERE %(amount)s <= %(budget)s AND NOT EXISTS (SELECT FROM prior)"
     " ON CONFLICT (tenant_id, period) DO UPDATE"
     " SET spent = s.spent + EXCLUDED.spent, calls = s.calls + 1"
-    " WHERE s.spent + EXCLUDED.spent <= %(budget)s RETURNING s.period)"
-    f" INSERT INTO ai_usage ({_USAGE_COLS}, reserved, entities)"
-    " SELECT %(tid)s, s.period, CAST(%(member)s AS uuid), %(feature)s, %(provider)s,"
-    " %(model)s, 'reserved', %(amount)s, CAST(%(entities)s AS jsonb) FROM s RETURNING id"
+    " WHERE s.spent + EXCLUDED.spent <= %(budget)s RETURNING s.period),"
+    f" u AS (INSERT INTO ai_usage (id, {_USAGE_COLS}, reserved, entities)"
+    " SELECT %(id)s, %(tid)s, s.period, CAST(%(member)s AS uuid), %(feature)s, %(provider)s,"
+    " %(model)s, 'reserved', %(amount)s, CAST(%(entities)s AS jsonb) FROM s RETURNING id)"
+    " SELECT id FROM u UNION ALL SELECT id FROM prior"
 )
 SPENT: LiteralString = (
     "SELECT COALESCE((SELECT spent FROM ai_spend WHERE tenant_id = %(tid)s AND period = "
@@ -91,14 +101,16 @@ SETTLE: LiteralString = (
     " WHERE s.tenant_id = %(tid)s AND s.period = u.period"
 )
 RECORD: LiteralString = (
-    f"INSERT INTO ai_usage ({_USAGE_COLS}, tokens_in, tokens_out, latency_ms,"
+    f"INSERT INTO ai_usage (id, {_USAGE_COLS}, tokens_in, tokens_out, latency_ms,"
     " overhead_ms, attempts, degraded, reason, entities)"
-    f" VALUES (%(tid)s, {MONTH_SQL}, CAST(%(member)s AS uuid), %(feature)s, %(provider)s,"
+    f" VALUES (%(id)s, %(tid)s, {MONTH_SQL}, CAST(%(member)s AS uuid), %(feature)s, %(provider)s,"
     " %(model)s, %(status)s, %(tokens_in)s, %(tokens_out)s, %(latency_ms)s, %(overhead_ms)s,"
-    " %(attempts)s, %(degraded)s, %(reason)s, CAST(%(entities)s AS jsonb)) RETURNING id"
+    " %(attempts)s, %(degraded)s, %(reason)s, CAST(%(entities)s AS jsonb))"
+    " ON CONFLICT (tenant_id, id) DO NOTHING"
 )
 
 #: runs one statement in the tenant's database and returns its first row: ``Run(sql, params)``
+#: (bizosctl.tenancy.router.tenant_statement with the tenant's route)
 Run = Callable[[LiteralString, Mapping[str, Any]], "tuple[Any, ...] | None"]
 
 
@@ -118,6 +130,7 @@ def reserve(
     row = run(
         RESERVE,
         {
+            "id": uuid.uuid4(),
             "tid": plan.tenant_id,
             "amount": amount,
             "budget": UNLIMITED if plan.budget is None else plan.budget,
@@ -172,9 +185,11 @@ def record(
     status: str = "done",
 ) -> uuid.UUID:
     """A row for a call that reserved nothing (offline, or refused over budget)."""
-    row = run(
+    row_id = uuid.uuid4()
+    run(
         RECORD,
         {
+            "id": row_id,
             "tid": tenant_id,
             "member": member,
             "feature": feature,
@@ -183,8 +198,6 @@ def record(
             **_values(outcome),
         },
     )
-    assert row is not None
-    row_id: uuid.UUID = row[0]
     return row_id
 
 

@@ -190,8 +190,9 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
             ):
                 i += 1
             continue
-        if index:
-            hit = _dictionary_hit(text, toks, i, index.get(word.casefold(), ()))
+        entries = index.get(word.casefold()) if index else None
+        if entries:
+            hit = _dictionary_hit(text, toks, i, entries)
             if hit:
                 yield "PERSON", start, toks[hit - 1][1], _key(text, toks, i, hit)
                 i = hit
