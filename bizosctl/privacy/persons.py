@@ -47,6 +47,25 @@ _STOP = frozenset(
     Tangerang Depok Bogor Malang Solo Palembang Batam Indonesia Singapore Singapura Kota
     Invoice Order Faktur Pesanan Total Payment Pembayaran Transfer Stok Stock Gudang Barang
     Via Re Fwd Cc Bcc Subject Note Catatan Mr Mrs Ms Pak Bu Ibu Bapak
+    Minta Bilang Kabari Kirim Kirimkan Cek Ambil Bantu Coba Hubungi Contact Signed Sincerely
+    """.split()
+)
+# Capitalised words that are no part of a person's name: departments, desks, places, brands,
+# products. A cue word ("dari", "contact") before them is no sign of a person.
+_NOT_NAME = frozenset(
+    """
+    Service Services Center Centre Call Desk Help Helpdesk Office Branch Head Department
+    Departemen Divisi Division Bagian Unit Kantor Cabang Pusat Dinas Kementerian Badan
+    Direktur Direksi Utama Marketing Finance Keuangan Legal Accounting Akuntansi Procurement
+    Purchasing Pembelian Penjualan Operations Operasional Logistics Logistik Warehouse
+    Security Keamanan Resepsionis Reception Board Committee Panitia Manajemen Management
+    Selatan Utara Barat Timur Tengah Baru Pusat Besar Kecil Jawa Sumatra Sumatera Kalimantan
+    Sulawesi Papua Lombok Kuala Lumpur Jepang Japan China Korea Malaysia Thailand Vietnam
+    Google Microsoft Apple Samsung Dell Lenovo Asus Acer Xiaomi Oppo Vivo Huawei Sony Canon
+    Toyota Honda Yamaha Suzuki Daihatsu Mitsubishi Nissan Hyundai Shopee Tokopedia Lazada
+    Gojek Grab Bukalapak Blibli Traveloka Telkomsel Indosat Telkom Pertamina Unilever Nestle
+    Danone Indomie Wardah Workspace Teams Drive Sheets Excel Zoom WhatsApp Instagram Facebook
+    Galaxy Latitude ThinkPad iPhone MacBook Windows Android Series Promo Gratis Ongkir
     """.split()
 )
 # After one of these, the capitalised words are a company, a shop, a street or a place.
@@ -94,15 +113,34 @@ _AMBIGUOUS = frozenset(
 _BALI_PREFIX = frozenset({"I", "Ni"})
 _BALI_ORDER = frozenset("Wayan Made Nyoman Ketut Putu Kadek Komang Gede Luh Nengah Gusti".split())
 # "a.n." / "atas nama" (on behalf of): a name follows, as on transfer slips and invoices.
-# "saya" / "my name is" / "I'm" (introducing oneself): the same.
+# "saya" / "my name is" / "I'm" (introducing oneself), a closing ("Regards,", "Hormat kami,"),
+# a signature ("Signed by") or a header field ("Nama:", "From:"): the same.
 _CUE = re.compile(
-    r"(?:\ba\.\s?n\.|\batas\s+nama|\bsaya|\bmy\s+name\s+is|\bI'?m|\bI\s+am)\s*$",
+    r"(?:\ba\.\s?n\.|\batas\s+nama|\bsaya|\bmy\s+name\s+is|\bI'?m|\bI\s+am"
+    r"|\bregards|\bsigned(?:\s+by)?|\bsincerely|\bhormat\s+kami|\bsalam(?:\s+hangat)?"
+    r"|\bcheers|\bthanks|\bthank\s+you|\bterima\s+kasih|\battn\.?"
+    r"|\b(?:nama|penerima|pengirim|dari|from|kepada|to|contact\s+person)\s*:"
+    r")[,:]?\s*$",
+    re.IGNORECASE,
+)
+# Words after which two or three capitalised words are a person, unless they name a place,
+# a company or a desk ("hubungi Admin Gudang", "dari Dinas Kesehatan"): contact, hubungi,
+# dari, kepada, with, ask, minta, kabari, bilang ke, forward to.
+_WEAK_CUE = re.compile(
+    r"(?:\bcontact|\bhubungi(?:\s+saja)?|\bdari|\bkepada|\bfrom|\bwith|\bdengan|\bask"
+    r"|\btell|\bminta|\bkabari|\bbilang\s+ke|\bke|\bforward\s+(?:this|it)\s+to"
+    r")\s+$",
     re.IGNORECASE,
 )
 # A role before a given name that is also a word makes it a name: "Customer Rahmat".
 _ROLE = frozenset(
     "Customer Pelanggan Client Klien Kurir Courier Driver Sopir Supir Kasir Cashier Admin CS "
     "Staff Staf Teknisi Technician Sales Manager Supervisor Owner".split()
+)
+# Roles that are only ever followed by a person's name (not "Customer Service", "Sales
+# Report"): the capitalised word after one is a name even in no list ("Driver Sukirman").
+_PERSON_ROLE = frozenset(
+    "Kurir Courier Driver Sopir Supir Kasir Cashier Teknisi Technician Nasabah Pelanggan".split()
 )
 
 _DATA = "data/names_id.txt"
@@ -178,6 +216,14 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
             j += 1
         return j
 
+    def named(i: int, limit: int) -> int:
+        """:func:`run`, cut before a word that is no part of a person's name."""
+        stop = run(i, limit)
+        for j in range(i, stop):
+            if toks[j][2] in _NOT_NAME or toks[j][2] in _ROLE:
+                return j
+        return stop
+
     i = 0
     while i < n:
         start, _, word = toks[i]
@@ -206,16 +252,19 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                 yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
                 i = stop
                 continue
-        if (
-            _name_shaped(word)
-            and word not in _STOP
-            and _CUE.search(text, max(0, start - 12), start)
-        ):
-            stop = run(i, 3)  # "a.n. Sri Mulyani": on behalf of, as on a transfer slip
+        if _name_shaped(word) and word not in _STOP and word not in _NOT_NAME:
+            stop = named(i, 3)
             if stop > i and not _org_follows(toks, stop):
-                yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
-                i = stop
-                continue
+                strong = _CUE.search(text, max(0, start - 20), start)
+                # "a.n. Sri Mulyani", "Regards, Chen Wei"; "hubungi Siska Permatasari"
+                weak = not strong and (stop > i + 1 or word in given or word in family)
+                if weak:
+                    weak = _WEAK_CUE.search(text, max(0, start - 24), start) is not None
+                role = i > 0 and toks[i - 1][2] in _PERSON_ROLE and toks[i - 1][1] + 1 == start
+                if strong or weak or role:
+                    yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
+                    i = stop
+                    continue
         if word in HONORIFICS and _name_shaped(word):
             j = i + 1
             while j < n and toks[j][2] in HONORIFICS and toks[j][0] - toks[j - 1][1] <= 2:
@@ -228,8 +277,13 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                     continue
             i = j
             continue
-        if _name_shaped(word) and (word in given or word in known) and word not in _STOP:
-            stop = run(i, 3)
+        if (
+            _name_shaped(word)
+            and (word in given or word in known)
+            and word not in _STOP
+            and word not in _NOT_NAME
+        ):
+            stop = named(i, 3)
             if stop > i and not _org_follows(toks, stop):
                 follows = stop > i + 1 and (
                     toks[i + 1][2] in family or toks[i + 1][2] in given or toks[i + 1][2] in known
