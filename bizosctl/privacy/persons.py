@@ -66,6 +66,11 @@ _NOT_NAME = frozenset(
     Gojek Grab Bukalapak Blibli Traveloka Telkomsel Indosat Telkom Pertamina Unilever Nestle
     Danone Indomie Wardah Workspace Teams Drive Sheets Excel Zoom WhatsApp Instagram Facebook
     Galaxy Latitude ThinkPad iPhone MacBook Windows Android Series Promo Gratis Ongkir
+    Human Resources Hotline Layanan Care Purchase Order Regards Department Team
+    Chairman Salesman Woman German Roman Superman Batman Pokemon Sultan Subway Superindo
+    Supermarket Support Surat Sumber Sudah Summary Subject Submit Sukses Sunday Superior
+    Sleman Purworejo Tokyo Kyoto Sukabumi Sumedang Subang Sukoharjo Sumenep Sumbawa Sumba
+    Surakarta Sunter Sudirman Kebonsari Jatisari Cirebon Karawang Cikarang Cibitung Cakung
     """.split()
 )
 # After one of these, the capitalised words are a company, a shop, a street or a place.
@@ -117,21 +122,38 @@ _BALI_ORDER = frozenset("Wayan Made Nyoman Ketut Putu Kadek Komang Gede Luh Neng
 # a signature ("Signed by") or a header field ("Nama:", "From:"): the same.
 _CUE = re.compile(
     r"(?:\ba\.\s?n\.|\batas\s+nama|\bsaya|\bmy\s+name\s+is|\bI'?m|\bI\s+am"
-    r"|\bregards|\bsigned(?:\s+by)?|\bsincerely|\bhormat\s+kami|\bsalam(?:\s+hangat)?"
-    r"|\bcheers|\bthanks|\bthank\s+you|\bterima\s+kasih|\battn\.?"
-    r"|\b(?:nama|penerima|pengirim|dari|from|kepada|to|contact\s+person)\s*:"
-    r")[,:]?\s*$",
+    r"|\bregards,|\bsigned\s+by|\bsigned[,:]|\bsincerely,|\bhormat\s+(?:kami|saya),"
+    r"|\bsalam(?:\s+hangat)?,|\bcheers,|\bthanks,|\bthank\s+you,|\bterima\s+kasih,"
+    r"|\bbest,|\battn\.?:?|\bdear|\bhi|\bhello|\bhalo|\bhai"
+    r"|\b(?:nama|penerima|pengirim|dari|from|kepada|to|contact(?:\s+person)?|kontak|cp|pic"
+    r"|penanggung\s+jawab|approved\s+by|disetujui\s+oleh)\s*:"
+    r")\s*$",
     re.IGNORECASE,
 )
-# Words after which two or three capitalised words are a person, unless they name a place,
-# a company or a desk ("hubungi Admin Gudang", "dari Dinas Kesehatan"): contact, hubungi,
-# dari, kepada, with, ask, minta, kabari, bilang ke, forward to.
+# Words after which two or three capitalised words are a person when one of them reads as a
+# name (a listed given or family name, or a Javanese/Indonesian name's shape), unless they
+# name a place, a company or a desk ("hubungi Admin Gudang", "dari Dinas Kesehatan"):
+# contact, hubungi, dari, kepada, oleh, by, with, ask, minta, kabari, bilang ke, forward to.
 _WEAK_CUE = re.compile(
-    r"(?:\bcontact|\bhubungi(?:\s+saja)?|\bdari|\bkepada|\bfrom|\bwith|\bdengan|\bask"
-    r"|\btell|\bminta|\bkabari|\bbilang\s+ke|\bke|\bforward\s+(?:this|it)\s+to"
+    r"(?:\bcontact|\bhubungi(?:\s+saja)?|\bdari|\bkepada|\bfrom|\bwith|\bdengan|\bsama"
+    r"|\boleh|\bby|\bask|\btell|\bminta|\bkabari|\bbilang\s+ke|\bke|\bto|\band|\bdan"
+    r"|\bforward\s+(?:this|it)\s+to"
     r")\s+$",
     re.IGNORECASE,
 )
+# The shape of many Javanese and Indonesian names that are in no list: Su- (Suparmi,
+# Sutarno) and endings such as -anto, -wati, -ningsih, -yono, -sari.
+_NAME_SHAPE = re.compile(
+    r"(?:Su[bcdgjklmnprtwy][a-z]{3,}"
+    r"|[A-Z][a-z]{2,}(?:anto|anti|yanto|yanti|wati|ningsih|ningrum|yono|iyono|sono|arno"
+    r"|armi|arni|ardi|ardo|sari|iyah|udin|uddin|ansyah|syah|wan|man|mah|nah|jo|yo))"
+)
+
+# The endings of Javanese and Indonesian surnames in no list (Kristanto, Wicaksono).
+_SURNAME_SHAPE = re.compile(
+    r"[A-Z][a-z]{2,}(?:anto|yanto|ianto|wati|ningsih|ningrum|yono|iyono|sono|wijoyo|harjo)"
+)
+
 # A role before a given name that is also a word makes it a name: "Customer Rahmat".
 _ROLE = frozenset(
     "Customer Pelanggan Client Klien Kurir Courier Driver Sopir Supir Kasir Cashier Admin CS "
@@ -171,6 +193,39 @@ def _name_lists() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(given - _STOP), frozenset(family - _STOP)
 
 
+#: How many of the census's most frequent surnames are evidence of a name: the whole list
+#: (88,000) holds most capitalised words ("Bridge", "Service", "Gamble").
+_COMMON_SURNAMES = 500
+# Indonesian family names that are also words or given names ("Pratama": first): no evidence
+# on their own that the word before them is a given name.
+_WORDLIKE_FAMILY = frozenset(
+    "Pratama Putra Putri Utama Jaya Purnama Permana Rahayu Tanjung Hakim Kusuma Pratiwi "
+    "Nugraha Pranata Pradana Prasetya Wiguna Winata Lesmana Budiman Maharani Kartika Mahendra "
+    "Ramadhan Salim Hasan Iskandar Halim Purba Azhari".split()
+)
+
+
+@functools.cache
+def _surnames() -> tuple[frozenset[str], frozenset[str]]:
+    """(surnames that are evidence of a name: the census's most frequent and the Indonesian
+    list; Indonesian family names distinct enough to make the capitalised word before them a
+    given name: "Margaretha Sinaga")."""
+    census = importlib.resources.files("names").joinpath("dist.all.last").read_text()
+    top = {line.split(" ", 1)[0].title() for line in census.splitlines()[:_COMMON_SURNAMES]}
+    indonesian: set[str] = set()
+    section = ""
+    for line in importlib.resources.files(__package__).joinpath(_DATA).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif line and not line.startswith("#") and section == "[family]":
+            indonesian.add(line)
+    given, _ = _name_lists()
+    drop = _STOP | _AMBIGUOUS | _NOT_NAME | _ORG_AFTER | _ROLE
+    distinct = indonesian - given - _WORDLIKE_FAMILY - drop
+    return frozenset((top | indonesian) - drop), frozenset(distinct)
+
+
 @functools.lru_cache(maxsize=64)
 def _dictionary(names: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, ...]]], frozenset[str]]:
     """Index of the caller's names by first token (longest first), and their single tokens."""
@@ -197,7 +252,8 @@ def _name_shaped(word: str) -> bool:
 
 def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
     """PERSON candidates in ``text``; ``names`` is the caller's dictionary of known names."""
-    given, family = _name_lists()
+    given, _ = _name_lists()
+    family, distinct = _surnames()
     index, known = _dictionary(tuple(names))
     toks = [(*m.span(), m.group()) for m in _TOKEN.finditer(text)]
     n = len(toks)
@@ -252,12 +308,35 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                 yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
                 i = stop
                 continue
+        if (
+            spaced(i)
+            and _name_shaped(word)
+            and word not in _STOP
+            and word not in _NOT_NAME
+            and word not in _AMBIGUOUS
+            and word not in _ROLE
+            and word not in _ORG_AFTER
+            and word not in HONORIFICS
+            and _name_shaped(toks[i + 1][2])
+            and (toks[i + 1][2] in distinct or _SURNAME_SHAPE.fullmatch(toks[i + 1][2]))
+        ):
+            stop = named(i, 3)  # "Margaretha Sinaga", "Adrianus Kristanto": a surname's shape
+            if stop > i + 1 and not _org_follows(toks, stop):
+                yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
+                i = stop
+                continue
         if _name_shaped(word) and word not in _STOP and word not in _NOT_NAME:
             stop = named(i, 3)
             if stop > i and not _org_follows(toks, stop):
-                strong = _CUE.search(text, max(0, start - 20), start)
+                strong = _CUE.search(text, max(0, start - 24), start)
                 # "a.n. Sri Mulyani", "Regards, Chen Wei"; "hubungi Siska Permatasari"
-                weak = not strong and (stop > i + 1 or word in given or word in family)
+                weak = not strong and any(
+                    toks[j][2] in given
+                    or toks[j][2] in family
+                    or toks[j][2] in known
+                    or _NAME_SHAPE.fullmatch(toks[j][2])
+                    for j in range(i, stop)
+                )
                 if weak:
                     weak = _WEAK_CUE.search(text, max(0, start - 24), start) is not None
                 role = i > 0 and toks[i - 1][2] in _PERSON_ROLE and toks[i - 1][1] + 1 == start
