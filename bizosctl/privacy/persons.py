@@ -141,6 +141,16 @@ _WEAK_CUE = re.compile(
     r")\s+$",
     re.IGNORECASE,
 )
+# The last word of each cue above and below, casefolded (tokens join letters across ' and -).
+_CUE_LAST = frozenset(
+    "n nama saya is i'm im am regards by signed sincerely kami salam hangat cheers thanks "
+    "you kasih best attn dear hi hello halo hai penerima pengirim dari from kepada to contact "
+    "person kontak cp pic jawab oleh".split()
+)
+_WEAK_CUE_LAST = frozenset(
+    "contact hubungi saja dari kepada from with dengan sama oleh by ask tell minta kabari ke "
+    "to and dan".split()
+)
 # The shape of many Javanese and Indonesian names that are in no list: Su- (Suparmi,
 # Sutarno) and endings such as -anto, -wati, -ningsih, -yono, -sari.
 _NAME_SHAPE = re.compile(
@@ -325,22 +335,26 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                 yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
                 i = stop
                 continue
-        if _name_shaped(word) and word not in _STOP and word not in _NOT_NAME:
-            stop = named(i, 3)
-            if stop > i and not _org_follows(toks, stop):
-                strong = _CUE.search(text, max(0, start - 24), start)
+        if _name_shaped(word) and word not in _STOP and word not in _NOT_NAME and i > 0:
+            # The cue patterns end right before the word: the word before must end one (a
+            # set lookup first; the pattern only when it might).
+            before = toks[i - 1][2].casefold()
+            strong = before in _CUE_LAST and _CUE.search(text, max(0, start - 24), start)
+            weak = not strong and before in _WEAK_CUE_LAST
+            weak = weak and _WEAK_CUE.search(text, max(0, start - 24), start) is not None
+            role = toks[i - 1][2] in _PERSON_ROLE and toks[i - 1][1] + 1 == start
+            if strong or weak or role:
+                stop = named(i, 3)
                 # "a.n. Sri Mulyani", "Regards, Chen Wei"; "hubungi Siska Permatasari"
-                weak = not strong and any(
-                    toks[j][2] in given
-                    or toks[j][2] in family
-                    or toks[j][2] in known
-                    or _NAME_SHAPE.fullmatch(toks[j][2])
-                    for j in range(i, stop)
-                )
-                if weak:
-                    weak = _WEAK_CUE.search(text, max(0, start - 24), start) is not None
-                role = i > 0 and toks[i - 1][2] in _PERSON_ROLE and toks[i - 1][1] + 1 == start
-                if strong or weak or role:
+                if weak and not strong and not role:
+                    weak = any(
+                        toks[j][2] in given
+                        or toks[j][2] in family
+                        or toks[j][2] in known
+                        or _NAME_SHAPE.fullmatch(toks[j][2])
+                        for j in range(i, stop)
+                    )
+                if stop > i and not _org_follows(toks, stop) and (strong or weak or role):
                     yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
                     i = stop
                     continue
