@@ -112,14 +112,22 @@ def tenant_statement(
             conn = raw.driver_connection
             assert isinstance(conn, psycopg.Connection)
             try:
-                with conn.pipeline(), conn.transaction():
+                # Not autocommit: the first statement opens the transaction (BEGIN goes with
+                # it); conn.transaction() would add a sync, a round trip, on each side.
+                with conn.pipeline():
                     conn.execute(_CONTEXT_PG, context)
                     cur = conn.execute(sql, params)
+                    conn.commit()
                 return cur.fetchone() if cur.description is not None else None
             except psycopg.Error as exc:
                 dead = conn.closed or conn.broken
                 if dead:
                     raw.invalidate(exc)
+                else:
+                    try:
+                        conn.rollback()
+                    except psycopg.Error:
+                        raw.invalidate(exc)
                 if dead and attempt == 1 and isinstance(exc, psycopg.OperationalError):
                     continue
                 # the same translation as every other statement's (SQLAlchemy's wrapper)
