@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
+#: bumped by every dispose_all: a caller that keeps engines of its own drops them then
+generation = 0
 
 
 def make_url(url: str | URL) -> URL:
@@ -74,7 +76,9 @@ def get_engine(
 
 
 def dispose_all(*, host_contains: str | None = None) -> None:
+    global generation
     with _lock:
+        generation += 1
         for key in list(_engines):
             if host_contains is None or host_contains in key:
                 _engines.pop(key).dispose()

@@ -46,14 +46,30 @@ _CONTEXT_PG: LiteralString = (
 )
 
 
+# The engines of routes seen lately, so that a hot path does not build and parse the URL
+# each time (dropped when dispose_all runs: see engines.generation).
+_kept: dict[tuple[RouteInfo, bool], tuple[int, Engine]] = {}
+
+
 def _engine(ctl: Control, route: RouteInfo, *, pre_ping: bool = True) -> Engine:
+    from bizosctl.db import engines
+
     if route.status == "suspended":
         # The database refuses it too (bizos_tenant() is NULL): this is the clear message.
         raise TenantSuspended(f"tenant {route.slug!r} is suspended: reads and writes are refused")
     handle = ctl.server(route.server)
     handle.ensure_ready()
+    key = (route, pre_ping)
+    hit = _kept.get(key)
+    if hit is not None and hit[0] == engines.generation:
+        return hit[1]
+    generation = engines.generation
     url = handle.login_url(route.database, route.role, route.password)
-    return get_engine(url, pre_ping=pre_ping)
+    engine = get_engine(url, pre_ping=pre_ping)
+    if len(_kept) > 1024:
+        _kept.clear()
+    _kept[key] = (generation, engine)
+    return engine
 
 
 @contextlib.contextmanager
