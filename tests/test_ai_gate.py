@@ -473,6 +473,13 @@ def test_a_feature_without_a_valid_offline_answer_fails_and_releases_its_reserva
     assert spent == row["cost"] > 0  # the two malformed answers, billed; nothing held
 
 
+def spend(ctl: Control, slug: str) -> tuple[Decimal, int]:
+    """The month's counter: (spent, calls)."""
+    with tenant_session(ctl, slug, actor="test", read_only=True) as s:
+        spent, calls = s.execute(text("SELECT spent, calls FROM ai_spend")).one()
+    return spent, calls
+
+
 def test_a_ledger_connection_the_server_closed_is_replaced_and_counted_once(
     ctl: Control, model: FakeModel, make_tenant: Any
 ) -> None:
@@ -502,9 +509,7 @@ def test_a_ledger_connection_the_server_closed_is_replaced_and_counted_once(
         (first.usage_id, "done"),
         (second.usage_id, "done"),
     ]
-    with tenant_session(ctl, slug, actor="test", read_only=True) as s:
-        spent, calls = s.execute(text("SELECT spent, calls FROM ai_spend")).one()
-    assert (spent, calls) == (first.cost + second.cost, 2)
+    assert spend(ctl, slug) == (first.cost + second.cost, 2)
 
 
 def test_a_reservation_sent_twice_is_held_once(
@@ -527,9 +532,7 @@ def test_a_reservation_sent_twice_is_held_once(
                           feature="test.twice", provider="gemini", model="m",
                           entities={})  # fmt: skip
     assert held is not None and held.id == sent[0]["id"]
-    with tenant_session(ctl, slug, actor="test", read_only=True) as s:
-        spent, calls = s.execute(text("SELECT spent, calls FROM ai_spend")).one()
-    assert (spent, calls) == (Decimal("0.5"), 1)
+    assert spend(ctl, slug) == (Decimal("0.5"), 1)
     assert [r["id"] for r in rows(ctl, slug)] == [held.id]
 
 
