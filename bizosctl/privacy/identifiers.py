@@ -251,6 +251,10 @@ _IPV6 = re.compile(
     r"(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"
 )
 
+# Every IPv6 address has two colons with at most four hex digits between: a cheap test first
+# (the full pattern would be tried at every hex letter of the text).
+_IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
+
 
 def ip_addresses(text: str) -> Iterator[Candidate]:
     for m in _IPV4.finditer(text):
@@ -264,6 +268,8 @@ def ip_addresses(text: str) -> Iterator[Candidate]:
         if _AMOUNT_AFTER.match(text, end):
             continue
         yield "IP_ADDRESS", start, end, str(address)
+    if _IPV6_HINT.search(text) is None:  # most text: no two colons with hex between
+        return
     for m in _IPV6.finditer(text):
         value = m.group(0)
         if sum(c.isdigit() for c in value) == 0 or len(value.replace(":", "")) < 4:

@@ -47,6 +47,30 @@ _STOP = frozenset(
     Tangerang Depok Bogor Malang Solo Palembang Batam Indonesia Singapore Singapura Kota
     Invoice Order Faktur Pesanan Total Payment Pembayaran Transfer Stok Stock Gudang Barang
     Via Re Fwd Cc Bcc Subject Note Catatan Mr Mrs Ms Pak Bu Ibu Bapak
+    Minta Bilang Kabari Kirim Kirimkan Cek Ambil Bantu Coba Hubungi Contact Signed Sincerely
+    """.split()
+)
+# Capitalised words that are no part of a person's name: departments, desks, places, brands,
+# products. A cue word ("dari", "contact") before them is no sign of a person.
+_NOT_NAME = frozenset(
+    """
+    Service Services Center Centre Call Desk Help Helpdesk Office Branch Head Department
+    Departemen Divisi Division Bagian Unit Kantor Cabang Pusat Dinas Kementerian Badan
+    Direktur Direksi Utama Marketing Finance Keuangan Legal Accounting Akuntansi Procurement
+    Purchasing Pembelian Penjualan Operations Operasional Logistics Logistik Warehouse
+    Security Keamanan Resepsionis Reception Board Committee Panitia Manajemen Management
+    Selatan Utara Barat Timur Tengah Baru Pusat Besar Kecil Jawa Sumatra Sumatera Kalimantan
+    Sulawesi Papua Lombok Kuala Lumpur Jepang Japan China Korea Malaysia Thailand Vietnam
+    Google Microsoft Apple Samsung Dell Lenovo Asus Acer Xiaomi Oppo Vivo Huawei Sony Canon
+    Toyota Honda Yamaha Suzuki Daihatsu Mitsubishi Nissan Hyundai Shopee Tokopedia Lazada
+    Gojek Grab Bukalapak Blibli Traveloka Telkomsel Indosat Telkom Pertamina Unilever Nestle
+    Danone Indomie Wardah Workspace Teams Drive Sheets Excel Zoom WhatsApp Instagram Facebook
+    Galaxy Latitude ThinkPad iPhone MacBook Windows Android Series Promo Gratis Ongkir
+    Human Resources Hotline Layanan Care Purchase Order Regards Department Team
+    Chairman Salesman Woman German Roman Superman Batman Pokemon Sultan Subway Superindo
+    Supermarket Support Surat Sumber Sudah Summary Subject Submit Sukses Sunday Superior
+    Sleman Purworejo Tokyo Kyoto Sukabumi Sumedang Subang Sukoharjo Sumenep Sumbawa Sumba
+    Surakarta Sunter Sudirman Kebonsari Jatisari Cirebon Karawang Cikarang Cibitung Cakung
     """.split()
 )
 # After one of these, the capitalised words are a company, a shop, a street or a place.
@@ -94,15 +118,61 @@ _AMBIGUOUS = frozenset(
 _BALI_PREFIX = frozenset({"I", "Ni"})
 _BALI_ORDER = frozenset("Wayan Made Nyoman Ketut Putu Kadek Komang Gede Luh Nengah Gusti".split())
 # "a.n." / "atas nama" (on behalf of): a name follows, as on transfer slips and invoices.
-# "saya" / "my name is" / "I'm" (introducing oneself): the same.
+# "saya" / "my name is" / "I'm" (introducing oneself), a closing ("Regards,", "Hormat kami,"),
+# a signature ("Signed by") or a header field ("Nama:", "From:"): the same.
 _CUE = re.compile(
-    r"(?:\ba\.\s?n\.|\batas\s+nama|\bsaya|\bmy\s+name\s+is|\bI'?m|\bI\s+am)\s*$",
+    r"(?:\ba\.\s?n\.|\batas\s+nama|\bsaya|\bmy\s+name\s+is|\bI'?m|\bI\s+am"
+    r"|\bregards,|\bsigned\s+by|\bsigned[,:]|\bsincerely,|\bhormat\s+(?:kami|saya),"
+    r"|\bsalam(?:\s+hangat)?,|\bcheers,|\bthanks,|\bthank\s+you,|\bterima\s+kasih,"
+    r"|\bbest,|\battn\.?:?|\bdear|\bhi|\bhello|\bhalo|\bhai"
+    r"|\b(?:nama|penerima|pengirim|dari|from|kepada|to|contact(?:\s+person)?|kontak|cp|pic"
+    r"|penanggung\s+jawab|approved\s+by|disetujui\s+oleh)\s*:"
+    r")\s*$",
     re.IGNORECASE,
 )
+# Words after which two or three capitalised words are a person when one of them reads as a
+# name (a listed given or family name, or a Javanese/Indonesian name's shape), unless they
+# name a place, a company or a desk ("hubungi Admin Gudang", "dari Dinas Kesehatan"):
+# contact, hubungi, dari, kepada, oleh, by, with, ask, minta, kabari, bilang ke, forward to.
+_WEAK_CUE = re.compile(
+    r"(?:\bcontact|\bhubungi(?:\s+saja)?|\bdari|\bkepada|\bfrom|\bwith|\bdengan|\bsama"
+    r"|\boleh|\bby|\bask|\btell|\bminta|\bkabari|\bbilang\s+ke|\bke|\bto|\band|\bdan"
+    r"|\bforward\s+(?:this|it)\s+to"
+    r")\s+$",
+    re.IGNORECASE,
+)
+# The last word of each cue above and below, casefolded (tokens join letters across ' and -).
+_CUE_LAST = frozenset(
+    "n nama saya is i'm im am regards by signed sincerely kami salam hangat cheers thanks "
+    "you kasih best attn dear hi hello halo hai penerima pengirim dari from kepada to contact "
+    "person kontak cp pic jawab oleh".split()
+)
+_WEAK_CUE_LAST = frozenset(
+    "contact hubungi saja dari kepada from with dengan sama oleh by ask tell minta kabari ke "
+    "to and dan".split()
+)
+# The shape of many Javanese and Indonesian names that are in no list: Su- (Suparmi,
+# Sutarno) and endings such as -anto, -wati, -ningsih, -yono, -sari.
+_NAME_SHAPE = re.compile(
+    r"(?:Su[bcdgjklmnprtwy][a-z]{3,}"
+    r"|[A-Z][a-z]{2,}(?:anto|anti|yanto|yanti|wati|ningsih|ningrum|yono|iyono|sono|arno"
+    r"|armi|arni|ardi|ardo|sari|iyah|udin|uddin|ansyah|syah|wan|man|mah|nah|jo|yo))"
+)
+
+# The endings of Javanese and Indonesian surnames in no list (Kristanto, Wicaksono).
+_SURNAME_SHAPE = re.compile(
+    r"[A-Z][a-z]{2,}(?:anto|yanto|ianto|wati|ningsih|ningrum|yono|iyono|sono|wijoyo|harjo)"
+)
+
 # A role before a given name that is also a word makes it a name: "Customer Rahmat".
 _ROLE = frozenset(
     "Customer Pelanggan Client Klien Kurir Courier Driver Sopir Supir Kasir Cashier Admin CS "
     "Staff Staf Teknisi Technician Sales Manager Supervisor Owner".split()
+)
+# Roles that are only ever followed by a person's name (not "Customer Service", "Sales
+# Report"): the capitalised word after one is a name even in no list ("Driver Sukirman").
+_PERSON_ROLE = frozenset(
+    "Kurir Courier Driver Sopir Supir Kasir Cashier Teknisi Technician Nasabah Pelanggan".split()
 )
 
 _DATA = "data/names_id.txt"
@@ -133,6 +203,39 @@ def _name_lists() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(given - _STOP), frozenset(family - _STOP)
 
 
+#: How many of the census's most frequent surnames are evidence of a name: the whole list
+#: (88,000) holds most capitalised words ("Bridge", "Service", "Gamble").
+_COMMON_SURNAMES = 500
+# Indonesian family names that are also words or given names ("Pratama": first): no evidence
+# on their own that the word before them is a given name.
+_WORDLIKE_FAMILY = frozenset(
+    "Pratama Putra Putri Utama Jaya Purnama Permana Rahayu Tanjung Hakim Kusuma Pratiwi "
+    "Nugraha Pranata Pradana Prasetya Wiguna Winata Lesmana Budiman Maharani Kartika Mahendra "
+    "Ramadhan Salim Hasan Iskandar Halim Purba Azhari".split()
+)
+
+
+@functools.cache
+def _surnames() -> tuple[frozenset[str], frozenset[str]]:
+    """(surnames that are evidence of a name: the census's most frequent and the Indonesian
+    list; Indonesian family names distinct enough to make the capitalised word before them a
+    given name: "Margaretha Sinaga")."""
+    census = importlib.resources.files("names").joinpath("dist.all.last").read_text()
+    top = {line.split(" ", 1)[0].title() for line in census.splitlines()[:_COMMON_SURNAMES]}
+    indonesian: set[str] = set()
+    section = ""
+    for line in importlib.resources.files(__package__).joinpath(_DATA).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif line and not line.startswith("#") and section == "[family]":
+            indonesian.add(line)
+    given, _ = _name_lists()
+    drop = _STOP | _AMBIGUOUS | _NOT_NAME | _ORG_AFTER | _ROLE
+    distinct = indonesian - given - _WORDLIKE_FAMILY - drop
+    return frozenset((top | indonesian) - drop), frozenset(distinct)
+
+
 @functools.lru_cache(maxsize=64)
 def _dictionary(names: tuple[str, ...]) -> tuple[dict[str, list[tuple[str, ...]]], frozenset[str]]:
     """Index of the caller's names by first token (longest first), and their single tokens."""
@@ -159,7 +262,8 @@ def _name_shaped(word: str) -> bool:
 
 def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
     """PERSON candidates in ``text``; ``names`` is the caller's dictionary of known names."""
-    given, family = _name_lists()
+    given, _ = _name_lists()
+    family, distinct = _surnames()
     index, known = _dictionary(tuple(names))
     toks = [(*m.span(), m.group()) for m in _TOKEN.finditer(text)]
     n = len(toks)
@@ -178,6 +282,14 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
             j += 1
         return j
 
+    def named(i: int, limit: int) -> int:
+        """:func:`run`, cut before a word that is no part of a person's name."""
+        stop = run(i, limit)
+        for j in range(i, stop):
+            if toks[j][2] in _NOT_NAME or toks[j][2] in _ROLE:
+                return j
+        return stop
+
     i = 0
     while i < n:
         start, _, word = toks[i]
@@ -190,8 +302,9 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
             ):
                 i += 1
             continue
-        if index:
-            hit = _dictionary_hit(text, toks, i, index.get(word.casefold(), ()))
+        entries = index.get(word.casefold()) if index else None
+        if entries:
+            hit = _dictionary_hit(text, toks, i, entries)
             if hit:
                 yield "PERSON", start, toks[hit - 1][1], _key(text, toks, i, hit)
                 i = hit
@@ -206,15 +319,45 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                 i = stop
                 continue
         if (
-            _name_shaped(word)
+            spaced(i)
+            and _name_shaped(word)
             and word not in _STOP
-            and _CUE.search(text, max(0, start - 12), start)
+            and word not in _NOT_NAME
+            and word not in _AMBIGUOUS
+            and word not in _ROLE
+            and word not in _ORG_AFTER
+            and word not in HONORIFICS
+            and _name_shaped(toks[i + 1][2])
+            and (toks[i + 1][2] in distinct or _SURNAME_SHAPE.fullmatch(toks[i + 1][2]))
         ):
-            stop = run(i, 3)  # "a.n. Sri Mulyani": on behalf of, as on a transfer slip
-            if stop > i and not _org_follows(toks, stop):
+            stop = named(i, 3)  # "Margaretha Sinaga", "Adrianus Kristanto": a surname's shape
+            if stop > i + 1 and not _org_follows(toks, stop):
                 yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
                 i = stop
                 continue
+        if _name_shaped(word) and word not in _STOP and word not in _NOT_NAME and i > 0:
+            # The cue patterns end right before the word: the word before must end one (a
+            # set lookup first; the pattern only when it might).
+            before = toks[i - 1][2].casefold()
+            strong = before in _CUE_LAST and _CUE.search(text, max(0, start - 24), start)
+            weak = not strong and before in _WEAK_CUE_LAST
+            weak = weak and _WEAK_CUE.search(text, max(0, start - 24), start) is not None
+            role = toks[i - 1][2] in _PERSON_ROLE and toks[i - 1][1] + 1 == start
+            if strong or weak or role:
+                stop = named(i, 3)
+                # "a.n. Sri Mulyani", "Regards, Chen Wei"; "hubungi Siska Permatasari"
+                if weak and not strong and not role:
+                    weak = any(
+                        toks[j][2] in given
+                        or toks[j][2] in family
+                        or toks[j][2] in known
+                        or _NAME_SHAPE.fullmatch(toks[j][2])
+                        for j in range(i, stop)
+                    )
+                if stop > i and not _org_follows(toks, stop) and (strong or weak or role):
+                    yield "PERSON", start, toks[stop - 1][1], _key(text, toks, i, stop)
+                    i = stop
+                    continue
         if word in HONORIFICS and _name_shaped(word):
             j = i + 1
             while j < n and toks[j][2] in HONORIFICS and toks[j][0] - toks[j - 1][1] <= 2:
@@ -227,8 +370,13 @@ def persons(text: str, names: Iterable[str] = ()) -> Iterator[Candidate]:
                     continue
             i = j
             continue
-        if _name_shaped(word) and (word in given or word in known) and word not in _STOP:
-            stop = run(i, 3)
+        if (
+            _name_shaped(word)
+            and (word in given or word in known)
+            and word not in _STOP
+            and word not in _NOT_NAME
+        ):
+            stop = named(i, 3)
             if stop > i and not _org_follows(toks, stop):
                 follows = stop > i + 1 and (
                     toks[i + 1][2] in family or toks[i + 1][2] in given or toks[i + 1][2] in known

@@ -7,13 +7,16 @@ carries one tenant's context into the next request. A read-only session is ``BEG
 
 The database enforces what the context allows (RLS, the write guard, a suspended tenant reads
 nothing); setting the context is the application's job: the login role may set any tenant.
+
+:func:`tenant_statement` is the same door for a hot path that runs one statement: the
+transaction, the context and the statement go in one round trip (psycopg's pipeline mode).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, LiteralString
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -25,8 +28,6 @@ from bizosctl.errors import TenantSuspended
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from bizosctl.providers.local import ServerHandle
-
 _CONTEXT_SQL = text(
     "SELECT set_config('bizos.tenant_id', :tenant, true),"
     " set_config('bizos.actor', :actor, true),"
@@ -34,16 +35,38 @@ _CONTEXT_SQL = text(
 )
 
 
-def _engine(handle: ServerHandle, route: RouteInfo, read_only: bool) -> Engine:
-    engine = get_engine(handle.login_url(route.database, route.role, route.password))
-    if read_only:
-        # psycopg then opens the transaction with BEGIN READ ONLY (reset when pooled back).
-        engine = engine.execution_options(postgresql_readonly=True)
-    return engine
-
-
 def search_path(route: RouteInfo) -> str:
     return f'"{route.schema}", public'
+
+
+_CONTEXT_PG: LiteralString = (
+    "SELECT set_config('bizos.tenant_id', %(tenant)s, true),"
+    " set_config('bizos.actor', %(actor)s, true),"
+    " set_config('search_path', %(path)s, true)"
+)
+
+
+def _engine(
+    ctl: Control, route: RouteInfo, *, pre_ping: bool = True, read_only: bool = False
+) -> Engine:
+    """The route's engine, remembered (until ``dispose_all``) so that a hot path does not
+    build and parse its URL each time."""
+    if route.status == "suspended":
+        # The database refuses it too (bizos_tenant() is NULL): this is the clear message.
+        raise TenantSuspended(f"tenant {route.slug!r} is suspended: reads and writes are refused")
+    handle = ctl.server(route.server)
+    handle.ensure_ready()
+
+    def make() -> Engine:
+        url = handle.login_url(route.database, route.role, route.password)
+        engine = get_engine(url, pre_ping=pre_ping)
+        if read_only:
+            # psycopg then opens the transaction with BEGIN READ ONLY (reset when pooled back).
+            engine = engine.execution_options(postgresql_readonly=True)
+        return engine
+
+    # handle.url: a server re-pointed under the same name gets engines of its own
+    return memo_engine(("tenant", route, handle.url, pre_ping, read_only), make)
 
 
 @contextlib.contextmanager
@@ -55,15 +78,7 @@ def tenant_session(
     request, with the credentials); looked up otherwise."""
     if route is None or route.slug != slug:
         route = ctl.route(slug)
-    if route.status == "suspended":
-        # The database refuses it too (bizos_tenant() is NULL): this is the clear message.
-        raise TenantSuspended(f"tenant {slug!r} is suspended: reads and writes are refused")
-    handle = ctl.server(route.server)
-    handle.ensure_ready()
-    engine = memo_engine(
-        ("tenant", route.server, handle.url, route.database, route.role, route.password, read_only),
-        lambda: _engine(handle, route, read_only),
-    )
+    engine = _engine(ctl, route, read_only=read_only)
     with translate_errors(f"tenant {slug}"), Session(engine) as session, session.begin():
         # One round trip: SET LOCAL of the context (READ ONLY came with the BEGIN).
         session.execute(
@@ -75,3 +90,58 @@ def tenant_session(
             },
         )
         yield session
+
+
+def tenant_statement(
+    ctl: Control,
+    route: RouteInfo,
+    *,
+    actor: str,
+    sql: LiteralString,
+    params: Mapping[str, Any],
+) -> tuple[Any, ...] | None:
+    """Run one statement (psycopg ``%(name)s`` parameters) in its own transaction in the
+    tenant's context, as :func:`tenant_session` would, and return its first row (None: no
+    row, or a statement without one).
+
+    BEGIN, the context, the statement and COMMIT are sent together in pipeline mode, on a
+    pooled connection that is not pinged at checkout: one round trip instead of six, for the
+    LLM gate's ledger writes. A connection found dead (a restarted server) is replaced and
+    the statement sent once more, so **the statement must be safe to run twice** (it may
+    have committed before the connection died). ``route`` is the caller's (a moved tenant's
+    old place refuses writes: a caller that keeps routes reads it again on an error).
+    """
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    engine = _engine(ctl, route, pre_ping=False)
+    context = {"tenant": str(route.tenant_id), "actor": actor, "path": search_path(route)}
+    with translate_errors(f"tenant {route.slug}"):
+        for attempt in (1, 2):
+            raw = engine.raw_connection()
+            conn = raw.driver_connection
+            assert isinstance(conn, psycopg.Connection)
+            try:
+                # Not autocommit: the first statement opens the transaction (BEGIN goes with
+                # it); conn.transaction() would add a sync, a round trip, on each side.
+                with conn.pipeline():
+                    conn.execute(_CONTEXT_PG, context)
+                    cur = conn.execute(sql, params)
+                    conn.commit()
+                return cur.fetchone() if cur.description is not None else None
+            except psycopg.Error as exc:
+                dead = conn.closed or conn.broken
+                if dead:
+                    raw.invalidate(exc)
+                else:
+                    try:
+                        conn.rollback()
+                    except psycopg.Error:
+                        raw.invalidate(exc)
+                if dead and attempt == 1 and isinstance(exc, psycopg.OperationalError):
+                    continue
+                # the same translation as every other statement's (SQLAlchemy's wrapper)
+                raise sa_exc.DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
+            finally:
+                raw.close()
+    raise AssertionError("unreachable")  # pragma: no cover
