@@ -36,6 +36,7 @@ CLASSIFICATION = {
     "tenant query": CHANGES,  # with --write; --dry-run runs it and rolls back
     "tenant move": DESTROYS,  # --purge-source drops the kept source
     "tenant purge-sources": DESTROYS,  # every expired kept move source
+    "tenant set-zone": CHANGES,
     "schema status": READS,
     "schema sync": DESTROYS,  # --to below the current revision drops what later ones added
     "schema drift": READS,
