@@ -72,6 +72,8 @@ CLASSIFICATION = {
     "ai budget": CHANGES,
     "usage": READS,
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
+    "scheduler": CHANGES,  # enqueues due runs; --dry-run shows what it would enqueue
+    "schedule list": READS,
     "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
     "serve": CHANGES,  # serves the API (its requests change data); --dry-run checks settings
 }

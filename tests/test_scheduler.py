@@ -8,10 +8,17 @@ another module's. Every test removes the jobs and run rows it made.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from zoneinfo import ZoneInfo
 
+import pytest
 from conftest import unique_slug
 from sqlalchemy import text
+
+from bizosctl.jobs.calendar import daily_runs, local_instant, next_daily
+from bizosctl.jobs.entries import registry
+from bizosctl.jobs.scheduler import Scheduler
 
 
 # -- time zones ---------------------------------------------------------------------------------
@@ -97,3 +104,202 @@ def test_set_zone_unknown_tenant_exits_3(cli, ctl):
     r = cli("tenant", "set-zone", unique_slug("nope"), "UTC")
     assert r.exit_code == 3
     assert "no tenant named" in r.stderr
+
+
+# -- the calendar across DST --------------------------------------------------------------------
+UTC = dt.UTC
+
+
+@pytest.mark.parametrize(
+    ("zone", "start", "utc_hours"),
+    [
+        # Berlin springs forward on 2027-03-28 (05:00 CET = 04:00Z, then CEST = 03:00Z) and
+        # falls back on 2027-10-31; New York on 2027-03-14 and 2027-11-07.
+        ("Europe/Berlin", dt.datetime(2027, 3, 26, tzinfo=UTC), [4, 4, 3, 3, 3]),
+        ("Europe/Berlin", dt.datetime(2027, 10, 29, tzinfo=UTC), [3, 3, 4, 4, 4]),
+        ("America/New_York", dt.datetime(2027, 3, 12, 12, tzinfo=UTC), [10, 9, 9, 9, 9]),
+        ("America/New_York", dt.datetime(2027, 11, 5, 12, tzinfo=UTC), [9, 10, 10, 10, 10]),
+    ],
+)
+def test_next_05_00_is_once_per_local_date_across_dst(zone, start, utc_hours):
+    tz = ZoneInfo(zone)
+    after, seen = start, []
+    for _ in range(5):
+        day, when = next_daily(tz, dt.time(5), after=after)
+        local = when.astimezone(tz)
+        assert (local.date(), local.hour, local.minute) == (day, 5, 0)
+        seen.append((day, when.hour))
+        after = when
+    days = [d for d, _ in seen]
+    assert days == [days[0] + dt.timedelta(days=i) for i in range(5)]  # none skipped or doubled
+    assert [h for _, h in seen] == utc_hours
+
+
+def test_nonexistent_local_time_runs_when_the_gap_ends():
+    berlin = ZoneInfo("Europe/Berlin")  # 2027-03-28: 02:00 CET jumps to 03:00 CEST
+    when = local_instant(dt.date(2027, 3, 28), dt.time(2, 30), berlin)
+    assert when == dt.datetime(2027, 3, 28, 1, 0, tzinfo=UTC)
+    assert when.astimezone(berlin).strftime("%H:%M %Z") == "03:00 CEST"
+    ny = ZoneInfo("America/New_York")  # 2027-03-14: 02:00 EST jumps to 03:00 EDT
+    assert local_instant(dt.date(2027, 3, 14), dt.time(2, 30), ny) == dt.datetime(
+        2027, 3, 14, 7, 0, tzinfo=UTC
+    )
+    runs = daily_runs(
+        berlin, dt.time(2, 30), after=dt.datetime(2027, 3, 26, tzinfo=UTC),
+        until=dt.datetime(2027, 3, 31, tzinfo=UTC),
+    )  # fmt: skip
+    assert [d.day for d, _ in runs] == [26, 27, 28, 29, 30]
+
+
+def test_repeated_local_time_runs_at_its_first_occurrence():
+    berlin = ZoneInfo("Europe/Berlin")  # 2027-10-31: 02:30 happens in CEST, then in CET
+    when = local_instant(dt.date(2027, 10, 31), dt.time(2, 30), berlin)
+    assert when == dt.datetime(2027, 10, 31, 0, 30, tzinfo=UTC)
+    runs = daily_runs(
+        berlin, dt.time(2, 30), after=dt.datetime(2027, 10, 30, tzinfo=UTC),
+        until=dt.datetime(2027, 11, 2, tzinfo=UTC),
+    )  # fmt: skip
+    assert [d.day for d, _ in runs] == [30, 31, 1]
+
+
+# -- the scheduler on the catalog, with a clock of the test's ------------------------------------
+@pytest.fixture
+def jobs_made(ctl):
+    """Removes the jobs and run records a test made (by id and time watermarks)."""
+    with ctl.catalog() as s:
+        top = s.execute(text("SELECT coalesce(max(id), 0) FROM procrastinate_jobs")).scalar()
+        since = s.execute(text("SELECT clock_timestamp()")).scalar()
+    yield
+    with ctl.catalog() as s:
+        s.execute(text("DELETE FROM procrastinate_jobs WHERE id > :t"), {"t": top})
+        s.execute(text("DELETE FROM scheduled_runs WHERE enqueued_at >= :s"), {"s": since})
+        s.execute(text("DELETE FROM scheduler_heartbeats"))
+
+
+def digest_jobs(ctl, slug):
+    with ctl.catalog() as s:
+        return s.execute(
+            text(
+                "SELECT id, task_name, args, status::text FROM procrastinate_jobs "
+                "WHERE args->>'tenant' = :t ORDER BY id"
+            ),
+            {"t": slug},
+        ).all()
+
+
+class Clock:
+    def __init__(self, at: dt.datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+
+def digest_only(ctl, clock, slugs):
+    """A scheduler of the digest entry alone, seeing only ``slugs`` (the fleet has others)."""
+    sched = Scheduler(ctl, clock=clock, entries=[registry(ctl.settings)[0]])
+    sched.refresh()
+    sched.view.tenants = [t for t in sched.view.tenants if t.slug in slugs]
+    return sched
+
+
+@pytest.mark.parametrize(
+    ("zone", "start"),
+    [
+        ("Europe/Berlin", dt.datetime(2027, 3, 26, tzinfo=UTC)),
+        ("Europe/Berlin", dt.datetime(2027, 10, 29, tzinfo=UTC)),
+        ("America/New_York", dt.datetime(2027, 3, 12, tzinfo=UTC)),
+        ("America/New_York", dt.datetime(2027, 11, 5, tzinfo=UTC)),
+    ],
+)
+def test_ticking_across_dst_enqueues_one_digest_per_local_day(
+    ctl, make_tenant, jobs_made, zone, start
+):
+    slug = make_tenant(tier="shared", time_zone=zone)
+    clock = Clock(start)
+    sched = digest_only(ctl, clock, {slug})
+    first_seen: dict[str, dt.datetime] = {}
+    while clock.at < start + dt.timedelta(days=4):  # a tick every 10 minutes for 4 days
+        for run in sched.tick():
+            first_seen[run.args["day"]] = clock.at
+        clock.at += dt.timedelta(minutes=10)
+    rows = digest_jobs(ctl, slug)
+    days = [r.args["day"] for r in rows]
+    assert len(days) == len(set(days)) == 4  # one per local date: none skipped or doubled
+    assert {r.task_name for r in rows} == {"bizosctl:digest.run"}
+    tz = ZoneInfo(zone)
+    for day, at in first_seen.items():  # enqueued by the first tick at or after 05:00 local
+        local = at.astimezone(tz)
+        assert local.date() == dt.date.fromisoformat(day) + dt.timedelta(days=1)
+        assert (local.hour, local.minute) == (5, 0)
+
+
+def test_restart_after_05_00_runs_the_missed_slot_once(ctl, make_tenant, jobs_made):
+    slug = make_tenant(tier="shared", time_zone="Europe/Berlin")
+    at_05_20 = dt.datetime(2027, 1, 15, 4, 20, tzinfo=UTC)  # 05:20 CET
+    first = digest_only(ctl, Clock(at_05_20), {slug})
+    assert [r.args for r in first.tick()] == [{"tenant": slug, "day": "2027-01-14"}]
+    again = digest_only(ctl, Clock(at_05_20 + dt.timedelta(minutes=5)), {slug})  # restarted
+    assert again.tick() == []
+    assert len(digest_jobs(ctl, slug)) == 1
+    with ctl.catalog() as s:
+        run = s.execute(
+            text("SELECT slot, job_id FROM scheduled_runs WHERE entry = 'digest' AND key = :k"),
+            {"k": slug},
+        ).one()
+    assert (run.slot, run.job_id) == ("2027-01-15", digest_jobs(ctl, slug)[0].id)
+
+
+def test_a_slot_missed_beyond_the_grace_window_is_reported_not_run(ctl, make_tenant, jobs_made):
+    slug = make_tenant(tier="shared", time_zone="Asia/Jakarta")
+    events: list[str] = []
+    noon = dt.datetime(2027, 1, 15, 5, 0, tzinfo=UTC)  # 12:00 in Jakarta: 7 h after 05:00
+    sched = digest_only(ctl, Clock(noon), {slug})
+    sched.on_event = events.append
+    assert sched.tick() == []  # grace is 6 h
+    assert digest_jobs(ctl, slug) == []
+    assert any(f"digest {slug} 2027-01-15: missed by more than" in e for e in events), events
+    assert sched.tick() == []
+    assert sum(slug in e for e in events) == 1  # reported once
+
+
+def test_grace_window_is_a_setting(ctl, make_tenant, jobs_made, monkeypatch):
+    from bizosctl.config import Settings
+
+    assert Settings(scheduler_grace="8h").scheduler_grace == 8 * 3600
+    slug = make_tenant(tier="shared", time_zone="Asia/Jakarta")
+    monkeypatch.setattr(
+        ctl, "settings", ctl.settings.model_copy(update={"scheduler_grace": 8 * 3600})
+    )
+    sched = digest_only(ctl, Clock(dt.datetime(2027, 1, 15, 5, 0, tzinfo=UTC)), {slug})
+    assert [r.slot for r in sched.tick()] == ["2027-01-15"]  # 7 h late, within 8 h
+
+
+def test_no_run_for_a_day_before_the_tenant_existed(ctl, make_tenant, jobs_made):
+    slug = make_tenant(tier="shared", time_zone="Europe/Berlin")
+    with ctl.catalog() as s:
+        created = s.execute(
+            text("SELECT created_at FROM tenants WHERE slug = :s"), {"s": slug}
+        ).scalar_one()
+    sched = digest_only(ctl, Clock(created + dt.timedelta(minutes=1)), {slug})
+    assert sched.tick() == []  # its last 05:00 was before it was created
+
+
+def test_re_zoned_and_new_tenants_are_picked_up_at_refresh(ctl, make_tenant, jobs_made, cli):
+    slug = make_tenant(tier="shared", time_zone="Europe/Berlin")
+    at = dt.datetime(2027, 1, 15, 4, 30, tzinfo=UTC)  # 05:30 Berlin, 23:30 in New York
+    sched = digest_only(ctl, Clock(at), {slug})
+    assert [r.key for r in sched.tick()] == [slug]
+    assert cli("tenant", "set-zone", slug, "America/New_York").exit_code == 0
+    newcomer = make_tenant(tier="shared", time_zone="Asia/Jakarta")
+    sched.clock = Clock(dt.datetime(2027, 1, 15, 10, 5, tzinfo=UTC))  # 05:05 in New York
+    sched.refresh()
+    sched.view.tenants = [t for t in sched.view.tenants if t.slug in {slug, newcomer}]
+    assert {str(t.zone) for t in sched.view.tenants} == {"America/New_York", "Asia/Jakarta"}
+    # New York's 05:00 of the 15th is the same local date as Berlin's: not a second digest;
+    # the newcomer's Jakarta 05:00 of the 15th (22:00Z the 14th) was before it existed.
+    assert sched.tick() == []
+    sched.clock = Clock(dt.datetime(2027, 1, 15, 22, 5, tzinfo=UTC))  # 05:05 in Jakarta
+    assert [(r.key, r.args["day"]) for r in sched.tick()] == [(newcomer, "2027-01-15")]
+    sched.clock = Clock(dt.datetime(2027, 1, 16, 10, 5, tzinfo=UTC))  # 05:05 in New York
+    assert [(r.key, r.args["day"]) for r in sched.tick()] == [(slug, "2027-01-15")]
