@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -303,3 +309,269 @@ def test_re_zoned_and_new_tenants_are_picked_up_at_refresh(ctl, make_tenant, job
     assert [(r.key, r.args["day"]) for r in sched.tick()] == [(newcomer, "2027-01-15")]
     sched.clock = Clock(dt.datetime(2027, 1, 16, 10, 5, tzinfo=UTC))  # 05:05 in New York
     assert [(r.key, r.args["day"]) for r in sched.tick()] == [(slug, "2027-01-15")]
+
+
+# -- real processes ----------------------------------------------------------------------------
+FAST = {"BIZOS_SCHEDULER_REFRESH_INTERVAL": "0.5"}
+
+
+def wait_for(what: str, check, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class SchedulerProc:
+    """``bizosctl scheduler`` in a child process, its clock starting at ``clock``."""
+
+    def __init__(self, clock: dt.datetime, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bizosctl", "scheduler", "--json"],
+            env={**os.environ, **FAST, "BIZOS_CLOCK_START": clock.isoformat(), **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def saw(self, text_: str) -> bool:
+        return any(text_ in line for line in self.lines)
+
+    def dead(self) -> bool:
+        return self.proc.poll() is not None
+
+    def started(self) -> SchedulerProc:
+        wait_for("the scheduler to start", lambda: self.saw("started:") or self.dead())
+        assert not self.dead(), self.lines
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.communicate(timeout=30)
+        self._reader.join(5)
+        assert self.proc.returncode == -signal.SIGKILL
+
+    def terminate(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        self._reader.join(5)
+        assert self.proc.returncode == 0, self.lines
+        return json.loads(out)
+
+
+def run_row(ctl, slug):
+    with ctl.catalog() as s:
+        return s.execute(
+            text("SELECT slot, job_id FROM scheduled_runs WHERE entry = 'digest' AND key = :k"),
+            {"k": slug},
+        ).all()
+
+
+def test_scheduler_wakes_at_05_00_and_sigterm_exits_0(ctl, make_tenant, jobs_made):
+    slug = make_tenant(tier="shared", time_zone="Europe/Berlin")
+    # 04:59:52 CET: yesterday's 05:00 is out of the grace window; today's comes in 8 s
+    proc = SchedulerProc(dt.datetime(2027, 1, 15, 3, 59, 52, tzinfo=UTC)).started()
+    try:
+        wait_for("the 05:00 digest job", lambda: digest_jobs(ctl, slug))
+    finally:
+        doc = proc.terminate()
+    started = next(i for i, line in enumerate(proc.lines) if "started:" in line)
+    woke = next(i for i, line in enumerate(proc.lines) if f"enqueued digest {slug}" in line)
+    assert woke > started  # by the wake-up at 05:00, not by the catch-up at start
+    rows = digest_jobs(ctl, slug)
+    assert [(r.task_name, r.args) for r in rows] == [
+        ("bizosctl:digest.run", {"tenant": slug, "day": "2027-01-14"})
+    ]
+    assert doc["stopped_by"] == "SIGTERM"
+    assert any(r["key"] == slug for r in doc["runs"])
+    with ctl.catalog() as s:  # unregistered on the way out
+        assert s.execute(text("SELECT count(*) FROM scheduler_heartbeats")).scalar() == 0
+
+
+def test_killed_and_restarted_across_05_00_enqueues_the_run_once(ctl, make_tenant, jobs_made):
+    slug = make_tenant(tier="shared", time_zone="Europe/Berlin")
+    before = SchedulerProc(dt.datetime(2027, 1, 15, 3, 55, tzinfo=UTC)).started()  # 04:55
+    before.kill()
+    assert digest_jobs(ctl, slug) == []
+    # Restarted at 05:20, killed in the transaction that records the run: nothing of it stays.
+    crashed = SchedulerProc(
+        dt.datetime(2027, 1, 15, 4, 20, tzinfo=UTC), env={"BIZOS_CRASH_AT": "scheduler.enqueue"}
+    )
+    crashed.proc.communicate(timeout=60)
+    assert crashed.proc.returncode == -signal.SIGKILL, crashed.lines
+    assert digest_jobs(ctl, slug) == [] and run_row(ctl, slug) == []
+    after = SchedulerProc(dt.datetime(2027, 1, 15, 4, 25, tzinfo=UTC)).started()
+    wait_for("the missed run", lambda: digest_jobs(ctl, slug))
+    after.kill()  # a real SIGKILL once it is enqueued
+    again = SchedulerProc(dt.datetime(2027, 1, 15, 4, 40, tzinfo=UTC)).started()
+    again.terminate()
+    rows = digest_jobs(ctl, slug)
+    assert [r.args for r in rows] == [{"tenant": slug, "day": "2027-01-14"}]
+    assert run_row(ctl, slug) == [("2027-01-15", rows[0].id)]
+
+
+def test_two_schedulers_at_once_enqueue_each_run_once(ctl, make_tenant, jobs_made, tmp_path):
+    slug = make_tenant(tier="shared", time_zone="Europe/Berlin")
+    at = dt.datetime(2027, 1, 15, 4, 10, tzinfo=UTC)  # 05:10 CET, within the grace window
+    release = tmp_path / "release"
+    first = SchedulerProc(
+        at, env={"BIZOS_PAUSE_AT": "scheduler.enqueue", "BIZOS_PAUSE_RELEASE": str(release)}
+    )
+    second = None
+    try:
+        wait_for("the first to hold a run uncommitted", lambda: first.saw("paused at"))
+        second = SchedulerProc(at)
+
+        def second_waits() -> bool:  # on the first's uncommitted row of the same run
+            with ctl.catalog() as s:
+                return bool(
+                    s.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                            "'Lock' AND query LIKE 'INSERT INTO scheduled_runs%'"
+                        )
+                    ).scalar()
+                )
+
+        wait_for("the second scheduler to wait on the same run", second_waits)
+        release.touch()
+        first.started()
+        second.started()
+        wait_for("our tenant's digest", lambda: digest_jobs(ctl, slug))
+        # let both refresh and tick a few times more
+        wait_for("more refreshes", lambda: _heartbeats_advanced(ctl))
+    finally:
+        release.touch()
+        docs = [p.terminate() for p in (first, second) if p is not None]
+    assert len(digest_jobs(ctl, slug)) == 1
+    with ctl.catalog() as s:
+        doubles = s.execute(
+            text(
+                "SELECT task_name, args, count(*) FROM procrastinate_jobs "
+                "WHERE task_name LIKE 'bizosctl:%' AND task_name <> 'bizosctl:run_operation' "
+                "GROUP BY 1, 2 HAVING count(*) > 1"
+            )
+        ).all()
+    assert doubles == []
+    assert sum(d["enqueued"] for d in docs) >= 1
+
+
+def _heartbeats_advanced(ctl) -> bool:
+    with ctl.catalog() as s:
+        return bool(
+            s.execute(
+                text(
+                    "SELECT count(*) = 2 AND bool_and(last_heartbeat > started_at + "
+                    "'1 second'::interval) FROM scheduler_heartbeats"
+                )
+            ).scalar()
+        )
+
+
+def test_a_tenant_created_while_it_runs_is_picked_up(ctl, make_tenant, jobs_made):
+    proc = SchedulerProc(dt.datetime(2027, 1, 15, 4, 10, tzinfo=UTC)).started()  # 05:10 CET
+    try:
+        slug = make_tenant(tier="shared", time_zone="Europe/Berlin")
+        wait_for("the newcomer's digest", lambda: digest_jobs(ctl, slug))
+    finally:
+        proc.terminate()
+    assert [r.args["day"] for r in digest_jobs(ctl, slug)] == ["2027-01-14"]
+
+
+# -- doctor --------------------------------------------------------------------------------------
+def scheduler_check(cli):
+    r = cli("doctor", "--json")
+    return next(c for c in json.loads(r.stdout)["checks"] if c["name"] == "scheduler")
+
+
+def test_doctor_warns_when_no_scheduler_runs(ctl, cli, jobs_made):
+    check = scheduler_check(cli)
+    assert (check["ok"], check["warning"]) == (True, True)
+    assert check["detail"].startswith("no scheduler is running: digests")
+    sched = Scheduler(ctl)
+    sched.heartbeat()
+    check = scheduler_check(cli)
+    assert (check["ok"], check["warning"]) == (True, False)
+    assert "last heartbeat" in check["detail"]
+    with ctl.catalog() as s:  # silent for an hour: gone
+        s.execute(
+            text("UPDATE scheduler_heartbeats SET last_heartbeat = now() - '1 hour'::interval")
+        )
+    check = scheduler_check(cli)
+    assert check["warning"] is True
+    assert "no scheduler seen for 180s (the last," in check["detail"]
+    sched.stop()
+    assert scheduler_check(cli)["detail"].startswith("no scheduler is running")
+
+
+# -- schedule list -------------------------------------------------------------------------------
+def test_schedule_list_shows_next_runs_local_and_last_enqueued(ctl, cli, make_tenant, jobs_made):
+    slug = make_tenant(tier="shared", time_zone="Europe/Berlin")
+    r = cli("schedule", "list", "--tenant", slug, "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    entries = {e["entry"]: e for e in doc["entries"]}
+    assert set(entries) == {"digest", "moves.purge-sources", "keys.retire", "jobs.reap"}
+    digest = entries["digest"]
+    assert digest["per_tenant"] is True and digest["task"] == "bizosctl:digest.run"
+    (run,) = digest["runs"]
+    assert (run["key"], run["time_zone"], run["last_run"]) == (slug, "Europe/Berlin", None)
+    local = dt.datetime.fromisoformat(run["next_run_local"])
+    assert (local.hour, local.minute) == (5, 0)
+    assert dt.datetime.fromisoformat(run["next_run"]) == local
+    assert entries["jobs.reap"]["runs"][0]["key"] == "*"
+    # after a run is enqueued, it is the last one
+    sched = digest_only(ctl, Clock(dt.datetime(2027, 1, 15, 4, 30, tzinfo=UTC)), {slug})
+    assert len(sched.tick()) == 1
+    doc = json.loads(cli("schedule", "list", "--tenant", slug, "--json").stdout)
+    last = next(e for e in doc["entries"] if e["entry"] == "digest")["runs"][0]["last_run"]
+    assert (last["slot"], last["job_status"]) == ("2027-01-15", "todo")
+    assert last["job_id"] == digest_jobs(ctl, slug)[0].id
+    r = cli("schedule", "list", "--tenant", slug)
+    assert r.exit_code == 0 and "digest" in r.stdout and "Europe/Berlin" in r.stdout
+    assert "1 scheduler(s) running" in r.stdout  # this test's, which heartbeat at refresh
+    sched.stop()
+    assert "no scheduler is running" in cli("schedule", "list", "--tenant", slug).stdout
+
+
+def test_schedule_list_all_tenants(cli, make_tenant):
+    a = make_tenant(tier="shared", region="id")
+    doc = json.loads(cli("schedule", "list", "--json").stdout)
+    digest = next(e for e in doc["entries"] if e["entry"] == "digest")
+    zones = {r["key"]: r["time_zone"] for r in digest["runs"]}
+    assert zones[a] == "Asia/Jakarta"
+
+
+def test_schedule_list_unknown_tenant_exits_3(cli, ctl):
+    r = cli("schedule", "list", "--tenant", unique_slug("nope"))
+    assert r.exit_code == 3
+    assert "no tenant named" in r.stderr
+
+
+def test_schedule_list_bad_slug_exits_2(cli, ctl):
+    r = cli("schedule", "list", "--tenant", "Not A Slug!")
+    assert r.exit_code == 2
+
+
+def test_scheduler_dry_run_changes_nothing(ctl, cli, jobs_made):
+    with ctl.catalog() as s:
+        before = s.execute(text("SELECT count(*) FROM scheduled_runs")).scalar()
+    r = cli("scheduler", "--dry-run", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["dry_run"] is True and "digest" in doc["entries"]
+    assert any(w["entry"] == "jobs.reap" for w in doc["would_enqueue"])
+    with ctl.catalog() as s:
+        assert s.execute(text("SELECT count(*) FROM scheduled_runs")).scalar() == before
+        assert s.execute(text("SELECT count(*) FROM scheduler_heartbeats")).scalar() == 0

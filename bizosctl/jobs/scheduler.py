@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -91,6 +92,10 @@ class Scheduler:
     #: runs known to be recorded (by anyone): entry, key, slot -> due instant
     done: dict[tuple[str, str, str], dt.datetime] = field(default_factory=dict)
     enqueued: list[Run] = field(default_factory=list)
+    #: heartbeat and stop exclude each other: a refresh finishing after stop() must not
+    #: register this scheduler again
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped: bool = False
 
     def __post_init__(self) -> None:
         if not self.entries:
@@ -109,7 +114,9 @@ class Scheduler:
 
     def heartbeat(self) -> None:
         keep = float(self.ctl.settings.scheduler_keep_runs)
-        with self.ctl.catalog() as s:
+        with self._lock, self.ctl.catalog() as s:
+            if self.stopped:
+                return
             s.execute(
                 text(
                     "INSERT INTO scheduler_heartbeats (id, host, pid) VALUES (:id, :host, :pid) "
@@ -136,7 +143,8 @@ class Scheduler:
 
     def stop(self) -> None:
         """Unregister (doctor then no longer counts this scheduler)."""
-        with self.ctl.catalog() as s:
+        with self._lock, self.ctl.catalog() as s:
+            self.stopped = True
             s.execute(text("DELETE FROM scheduler_heartbeats WHERE id = :id"), {"id": self.id})
 
     def due(self, now: dt.datetime | None = None) -> list[Run]:
