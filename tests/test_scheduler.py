@@ -575,3 +575,45 @@ def test_scheduler_dry_run_changes_nothing(ctl, cli, jobs_made):
     with ctl.catalog() as s:
         assert s.execute(text("SELECT count(*) FROM scheduled_runs")).scalar() == before
         assert s.execute(text("SELECT count(*) FROM scheduler_heartbeats")).scalar() == 0
+
+
+# -- the routine entries are durable jobs a worker runs -------------------------------------------
+def test_a_worker_runs_the_routine_jobs_the_scheduler_enqueues(ctl, jobs_made):
+    from bizosctl.jobs.app import task_names
+
+    names = {"bizosctl:reap_stalled_jobs", "bizosctl:retire_due_keys"}
+    assert names | {"bizosctl:purge_expired_sources"} <= set(task_names())
+    entries = {e.name: e for e in registry(ctl.settings)}
+    sched = Scheduler(ctl, entries=[entries["jobs.reap"]])
+    sched.refresh()
+    (reap,) = sched.tick()
+    assert sched.tick() == []  # same slot: once
+    keys = Scheduler(ctl, entries=[entries["keys.retire"]])
+    keys.view.due["keys.retire"] = [dt.datetime.now(UTC) - dt.timedelta(seconds=1)]
+    assert len(keys.tick()) == 1
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bizosctl", "worker", "--queue", "routine", "--json"],
+        env={**os.environ, "BIZOS_WORKER_HEARTBEAT_INTERVAL": "0.3"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def statuses():
+        with ctl.catalog() as s:
+            rows = s.execute(
+                text(
+                    "SELECT task_name, status::text FROM procrastinate_jobs "
+                    "WHERE task_name = ANY(:n)"
+                ),
+                {"n": list(names)},
+            ).all()
+        return dict(rows) if rows and all(st == "succeeded" for _, st in rows) else None
+
+    try:
+        done = wait_for("the routine jobs to succeed", statuses)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    assert done == dict.fromkeys(names, "succeeded")
+    assert reap.queueing_lock == "jobs.reap"
