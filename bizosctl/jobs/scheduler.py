@@ -113,7 +113,10 @@ class Scheduler:
         self.done = {k: d for k, d in self.done.items() if d >= horizon}
 
     def heartbeat(self) -> None:
+        from bizosctl.jobs.entries import Every
+
         keep = float(self.ctl.settings.scheduler_keep_runs)
+        every = [e.name for e in self.entries if isinstance(e, Every)]
         with self._lock, self.ctl.catalog() as s:
             if self.stopped:
                 return
@@ -130,15 +133,17 @@ class Scheduler:
                     "WHERE last_heartbeat < now() - '1 day'::interval"
                 )
             )
-            # The latest run of each entry and key stays: `schedule list` shows it.
+            # The latest run of each entry and key stays: `schedule list` shows it. Runs of
+            # Every entries (one a minute) are kept a day.
             s.execute(
                 text(
-                    "DELETE FROM scheduled_runs AS r WHERE r.enqueued_at < now() - "
+                    "DELETE FROM scheduled_runs AS r WHERE (r.enqueued_at < now() - "
                     "make_interval(secs => :keep) AND r.due_at < now() - make_interval(secs => "
-                    ":grace) - '3 days'::interval AND EXISTS (SELECT 1 FROM scheduled_runs AS n "
+                    ":grace) - '3 days'::interval OR r.entry = ANY(:every) AND r.enqueued_at < "
+                    "now() - '1 day'::interval) AND EXISTS (SELECT 1 FROM scheduled_runs AS n "
                     "WHERE n.entry = r.entry AND n.key = r.key AND n.due_at > r.due_at)"
                 ),
-                {"keep": keep, "grace": self.grace},
+                {"keep": keep, "grace": self.grace, "every": every},
             )
 
     def stop(self) -> None:
@@ -169,15 +174,12 @@ class Scheduler:
     def tick(self, now: dt.datetime | None = None) -> list[Run]:
         """Enqueue every run due by ``now``; returns the ones this scheduler enqueued."""
         mine = []
+        late = []
         for r in self.due(now):
             key = (r.entry, r.key, r.slot)
             if r.late:
                 self.done[key] = r.due_at  # reported once
-                self.on_event(
-                    f"{r.entry} {r.key} {r.slot}: missed by more than BIZOS_SCHEDULER_GRACE "
-                    f"({self.grace:g}s) while no scheduler ran; not enqueued"
-                    + (" (`bizosctl digest run` makes it by hand)" if r.entry == "digest" else "")
-                )
+                late.append(r)
                 continue
             job = enqueue_run(self.ctl, r, scheduler=self.id)
             self.done[key] = r.due_at
@@ -187,7 +189,19 @@ class Scheduler:
             self.enqueued.append(r)
             what = f"job {job}" if job else "its previous job still waits"
             self.on_event(f"enqueued {r.entry} {r.key} {r.slot} ({r.task}, {what})")
+        if late:
+            self._report_late(late)
         return mine
+
+    def _report_late(self, late: list[Run]) -> None:
+        shown = ", ".join(f"{r.entry} {r.key} {r.slot}" for r in late[:5])
+        more = f" and {len(late) - 5} more" if len(late) > 5 else ""
+        self.on_event(
+            f"missed by more than BIZOS_SCHEDULER_GRACE ({self.grace:g}s) while no scheduler "
+            f"ran, not enqueued: {shown}{more}"
+            + (" (`bizosctl digest run` makes a digest by hand)" if any(
+                r.entry == "digest" for r in late) else "")
+        )  # fmt: skip
 
     def next_run(self, now: dt.datetime | None = None) -> dt.datetime | None:
         """The instant of the next run of any entry (the time to wake up)."""
