@@ -672,3 +672,29 @@ def test_create_in_the_background_keeps_the_time_zone(ctl, jobs_made):
         assert zone == "America/New_York"
     finally:
         delete_tenant(ctl, slug)
+
+
+def test_a_demoted_jwt_key_is_due_at_its_retire_after(fresh_home):
+    """In a home of its own: a JWT rotation demotes v1 until its last token expires; the
+    keys.retire entry's next run is then, and once it has come a run is enqueued."""
+    from bizosctl.catalog.control import get_control
+    from bizosctl.security.secrets import rotate_jwt
+    from bizosctl.tenancy.regions import init_home
+
+    ctl = get_control()
+    init_home(ctl)
+    _ = ctl.keyring
+    rotate_jwt(ctl)
+    with ctl.catalog() as s:
+        retire_after = s.execute(
+            text("SELECT retire_after FROM keyring WHERE purpose = 'jwt' AND version = 1")
+        ).scalar_one()
+    entries = {e.name: e for e in registry(ctl.settings)}
+    sched = Scheduler(ctl, clock=Clock(retire_after - dt.timedelta(seconds=5)))
+    sched.entries = [entries["keys.retire"]]
+    sched.refresh()
+    assert sched.next_run() == retire_after
+    assert sched.tick() == []
+    sched.clock = Clock(retire_after + dt.timedelta(seconds=1))
+    (run,) = sched.tick()
+    assert (run.task, run.slot) == ("bizosctl:retire_due_keys", retire_after.isoformat())
