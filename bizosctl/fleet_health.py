@@ -272,7 +272,7 @@ def scheduler_checks(ctl: Control) -> list[Check]:
     """Is a ``bizosctl scheduler`` running (a heartbeat within three refresh intervals)? If
     not, nothing enqueues the digests, purges or key retirements: a warning."""
     from bizosctl.doctor import Check
-    from bizosctl.jobs.scheduler import list_schedulers, scheduler_silent_after
+    from bizosctl.jobs.schedule import list_schedulers, scheduler_silent_after
 
     with translate_errors("catalog"):
         seen = list_schedulers(ctl)

@@ -34,7 +34,8 @@ def scheduler(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
     Example: bizosctl scheduler --dry-run
     """
     from bizosctl.catalog.control import get_control
-    from bizosctl.jobs.scheduler import plan_scheduler, serve
+    from bizosctl.jobs.schedule import plan_scheduler
+    from bizosctl.jobs.scheduler import serve
 
     ctl = get_control()
     if dry_run:
@@ -75,7 +76,7 @@ def list_(
     Example: bizosctl schedule list --tenant acme --json
     """
     from bizosctl.catalog.control import get_control
-    from bizosctl.jobs.scheduler import schedule_list
+    from bizosctl.jobs.schedule import schedule_list
 
     doc = schedule_list(get_control(), tenant=tenant)
     if json_out:
