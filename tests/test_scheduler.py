@@ -698,3 +698,28 @@ def test_a_demoted_jwt_key_is_due_at_its_retire_after(fresh_home):
     sched.clock = Clock(retire_after + dt.timedelta(seconds=1))
     (run,) = sched.tick()
     assert (run.task, run.slot) == ("bizosctl:retire_due_keys", retire_after.isoformat())
+
+
+def test_a_kept_move_source_is_due_when_its_keep_source_expires(ctl, cli, make_tenant, jobs_made):
+    slug = make_tenant(tier="schema")
+    r = cli("tenant", "move", slug, "--to-tier", "shared", "--keep-source", "1h", "--json")
+    assert r.exit_code == 0, r.output
+    try:
+        (kept,) = json.loads(cli("tenant", "show", slug, "--json").stdout)["kept_sources"]
+        until = dt.datetime.fromtimestamp(kept["keep_until"], UTC)
+        entries = {e.name: e for e in registry(ctl.settings)}
+        sched = Scheduler(ctl, clock=Clock(until - dt.timedelta(seconds=5)))
+        sched.entries = [entries["moves.purge-sources"]]
+        sched.refresh()
+        assert until in sched.view.due["moves.purge-sources"]
+        # other tests' sources may have come already; ours has not
+        assert all(r.due_at < until for r in sched.tick())
+        sched.clock = Clock(until + dt.timedelta(seconds=1))
+        runs = sched.tick()
+        assert [(r.task, r.slot) for r in runs] == [
+            ("bizosctl:purge_expired_sources", until.isoformat())
+        ]
+        assert sched.tick() == []
+    finally:
+        r = cli("tenant", "move", slug, "--purge-source", "--force", "--yes")
+        assert r.exit_code == 0, r.output
