@@ -6,6 +6,7 @@ The config file is ``$BIZOS_CONFIG`` or ``$BIZOS_HOME/config.toml``. Read settin
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -233,6 +234,33 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds before the first retry of a job; doubled each time, up to an hour.",
     )
+    scheduler_digest_time: dt.time = Field(
+        default=dt.time(5, 0),
+        description="Local time of the daily digest in each tenant's own time zone (HH:MM).",
+    )
+    scheduler_grace: float = Field(
+        default=6 * 3600.0,
+        ge=0,
+        description="How late a daily run missed while no scheduler ran is still enqueued "
+        "(seconds, or a duration: 6h, 30m); older ones are skipped and reported.",
+    )
+    scheduler_refresh_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between a scheduler's re-reads of tenants and their zones, "
+        "kept sources and keys (and its heartbeat).",
+    )
+    scheduler_reap_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between two stalled-job reaping jobs the scheduler enqueues.",
+    )
+    scheduler_keep_runs: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="How long the record of an enqueued run is kept (the latest run of "
+        "each entry is always kept).",
+    )
     oauth_state_ttl_seconds: int = Field(
         default=600, ge=60, le=3600, description="How long an OAuth login may take, start to end."
     )
@@ -360,7 +388,7 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="Seconds a new project may take to become ready."
     )
 
-    @field_validator("key_destroy_after", mode="before")
+    @field_validator("key_destroy_after", "scheduler_grace", "scheduler_keep_runs", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -4,11 +4,12 @@
 writes ``paused at <name>`` on stderr and waits there until the file named by
 ``BIZOS_PAUSE_RELEASE`` exists (a test sends a signal meanwhile). Used to prove that every long
 operation resumes or cleans up after a real crash or a Ctrl-C. Each costs one dictionary
-lookup when unset.
+lookup when unset. ``BIZOS_CLOCK_START`` sets the scheduler's clock (:func:`now`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import sys
@@ -30,3 +31,20 @@ def _pause(name: str) -> None:
     sys.stderr.flush()
     while not release.exists():
         time.sleep(0.02)
+
+
+_CLOCK_OFFSET: list[float] = []
+
+
+def now() -> dt.datetime:
+    """The time (aware, UTC) for the scheduler. ``BIZOS_CLOCK_START=<ISO instant>`` (tests
+    only) makes this process's clock start there and run on in real time: a child scheduler
+    can be "at 04:59 in Berlin" without anyone waiting for it."""
+    real = dt.datetime.now(dt.UTC)
+    if not _CLOCK_OFFSET:
+        start = os.environ.get("BIZOS_CLOCK_START")
+        offset = 0.0
+        if start:
+            offset = (dt.datetime.fromisoformat(start) - real).total_seconds()
+        _CLOCK_OFFSET.append(offset)
+    return real + dt.timedelta(seconds=_CLOCK_OFFSET[0])

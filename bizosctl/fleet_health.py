@@ -268,6 +268,36 @@ def worker_checks(ctl: Control) -> list[Check]:
     return [Check(name="workers", ok=True, warning=bool(warn), detail=detail)]
 
 
+def scheduler_checks(ctl: Control) -> list[Check]:
+    """Is a ``bizosctl scheduler`` running (a heartbeat within three refresh intervals)? If
+    not, nothing enqueues the digests, purges or key retirements: a warning."""
+    from bizosctl.doctor import Check
+    from bizosctl.jobs.schedule import list_schedulers, scheduler_silent_after
+
+    with translate_errors("catalog"):
+        seen = list_schedulers(ctl)
+    live = [s for s in seen if not s.stale]
+    if live:
+        detail = "; ".join(
+            f"scheduler {s.host} pid {s.pid}: last heartbeat {s.seconds_ago:g}s ago" for s in live
+        )
+        return [Check(name="scheduler", ok=True, detail=detail)]
+    silent = scheduler_silent_after(ctl)
+    if seen:
+        last = seen[0]
+        detail = (
+            f"no scheduler seen for {silent:g}s (the last, {last.host} pid {last.pid}, "
+            f"{last.seconds_ago:g}s ago)"
+        )
+    else:
+        detail = "no scheduler is running"
+    detail += (
+        ": digests, kept-source purges and key retirements are not enqueued; run "
+        "`bizosctl scheduler` next to `bizosctl worker` (or `digest run --all` from cron)"
+    )
+    return [Check(name="scheduler", ok=True, warning=True, detail=detail)]
+
+
 def fleet_checks(ctl: Control) -> list[Check]:
     return [
         *keyring_checks(ctl),
@@ -276,6 +306,7 @@ def fleet_checks(ctl: Control) -> list[Check]:
         *credential_checks(ctl),
         *server_identity_checks(ctl),
         *worker_checks(ctl),
+        *scheduler_checks(ctl),
     ]
 
 

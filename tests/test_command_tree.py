@@ -36,6 +36,7 @@ CLASSIFICATION = {
     "tenant query": CHANGES,  # with --write; --dry-run runs it and rolls back
     "tenant move": DESTROYS,  # --purge-source drops the kept source
     "tenant purge-sources": DESTROYS,  # every expired kept move source
+    "tenant set-zone": CHANGES,
     "schema status": READS,
     "schema sync": DESTROYS,  # --to below the current revision drops what later ones added
     "schema drift": READS,
@@ -71,6 +72,8 @@ CLASSIFICATION = {
     "ai budget": CHANGES,
     "usage": READS,
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
+    "scheduler": CHANGES,  # enqueues due runs; --dry-run shows what it would enqueue
+    "schedule list": READS,
     "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
     "serve": CHANGES,  # serves the API (its requests change data); --dry-run checks settings
 }

@@ -74,6 +74,8 @@ def test_list_json_contract(cli, make_tenant):
         "database",
         "schema",
         "created_at",
+        "time_zone",
+        "time_zone_is_default",
     }
 
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     ForeignKey,
@@ -100,6 +101,8 @@ class Tenant(Base):
     plan: Mapped[str] = mapped_column(server_default="free")
     ai_budget: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
     ai_over_budget: Mapped[str] = mapped_column(server_default="refuse")
+    # IANA zone of the tenant's "today" and 05:00 (None: its region's default, see tenancy.zones)
+    time_zone: Mapped[str | None]
     __table_args__ = (
         CheckConstraint(
             "ai_over_budget IN ('refuse', 'offline')", name="ck_tenants_ai_over_budget"
@@ -314,3 +317,30 @@ class OAuthState(Base):
     redirect_uri: Mapped[str]
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class ScheduledRun(Base):
+    """One run the scheduler enqueued: entry, key (a tenant's slug, or ``*``) and slot (a
+    local date, a due instant). Inserted with the run's job in one transaction: the primary
+    key makes a run enqueued once, whatever the number of schedulers (bizosctl.jobs.scheduler).
+    """
+
+    __tablename__ = "scheduled_runs"
+    entry: Mapped[str] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(primary_key=True)
+    slot: Mapped[str] = mapped_column(primary_key=True)
+    due_at: Mapped[dt.datetime]
+    enqueued_at: Mapped[dt.datetime] = mapped_column(server_default=NOW, index=True)
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    scheduler: Mapped[str]
+
+
+class SchedulerHeartbeat(Base):
+    """A running ``bizosctl scheduler`` (doctor warns when none has been seen recently)."""
+
+    __tablename__ = "scheduler_heartbeats"
+    id: Mapped[str] = mapped_column(primary_key=True)
+    host: Mapped[str]
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    last_heartbeat: Mapped[dt.datetime] = mapped_column(server_default=NOW)

@@ -30,6 +30,9 @@ class TenantPublic(BaseModel):
     database: str | None
     schema_: str | None = Field(serialization_alias="schema")
     created_at: dt.datetime
+    #: the zone of its "today" and 05:00: its own setting, else its region's default
+    time_zone: str = "UTC"
+    time_zone_is_default: bool = True
 
     model_config = {"populate_by_name": True}
 

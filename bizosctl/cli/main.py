@@ -17,6 +17,7 @@ from bizosctl.cli import (
     ops,
     provider,
     region,
+    scheduler,
     schema,
     secrets,
     serve,
@@ -105,6 +106,7 @@ app.add_typer(provider.app, name="provider")
 app.add_typer(ai.app, name="ai")
 ai.register(app)
 worker.register(app)
+scheduler.register(app)
 serve.register(app)
 mask.register(app)
 

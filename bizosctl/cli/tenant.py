@@ -49,11 +49,13 @@ def _render_tenants(tenants: list, title: str = "Tenants") -> None:  # type: ign
             t.server,
             t.database,
             t.schema_,
+            t.time_zone,
             t.created_at.strftime("%Y-%m-%d %H:%M"),
         ]
         for t in tenants
     ]
-    cols = ["slug", "name", "tier", "region", "status", "server", "database", "schema", "created"]
+    cols = ["slug", "name", "tier", "region", "status", "server", "database", "schema", "zone"]
+    cols.append("created")
     stdout_console().print(table(title, cols, rows))
 
 
@@ -66,6 +68,13 @@ def create(
     tier: str = typer.Option(..., "--tier", help="shared | schema | isolated"),
     owner_email: str | None = typer.Option(
         None, "--owner-email", help="Owner's e-mail (stored as a keyed hash)."
+    ),
+    time_zone: str | None = typer.Option(
+        None,
+        "--time-zone",
+        help="IANA zone of its 'today' and 05:00 digest (default: the region's, see "
+        "BIZOS_REGION_TIME_ZONES).",
+        show_default=False,
     ),
     background: bool = BackgroundOpt,
     dry_run: bool = DryRunOpt,
@@ -83,8 +92,10 @@ def create(
 
     ctl = _ctl()
     if dry_run:
-        _validate(ctl, slug=slug, tier=tier, region=region, name=name)
+        _validate(ctl, slug=slug, tier=tier, region=region, name=name, time_zone=time_zone)
         place = placement_for(ctl, slug=slug, tier=tier, region=region)
+        from bizosctl.tenancy.zones import region_zone_name
+
         plan = {
             "dry_run": True,
             "slug": slug,
@@ -94,6 +105,7 @@ def create(
             "database": place.database,
             "schema": place.schema,
             "role": place.role,
+            "time_zone": time_zone or region_zone_name(region),
         }
         if json_out:
             print_json(plan)
@@ -107,18 +119,27 @@ def create(
         from bizosctl.cli.output import print_submitted
 
         sub = submit_create(
-            ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email
+            ctl,
+            slug=slug,
+            name=name,
+            tier=tier,
+            region=region,
+            owner_email=owner_email,
+            time_zone=time_zone,
         )
         print_submitted(sub, json_out=json_out)
         return
     if json_out:
-        create_tenant(ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email)
+        create_tenant(
+            ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email,
+            time_zone=time_zone,
+        )  # fmt: skip
     else:
         what = f"Creating {slug} ({tier}, {region})"
         with stderr_console().status(f"{what}...") as status:
             create_tenant(
                 ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email,
-                progress=lambda note: status.update(f"{what}: {note}"),
+                time_zone=time_zone, progress=lambda note: status.update(f"{what}: {note}"),
             )  # fmt: skip
     detail = get_tenant(ctl, slug)
     if json_out:
@@ -211,6 +232,39 @@ def purge_sources(yes: bool = YesOpt, dry_run: bool = DryRunOpt, json_out: bool 
         print_json(doc)
         return
     stdout_console().print(f"purged {len(doc['purged'])} expired kept source(s)", markup=False)
+
+
+@app.command("set-zone")
+@handle_errors
+def set_zone(
+    slug: str = Slug,
+    time_zone: str | None = typer.Argument(
+        None,
+        help="IANA zone, e.g. Europe/Berlin (omit with --default).",
+        show_default=False,
+    ),
+    default: bool = typer.Option(
+        False, "--default", help="Clear the tenant's own zone: its region's default applies."
+    ),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Set the time zone of a tenant's "today" and 05:00 digest; a running scheduler follows.
+
+    Example: bizosctl tenant set-zone acme Europe/Berlin --dry-run
+    """
+    from bizosctl.errors import InvalidInput
+    from bizosctl.tenancy.lifecycle import set_time_zone
+
+    if (time_zone is None) == (not default):
+        raise InvalidInput("give a time zone (e.g. Europe/Berlin) or --default, not both")
+    doc = set_time_zone(_ctl(), slug, time_zone=time_zone, dry_run=dry_run)
+    if json_out:
+        print_json(doc)
+        return
+    verb = "would set" if dry_run else "set"
+    what = f"{doc['to']} (its region's default)" if doc["default"] else doc["to"]
+    stdout_console().print(f"{verb} {slug}'s time zone from {doc['from']} to {what}", markup=False)
 
 
 def _set_status(slug: str, status: str, reason: str | None, dry_run: bool, json_out: bool) -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 BLUEPRINTS = [
     "bizosctl.jobs.tasks:blueprint",
     "bizosctl.notify.jobs:blueprint",
+    "bizosctl.jobs.routine:blueprint",
 ]
 
 #: Task names are "<NAMESPACE>:<name>" (procrastinate's namespacing of blueprints).

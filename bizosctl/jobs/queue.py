@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -26,7 +26,7 @@ RUN_OPERATION = f"{NAMESPACE}:run_operation"
 
 _DEFER = text(
     "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, :priority, :lock, "
-    "NULL, CAST(:args AS jsonb), NULL)]::procrastinate_job_to_defer_v1[]))"
+    ":queueing_lock, CAST(:args AS jsonb), NULL)]::procrastinate_job_to_defer_v1[]))"
 )
 
 
@@ -49,15 +49,42 @@ def enqueue_operation(
     Nothing is visible to workers until the caller commits (procrastinate's NOTIFY is sent
     at commit too, so a worker wakes when the job can be seen).
     """
+    return defer_job(
+        session,
+        task=RUN_OPERATION,
+        queue=queue,
+        args={"op_id": str(op_id)},
+        lock=operation_lock(kind, target),
+        priority=priority,
+    )
+
+
+def defer_job(
+    session: Session,
+    *,
+    task: str,
+    queue: str,
+    args: dict[str, Any],
+    lock: str | None = None,
+    queueing_lock: str | None = None,
+    priority: int = 0,
+) -> int:
+    """Queue a job of the task *named* ``task`` in ``session``'s transaction (the task's code
+    need not be importable here: a worker that has it runs it). Returns the job id.
+
+    ``queueing_lock``: while a job with the same one waits (``todo``), this one is refused
+    (an IntegrityError: run it in a savepoint to carry on).
+    """
     return int(
         session.execute(
             _DEFER,
             {
                 "queue": queue,
-                "task": RUN_OPERATION,
+                "task": task,
                 "priority": priority,
-                "lock": operation_lock(kind, target),
-                "args": json.dumps({"op_id": str(op_id)}),
+                "lock": lock,
+                "queueing_lock": queueing_lock,
+                "args": json.dumps(args),
             },
         ).scalar_one()
     )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import psycopg_pool
+    from sqlalchemy.orm import Session
 
 #: The two-key advisory lock of the reaper ("bizo", 1): two-key locks are a space of their
 #: own, apart from the one-bigint locks of operations.
@@ -62,3 +63,17 @@ async def reap_stalled(
             _REAP, {"timeout": float(timeout), "max_attempts": int(max_attempts)}
         )
         return [(int(r[0]), str(r[1])) for r in await cur.fetchall()]
+
+
+def reap_stalled_in(
+    session: Session, *, timeout: float, max_attempts: int
+) -> list[tuple[int, str]]:
+    """:func:`reap_stalled` in ``session``'s transaction (the scheduler's reaping job; the
+    lock is the same one, so it and the workers' reapers never reap a job twice)."""
+    conn = session.connection()
+    if not conn.exec_driver_sql("SELECT pg_try_advisory_xact_lock(%s, %s)", REAPER_LOCK).scalar():
+        return []
+    rows = conn.exec_driver_sql(
+        _REAP, {"timeout": float(timeout), "max_attempts": int(max_attempts)}
+    ).all()
+    return [(int(r[0]), str(r[1])) for r in rows]

@@ -18,6 +18,7 @@ from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.tenancy.names import check_region_name, check_slug, check_tier, q
 from bizosctl.tenancy.router import search_path, tenant_session
 from bizosctl.tenancy.statement import check_statement
+from bizosctl.tenancy.zones import check_zone, region_zone_name
 
 STATUSES = ("provisioning", "active", "read_only", "suspended", "moving", "deleting")
 LOCK_STATUSES = ("read_only", "suspended")
@@ -39,6 +40,8 @@ def _public(tenant: Tenant, route: Route | None) -> dict[str, Any]:
         "database": route.database if route else None,
         "schema_": route.schema if route else None,
         "created_at": tenant.created_at,
+        "time_zone": tenant.time_zone or region_zone_name(tenant.region),
+        "time_zone_is_default": tenant.time_zone is None,
     }
 
 
@@ -102,6 +105,34 @@ def count_rows(ctl: Control, slug: str) -> dict[str, int]:
     union = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {q(t)}" for t in TABLE_NAMES)
     with tenant_session(ctl, slug, actor="bizosctl:show", read_only=True) as s:
         return {t: int(n) for t, n in s.execute(text(union)).all()}
+
+
+def set_time_zone(
+    ctl: Control, slug: str, *, time_zone: str | None, dry_run: bool = False
+) -> dict[str, Any]:
+    """Set (or with None clear, back to its region's default) the zone of a tenant's "today"
+    and 05:00. A running scheduler picks it up at its next refresh. Returns
+    ``{"slug", "from", "to", "default", "dry_run"}``."""
+    check_slug(slug)
+    if time_zone is not None:
+        time_zone = str(check_zone(time_zone).key)
+    with ctl.catalog() as s:
+        tenant = s.execute(
+            select(Tenant).where(Tenant.slug == slug, Tenant.status != "deleted").with_for_update()
+        ).scalar_one_or_none()
+        if tenant is None:
+            raise NotFound(f"no tenant named {slug!r}")
+        before = tenant.time_zone or region_zone_name(tenant.region)
+        after = time_zone or region_zone_name(tenant.region)
+        if not dry_run:
+            tenant.time_zone = time_zone
+    return {
+        "slug": slug,
+        "from": before,
+        "to": after,
+        "default": time_zone is None,
+        "dry_run": dry_run,
+    }
 
 
 def set_status(ctl: Control, slug: str, *, status: str, reason: str | None = None) -> TenantDetail:

@@ -64,6 +64,7 @@ from bizosctl.tenancy.servers import (
     prepare_schema,
     set_login_role,
 )
+from bizosctl.tenancy.zones import check_zone
 from tenant_schema.ddl import APP_GROUP, OWNER_ROLE
 
 if TYPE_CHECKING:
@@ -75,10 +76,20 @@ if TYPE_CHECKING:
     from bizosctl.jobs.background import Submitted
 
 
-def _validate(ctl: Control, *, slug: str, tier: str, region: str, name: str | None = None) -> None:
+def _validate(
+    ctl: Control,
+    *,
+    slug: str,
+    tier: str,
+    region: str,
+    name: str | None = None,
+    time_zone: str | None = None,
+) -> None:
     """What ``create_tenant`` would refuse, without changing anything (``--dry-run``)."""
     check_new_slug(slug)
     check_tier(tier)
+    if time_zone is not None:
+        check_zone(time_zone)
     if name is not None:
         check_tenant_name(name)
     if not region_exists(ctl, region):
@@ -106,16 +117,25 @@ def create_tenant(
     tier: str,
     region: str,
     owner_email: str | None = None,
+    time_zone: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> uuid.UUID:
     """Create a tenant (or finish one whose creation was interrupted). Returns its id.
     ``progress`` hears how a cloud project's making goes (it can take minutes).
 
+    ``time_zone`` (IANA) is where its "today" and 05:00 are; None: its region's default.
+
     Catalog round trips are few on purpose (one lookup, one registration, one closing
     transaction): provisioning should cost little more than the tenant's own DDL.
     """
     route, op_id, _ = _start_create(
-        ctl, slug=slug, name=name, tier=tier, region=region, owner_email=owner_email
+        ctl,
+        slug=slug,
+        name=name,
+        tier=tier,
+        region=region,
+        owner_email=owner_email,
+        time_zone=time_zone,
     )
     _finish_create(ctl, op_id, route, progress)
     return route.tenant_id
@@ -129,6 +149,7 @@ def submit_create(
     tier: str,
     region: str,
     owner_email: str | None = None,
+    time_zone: str | None = None,
 ) -> Submitted:
     """``tenant create --background``: refuse what a create refuses, then register the tenant
     (provisioning) and queue the job that builds it, in one transaction."""
@@ -142,6 +163,7 @@ def submit_create(
             tier=tier,
             region=region,
             owner_email=owner_email,
+            time_zone=time_zone,
             session=s,
             status=OperationStatus.QUEUED,
         )
@@ -158,6 +180,7 @@ def _start_create(
     tier: str,
     region: str,
     owner_email: str | None,
+    time_zone: str | None = None,
     session: Session | None = None,
     status: OperationStatus = OperationStatus.RUNNING,
 ) -> tuple[RouteInfo, uuid.UUID, bool]:
@@ -166,6 +189,8 @@ def _start_create(
     check_new_slug(slug)
     check_tier(tier)
     check_tenant_name(name)
+    if time_zone is not None:
+        check_zone(time_zone)
     with ctl.catalog() as s:  # one round trip: the live tenant of that slug, the region's server
         row = s.execute(
             text(
@@ -218,6 +243,7 @@ def _start_create(
         region=region,
         server=server,
         owner_email=owner_email,
+        time_zone=time_zone,
         session=session,
         status=status,
     )
@@ -282,6 +308,7 @@ def _register(
     region: str,
     server: str,
     owner_email: str | None,
+    time_zone: str | None = None,
     session: Session | None = None,
     status: OperationStatus = OperationStatus.RUNNING,
 ) -> tuple[RouteInfo, uuid.UUID]:
@@ -297,7 +324,9 @@ def _register(
     else:
         password = ctl.route_password_for_server(server)
     bidx = blind_index(ctl.keyring, normalize_email(owner_email)) if owner_email else None
-    params = json.dumps({"tier": tier, "region": region})
+    params = json.dumps(
+        {"tier": tier, "region": region, **({"time_zone": time_zone} if time_zone else {})}
+    )
     try:
         with (
             contextlib.nullcontext(session) if session is not None else ctl.catalog() as s,
@@ -309,8 +338,8 @@ def _register(
                     "  VALUES (:op, 'tenant.create', :slug, CAST(:params AS jsonb), :status) "
                     "  RETURNING id), "
                     "t AS (INSERT INTO tenants (id, slug, name, tier, region, status, operation_id,"
-                    "  owner_email_bidx) SELECT :tid, :slug, :name, :tier, :region, 'provisioning',"
-                    "  op.id, :bidx FROM op RETURNING id) "
+                    "  owner_email_bidx, time_zone) SELECT :tid, :slug, :name, :tier, :region, "
+                    "  'provisioning', op.id, :bidx, :tz FROM op RETURNING id) "
                     "INSERT INTO routes (tenant_id, server, database, schema, role, password_enc) "
                     "SELECT t.id, :server, :db, :schema, :role, :pw FROM t"
                 ),
@@ -322,6 +351,7 @@ def _register(
                     "tier": tier,
                     "region": region,
                     "bidx": bidx,
+                    "tz": time_zone,
                     "server": server,
                     "db": database,
                     "schema": schema,
