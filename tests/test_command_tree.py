@@ -73,6 +73,13 @@ CLASSIFICATION = {
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
     "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
     "serve": CHANGES,  # serves the API (its requests change data); --dry-run checks settings
+    "digest run": CHANGES,
+    "digest list": READS,
+    "digest show": READS,
+    "email status": READS,
+    "email smtp-password": CHANGES,
+    "email list": READS,
+    "tenant email-sender": CHANGES,
 }
 
 #: Commands exempt from --json, each with its reason. Keep it short: today it is empty.

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 BLUEPRINTS = [
     "bizosctl.jobs.tasks:blueprint",
     "bizosctl.notify.jobs:blueprint",
+    "bizosctl.digest.jobs:blueprint",
+    "bizosctl.notify.email_jobs:blueprint",
 ]
 
 #: Task names are "<NAMESPACE>:<name>" (procrastinate's namespacing of blueprints).
