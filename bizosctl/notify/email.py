@@ -367,9 +367,29 @@ def send_message(
         if msg is None or msg.status != "queued":
             return "skipped"
         member = s.execute(select(Member).where(Member.id == msg.member_id)).scalar_one_or_none()
-        sender = get_sender(ctl, slug, s)
-        tid = msg.tenant_id
-    if member is None or member.status != "active":
+        if member is not None and member.status == "active":
+            sender = get_sender(ctl, slug, s)
+            tid, mem_id = msg.tenant_id, member.id
+            to = decrypt(
+                ctl.keyring,
+                member.email_enc,
+                tenant_id=tid,
+                table="members",
+                column="email",
+                row=mem_id,
+            )
+            name = decrypt(
+                ctl.keyring,
+                member.name_enc,
+                tenant_id=tid,
+                table="members",
+                column="name",
+                row=mem_id,
+            ).split(" ")[0]
+            mime = build(ctl, slug, msg, sender, to, name)
+        else:
+            member = None
+    if member is None:
         _record(
             ctl,
             slug,
@@ -380,13 +400,6 @@ def send_message(
             final=True,
         )
         return "failed"
-    to = decrypt(
-        ctl.keyring, member.email_enc, tenant_id=tid, table="members", column="email", row=member.id
-    )
-    name = decrypt(
-        ctl.keyring, member.name_enc, tenant_id=tid, table="members", column="name", row=member.id
-    ).split(" ")[0]
-    mime = build(ctl, slug, msg, sender, to, name)
     code: int | None = None
     try:
         conn = _connect(ctl)
@@ -404,9 +417,10 @@ def send_message(
         error = scrub(f"{exc.smtp_code} {said_text}")
         permanent = 500 <= exc.smtp_code < 600
     except smtplib.SMTPRecipientsRefused as exc:
-        codes = [c for c, _ in exc.recipients.values()]
-        code = codes[0] if codes else None
-        error, permanent = f"recipient refused ({code})", bool(code and code >= 500)
+        (code, said_b), *_ = exc.recipients.values() or [(None, b"")]
+        said = said_b.decode(errors="replace") if isinstance(said_b, bytes) else str(said_b)
+        error = scrub(f"recipient refused: {code} {said}")
+        permanent = bool(code and code >= 500)
     except (OSError, smtplib.SMTPException) as exc:
         error, permanent = scrub(f"{type(exc).__name__}: {exc}"), False
     except SmtpUnavailable as exc:
