@@ -63,13 +63,13 @@ def smtp_password(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
     from bizosctl.errors import InvalidInput
     from bizosctl.notify.email import set_smtp_password
 
-    if sys.stdin is not None and sys.stdin.isatty():
-        value = typer.prompt("SMTP password", hide_input=True, err=True)
-    else:
-        value = (sys.stdin.readline() if sys.stdin else "").rstrip("\r\n")
-    if not value:
-        raise InvalidInput("no password on stdin")
-    if not dry_run:
+    if not dry_run:  # a dry run reads no password (it would seal nothing)
+        if sys.stdin is not None and sys.stdin.isatty():
+            value = typer.prompt("SMTP password", hide_input=True, err=True)
+        else:
+            value = (sys.stdin.readline() if sys.stdin else "").rstrip("\r\n")
+        if not value:
+            raise InvalidInput("no password on stdin")
         set_smtp_password(_ctl(), value)
     doc = {"sealed": not dry_run, "dry_run": dry_run}
     if json_out:
