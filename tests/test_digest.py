@@ -267,6 +267,58 @@ def test_dry_run_prints_the_masked_prompt_and_stores_nothing(
     assert count(ctl, shop, "ai_usage") == ledger
 
 
+def test_a_day_across_a_dst_change_counts_its_25_hours(
+    ctl: Control, cli: Any, make_tenant: Any
+) -> None:
+    """2026-11-01 in New York has 25 hours (EDT to EST): a payment at 00:30 and one at 23:30
+    local count for that day, one at 00:30 the next day does not."""
+    from tenant_schema.models import Customer, Invoice, Transaction
+
+    slug = make_tenant(region="id")
+    with tenant_session(ctl, slug, actor="test") as s:
+        tid = ctl.route(slug).tenant_id
+        cust = s.execute(
+            insert(Customer).values(tenant_id=tid, name="CV Waktu").returning(Customer.id)
+        ).scalar_one()
+        inv = s.execute(
+            insert(Invoice)
+            .values(tenant_id=tid, customer_id=cust, number="I-1", status="paid", total=3)
+            .returning(Invoice.id)
+        ).scalar_one()
+        for at, amount in (
+            ("2026-11-01T04:30:00+00:00", 1),  # 00:30 EDT
+            ("2026-11-02T04:30:00+00:00", 10),  # 23:30 EST, hour 25
+            ("2026-11-02T05:30:00+00:00", 100),
+        ):  # 00:30 EST the next day
+            s.execute(
+                insert(Transaction).values(
+                    tenant_id=tid,
+                    invoice_id=inv,
+                    kind="payment",
+                    amount=amount,
+                    occurred_at=dt.datetime.fromisoformat(at),
+                )
+            )
+    r = cli(
+        "digest",
+        "run",
+        "--tenant",
+        slug,
+        "--date",
+        "2026-11-01",
+        "--deliver",
+        "card",
+        "--json",
+        env={"BIZOS_REGION_TIME_ZONES": '{"id": "America/New_York"}'},
+    )
+    assert r.exit_code == 0, r.stdout
+    d = json.loads(r.stdout)["digests"][0]
+    assert d["zone"] == "America/New_York"
+    r = cli("digest", "show", slug, "--json")
+    figures = json.loads(r.stdout)["digest"]["figures"]
+    assert (figures["revenue"], figures["payments"]) == ("11.00", 2)
+
+
 # -- the model: answers and faults -----------------------------------------------------------------
 
 GOOD = json.dumps(

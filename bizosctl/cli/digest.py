@@ -70,6 +70,10 @@ def run(
     day = parse_day(date) if date else None
     mode = cast("Deliver", deliver)
     ctl = _ctl()
+    if deliver in ("email", "both") and not ctl.settings.smtp_host and not json_out:
+        stderr_console().print(
+            "[yellow]note:[/] e-mail is off (BIZOS_SMTP_HOST is not set): cards only"
+        )
     refs = tenant_refs(ctl, None if all_ else list(dict.fromkeys(tenant or [])))
     if background:
         _background(ctl, refs, day, deliver, json_out)
