@@ -139,7 +139,8 @@ def make_digest(
     zone = zone_for(ref)
     day = day or local_yesterday(zone)
     gate = gate or get_gate(ctl)
-    with tenant_session(ctl, ref.slug, actor=ACTOR, read_only=True) as s:
+    route = ctl.route(ref.slug)  # for the reads; the write looks it up again (a move meanwhile)
+    with tenant_session(ctl, ref.slug, actor=ACTOR, read_only=True, route=route) as s:
         existing = _latest(s, day)
         if existing is not None and not force and not dry_run:
             found = _public(s, ref.slug, existing, created=False)
@@ -149,7 +150,7 @@ def make_digest(
     if found is not None:
         _defer_queued(ctl, ref.slug, found.id)
         return found
-    names = _owner_names(ctl, ref.slug, enc_names)
+    names = _owner_names(ctl, route.tenant_id, enc_names)
     text_ = prompt(figures, names)
     offline = offline_insights(figures, names)
     if dry_run:
@@ -318,12 +319,11 @@ def _public(s: Session, slug: str, row: Any, *, created: bool) -> DigestPublic:
     )
 
 
-def _owner_names(ctl: Control, slug: str, enc: dict[uuid.UUID, str]) -> dict[str, str]:
+def _owner_names(ctl: Control, tid: uuid.UUID, enc: dict[uuid.UUID, str]) -> dict[str, str]:
     if not enc:
         return {}
     from bizosctl.security.fields import decrypt
 
-    tid = ctl.route(slug).tenant_id
     return {
         str(mid): decrypt(
             ctl.keyring, token, tenant_id=tid, table="members", column="name", row=mid
