@@ -77,11 +77,13 @@ class DigestPreview(BaseModel):
 
 
 def tenant_refs(ctl: Control, slugs: list[str] | None) -> list[TenantRef]:
-    """The live tenants named (all active ones when ``slugs`` is None), with their zones."""
+    """The live tenants named (every active one when ``slugs`` is None: a locked or moving
+    tenant cannot store its digest, and is left to a later run), with their zones."""
     from bizosctl.catalog.models import Tenant
 
     with ctl.catalog() as s:
-        stmt = select(Tenant).where(Tenant.status.in_(("active", "read_only")))
+        statuses = ("active",) if slugs is None else ("active", "read_only", "moving")
+        stmt = select(Tenant).where(Tenant.status.in_(statuses))
         if slugs is not None:
             stmt = stmt.where(Tenant.slug.in_(slugs))
         rows = {t.slug: t for t in s.execute(stmt.order_by(Tenant.slug)).scalars()}
