@@ -186,10 +186,11 @@ def make_digest(
             sem.release()
     insights: DigestInsights = answer.data
     with tenant_session(ctl, ref.slug, actor=ACTOR) as s:
-        # One maker per (tenant, day) at a time: two runs at once make one digest.
+        # One maker per (tenant, day) at a time: two runs at once make one digest. The key
+        # names the tenant: shared-tier tenants share a database, and must not wait on each other.
         s.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-            {"k": f"bizos-digest:{day.isoformat()}"},
+            {"k": f"bizos-digest:{route.tenant_id}:{day.isoformat()}"},
         )
         existing = _latest(s, day)
         if existing is not None and not force:
@@ -199,7 +200,7 @@ def make_digest(
         version = (existing.version + 1) if existing is not None else 1
         row = Digest(
             id=uuid.uuid4(),
-            tenant_id=ctl_tenant_id(s),
+            tenant_id=route.tenant_id,  # the same wherever the tenant lives
             day=day,
             version=version,
             zone=zone.key,
