@@ -320,7 +320,7 @@ def test_smtp_password_from_empty_stdin_exits_2() -> None:
     ("args", "message"),
     [
         (("--primary-color", "red"), "--primary-color 'red': use #rrggbb"),
-        (("--from", "not-an-address"), "--from-address: not an e-mail address"),
+        (("--from", "not-an-address"), "--from: not an e-mail address"),
         (("--logo-url", "http://insecure.example/l.png"), "--logo-url: an https:// URL"),
         (("--from-name", "Evil\r\nBcc: x"), "--from-name: up to 100 characters"),
     ],

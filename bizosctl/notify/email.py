@@ -128,10 +128,10 @@ def smtp_status(ctl: Control) -> dict[str, Any]:
 
 # -- senders -------------------------------------------------------------------------------------
 def _check_sender(fields: dict[str, Any]) -> None:
-    for key in ("from_address", "reply_to"):
+    for key, option in (("from_address", "--from"), ("reply_to", "--reply-to")):
         v = fields.get(key)
         if v is not None and not _ADDRESS.match(v):
-            raise InvalidInput(f"--{key.replace('_', '-')}: not an e-mail address")
+            raise InvalidInput(f"{option}: not an e-mail address")
     for key in ("primary_color", "accent_color"):
         v = fields.get(key)
         if v is not None and not _COLOR.match(v):
