@@ -535,3 +535,37 @@ def jobs(ctl: Control) -> Iterator[dict[str, Any]]:
     import test_jobs
 
     yield from test_jobs.jobs.__wrapped__(ctl)  # type: ignore[attr-defined]
+
+
+# -- isolation ----------------------------------------------------------------------------------
+
+
+def test_another_tenant_neither_reads_nor_writes_a_tenants_digests_and_emails(
+    ctl: Control, cli: Any, make_tenant: Any
+) -> None:
+    """Shared tier: both tenants' rows are in the same tables; RLS (forced) keeps them apart."""
+    from bizosctl.errors import BizosError
+
+    a, b = make_tenant(tier="shared", region="id"), make_tenant(tier="shared", region="id")
+    assert cli("digest", "run", "--tenant", a, "--json").exit_code == 0
+    tid_a = ctl.route(a).tenant_id
+    with tenant_session(ctl, b, actor="attacker", read_only=True) as s:
+        for table in ("digests", "email_senders", "email_messages", "email_attempts"):
+            assert s.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 0
+        forced = s.execute(
+            text(
+                "SELECT bool_and(relrowsecurity AND relforcerowsecurity) FROM pg_class WHERE "
+                "relname IN ('digests', 'email_senders', 'email_messages', 'email_attempts')"
+            )
+        ).scalar_one()
+        assert forced is True
+    with pytest.raises(BizosError) as refused, tenant_session(ctl, b, actor="attacker") as s:
+        s.execute(
+            text(
+                "INSERT INTO digests (tenant_id, day, zone, provider, model) VALUES "
+                "(:t, '2026-01-01', 'UTC', 'x', 'x')"
+            ),
+            {"t": tid_a},
+        )
+    assert 'violates row-level security policy for table "digests"' in str(refused.value)
+    assert count(ctl, a, "digests") == 1
