@@ -569,3 +569,15 @@ def test_another_tenant_neither_reads_nor_writes_a_tenants_digests_and_emails(
         )
     assert 'violates row-level security policy for table "digests"' in str(refused.value)
     assert count(ctl, a, "digests") == 1
+
+
+def test_a_locked_tenant_is_left_out_of_all_and_named_alone_says_why(
+    ctl: Control, cli: Any, make_tenant: Any
+) -> None:
+    slug = make_tenant(region="id")
+    assert cli("tenant", "lock", slug, "--reason", "dunning").exit_code == 0
+    assert slug not in {r.slug for r in tenant_refs(ctl, None)}  # what --all runs over
+    r = cli("digest", "run", "--tenant", slug, "--json")
+    assert r.exit_code == 1
+    assert "read_only" in json.loads(r.stdout)["error"]["message"]
+    assert count(ctl, slug, "digests") == 0
