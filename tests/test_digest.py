@@ -223,7 +223,9 @@ def test_a_tenant_with_no_data_gets_a_sensible_digest(
     slug = make_tenant(region="id")
     r = cli("digest", "run", "--tenant", slug, "--json")
     assert r.exit_code == 0, r.stdout
-    d = json.loads(r.stdout)["digests"][0]
+    doc = json.loads(r.stdout)
+    assert doc["notes"] == ["e-mail is off (BIZOS_SMTP_HOST is not set): cards only"]
+    d = doc["digests"][0]
     assert d["created"] is True and len(d["insights"]) == 3
     titles = [i["title"] for i in d["insights"]]
     assert "No payments in the last 8 days" in titles

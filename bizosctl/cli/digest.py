@@ -70,10 +70,11 @@ def run(
     day = parse_day(date) if date else None
     mode = cast("Deliver", deliver)
     ctl = _ctl()
-    if deliver in ("email", "both") and not ctl.settings.smtp_host and not json_out:
-        stderr_console().print(
-            "[yellow]note:[/] e-mail is off (BIZOS_SMTP_HOST is not set): cards only"
-        )
+    notes = []
+    if deliver in ("email", "both") and not ctl.settings.smtp_host:
+        notes.append("e-mail is off (BIZOS_SMTP_HOST is not set): cards only")
+        if not json_out:
+            stderr_console().print(f"[yellow]note:[/] {notes[-1]}")
     refs = tenant_refs(ctl, None if all_ else list(dict.fromkeys(tenant or [])))
     if background:
         _background(ctl, refs, day, deliver, json_out)
@@ -118,6 +119,7 @@ def run(
             "digests": [_doc(d) for d in result.digests],
             "failed": result.failed,
             "summary": result.summary,
+            "notes": notes,
         }
         if dry_run:
             doc = {"dry_run": True, "previews": result.previews, **doc}
