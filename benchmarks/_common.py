@@ -92,3 +92,34 @@ def quiesce(ctl: Control, log: Log, *, timeout: float = 90.0, server: str = "glo
                 waited = True
             time.sleep(0.5)
         conn.execute("CHECKPOINT")
+
+
+#: A Gemini-like model server for ``python -c``: argv = answer text, latency (s), tokens in,
+#: tokens out. Prints its port, then answers every generateContent request with that text.
+MODEL_SERVER = r"""
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+TEXT, LATENCY, IN, OUT = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+BODY = json.dumps({"candidates": [{"content": {"role": "model", "parts": [{"text": TEXT}]},
+    "finishReason": "STOP", "index": 0}], "usageMetadata": {"promptTokenCount": IN,
+    "candidatesTokenCount": OUT, "totalTokenCount": IN + OUT}}).encode()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        if LATENCY:
+            time.sleep(LATENCY)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+class S(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+srv = S(("127.0.0.1", 0), H)
+print(srv.server_port, flush=True)
+srv.serve_forever()
+"""

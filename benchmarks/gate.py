@@ -33,30 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cleanup, make_home
+from _common import MODEL_SERVER, cleanup, make_home
 
-SERVER = r"""
-import json, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-BODY = json.dumps({"candidates": [{"content": {"role": "model", "parts": [{"text":
-    "Noted: <PERSON_1> will call <PHONE_1> tomorrow about the overdue invoice."}]},
-    "finishReason": "STOP", "index": 0}], "usageMetadata": {"promptTokenCount": 600,
-    "candidatesTokenCount": 20, "totalTokenCount": 620}}).encode()
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    def log_message(self, *a): pass
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(srv.server_port, flush=True)
-srv.serve_forever()
-"""
+ANSWER = "Noted: <PERSON_1> will call <PHONE_1> tomorrow about the overdue invoice."
 
 FIRST = ["Budi", "Siti", "Agus", "Dewi", "Rina", "Hendra", "Yuni", "Eko", "Wulan", "Joko"]
 LAST = ["Santoso", "Rahayu", "Wijaya", "Lestari", "Hidayat"]
@@ -94,7 +73,11 @@ def main() -> None:
     args = ap.parse_args()
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     home = make_home(fast=True)
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", MODEL_SERVER, ANSWER, "0", "600", "20"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     ctl = None
     try:
         assert server.stdout is not None

@@ -350,6 +350,38 @@ class Settings(BaseSettings):
         description="Default IANA time zone of a region's tenants (JSON in "
         "BIZOS_REGION_TIME_ZONES); other regions default to UTC.",
     )
+    # -- the digest (bizosctl/digest) and e-mail (bizosctl/notify/email.py) -------------------
+    digest_parallel: int = Field(
+        default=8, ge=1, le=256, description="Tenants' digests made at once by `digest run --all`."
+    )
+    digest_per_region: int = Field(
+        default=4, ge=1, le=256, description="Of those, at most this many in one region at once."
+    )
+    digest_per_provider: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="At most this many digests waiting on one model provider at once.",
+    )
+    digest_queue: str = Field(default="digests", description="The job queue of `digest.run`.")
+    smtp_host: str | None = Field(
+        default=None, description="SMTP server for e-mail; unset: e-mail is not sent (card only)."
+    )
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls",
+        description="starttls (port 587), tls (implicit TLS, port 465) or none (loopback only).",
+    )
+    smtp_username: str | None = Field(
+        default=None,
+        description="SMTP login; its password is sealed in the keyring (`email smtp-password`).",
+    )
+    smtp_timeout: float = Field(default=15.0, gt=0, description="Seconds for one SMTP session.")
+    email_from: str = Field(
+        default="bizos@localhost",
+        description="Sender address of tenants without their own (`tenant email-sender`).",
+    )
+    email_queue: str = Field(default="email", description="The job queue of `email.send`.")
     embedded_durable: bool = Field(
         default=True,
         description="fsync on the embedded clusters; tests and throw-away setups may turn it off.",

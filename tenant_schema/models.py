@@ -375,6 +375,76 @@ class AiSpend(TenantRow, Base):
     calls: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
+class Digest(Keyed, Base):
+    """A CEO digest: one tenant's figures for one local day and three insights on them
+    (``bizosctl.digest``). Made once per day; ``digest run --force`` adds a new version."""
+
+    __tablename__ = "digests"
+    day: Mapped[dt.date] = mapped_column(Date)
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    zone: Mapped[str] = mapped_column(Text)
+    figures: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    insights: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    provider: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    degraded: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    reason: Mapped[str | None] = mapped_column(Text)
+    usage_id: Mapped[uuid.UUID | None]
+    deliver: Mapped[str] = mapped_column(Text, server_default="both")  # email | card | both
+    cards: Mapped[int] = mapped_column(Integer, server_default="0")  # Admins given a card
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    __table_args__ = (UniqueConstraint("tenant_id", "day", "version"),)
+
+
+class EmailSender(TenantRow, Base):
+    """The tenant's white-label sender: who its e-mails come from and how they look."""
+
+    __tablename__ = "email_senders"
+    from_address: Mapped[str | None] = mapped_column(Text)
+    from_name: Mapped[str | None] = mapped_column(Text)
+    reply_to: Mapped[str | None] = mapped_column(Text)
+    logo_url: Mapped[str | None] = mapped_column(Text)
+    primary_color: Mapped[str] = mapped_column(Text, server_default="#1f2937")
+    accent_color: Mapped[str] = mapped_column(Text, server_default="#2563eb")
+    updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class EmailMessage(Keyed, Base):
+    """One e-mail to one member; the address is read (decrypted) from the member at send
+    time, never copied here. Sent by the ``email.send`` job; every try is an attempt row."""
+
+    __tablename__ = "email_messages"
+    member_id: Mapped[uuid.UUID]
+    template: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    context: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    digest_id: Mapped[uuid.UUID | None]
+    status: Mapped[str] = mapped_column(Text, server_default="queued")  # queued|sent|failed
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    sent_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        _fk(["member_id"], "members"),
+        _fk(["digest_id"], "digests"),
+        UniqueConstraint("tenant_id", "digest_id", "member_id"),
+        Index("ix_email_messages_status", "tenant_id", "status"),
+    )
+
+
+class EmailAttempt(Keyed, Base):
+    """One try at sending one e-mail: when, how it went, the server's answer."""
+
+    __tablename__ = "email_attempts"
+    message_id: Mapped[uuid.UUID]
+    at: Mapped[dt.datetime] = mapped_column(server_default=text("clock_timestamp()"))
+    outcome: Mapped[str] = mapped_column(Text)  # sent | failed
+    smtp_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(BigInteger)
+    __table_args__ = (_fk(["message_id"], "email_messages"),)
+
+
 #: Every tenant table, parents before children (the order to copy and to create).
 TENANT_TABLES: tuple[str, ...] = tuple(t.name for t in metadata.sorted_tables)
 

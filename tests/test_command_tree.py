@@ -76,6 +76,13 @@ CLASSIFICATION = {
     "schedule list": READS,
     "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
     "serve": CHANGES,  # serves the API (its requests change data); --dry-run checks settings
+    "digest run": CHANGES,
+    "digest list": READS,
+    "digest show": READS,
+    "email status": READS,
+    "email smtp-password": CHANGES,
+    "email list": READS,
+    "tenant email-sender": CHANGES,
 }
 
 #: Commands exempt from --json, each with its reason. Keep it short: today it is empty.

@@ -13,6 +13,8 @@ from bizosctl import __version__
 from bizosctl.cli import (
     ai,
     apikey,
+    digest,
+    email,
     mask,
     ops,
     provider,
@@ -109,6 +111,8 @@ worker.register(app)
 scheduler.register(app)
 serve.register(app)
 mask.register(app)
+app.add_typer(digest.app, name="digest")
+email.register(app, tenant.app)
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ BLUEPRINTS = [
     "bizosctl.jobs.tasks:blueprint",
     "bizosctl.notify.jobs:blueprint",
     "bizosctl.jobs.routine:blueprint",
+    "bizosctl.digest.jobs:blueprint",
+    "bizosctl.notify.email_jobs:blueprint",
 ]
 
 #: Task names are "<NAMESPACE>:<name>" (procrastinate's namespacing of blueprints).

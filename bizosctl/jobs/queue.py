@@ -90,6 +90,42 @@ def defer_job(
     )
 
 
+_DEFER_TASK = text(
+    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, :lock, "
+    ":queueing_lock, CAST(:args AS jsonb), NULL)]::procrastinate_job_to_defer_v1[]))"
+)
+
+
+def enqueue_task(
+    session: Session,
+    *,
+    task: str,
+    args: dict[str, object],
+    queue: str,
+    lock: str | None = None,
+    queueing_lock: str | None = None,
+) -> int | None:
+    """Queue task ``task`` (its name without the namespace) in ``session``'s transaction;
+    the job id, or None when a job with that ``queueing_lock`` is queued already (a
+    savepoint keeps the caller's transaction usable)."""
+    from sqlalchemy.exc import IntegrityError
+
+    params = {
+        "queue": queue,
+        "task": f"{NAMESPACE}:{task}",
+        "lock": lock,
+        "queueing_lock": queueing_lock,
+        "args": json.dumps(args),
+    }
+    try:
+        with session.begin_nested():
+            return int(session.execute(_DEFER_TASK, params).scalar_one())
+    except IntegrityError:
+        if queueing_lock is None:
+            raise
+        return None
+
+
 class WorkerPublic(BaseModel):
     id: int
     last_heartbeat: dt.datetime

@@ -70,7 +70,10 @@ def _credential_tokens(ctl: Control) -> list[str]:
         tokens += [t for t in s.execute(select(Route.password_enc)).scalars() if t]
         for secrets_ in s.execute(select(WebhookEndpoint.secrets)).scalars():
             tokens += [item["secret_enc"] for item in secrets_ or [] if item.get("secret_enc")]
-    return tokens
+    from bizosctl.notify.email import sealed_smtp_password
+
+    smtp = sealed_smtp_password(ctl)
+    return [*tokens, smtp] if smtp else tokens
 
 
 def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
@@ -319,6 +322,9 @@ def _reseal_all(ctl: Control, s: Session) -> int:
             for item in ep.secrets or []
         ]
     s.flush()
+    from bizosctl.notify.email import reseal_smtp_password
+
+    reseal_smtp_password(ctl, lambda token, context: again(token, context) or token)
     return resealed
 
 
