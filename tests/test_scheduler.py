@@ -723,3 +723,35 @@ def test_a_kept_move_source_is_due_when_its_keep_source_expires(ctl, cli, make_t
     finally:
         r = cli("tenant", "move", slug, "--purge-source", "--force", "--yes")
         assert r.exit_code == 0, r.output
+
+
+def test_the_scheduled_digest_is_made_by_a_real_worker_once(ctl, cli, make_tenant):
+    """End to end: the scheduler's 05:00 run in the tenant's zone, on BIZOS_DIGEST_QUEUE (the
+    queue `digest run --background` uses), is the digest of the local day before, made by
+    `bizosctl worker`; the same slot ticked again enqueues nothing."""
+    import test_jobs
+
+    gen = test_jobs.jobs.__wrapped__(ctl)
+    jobs = next(gen)
+    try:
+        slug = make_tenant(tier="shared", region="id")  # Asia/Jakarta, UTC+7
+        settings = ctl.settings.model_copy(update={"digest_queue": jobs["queue"]})
+        clock = Clock(dt.datetime(2027, 1, 14, 22, 0, tzinfo=UTC))  # 05:00 on the 15th there
+        sched = Scheduler(ctl, clock=clock, entries=[registry(settings)[0]])
+        sched.refresh()
+        sched.view.tenants = [t for t in sched.view.tenants if t.slug == slug]
+        (run,) = sched.tick()
+        assert run.args == {"tenant": slug, "day": "2027-01-14"}
+        assert sched.tick() == []
+        test_jobs.worker(jobs).started()
+
+        def made():
+            r = cli("digest", "show", slug, "--date", "2027-01-14", "--json")
+            return json.loads(r.stdout)["digest"] if r.exit_code == 0 else None
+
+        doc = wait_for("the scheduled digest", made)
+        assert len(doc["insights"]) == 3 and doc["date"] == "2027-01-14"
+        r = cli("digest", "list", slug, "--json")
+        assert [d["date"] for d in json.loads(r.stdout)["digests"]] == ["2027-01-14"]
+    finally:
+        next(gen, None)

@@ -176,16 +176,16 @@ def keys_due(ctl: Control) -> list[dt.datetime]:
         return [r for r in rows if r is not None]
 
 
-def digest_task() -> tuple[str, str]:
-    """The digest's task name and queue: the ``digest.run`` task a worker of this code has,
-    by name (the digest module is not imported here)."""
+def digest_task() -> str:
+    """The digest's task name: the ``digest.run`` task a worker of this code has, by name
+    (the digest module is not imported here)."""
     from bizosctl.jobs.app import NAMESPACE, _registry
 
     tasks = _registry().tasks
     for name in (f"{NAMESPACE}:digest.run", "digest.run"):
         if name in tasks:
-            return name, tasks[name].queue
-    return f"{NAMESPACE}:digest.run", "digests"
+            return name
+    return f"{NAMESPACE}:digest.run"
 
 
 def digest_args(slug: str, day: dt.date) -> dict[str, Any]:
@@ -201,7 +201,8 @@ def registry(settings: Settings) -> list[Entry]:
     def routine(name: str) -> str:
         return f"{NAMESPACE}:{name}"
 
-    digest, digest_queue = digest_task()
+    # the queue `digest run --background` uses too (BIZOS_DIGEST_QUEUE)
+    digest, digest_queue = digest_task(), settings.digest_queue
     return [
         Daily("digest", digest, digest_queue, "the CEO digest of the local day before",
               at=settings.scheduler_digest_time,
