@@ -53,7 +53,7 @@ def test_list_shows_versions_and_usage_never_key_material(home, cli):
     r = cli("secrets", "list", "--json")
     assert r.exit_code == 0, r.stderr
     doc = {p["purpose"]: p["versions"] for p in json.loads(r.stdout)["purposes"]}
-    assert set(doc) == {"pii", "jwt", "webhook", "db-credentials"}
+    assert set(doc) == {"pii", "jwt", "webhook", "db-credentials", "gdpr"}
     assert doc["pii"][0]["values"] == 13 and doc["pii"][0]["primary"] is True
     assert doc["jwt"][0]["values"] is None
     for purpose in doc:

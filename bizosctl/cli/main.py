@@ -13,6 +13,7 @@ from bizosctl import __version__
 from bizosctl.cli import (
     ai,
     apikey,
+    gdpr,
     mask,
     ops,
     provider,
@@ -103,6 +104,7 @@ app.add_typer(webhook.secret_app, name="webhook-secret")
 app.add_typer(ops.app, name="ops")
 app.add_typer(provider.app, name="provider")
 app.add_typer(ai.app, name="ai")
+app.add_typer(gdpr.app, name="gdpr")
 ai.register(app)
 worker.register(app)
 serve.register(app)

@@ -1,0 +1,187 @@
+"""``bizosctl gdpr find|export|delete|requests|extend|reconcile|consent``: data-subject requests.
+
+The e-mail is an argument, or ``-`` to read it from stdin (it then stays out of the process
+list and the shell history). It is never printed back, except inside the export itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import typer
+
+from bizosctl.cli.output import (
+    DryRunOpt,
+    JsonOpt,
+    clean,
+    handle_errors,
+    print_json,
+    stdout_console,
+    table,
+)
+
+if TYPE_CHECKING:
+    from bizosctl.catalog.control import Control
+
+app = typer.Typer(
+    help="Data-subject requests (GDPR): find, export and erase one person's data across every "
+    "tenant, tier and region, with a request log and consent records.\n\n"
+    "Example: echo ani@example.com | bizosctl gdpr find - --json",
+    no_args_is_help=True,
+)
+consent_app = typer.Typer(
+    help="Consents of a tenant's members: record, list, withdraw.\n\n"
+    "Example: bizosctl gdpr consent list --tenant acme --json",
+    no_args_is_help=True,
+)
+app.add_typer(consent_app, name="consent")
+
+Email = typer.Argument(
+    ...,
+    help="The person's e-mail, or - to read it from stdin (keeps it out of argv).",
+    show_default=False,
+    metavar="EMAIL",
+)
+TenantOpt = typer.Option(None, "--tenant", help="Only this tenant (its slug).")
+
+
+def _ctl() -> Control:
+    from bizosctl.catalog.control import get_control
+
+    return get_control()
+
+
+def _email(value: str) -> str:
+    if value != "-":
+        return value
+    from bizosctl.errors import InvalidInput
+
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    if not line.strip():
+        raise InvalidInput("no e-mail on stdin")
+    return line.strip()
+
+
+def _actor() -> str:
+    from bizosctl.privacy.requests import default_actor
+
+    return default_actor()
+
+
+@app.command("find")
+@handle_errors
+def find(
+    email: str = Email,
+    tenant: str | None = TenantOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Where this person has data: tenants, tables and rows, through the blind index only.
+
+    Exit 3 when nothing is found (the request is logged all the same).
+
+    Example: echo ani@example.com | bizosctl gdpr find - --json
+    """
+    from bizosctl.privacy.find import find_person
+
+    result = find_person(_ctl(), _email(email), tenant=tenant, actor=_actor())
+    if json_out:
+        print_json(result)
+    else:
+        rows = [
+            [t.tenant, t.region, t.tier, t.rows, ", ".join(f"{k} {v}" for k, v in t.tables.items())]
+            for t in result.tenants
+        ]
+        stdout_console().print(
+            table(f"request {result.request}", ["tenant", "region", "tier", "rows", "tables"], rows)
+        )
+        for e in result.errors:
+            stdout_console().print(f"[red]{clean(e.tenant)}[/]: {clean(e.error)}", markup=True)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@app.command("reconcile")
+@handle_errors
+def reconcile_cmd(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
+    """Rebuild the catalog's routing keys from every tenant's members and customers.
+
+    Example: bizosctl gdpr reconcile --dry-run --json
+    """
+    from bizosctl.privacy.find import reconcile
+
+    result = reconcile(_ctl(), dry_run=dry_run)
+    if json_out:
+        print_json(result)
+    else:
+        verb = "would add" if dry_run else "added"
+        stdout_console().print(
+            f"{result.tenants} tenants, {result.keys} routing keys: {verb} {result.added}, "
+            f"removed {result.removed}; {len(result.errors)} tenants failed",
+            markup=False,
+        )
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@app.command("requests")
+@handle_errors
+def requests_cmd(
+    status: str | None = typer.Option(
+        None, "--status", help="received, in_progress, partially_done, done or failed."
+    ),
+    overdue: bool = typer.Option(
+        False, "--overdue", help="Only open requests past their due date."
+    ),
+    json_out: bool = JsonOpt,
+) -> None:
+    """The request log: kind, subject reference (a keyed hash), due date, status, receipt.
+
+    Example: bizosctl gdpr requests --overdue --json
+    """
+    from bizosctl.privacy.requests import list_requests
+
+    found = list_requests(_ctl(), status=status, overdue=overdue)
+    if json_out:
+        print_json({"requests": found})
+        return
+    rows = [
+        [
+            r.id,
+            r.kind,
+            r.subject_ref[:14],
+            r.tenant or "all",
+            r.received_at.strftime("%Y-%m-%d"),
+            (r.extended_to or r.due_at).strftime("%Y-%m-%d"),
+            f"[red]{r.status} (overdue)[/]" if r.overdue else r.status,
+        ]
+        for r in found
+    ]
+    cols = ["id", "kind", "subject", "tenant", "received", "due", "status"]
+    stdout_console().print(table("GDPR requests", cols, rows, markup_cols=(6,)))
+
+
+@app.command("extend")
+@handle_errors
+def extend(
+    request: str = typer.Argument(..., help="The request's id.", show_default=False),
+    months: int = typer.Option(3, "--months", help="Due 2 or 3 months after receipt."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded; Art. 12(3))."),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Extend a request's due date (up to three months after receipt) with a recorded reason.
+
+    Example: bizosctl gdpr extend 6f1c... --months 3 --reason "12 tenants, archived backups"
+    """
+    from bizosctl.privacy.requests import extend_request, parse_request_id
+
+    r = extend_request(
+        _ctl(), parse_request_id(request), months=months, reason=reason, dry_run=dry_run
+    )
+    if json_out:
+        print_json(r)
+    else:
+        due = (r.extended_to or r.due_at).strftime("%Y-%m-%d")
+        what = "would extend" if dry_run else "extended"
+        stdout_console().print(f"{what} request {r.id}: due {due}", markup=False)
