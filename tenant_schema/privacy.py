@@ -58,6 +58,9 @@ AUDIT_LINK = " OR ".join(
         _refs("created_by", ":mids"),
         _refs("customer_id", ":cids"),
         "t.actor = ANY(:actors)",
+        # erasure only (NULL otherwise): the e-mail or a name quoted in clear
+        "t.old::text ~* CAST(:pattern AS text)",
+        "t.new::text ~* CAST(:pattern AS text)",
     ]
 )
 

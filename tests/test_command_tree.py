@@ -71,7 +71,13 @@ CLASSIFICATION = {
     "ai budget": CHANGES,
     "usage": READS,
     "worker": CHANGES,  # runs queued operations; --dry-run shows what it would run
-    "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
+    "mask": READS,
+    "gdpr find": READS,  # logs the request it answers, changes no data
+    "gdpr reconcile": CHANGES,
+    "gdpr requests": READS,
+    "gdpr extend": CHANGES,
+    "gdpr export": CHANGES,  # writes the zip
+    "gdpr delete": DESTROYS,  # stdin to stdout; --tenant reads the tenant's names
     "serve": CHANGES,  # serves the API (its requests change data); --dry-run checks settings
 }
 

@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import text
+
 from bizosctl.catalog.control import Control
 from bizosctl.tenancy.members import add_member
 from bizosctl.tenancy.router import tenant_session
@@ -46,3 +48,366 @@ def test_find_across_tiers_and_regions(
     for t in doc["tenants"]:
         assert t["tables"]["members"] == 1 and t["tables"]["member_roles"] == 1
     assert email not in r.stdout
+
+
+def _catalog_dump(ctl: Control) -> str:
+    """Every catalog row as text (the test looks for the person's PII in it)."""
+    with ctl.catalog_engine.connect() as conn:
+        tables = conn.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        ).scalars()
+        return "\n".join(
+            str(
+                conn.execute(
+                    text(f"SELECT coalesce(json_agg(t)::text, '') FROM \"{t}\" AS t")
+                ).scalar()
+            )
+            for t in tables
+        )
+
+
+def _region_dump(ctl: Control, slug: str) -> str:
+    """Every row of the tenant's database (all schemas) as text."""
+    route = ctl.route(slug)
+    handle = ctl.server(route.server)
+    from bizosctl.db.engines import get_engine
+
+    with get_engine(handle.admin_url(route.database)).connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT schemaname, tablename FROM pg_tables "
+                "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+            )
+        ).all()
+        return "\n".join(
+            str(
+                conn.execute(
+                    text(f'SELECT coalesce(json_agg(t)::text, \'\') FROM "{s}"."{t}" AS t')
+                ).scalar()
+            )
+            for s, t in rows
+        )
+
+
+def _no_pii(ctl: Control, email: str, name: str, *places: str) -> None:
+    from bizosctl.security.fields import blind_indexes
+
+    needles = [email, name, *(b.split(":", 1)[1] for b in blind_indexes(ctl.keyring, email))]
+    for place in places:
+        for n in needles:
+            assert n not in place
+
+
+def test_export_zip_manifest_and_mode(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any], tmp_path: Any
+) -> None:
+    import hashlib
+    import os
+    import zipfile
+
+    email, name = _email(), "Dewi Lestari"
+    a = make_tenant(tier="schema")
+    b = make_tenant(tier="shared", region="id")
+    _add(ctl, a, email, name)
+    _add(ctl, b, email, name)
+    out = tmp_path / "dewi.zip"
+    r = cli("gdpr", "export", email, "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    assert os.stat(out).st_mode & 0o777 == 0o600
+    with zipfile.ZipFile(out) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        files = {n: f for t in manifest["tenants"] for n, f in t["files"].items()}
+        for n, f in files.items():
+            assert hashlib.sha256(zf.read(n)).hexdigest() == f["sha256"]
+        members = json.loads(zf.read(f"tenants/{a}/members.json"))
+    assert members[0]["email"] == email and members[0]["name"] == name
+    assert "email_bidx" not in members[0]
+    assert {f"tenants/{a}/members.json", f"tenants/{b}/audit_logs.json"} <= set(files)
+    # the catalog and the other region hold none of it
+    _no_pii(ctl, email, name, _catalog_dump(ctl))
+    r = cli("gdpr", "export", email, "--out", str(out), "--json")
+    assert r.exit_code == 2 and "exists" in json.loads(r.stdout)["error"]["message"]
+
+
+def test_export_refuses_a_symlink(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any], tmp_path: Any
+) -> None:
+    email = _email()
+    _add(ctl, make_tenant(), email)
+    target = tmp_path / "elsewhere"
+    link = tmp_path / "x.zip"
+    link.symlink_to(target)
+    r = cli("gdpr", "export", email, "--out", str(link))
+    assert r.exit_code == 2 and not target.exists()
+
+
+def test_export_unwritable_directory(cli: Callable[..., Any], tmp_path: Any) -> None:
+    r = cli("gdpr", "export", _email(), "--out", str(tmp_path / "nope" / "x.zip"), "--json")
+    assert r.exit_code == 2
+    assert "no such directory" in json.loads(r.stdout)["error"]["message"]
+
+
+def test_malformed_email_exit_2(cli: Callable[..., Any]) -> None:
+    r = cli("gdpr", "find", "not-an-address", "--json")
+    assert r.exit_code == 2
+    msg = json.loads(r.stdout)["error"]["message"]
+    assert msg == "not an e-mail address (expected local@domain.tld)"
+
+
+def test_found_nowhere_exit_3_and_logged(ctl: Control, cli: Callable[..., Any]) -> None:
+    email = _email()
+    r = cli("gdpr", "find", email, "--json")
+    assert r.exit_code == 3
+    rid = json.loads(r.stdout)["error"]["message"].split("request ")[1].split(" ")[0]
+    r = cli("gdpr", "requests", "--json")
+    req = next(x for x in json.loads(r.stdout)["requests"] if x["id"] == rid)
+    assert req["status"] == "done" and req["kind"] == "find"
+    assert email not in r.stdout
+
+
+def test_delete_without_yes_exit_2(cli: Callable[..., Any]) -> None:
+    r = cli("gdpr", "delete", _email(), "--json")
+    assert r.exit_code == 2 and "--yes" in json.loads(r.stdout)["error"]["message"]
+
+
+def test_delete_erases_verifies_and_rerun_is_harmless(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any]
+) -> None:
+    email, name = _email(), "Bambang Wijaya"
+    a = make_tenant(tier="schema")
+    b = make_tenant(tier="isolated", region="id")
+    for slug in (a, b):
+        _add(ctl, slug, _email(), "Owner Person", role="Admin")
+        _add(ctl, slug, email, name)
+    from bizosctl.resources.invoices import CustomerCreate, create_customer
+
+    route = ctl.route(a)
+    with tenant_session(ctl, a, actor="test") as s:
+        create_customer(
+            s, tenant_id=route.tenant_id, data=CustomerCreate(name=name, email=email), ctl=ctl
+        )
+    r = cli("gdpr", "delete", email, "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    assert _find(cli, email).exit_code == 0  # the dry run changed nothing
+    r = cli("gdpr", "delete", email, "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    by = {t["tenant"]: t for t in doc["tenants"]}
+    assert by[a]["tables"]["members"]["rows"] == 1
+    assert by[a]["tables"]["customers"]["action"] == "anonymise"
+    assert all(t["verified"] for t in doc["tenants"])
+    assert _find(cli, email).exit_code == 3
+    _no_pii(ctl, email, name, _catalog_dump(ctl), _region_dump(ctl, a), _region_dump(ctl, b))
+    r = cli("gdpr", "delete", email, "--yes", "--json")
+    assert r.exit_code == 3  # found nowhere: nothing changes
+    reqs = json.loads(cli("gdpr", "requests", "--json").stdout)["requests"]
+    done = next(x for x in reqs if x["id"] == doc["request"])
+    assert done["status"] == "done" and done["receipt"]["tenants"]
+
+
+def test_only_admin_refused_then_transferred(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any]
+) -> None:
+    email, heir = _email(), _email()
+    slug = make_tenant()
+    _add(ctl, slug, email, "Solo Admin", role="Admin")
+    _add(ctl, slug, heir, "Next Admin")
+    r = cli("gdpr", "delete", email, "--yes", "--json")
+    assert r.exit_code == 2
+    assert json.loads(r.stdout)["error"]["message"] == (
+        f"this person is the only Admin of {slug}: pass --transfer-ownership-to EMAIL "
+        "(another member there, who becomes Admin)"
+    )
+    assert _find(cli, email).exit_code == 0  # nothing erased
+    r = cli("gdpr", "delete", email, "--yes", "--transfer-ownership-to", heir, "--json")
+    assert r.exit_code == 0, r.output
+    with tenant_session(ctl, slug, actor="test", read_only=True) as s:
+        roles = (
+            s.execute(
+                text(
+                    "SELECT r.name FROM member_roles mr JOIN roles r ON r.id = mr.role_id "
+                    "JOIN members m ON m.id = mr.member_id"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert "Admin" in roles
+    with tenant_session(ctl, slug, actor="test", read_only=True) as s:
+        assert s.execute(text("SELECT count(*) FROM members")).scalar_one() == 1
+
+
+def test_verification_finds_a_planted_leftover(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any]
+) -> None:
+    email = _email()
+    slug = make_tenant()
+    mid = _add(ctl, slug, email, "Planted Person")
+    route = ctl.route(slug)
+    with tenant_session(ctl, slug, actor="test") as s:
+        pid = s.execute(
+            text("INSERT INTO projects (tenant_id, name) VALUES (:t, 'p') RETURNING id"),
+            {"t": route.tenant_id},
+        ).scalar_one()
+        s.execute(
+            text(
+                "INSERT INTO tasks (tenant_id, project_id, title, description) "
+                "VALUES (:t, :p, 'call', :d)"
+            ),
+            {"t": route.tenant_id, "p": pid, "d": f"ring {email} back"},
+        )
+    assert mid
+    r = cli("gdpr", "delete", email, "--yes", "--json")
+    assert r.exit_code == 1
+    msg = json.loads(r.stdout)["error"]["message"]
+    assert "tasks.description" in msg and email not in msg
+    reqs = json.loads(cli("gdpr", "requests", "--status", "partially_done", "--json").stdout)
+    assert any(x["tenant"] is None for x in reqs["requests"])
+    # the operator clears the free text; the same command finishes
+    with tenant_session(ctl, slug, actor="test") as s:
+        s.execute(text("UPDATE tasks SET description = 'ring back'"))
+    r = cli("gdpr", "delete", email, "--yes", "--json")
+    assert r.exit_code == 0, r.output
+
+
+def test_tenant_unreachable_partial_then_resumed(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any]
+) -> None:
+    email = _email()
+    a = make_tenant(tier="schema")
+    b = make_tenant(tier="isolated", region="id")
+    _add(ctl, a, email)
+    _add(ctl, b, email)
+    tid = ctl.route(b).tenant_id
+    with ctl.catalog() as s:  # b's database unreachable, as a server down would be
+        db = s.execute(
+            text(
+                "UPDATE routes SET database = 'gone_db' WHERE tenant_id = :t "
+                "RETURNING (SELECT database FROM routes WHERE tenant_id = :t)"
+            ),
+            {"t": tid},
+        ).scalar_one()
+    try:
+        r = cli("gdpr", "delete", email, "--yes", "--json")
+        assert r.exit_code == 1
+    finally:
+        with ctl.catalog() as s:
+            s.execute(
+                text("UPDATE routes SET database = :d WHERE tenant_id = :t"), {"d": db, "t": tid}
+            )
+    reqs = json.loads(cli("gdpr", "requests", "--status", "partially_done", "--json").stdout)
+    assert reqs["requests"]
+    r = cli("gdpr", "delete", email, "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    assert [t["tenant"] for t in json.loads(r.stdout)["tenants"]] == [a, b] or len(
+        json.loads(r.stdout)["tenants"]
+    ) == 2
+    assert _find(cli, email).exit_code == 3
+
+
+def test_extend_and_overdue(ctl: Control, cli: Callable[..., Any]) -> None:
+    r = cli("gdpr", "find", _email(), "--json")
+    rid = json.loads(r.stdout)["error"]["message"].split("request ")[1].split(" ")[0]
+    with ctl.catalog() as s:  # an open request received long ago
+        s.execute(
+            text(
+                "UPDATE gdpr_requests SET status = 'received', received_at = now() - interval "
+                "'40 days', due_at = now() - interval '10 days' WHERE id = :i"
+            ),
+            {"i": rid},
+        )
+    r = cli("gdpr", "requests", "--overdue", "--json")
+    assert rid in r.stdout
+    r = cli("gdpr", "extend", rid, "--months", "4", "--reason", "x")
+    assert r.exit_code == 2
+    r = cli("gdpr", "extend", rid, "--months", "3", "--reason", "archived backups", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["overdue"] is False
+    r = cli("gdpr", "extend", "nope", "--reason", "x")
+    assert r.exit_code == 2
+
+
+def test_find_during_pii_rotation(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any]
+) -> None:
+    """A member indexed under the previous pii version is still found (every live version)."""
+    from bizosctl.security.keyring import add_version
+
+    email = _email()
+    slug = make_tenant()
+    _add(ctl, slug, email)
+    with ctl.catalog() as s:
+        add_version(s, ctl.keyring.master, "pii")
+    ctl.reload_keyring()
+    assert _find(cli, email).exit_code == 0
+    r = cli("gdpr", "delete", email, "--yes", "--json")
+    assert r.exit_code == 0, r.output
+
+
+def test_reconcile_rebuilds_routing_keys(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any]
+) -> None:
+    email = _email()
+    slug = make_tenant()
+    _add(ctl, slug, email)
+    with ctl.catalog() as s:
+        s.execute(
+            text("DELETE FROM gdpr_subjects WHERE tenant_id = :t"), {"t": ctl.route(slug).tenant_id}
+        )
+    assert _find(cli, email).exit_code == 3
+    r = cli("gdpr", "reconcile", "--dry-run", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["added"] >= 1
+    assert _find(cli, email).exit_code == 3
+    assert cli("gdpr", "reconcile", "--json").exit_code == 0
+    assert _find(cli, email).exit_code == 0
+
+
+def test_no_email_in_argv_or_logs(
+    ctl: Control, make_tenant: Callable[..., str], fleet: Control
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    email = _email()
+    _add(ctl, make_tenant(), email)
+    p = subprocess.run(
+        [sys.executable, "-m", "bizosctl", "--debug", "gdpr", "find", "-", "--json"],
+        input=email + "\n",
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    assert email not in p.stderr
+
+
+def test_background_erasure_by_a_worker_logs_no_email(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any]
+) -> None:
+    import signal
+
+    from test_jobs import Worker, wait_for
+
+    from bizosctl.catalog.operations import describe
+
+    email = _email()
+    slug = make_tenant()
+    _add(ctl, slug, email, "Worker Subject")
+    worker = Worker("operations", "--concurrency", "1").started()
+    try:
+        r = cli("gdpr", "delete", email, "--yes", "--background", "--json")
+        assert r.exit_code == 0, r.output
+        op_id = uuid.UUID(json.loads(r.stdout)["operation"])
+        wait_for("the erasure to finish", lambda: describe(ctl, op_id).status == "done")
+        assert worker.saw("bizosctl:run_operation")
+    finally:
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.finish(timeout=60)
+        with ctl.catalog() as s:
+            s.execute(text("DELETE FROM procrastinate_jobs WHERE queue_name = 'operations'"))
+    assert not any(email in line or "Worker Subject" in line for line in worker.lines)
+    assert _find(cli, email).exit_code == 3
+    # the sealed e-mail left the operation's params with the request done
+    assert "subject_sealed" not in describe(ctl, op_id).params

@@ -7,14 +7,18 @@ list and the shell history). It is never printed back, except inside the export 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from bizosctl.cli.output import (
+    BackgroundOpt,
     DryRunOpt,
     JsonOpt,
+    YesOpt,
     clean,
+    confirm_destructive,
     handle_errors,
     print_json,
     stdout_console,
@@ -185,3 +189,104 @@ def extend(
         due = (r.extended_to or r.due_at).strftime("%Y-%m-%d")
         what = "would extend" if dry_run else "extended"
         stdout_console().print(f"{what} request {r.id}: due {due}", markup=False)
+
+
+@app.command("export")
+@handle_errors
+def export(
+    email: str = Email,
+    out: Path = typer.Option(..., "--out", help="The zip to write (new file, mode 0600)."),
+    tenant: str | None = TenantOpt,
+    fmt: str = typer.Option("json", "--format", help="json or csv (one file per table)."),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Export the person's data from every tenant to a zip with a manifest (SHA-256 per file).
+
+    Rows are decrypted; the audit trail and consents are included. Never overwrites a file.
+    Re-running the same command resumes an export that stopped half way.
+
+    Example: echo ani@example.com | bizosctl gdpr export - --out ani.zip --json
+    """
+    from bizosctl.privacy.export import check_out, export_person
+    from bizosctl.privacy.find import find_person
+
+    ctl = _ctl()
+    if dry_run:
+        check_out(out)
+        found = find_person(ctl, _email(email), tenant=tenant, actor=_actor())
+        if json_out:
+            print_json({"dry_run": True, "out": str(out), "would_export": found})
+        else:
+            stdout_console().print(
+                f"would export {sum(t.rows for t in found.tenants)} rows from "
+                f"{len(found.tenants)} tenants to {out}",
+                markup=False,
+            )
+        return
+    result = export_person(ctl, _email(email), out=out, tenant=tenant, fmt=fmt, actor=_actor())
+    if json_out:
+        print_json(result)
+    else:
+        stdout_console().print(
+            f"exported {result.rows} rows from {len(result.tenants)} tenants to {result.out} "
+            f"(request {result.request})",
+            markup=False,
+        )
+
+
+@app.command("delete")
+@handle_errors
+def delete(
+    email: str = Email,
+    tenant: str | None = TenantOpt,
+    transfer_to: str | None = typer.Option(
+        None,
+        "--transfer-ownership-to",
+        help="Where the person is the only Admin: this member (e-mail) becomes Admin.",
+    ),
+    background: bool = BackgroundOpt,
+    dry_run: bool = DryRunOpt,
+    yes: bool = YesOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Erase the person's data by each table's policy, then verify nothing is left.
+
+    Tax records are kept anonymised (GDPR Art. 17(3)(b)); the receipt (rows per table) is
+    stored with the request. Re-running the same command resumes; once done it is harmless.
+
+    Example: echo ani@example.com | bizosctl gdpr delete - --yes --json
+    """
+    from bizosctl.privacy.erase import erase_person
+
+    if not dry_run:
+        confirm_destructive(yes, "erasing a person's data")
+    result = erase_person(
+        _ctl(),
+        _email(email),
+        tenant=tenant,
+        transfer_to=transfer_to,
+        dry_run=dry_run,
+        actor=_actor(),
+        background=background,
+    )
+    if background:
+        from bizosctl.cli.output import print_submitted
+
+        print_submitted(result, json_out=json_out)
+        return
+    if json_out:
+        print_json(result)
+        return
+    rows = [
+        [
+            t["tenant"],
+            t["region"],
+            ", ".join(f"{k} {v['action']} {v['rows']}" for k, v in t["tables"].items()),
+        ]
+        for t in result.tenants
+    ]
+    title = "would erase (dry run)" if dry_run else f"erased, verified (request {result.request})"
+    stdout_console().print(table(title, ["tenant", "region", "tables"], rows))
+    for e in result.errors:
+        stdout_console().print(f"{clean(e['tenant'])}: {clean(e['error'])}", markup=False)

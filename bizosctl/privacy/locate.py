@@ -42,6 +42,9 @@ class Person:
     mids: list[str] = field(default_factory=list)
     cids: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    #: erasure only: a regex of the e-mail and names, for audit rows that quote them in
+    #: clear (``find`` leaves it None: it never scans plain text)
+    pattern: str | None = None
 
     def params(self, tenant_id: uuid.UUID) -> dict[str, Any]:
         return {
@@ -50,6 +53,7 @@ class Person:
             "cids": self.cids,
             "bidx": self.bidx,
             "actors": [f"member:{m}" for m in self.mids],
+            "pattern": self.pattern,
         }
 
     @property
