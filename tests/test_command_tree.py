@@ -77,7 +77,10 @@ CLASSIFICATION = {
     "gdpr requests": READS,
     "gdpr extend": CHANGES,
     "gdpr export": CHANGES,  # writes the zip
-    "gdpr delete": DESTROYS,  # stdin to stdout; --tenant reads the tenant's names
+    "gdpr delete": DESTROYS,
+    "gdpr consent record": CHANGES,
+    "gdpr consent list": READS,
+    "gdpr consent withdraw": CHANGES,  # stdin to stdout; --tenant reads the tenant's names
     "serve": CHANGES,  # serves the API (its requests change data); --dry-run checks settings
 }
 

@@ -411,3 +411,70 @@ def test_background_erasure_by_a_worker_logs_no_email(
     assert _find(cli, email).exit_code == 3
     # the sealed e-mail left the operation's params with the request done
     assert "subject_sealed" not in describe(ctl, op_id).params
+
+
+def test_consent_record_list_withdraw_and_export(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any], tmp_path: Any
+) -> None:
+    import zipfile
+
+    email = _email()
+    slug = make_tenant()
+    _add(ctl, slug, email)
+    r = cli(
+        "gdpr", "consent", "record", email, "--tenant", slug, "--purpose", "marketing",
+        "--version", "2", "--source", "web", "--json",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = cli("gdpr", "consent", "list", email, "--tenant", slug, "--json")
+    (c,) = json.loads(r.stdout)["consents"]
+    assert c["granted"] is True and c["version"] == "2" and c["source"] == "web"
+    r = cli("gdpr", "consent", "withdraw", email, "--tenant", slug, "--purpose", "marketing")
+    assert r.exit_code == 0, r.output
+    r = cli("gdpr", "consent", "list", "--tenant", slug, "--json")
+    (c,) = json.loads(r.stdout)["consents"]
+    assert c["granted"] is False and c["withdrawn_at"]
+    r = cli("gdpr", "consent", "withdraw", email, "--tenant", slug, "--purpose", "marketing")
+    assert r.exit_code == 3
+    r = cli("gdpr", "consent", "record", email, "--tenant", slug, "--purpose", "Bad Purpose")
+    assert r.exit_code == 2
+    r = cli("gdpr", "consent", "record", _email(), "--tenant", slug, "--purpose", "x")
+    assert r.exit_code == 3
+    out = tmp_path / "c.zip"
+    assert cli("gdpr", "export", email, "--out", str(out)).exit_code == 0
+    with zipfile.ZipFile(out) as zf:
+        (row,) = json.loads(zf.read(f"tenants/{slug}/consents.json"))
+    assert row["purpose"] == "marketing" and row["withdrawn_at"]
+
+
+def test_every_personal_table_has_a_policy() -> None:
+    from tenant_schema import TABLE_NAMES
+    from tenant_schema.privacy import BY_TABLE, NOT_PERSONAL
+
+    assert set(BY_TABLE) | set(NOT_PERSONAL) == set(TABLE_NAMES)
+    assert not set(BY_TABLE) & set(NOT_PERSONAL)
+    for p in BY_TABLE.values():
+        assert p.reason and (p.action != "anonymise" or p.set)
+
+
+def test_pii_stays_in_its_region(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any], tmp_path: Any
+) -> None:
+    """The person lives in region id only: after find, export and delete, the catalog and the
+    global region's shared database hold no e-mail, name or blind index of theirs."""
+    email, name = _email(), "Putri Anggraini"
+    there = make_tenant(tier="shared", region="id")
+    home = make_tenant(tier="shared", region="global")
+    _add(ctl, there, email, name)
+    _add(ctl, home, _email(), "Someone Else")
+
+    def check() -> None:
+        _no_pii(ctl, email, name, _catalog_dump(ctl), _region_dump(ctl, home))
+
+    assert _find(cli, email).exit_code == 0
+    check()
+    assert cli("gdpr", "export", email, "--out", str(tmp_path / "p.zip")).exit_code == 0
+    check()
+    assert cli("gdpr", "delete", email, "--yes").exit_code == 0
+    check()
+    _no_pii(ctl, email, name, _region_dump(ctl, there))

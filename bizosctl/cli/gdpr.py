@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -290,3 +290,92 @@ def delete(
     stdout_console().print(table(title, ["tenant", "region", "tables"], rows))
     for e in result.errors:
         stdout_console().print(f"{clean(e['tenant'])}: {clean(e['error'])}", markup=False)
+
+
+def _print_consents(found: list[Any], json_out: bool, title: str) -> None:
+    if json_out:
+        print_json({"consents": found})
+        return
+    rows = [
+        [
+            c.purpose,
+            c.version,
+            "granted" if c.granted else "withdrawn",
+            c.source or "",
+            c.recorded_at.strftime("%Y-%m-%d %H:%M"),
+            c.withdrawn_at.strftime("%Y-%m-%d %H:%M") if c.withdrawn_at else "",
+        ]
+        for c in found
+    ]
+    cols = ["purpose", "version", "state", "source", "recorded", "withdrawn"]
+    stdout_console().print(table(title, cols, rows))
+
+
+TenantReq = typer.Option(..., "--tenant", help="The tenant's slug.")
+PurposeOpt = typer.Option(..., "--purpose", help="What it is for, e.g. marketing.")
+
+
+@consent_app.command("record")
+@handle_errors
+def consent_record(
+    email: str = Email,
+    tenant: str = TenantReq,
+    purpose: str = PurposeOpt,
+    version: str = typer.Option("1", "--version", help="The version of the text agreed to."),
+    source: str | None = typer.Option(None, "--source", help="Where it was given (web, app)."),
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Record a member's consent to a purpose.
+
+    Example: bizosctl gdpr consent record - --tenant acme --purpose marketing < ani.txt
+    """
+    from bizosctl.privacy.consent import record_consent
+
+    c = record_consent(
+        _ctl(), tenant, _email(email), purpose=purpose, version=version, source=source,
+        actor=_actor(), dry_run=dry_run,
+    )  # fmt: skip
+    _print_consents([c], json_out, "would record" if dry_run else "recorded")
+
+
+@consent_app.command("list")
+@handle_errors
+def consent_list(
+    email: str | None = typer.Argument(
+        None, help="Only this member's (or - for stdin).", metavar="EMAIL"
+    ),
+    tenant: str = TenantReq,
+    json_out: bool = JsonOpt,
+) -> None:
+    """A tenant's consents, or one member's.
+
+    Example: bizosctl gdpr consent list --tenant acme --json
+    """
+    from bizosctl.privacy.consent import list_consents
+
+    found = list_consents(
+        _ctl(), tenant, _email(email) if email is not None else None, actor=_actor()
+    )
+    _print_consents(found, json_out, f"consents in {tenant}")
+
+
+@consent_app.command("withdraw")
+@handle_errors
+def consent_withdraw(
+    email: str = Email,
+    tenant: str = TenantReq,
+    purpose: str = PurposeOpt,
+    dry_run: bool = DryRunOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Withdraw a member's consent to a purpose (the record that it was given stays).
+
+    Example: bizosctl gdpr consent withdraw - --tenant acme --purpose marketing < ani.txt
+    """
+    from bizosctl.privacy.consent import withdraw_consent
+
+    found = withdraw_consent(
+        _ctl(), tenant, _email(email), purpose=purpose, actor=_actor(), dry_run=dry_run
+    )
+    _print_consents(found, json_out, "would withdraw" if dry_run else "withdrawn")
