@@ -318,11 +318,17 @@ def test_extend_and_overdue(ctl: Control, cli: Callable[..., Any]) -> None:
         )
     r = cli("gdpr", "requests", "--overdue", "--json")
     assert rid in r.stdout
+    doc = json.loads(cli("doctor", "--json").stdout)
+    check = next(c for c in doc["checks"] if c["name"] == "gdpr requests")
+    assert check["warning"] is True and "overdue" in check["detail"]
     r = cli("gdpr", "extend", rid, "--months", "4", "--reason", "x")
     assert r.exit_code == 2
     r = cli("gdpr", "extend", rid, "--months", "3", "--reason", "archived backups", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["overdue"] is False
+    doc = json.loads(cli("doctor", "--json").stdout)
+    check = next(c for c in doc["checks"] if c["name"] == "gdpr requests")
+    assert check["warning"] is False or "overdue" in check["detail"]  # others may be overdue
     r = cli("gdpr", "extend", "nope", "--reason", "x")
     assert r.exit_code == 2
 

@@ -96,7 +96,10 @@ def _transfer(ctl: Control, conn: Connection, st: SubjectTenant, email: str) -> 
     )
 
 
-def _apply(conn: Connection, st: SubjectTenant, person: Person) -> dict[str, dict[str, Any]]:
+def _apply(
+    conn: Connection, st: SubjectTenant, person: Person, *, retention: int
+) -> dict[str, dict[str, Any]]:
+    """Apply every policy in order; the receipt: rows per table, action, reason, retention."""
     params = person.params(st.tenant_id)
     receipt: dict[str, dict[str, Any]] = {}
     for p in POLICIES:
@@ -111,6 +114,24 @@ def _apply(conn: Connection, st: SubjectTenant, person: Person) -> dict[str, dic
         n = int(res.scalar_one()) if p.action == "keep" else int(res.rowcount or 0)
         if n:
             receipt[p.table] = {"action": p.action, "rows": n, "reason": p.reason}
+            if p.retention:
+                receipt[p.table]["retention_years"] = retention
+    if "invoices" in receipt:  # kept until the newest invoice's retention ends
+        newest = conn.execute(
+            text(
+                "SELECT max(coalesce(issued_on, created_at::date)) FROM invoices AS t "
+                "WHERE t.tenant_id = :tid AND t.customer_id = ANY(CAST(:cids AS uuid[]))"
+            ),
+            params,
+        ).scalar_one()
+        if newest is not None:
+            try:
+                until = newest.replace(year=newest.year + retention)
+            except ValueError:  # 29 February into a common year
+                until = newest.replace(year=newest.year + retention, day=28)
+            for table in ("invoices", "invoice_items", "transactions", "customers"):
+                if table in receipt:
+                    receipt[table]["kept_until"] = until.isoformat()
     # the statements above wrote audit rows of their own (customers' old name): scrub again
     audit = next(p for p in POLICIES if p.table == "audit_logs")
     conn.execute(
@@ -199,7 +220,10 @@ def _erase_tenant(
             _transfer(ctl, conn, st, transfer)
         if on_identified is not None:
             on_identified(person)  # committed before the erasure is
-        receipt = _apply(conn, st, person)
+        years = ctl.settings.gdpr_retention_years.get(
+            st.region, ctl.settings.gdpr_retention_default_years
+        )
+        receipt = _apply(conn, st, person, retention=years)
         if dry_run:
             conn.rollback()
             out = {"tenant": st.slug, "region": st.region, "tables": receipt, "dry_run": True}
