@@ -484,3 +484,118 @@ def test_pii_stays_in_its_region(
     assert cli("gdpr", "delete", email, "--yes").exit_code == 0
     check()
     _no_pii(ctl, email, name, _region_dump(ctl, there))
+
+
+def _break_route(ctl: Control, slug: str) -> tuple[uuid.UUID, str]:
+    """Point the tenant at a database that does not exist (as if its server were down)."""
+    tid = ctl.route(slug).tenant_id
+    with ctl.catalog() as s:
+        db = s.execute(text("SELECT database FROM routes WHERE tenant_id = :t"), {"t": tid})
+        old = str(db.scalar_one())
+        s.execute(text("UPDATE routes SET database = 'gone_db' WHERE tenant_id = :t"), {"t": tid})
+    return tid, old
+
+
+def _mend_route(ctl: Control, tid: uuid.UUID, db: str) -> None:
+    with ctl.catalog() as s:
+        s.execute(text("UPDATE routes SET database = :d WHERE tenant_id = :t"), {"d": db, "t": tid})
+
+
+def test_export_partial_then_resumed(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any], tmp_path: Any
+) -> None:
+    import zipfile
+
+    email = _email()
+    a = make_tenant(tier="schema")
+    b = make_tenant(tier="isolated", region="id")
+    _add(ctl, a, email)
+    _add(ctl, b, email)
+    out = tmp_path / "p.zip"
+    tid, db = _break_route(ctl, b)
+    try:
+        r = cli("gdpr", "export", email, "--out", str(out), "--format", "csv", "--json")
+    finally:
+        _mend_route(ctl, tid, db)
+    assert r.exit_code == 1
+    msg = json.loads(r.stdout)["error"]["message"]
+    assert f"{b}:" in msg and "run the same command again" in msg
+    assert not out.exists()
+    r = cli("gdpr", "export", email, "--out", str(out), "--format", "csv", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert sorted(t["tenant"] for t in doc["tenants"]) == sorted([a, b])
+    with zipfile.ZipFile(out) as zf:
+        assert f"tenants/{b}/members.csv" in zf.namelist()
+        assert email in zf.read(f"tenants/{a}/members.csv").decode()
+    assert not list(tmp_path.glob(".p.zip.*.parts"))  # the working directory is gone
+
+
+def test_export_bad_format_exit_2(cli: Callable[..., Any], tmp_path: Any) -> None:
+    r = cli("gdpr", "export", _email(), "--out", str(tmp_path / "x.zip"), "--format", "xml")
+    assert r.exit_code == 2
+
+
+def test_erasure_killed_mid_way_resumes(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    email, name = _email(), "Killed Midway"
+    a = make_tenant(tier="schema")
+    b = make_tenant(tier="shared", region="id")
+    _add(ctl, a, email, name)
+    _add(ctl, b, email, name)
+    p = subprocess.run(
+        [sys.executable, "-m", "bizosctl", "gdpr", "delete", "-", "--yes", "--json"],
+        input=email + "\n", capture_output=True, text=True, timeout=120,
+        env={**os.environ, "BIZOS_CRASH_AT": "gdpr.delete.erased"},
+    )  # fmt: skip
+    assert p.returncode == -9  # SIGKILL after the first tenant's erasure committed
+    r = cli("gdpr", "delete", email, "--yes", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert len(doc["tenants"]) == 2 and all(t["verified"] for t in doc["tenants"])
+    assert _find(cli, email).exit_code == 3
+    _no_pii(ctl, email, name, _catalog_dump(ctl), _region_dump(ctl, a), _region_dump(ctl, b))
+
+
+def test_erasure_during_a_pii_rotation(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any], tmp_path: Any
+) -> None:
+    """A rotation paused after its first target: values under both versions; find and
+    erasure search every live version, and the rotation then finishes and retires the old."""
+    import os
+    import subprocess
+    import sys
+
+    email = _email()
+    a = make_tenant()
+    _add(ctl, a, email, "Rotating Person")
+    release = tmp_path / "release"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bizosctl", "secrets", "rotate", "pii", "--json"],
+        env={**os.environ, "BIZOS_PAUSE_AT": "rotate.target.1",
+             "BIZOS_PAUSE_RELEASE": str(release)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stderr is not None
+        assert child.stderr.readline().strip() == "paused at rotate.target.1"
+        ctl.reload_keyring()
+        b = make_tenant()
+        _add(ctl, b, email, "Rotating Person")  # under the new primary
+        assert len(ctl.keyring.versions("pii")) >= 2
+        r = _find(cli, email)
+        assert r.exit_code == 0, r.output
+        assert sorted(t["tenant"] for t in json.loads(r.stdout)["tenants"]) == sorted([a, b])
+        r = cli("gdpr", "delete", email, "--yes", "--json")
+        assert r.exit_code == 0, r.output
+    finally:
+        release.touch()
+        _out, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err
+    ctl.reload_keyring()
+    assert _find(cli, email).exit_code == 3
