@@ -58,11 +58,11 @@ AUDIT_LINK = " OR ".join(
         _refs("created_by", ":mids"),
         _refs("customer_id", ":cids"),
         "t.actor = ANY(:actors)",
-        # erasure only (NULL otherwise): the e-mail or a name quoted in clear
-        "t.old::text ~* CAST(:pattern AS text)",
-        "t.new::text ~* CAST(:pattern AS text)",
     ]
 )
+#: Erasure only: audit rows quoting the e-mail or a name in clear (``find`` and ``export``
+#: never scan plain text, and need not read every audit row's JSON as text).
+AUDIT_TEXT = "t.old::text ~* CAST(:pattern AS text) OR t.new::text ~* CAST(:pattern AS text)"
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,12 @@ class Policy:
     reason: str
     set: str | None = None  # anonymise: the SET clause
     retention: bool = False  # kept for the region's retention (gdpr_retention_years)
+    text_link: str | None = None  # erasure only: rows that quote the person in clear
+
+    def where(self, *, erasing: bool = False) -> str:
+        """The predicate (tenant filter included) for reading or, ``erasing``, for erasure."""
+        link = self.link if not (erasing and self.text_link) else f"{self.link} OR {self.text_link}"
+        return f"t.tenant_id = :tid AND ({link})"
 
 
 POLICIES: tuple[Policy, ...] = (
@@ -136,6 +142,7 @@ POLICIES: tuple[Policy, ...] = (
         "anonymise",
         AUDIT_LINK,
         "the fact of each change is kept; the person's data in it is not",
+        text_link=AUDIT_TEXT,
         set=(
             "old = " + SCRUB.format(col="t.old") + ", new = " + SCRUB.format(col="t.new")
             + ", row_key = " + SCRUB.format(col="t.row_key")

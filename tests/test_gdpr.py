@@ -599,3 +599,19 @@ def test_erasure_during_a_pii_rotation(
     assert child.returncode == 0, err
     ctl.reload_keyring()
     assert _find(cli, email).exit_code == 3
+
+
+def test_requests_unknown_status_exit_2(cli: Callable[..., Any]) -> None:
+    r = cli("gdpr", "requests", "--status", "pending", "--json")
+    assert r.exit_code == 2
+    assert json.loads(r.stdout)["error"]["message"].startswith("unknown status 'pending'")
+
+
+def test_unknown_tenant_exit_3(cli: Callable[..., Any], tmp_path: Any) -> None:
+    r = cli("gdpr", "export", _email(), "--out", str(tmp_path / "x.zip"), "--tenant", "nosuch")
+    assert r.exit_code == 3
+
+
+def test_email_on_stdin_empty_exit_2(cli: Callable[..., Any]) -> None:
+    r = cli("gdpr", "find", "-", "--json")
+    assert r.exit_code == 2

@@ -103,7 +103,7 @@ def _apply(
     params = person.params(st.tenant_id)
     receipt: dict[str, dict[str, Any]] = {}
     for p in POLICIES:
-        where = f"t.tenant_id = :tid AND ({p.link})"
+        where = p.where(erasing=True)
         if p.action == "delete":
             sql = f"DELETE FROM {p.table} AS t WHERE {where}"
         elif p.action == "anonymise":
@@ -135,7 +135,7 @@ def _apply(
     # the statements above wrote audit rows of their own (customers' old name): scrub again
     audit = next(p for p in POLICIES if p.table == "audit_logs")
     conn.execute(
-        text(f"UPDATE audit_logs AS t SET {audit.set} WHERE t.tenant_id = :tid AND ({audit.link})"),
+        text(f"UPDATE audit_logs AS t SET {audit.set} WHERE {audit.where(erasing=True)}"),
         params,
     )
     return receipt

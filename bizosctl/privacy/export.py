@@ -108,7 +108,7 @@ def _write_table(
     n = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     result = conn.execution_options(stream_results=True, yield_per=FETCH).execute(
-        text(f"SELECT to_jsonb(t) FROM {table} AS t WHERE t.tenant_id = :tid AND ({link})"),
+        text(f"SELECT to_jsonb(t) FROM {table} AS t WHERE {link}"),
         params,
     )
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
@@ -146,7 +146,7 @@ def _export_tenant(
         params = person.params(st.tenant_id)
         for p in POLICIES:
             name = f"{p.table}.{fmt}"
-            rows, sha = _write_table(ctl, conn, st, params, p.table, p.link, folder / name, fmt)
+            rows, sha = _write_table(ctl, conn, st, params, p.table, p.where(), folder / name, fmt)
             if rows:
                 files[f"tenants/{st.slug}/{name}"] = {"rows": rows, "sha256": sha}
             else:

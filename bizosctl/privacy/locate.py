@@ -54,7 +54,7 @@ class Person:
             "bidx": self.bidx,
             "actors": [f"member:{m}" for m in self.mids],
             "pattern": self.pattern,
-        }
+        }  # (pattern: read only by the erasing predicates)
 
     @property
     def found(self) -> bool:
@@ -113,8 +113,7 @@ def identify(ctl: Control, conn: Connection, st: SubjectTenant, email: str) -> P
 def count_rows(conn: Connection, st: SubjectTenant, person: Person) -> dict[str, int]:
     """Rows per table that belong to or mention the person (one query for all tables)."""
     parts = [
-        f"SELECT '{p.table}' AS tbl, count(*) AS n FROM {p.table} AS t "
-        f"WHERE t.tenant_id = :tid AND ({p.link})"
+        f"SELECT '{p.table}' AS tbl, count(*) AS n FROM {p.table} AS t WHERE {p.where()}"
         for p in POLICIES
     ]
     rows = conn.execute(text(" UNION ALL ".join(parts)), person.params(st.tenant_id)).all()
