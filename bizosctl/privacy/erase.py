@@ -352,8 +352,12 @@ def resume_erase(ctl: Control, op: OperationPublic) -> dict[str, Any]:
             step = f"tenant:{st.slug}"
             if step in run.completed:
                 continue
-            if run.cancel_requested():
-                break
+            if run.cancel_requested():  # between two tenants: what is done stays done
+                done = [s.data for s in run.steps("tenant:")]
+                finish_request(ctl, rid, status="partially_done", receipt={"tenants": done})
+                run.finish(OperationStatus.CANCELLED, "cancelled by the operator")
+                return {"request": rid, "operation": op.id, "status": "cancelled",
+                        "tenants": done, "errors": []}  # fmt: skip
             actor = f"gdpr:delete:{rid}"
             try:
                 known = _known(ctl, run.step_data(f"ident:{st.slug}"), params.subject_ref)
