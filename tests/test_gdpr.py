@@ -615,3 +615,21 @@ def test_unknown_tenant_exit_3(cli: Callable[..., Any], tmp_path: Any) -> None:
 def test_email_on_stdin_empty_exit_2(cli: Callable[..., Any]) -> None:
     r = cli("gdpr", "find", "-", "--json")
     assert r.exit_code == 2
+
+
+def test_owner_email_leaves_no_blind_index_in_the_catalog(ctl: Control) -> None:
+    from bizosctl.privacy.subjects import tenants_of
+    from bizosctl.tenancy.provision import create_tenant
+
+    email = _email()
+    slug = f"o{uuid.uuid4().hex[:10]}"
+    create_tenant(ctl, slug=slug, name="Owned", tier="shared", region="id", owner_email=email)
+    assert [t.slug for t in tenants_of(ctl, email)] == [slug]  # routed by the gdpr key
+    _no_pii(ctl, email, "Owned Person", _catalog_dump(ctl))
+    with ctl.catalog() as s:
+        assert (
+            s.execute(
+                text("SELECT owner_email_bidx FROM tenants WHERE slug = :s"), {"s": slug}
+            ).scalar_one()
+            is None
+        )
