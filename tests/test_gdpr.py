@@ -633,3 +633,22 @@ def test_owner_email_leaves_no_blind_index_in_the_catalog(ctl: Control) -> None:
             ).scalar_one()
             is None
         )
+
+
+def test_export_dry_run_writes_and_logs_nothing(
+    ctl: Control, make_tenant: Callable[..., str], cli: Callable[..., Any], tmp_path: Any
+) -> None:
+    email = _email()
+    _add(ctl, make_tenant(), email)
+
+    def count() -> int:
+        with ctl.catalog() as s:
+            return int(s.execute(text("SELECT count(*) FROM gdpr_requests")).scalar_one())
+
+    before = count()
+    out = tmp_path / "d.zip"
+    r = cli("gdpr", "export", email, "--out", str(out), "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["dry_run"] is True and doc["would_export"]["tenants"][0]["rows"] >= 2
+    assert not out.exists() and count() == before

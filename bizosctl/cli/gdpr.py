@@ -214,7 +214,7 @@ def export(
     ctl = _ctl()
     if dry_run:
         check_out(out)
-        found = find_person(ctl, _email(email), tenant=tenant, actor=_actor())
+        found = find_person(ctl, _email(email), tenant=tenant, actor=_actor(), log=False)
         if json_out:
             print_json({"dry_run": True, "out": str(out), "would_export": found})
         else:

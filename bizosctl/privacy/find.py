@@ -60,19 +60,29 @@ def receipt_of(tenants: list[TenantFound], errors: list[TenantError]) -> dict[st
 
 
 def find_person(
-    ctl: Control, email: str, *, tenant: str | None = None, actor: str, source: str = "cli"
+    ctl: Control,
+    email: str,
+    *,
+    tenant: str | None = None,
+    actor: str,
+    source: str = "cli",
+    log: bool = True,
 ) -> FindResult:
     """Every tenant (any tier, region, server) holding the person's data, with the rows per
     table, through the routing keys and the blind index only. Logs a ``find`` request.
 
     Raises NotFound (exit 3) when nothing is found anywhere (the request is logged as done,
     the answer being "no data"); a tenant that cannot be reached is in ``errors`` and leaves
-    the request ``partially_done``.
+    the request ``partially_done``. ``log=False`` (a dry run's look) logs no request.
     """
     email = subject_email(email)
     ref = subject_ref(ctl.keyring, email)
     targets = scope(ctl, email, tenant)
-    rid = open_request(ctl, kind="find", subject_ref=ref, tenant=tenant, actor=actor, source=source)
+    rid = (
+        open_request(ctl, kind="find", subject_ref=ref, tenant=tenant, actor=actor, source=source)
+        if log
+        else uuid.UUID(int=0)
+    )
     outcomes = for_each(
         targets,
         lambda st: find_in_tenant(ctl, st, email, actor=f"gdpr:find:{rid}")[0],
@@ -85,12 +95,14 @@ def find_person(
         if o.error is not None
     ]
     status = "partially_done" if errors else "done"
-    finish_request(ctl, rid, status=status, receipt=receipt_of(tenants, errors))
+    if log:
+        finish_request(ctl, rid, status=status, receipt=receipt_of(tenants, errors))
     result = FindResult(
         request=rid, subject_ref=ref, found=bool(tenants), tenants=tenants, errors=errors
     )
     if not tenants and not errors:
-        raise NotFound(f"no data about this person in any tenant (request {rid} logged)")
+        logged = f" (request {rid} logged)" if log else ""
+        raise NotFound(f"no data about this person in any tenant{logged}")
     return result
 
 
