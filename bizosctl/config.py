@@ -283,6 +283,27 @@ class Settings(BaseSettings):
     oauth_github_api_url: str = Field(
         default="https://api.github.com", description="GitHub's API base URL (/user, /user/emails)."
     )
+    # -- GDPR (bizosctl/privacy) ---------------------------------------------------------------
+    gdpr_retention_years: dict[str, int] = Field(
+        default_factory=lambda: {"id": 10, "de": 8},
+        description='Years tax records (invoices) are kept, per region, as JSON, e.g. {"id": 10, '
+        '"de": 8}; regions not named keep gdpr_retention_default_years.',
+    )
+    gdpr_retention_default_years: int = Field(
+        default=10, ge=0, le=30, description="Retention of tax records in the other regions."
+    )
+    security_contact: list[str] = Field(
+        default_factory=list,
+        description="security.txt Contact lines (mailto: or https: URIs, JSON list); unset: "
+        "/.well-known/security.txt is 404.",
+    )
+    security_policy_url: str | None = Field(default=None, description="security.txt Policy.")
+    security_languages: list[str] = Field(
+        default_factory=lambda: ["en"], description="security.txt Preferred-Languages."
+    )
+    security_txt_expires_days: int = Field(
+        default=180, ge=1, le=365, description="security.txt Expires: this many days ahead."
+    )
     # -- the LLM gate (bizosctl/ai) ------------------------------------------------------------
     ai_provider: Literal["auto", "gemini", "openai", "offline"] = Field(
         default="auto",

@@ -118,6 +118,7 @@ def run_doctor(ctl: Control) -> DoctorReport:
         return DoctorReport(ok=False, checks=checks)
 
     checks += _name_checks(ctl)
+    checks.append(_gdpr_check(ctl))
     checks += fleet_checks(ctl)
     from bizosctl.ai.health import ai_checks
 
@@ -200,6 +201,24 @@ def run_doctor(ctl: Control) -> DoctorReport:
             except BizosError as exc:
                 checks.append(Check(name=f"tenant {slug}", ok=False, detail=exc.message))
     return DoctorReport(ok=all(c.ok for c in checks), checks=checks)
+
+
+def _gdpr_check(ctl: Control) -> Check:
+    """Data-subject requests past their (extended) due date: a warning, with what to run."""
+    from bizosctl.privacy.requests import overdue_count
+
+    n = overdue_count(ctl)
+    return Check(
+        name="gdpr requests",
+        ok=True,
+        warning=bool(n),
+        detail=(
+            f"{n} data-subject request(s) overdue (GDPR Art. 12(3)): `bizosctl gdpr requests "
+            "--overdue` lists them; finish them or record an extension with `gdpr extend`"
+            if n
+            else "no data-subject request is overdue"
+        ),
+    )
 
 
 def _name_checks(ctl: Control) -> list[Check]:

@@ -75,6 +75,10 @@ REGISTRY: dict[OperationKind, Kind] = {
     OperationKind.ROTATE_DB_PASSWORD: Kind(
         "bizosctl.security.dbpasswords:resume_db_password_rotation"
     ),
+    OperationKind.GDPR_EXPORT: Kind("bizosctl.privacy.export:resume_export"),
+    OperationKind.GDPR_DELETE: Kind(
+        "bizosctl.privacy.erase:resume_erase", cancel="stops between two tenants"
+    ),
 }
 
 

@@ -238,7 +238,13 @@ class Consent(Keyed, Base):
     granted: Mapped[bool] = mapped_column(Boolean)
     source: Mapped[str | None] = mapped_column(Text)
     recorded_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
-    __table_args__ = (_fk(["member_id"], "members"),)
+    #: the version of the text agreed to; withdrawn_at: when it was withdrawn (the row stays)
+    version: Mapped[str] = mapped_column(Text, server_default="1")
+    withdrawn_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        _fk(["member_id"], "members"),
+        Index("ix_consents_member", "tenant_id", "member_id", "purpose"),
+    )
 
 
 class Setting(TenantRow, Base):

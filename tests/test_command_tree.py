@@ -75,6 +75,15 @@ CLASSIFICATION = {
     "scheduler": CHANGES,  # enqueues due runs; --dry-run shows what it would enqueue
     "schedule list": READS,
     "mask": READS,  # stdin to stdout; --tenant reads the tenant's names
+    "gdpr find": READS,  # logs the request it answers, changes no data
+    "gdpr reconcile": CHANGES,
+    "gdpr requests": READS,
+    "gdpr extend": CHANGES,
+    "gdpr export": CHANGES,  # writes the zip
+    "gdpr delete": DESTROYS,
+    "gdpr consent record": CHANGES,
+    "gdpr consent list": READS,
+    "gdpr consent withdraw": CHANGES,
     "serve": CHANGES,  # serves the API (its requests change data); --dry-run checks settings
     "digest run": CHANGES,
     "digest list": READS,

@@ -200,7 +200,7 @@ def test_master_key_killed_at_each_step_is_finished_and_records_what_happened(
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert (doc["operation"], doc["resumed"], doc["master"]) == (op_id, True, new_id)
-    assert doc["rewrapped"] == 6 and doc["installed"] == "key file replaced"
+    assert doc["rewrapped"] == 7 and doc["installed"] == "key file replaced"
     assert not nxt.exists() and key_file.read_text() != original
     assert step_names(cli, op_id) == ["new-key", "rewrapped", "installed"]
     # 2. killed after the catalog commit: the next process to open the keyring installs
@@ -236,7 +236,7 @@ def test_master_key_dry_run_shows_the_plan(home, cli):
     r = cli("secrets", "rotate", "master-key", "--dry-run", "--json")
     assert r.exit_code == 0, r.stderr
     plan = json.loads(r.stdout)
-    assert plan["dry_run"] is True and plan["data_keys"] == 6
+    assert plan["dry_run"] is True and plan["data_keys"] == 7
     assert plan["from"].startswith("local:") and plan["staged_as"].endswith("master.key.next")
 
 

@@ -53,7 +53,7 @@ def test_list_shows_versions_and_usage_never_key_material(home, cli):
     r = cli("secrets", "list", "--json")
     assert r.exit_code == 0, r.stderr
     doc = {p["purpose"]: p["versions"] for p in json.loads(r.stdout)["purposes"]}
-    assert set(doc) == {"pii", "jwt", "webhook", "db-credentials"}
+    assert set(doc) == {"pii", "jwt", "webhook", "db-credentials", "gdpr"}
     assert doc["pii"][0]["values"] == 13 and doc["pii"][0]["primary"] is True
     assert doc["jwt"][0]["values"] is None
     for purpose in doc:
@@ -337,13 +337,13 @@ def test_master_key_rotation_rewraps_everything(home, cli):
     r = cli("secrets", "rotate", "master-key", "--dry-run", "--json")
     assert r.exit_code == 0, r.stderr
     plan = json.loads(r.stdout)
-    assert plan["data_keys"] == 6 and plan["to"] == "a new key file"
+    assert plan["data_keys"] == 7 and plan["to"] == "a new key file"
     r = cli("secrets", "rotate", "master-key")
     assert r.exit_code == 2 and "replacing the master key is destructive: pass --yes" in r.stderr
     assert home.settings.key_file.read_text() == old_key
     r = cli("secrets", "rotate", "master-key", "--yes", "--json")
     assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout)["rewrapped"] == 6  # 4 purposes, staged pii and jwt keys too
+    assert json.loads(r.stdout)["rewrapped"] == 7  # 5 purposes, staged pii and jwt keys too
     assert home.settings.key_file.read_text() != old_key
     assert oct(home.settings.key_file.stat().st_mode & 0o777) == "0o600"
     assert old_key.strip() not in r.stdout + r.stderr
@@ -415,7 +415,7 @@ def test_rotate_to_kms_then_the_keyring_opens_through_kms(home, cli, kms):
     # the dry run checks the KMS key and names it, and changes nothing
     r = cli("secrets", "rotate", "master-key", "--to-kms", key_id, "--dry-run", env=env)
     assert r.exit_code == 0, r.stderr
-    assert "would re-wrap 6 data key(s)" in r.stdout and f"kms:{key_id}" in r.stdout
+    assert "would re-wrap 7 data key(s)" in r.stdout and f"kms:{key_id}" in r.stdout
     assert "the KMS key answered" in r.stdout
     r = cli("secrets", "rotate", "master-key", "--to-kms", "no-such-key", "--dry-run", env=env)
     assert r.exit_code == 1 and "KMS key no-such-key" in r.stderr

@@ -23,6 +23,7 @@ def create_app(ctl: Control | None = None) -> FastAPI:
         api_keys,
         audit,
         auth,
+        gdpr,
         health,
         invoices,
         me,
@@ -80,6 +81,7 @@ def create_app(ctl: Control | None = None) -> FastAPI:
         api_keys,
         webhooks,
         tenant,
+        gdpr,
     ):
         app.include_router(module.router)
     app.add_middleware(

@@ -344,3 +344,52 @@ class SchedulerHeartbeat(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     last_heartbeat: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class GdprSubject(Base):
+    """A routing key: one person (an HMAC of the e-mail under the keyring's ``gdpr`` key, not
+    the tenants' blind index) has data in one tenant. Never an e-mail or a name."""
+
+    __tablename__ = "gdpr_subjects"
+    subject_ref: Mapped[str] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    noted_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class GdprRequest(Base):
+    """One data-subject request (find, export, delete) and what answered it."""
+
+    __tablename__ = "gdpr_requests"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    kind: Mapped[str]  # find | export | delete
+    subject_ref: Mapped[str]
+    tenant: Mapped[str | None]
+    source: Mapped[str] = mapped_column(server_default="cli")  # cli | api
+    received_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    due_at: Mapped[dt.datetime]
+    extended_to: Mapped[dt.datetime | None]
+    extension_reason: Mapped[str | None]
+    # received | in_progress | partially_done | done | failed
+    status: Mapped[str] = mapped_column(server_default="received")
+    operation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("operations.id", ondelete="SET NULL"), index=True
+    )
+    actor: Mapped[str]
+    receipt: Mapped[dict[str, Any] | None]
+    finished_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        Index("ix_gdpr_requests_status", "status", "due_at"),
+        CheckConstraint("kind IN ('find', 'export', 'delete')", name="ck_gdpr_requests_kind"),
+        CheckConstraint(
+            "status IN ('received', 'in_progress', 'partially_done', 'done', 'failed')",
+            name="ck_gdpr_requests_status",
+        ),
+        CheckConstraint(
+            "extended_to IS NULL OR (extended_to > due_at "
+            "AND extended_to <= received_at + interval '3 months' "
+            "AND extension_reason IS NOT NULL)",
+            name="ck_gdpr_requests_extension",
+        ),
+    )

@@ -50,6 +50,8 @@ class OperationKind(StrEnum):
     ROTATE_DB_CREDENTIALS = "secrets.db-credentials"
     ROTATE_MASTER_KEY = "secrets.master-key"
     PING = "ops.ping"
+    GDPR_EXPORT = "gdpr.export"
+    GDPR_DELETE = "gdpr.delete"
 
 
 class OperationStatus(StrEnum):

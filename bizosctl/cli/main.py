@@ -15,6 +15,7 @@ from bizosctl.cli import (
     apikey,
     digest,
     email,
+    gdpr,
     mask,
     ops,
     provider,
@@ -106,6 +107,7 @@ app.add_typer(webhook.secret_app, name="webhook-secret")
 app.add_typer(ops.app, name="ops")
 app.add_typer(provider.app, name="provider")
 app.add_typer(ai.app, name="ai")
+app.add_typer(gdpr.app, name="gdpr")
 ai.register(app)
 worker.register(app)
 scheduler.register(app)

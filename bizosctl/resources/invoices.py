@@ -18,6 +18,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bizosctl.catalog.control import Control
 from bizosctl.errors import AlreadyExists, InvalidInput, NotFound
 from bizosctl.notify.outbox import emit_event
 from bizosctl.resources.pages import Page, keyset
@@ -35,6 +36,8 @@ def _money(value: Decimal) -> Decimal:
 
 class CustomerCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
+    #: stored encrypted with its blind index (never returned in clear by the list)
+    email: str | None = Field(default=None, max_length=254)
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
 
 
@@ -99,12 +102,33 @@ def _customer_public(c: Customer) -> CustomerPublic:
     return CustomerPublic(id=c.id, name=c.name, country=c.country, created_at=c.created_at)
 
 
-def create_customer(s: Session, *, tenant_id: uuid.UUID, data: CustomerCreate) -> CustomerPublic:
-    row = s.execute(
-        insert(Customer)
-        .values(tenant_id=tenant_id, name=data.name.strip(), country=data.country)
-        .returning(Customer)
-    ).scalar_one()
+def create_customer(
+    s: Session, *, tenant_id: uuid.UUID, data: CustomerCreate, ctl: Control | None = None
+) -> CustomerPublic:
+    """Add a customer; one with an e-mail needs ``ctl`` (encryption, blind index and the
+    GDPR routing key, written before the tenant's transaction commits)."""
+    cid = uuid.uuid4()
+    values: dict[str, object] = {
+        "tenant_id": tenant_id,
+        "id": cid,
+        "name": data.name.strip(),
+        "country": data.country,
+    }
+    if data.email is not None:
+        if ctl is None:
+            raise InvalidInput("a customer's e-mail needs the control plane (keyring)")
+        from bizosctl.privacy.subjects import note_subject
+        from bizosctl.security.fields import blind_index, encrypt
+        from bizosctl.tenancy.members import check_email
+
+        email = check_email(data.email)
+        note_subject(ctl, email, tenant_id)
+        ring = ctl.keyring
+        values["email_enc"] = encrypt(
+            ring, email, tenant_id=tenant_id, table="customers", column="email", row=cid
+        )
+        values["email_bidx"] = blind_index(ring, email)
+    row = s.execute(insert(Customer).values(**values).returning(Customer)).scalar_one()
     return _customer_public(row)
 
 

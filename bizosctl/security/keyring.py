@@ -28,7 +28,9 @@ from bizosctl.catalog.models import KeyringEntry
 from bizosctl.errors import KeyDestroyed, KeyringError
 from bizosctl.security.masterkey import LocalMasterKey, MasterKey
 
-PURPOSES = ("pii", "jwt", "webhook", "db-credentials")
+#: ``gdpr`` keys the catalog's routing keys of people (bizosctl.privacy.subjects): apart from
+#: ``pii`` so that the catalog's hashes never equal the tenants' blind indexes.
+PURPOSES = ("pii", "jwt", "webhook", "db-credentials", "gdpr")
 #: Purposes whose next version is made ahead of time ("staged", as in a pre-published key
 #: rollover): every process can read it long before it becomes primary, so a rotation switches
 #: at once instead of waiting a reload period for the other processes to learn the new key.

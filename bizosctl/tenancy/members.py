@@ -86,6 +86,11 @@ def add_member(
         raise AlreadyExists("a member with this e-mail exists in this tenant")
     ring = ctl.keyring
     mid = uuid.uuid4()
+    # the routing key first, in the catalog: a rolled-back insert leaves a key to a tenant
+    # without the person (harmless), never a person without a key (gdpr find would miss them)
+    from bizosctl.privacy.subjects import note_subject
+
+    note_subject(ctl, email, tenant_id)
 
     def enc(value: str, column: str) -> str:
         return encrypt(ring, value, tenant_id=tenant_id, table="members", column=column, row=mid)

@@ -45,7 +45,7 @@ from bizosctl.providers.cloud import (
     make_tenant_project,
     require_cloud_tier,
 )
-from bizosctl.security.fields import blind_index, normalize_email
+from bizosctl.security.fields import normalize_email
 from bizosctl.tenancy.names import (
     SHARED_DB,
     check_new_slug,
@@ -323,7 +323,9 @@ def _register(
         password_enc = ctl.seal(password, context=f"role:{role}")
     else:
         password = ctl.route_password_for_server(server)
-    bidx = blind_index(ctl.keyring, normalize_email(owner_email)) if owner_email else None
+    # The catalog keeps no blind index (it would join to the tenant's rows): the owner gets a
+    # routing key (bizosctl.privacy.subjects) once the tenant row exists.
+    bidx = None
     params = json.dumps(
         {"tier": tier, "region": region, **({"time_zone": time_zone} if time_zone else {})}
     )
@@ -361,6 +363,16 @@ def _register(
                     "status": str(status),
                 },
             )
+            if owner_email:
+                from bizosctl.privacy.subjects import note_sql, subject_ref
+
+                s.execute(
+                    note_sql(),
+                    {
+                        "ref": subject_ref(ctl.keyring, normalize_email(owner_email)),
+                        "tid": tenant_id,
+                    },
+                )
     except BizosError as exc:
         if isinstance(exc.__cause__, IntegrityError):
             raise AlreadyExists(f"tenant {slug!r} already exists (created concurrently)") from exc

@@ -57,6 +57,12 @@ def load_sample_data(ctl: Control, slug: str) -> bool:
         if s.execute(select(func.count()).select_from(Member)).scalar_one():
             return False
         member_ids = []
+        from bizosctl.privacy.subjects import note_subjects, subject_ref
+
+        note_subjects(  # before the tenant commits (see bizosctl.privacy.subjects)
+            ctl,
+            [(subject_ref(ring, normalize_email(f"{p[1]}@{domain}")), tid) for p in PEOPLE],
+        )
         for name, local, phone in PEOPLE:
             email = f"{local}@{domain}"
             mid = uuid.uuid4()

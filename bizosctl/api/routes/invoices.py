@@ -32,7 +32,7 @@ class PaymentRequest(BaseModel):
 @router.post("/customers", status_code=status.HTTP_201_CREATED, summary="Add a customer")
 def create_customer(body: core.CustomerCreate, ctx: CustomersWrite) -> core.CustomerPublic:
     with ctx.session() as s:
-        return core.create_customer(s, tenant_id=ctx.caller.tenant_id, data=body)
+        return core.create_customer(s, tenant_id=ctx.caller.tenant_id, data=body, ctl=ctx.ctl)
 
 
 @router.get("/customers", summary="Customers, newest first")
