@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from bizosctl.security.masterkey import MasterKey
 
 CATALOG_DB = "bizos_control"
+#: A pooled catalog connection is pinged at checkout only after this long in the pool (a
+#: worker's job-after-job checkouts skip the ping; see ``get_engine(ping_idle=...)``).
+CATALOG_PING_IDLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class Control:
 
         self.require_initialized()
         self.home_cluster.ensure_running()
-        engine = get_engine(self.home_cluster.url(CATALOG_DB))
+        engine = get_engine(self.home_cluster.url(CATALOG_DB), ping_idle=CATALOG_PING_IDLE_S)
         if not self._catalog_at_head:
             self._upgrade_catalog(engine)
         return engine
