@@ -70,6 +70,7 @@ def make_pool(ctl: Control, *, max_size: int) -> psycopg_pool.AsyncConnectionPoo
         timeout=10,
         check=_check_when_idle,
         reset=_stamp_returned,
+        configure=_autocommit,
         name="bizosctl-jobs",
     )
 
@@ -80,6 +81,14 @@ def make_pool(ctl: Control, *, max_size: int) -> psycopg_pool.AsyncConnectionPoo
 CHECK_IDLE_S = 1.0
 
 _returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Every query procrastinate sends is one statement (a function call) that stands alone:
+    in autocommit it is one round trip, not ``BEGIN``, the query and a ``COMMIT`` at the
+    pool's return. Whoever needs a transaction opens one (``conn.transaction()``, as the
+    reaper does)."""
+    await conn.set_autocommit(True)
 
 
 async def _stamp_returned(conn: psycopg.AsyncConnection[Any]) -> None:
