@@ -140,6 +140,8 @@ _CLAIM = text(
     "WHERE op_id = :id AND status = 'done') AS done FROM lk"
 )
 
+_READ_OPERATION = select(Operation.__table__).where(Operation.__table__.c.id == bindparam("id"))
+
 #: A checkpoint: one step's row, replaced when the step is written again (built once: this
 #: runs once per step of every operation).
 _WRITE_STEP = text(
@@ -498,21 +500,19 @@ def describe(
 
 
 def _read_operation(ctl: Control, op_id: uuid.UUID) -> OperationPublic:
-    """The operation row alone, in one statement (no transaction around it)."""
-    from sqlalchemy.orm import Session
-
+    """The operation row alone, in one statement (no transaction around it; a Core row, not
+    an ORM object: this runs once per job a worker runs)."""
     from bizosctl.db.engines import translate_errors
 
     with (
         translate_errors("catalog"),
         ctl.catalog_engine.connect() as conn,
         _autocommit_if_idle(conn),
-        Session(bind=conn) as s,
     ):
-        op = s.execute(select(Operation).where(Operation.id == op_id)).scalar_one_or_none()
-        if op is None:
+        row = conn.execute(_READ_OPERATION, {"id": op_id}).first()
+        if row is None:
             raise NotFound(f"no operation {op_id}")
-        return OperationPublic.of(op)
+        return OperationPublic.of(cast(Operation, row))
 
 
 def steps_of(ctl: Control, op_id: uuid.UUID) -> list[StepPublic]:
