@@ -151,6 +151,131 @@ def fresh_home(
     shutil.rmtree(home, ignore_errors=True)
 
 
+# -- homes copied from a template ------------------------------------------------------------
+#
+# ``init`` (a catalog, a master key, the home region's cluster) costs a test ~20 s; copying a
+# stopped home costs well under one. A template is built once per xdist worker, its clusters
+# stopped cleanly; each test gets a byte-for-byte copy under a new path, with its own OS user
+# (as root), that it may break as it likes. Nothing in a home names its own path or a port:
+# clusters are found from BIZOS_HOME (``<home>/regions/<region>/pgdata``), listen on a Unix
+# socket in their data directory (``-k`` at start, not in postgresql.conf), and a default
+# region has no TCP port. What every copy shares with its template is its key material (the
+# same master key and data keys): tests that need keys of their own make a fresh home.
+
+TemplateBuild = Callable[[Callable[..., Any], Control], None]
+
+
+def _invoke_cli(*args: str) -> Any:
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, f"bizosctl {' '.join(args)}: {result.output}"
+    return result
+
+
+def _build_init(invoke: Callable[..., Any], ctl: Control) -> None:
+    invoke("init")
+
+
+@pytest.fixture(scope="session")
+def home_template_factory() -> Iterator[Callable[[str, TemplateBuild], Path]]:
+    """``template(name, build)``: the worker's template home ``name``, built on first use by
+    ``build(invoke, ctl)`` in a new home (``invoke`` runs a bizosctl command in it and
+    asserts exit 0), its clusters then stopped. Copy it with ``copy_home``."""
+    from bizosctl.db.engines import dispose_all
+    from bizosctl.tenancy.regions import stop_embedded
+
+    made: dict[str, Path] = {}
+
+    def template(name: str, build: TemplateBuild) -> Path:
+        if name in made:
+            return made[name]
+        path = BASE / f"tpl-{len(made)}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BIZOS_HOME", str(path))
+            reset_settings()
+            try:
+                ctl = get_control()
+                build(_invoke_cli, ctl)
+                dispose_all(host_contains=str(path))
+                stop_embedded(Control(Settings()))
+            finally:
+                reset_settings()
+        made[name] = path
+        return path
+
+    yield template
+    for path in made.values():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BIZOS_HOME", str(path))
+            reset_settings()
+            stop_embedded(Control(Settings()))  # nothing runs: a test copied, never started it
+        reset_settings()
+        drop_os_user(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def home_template(home_template_factory: Callable[[str, TemplateBuild], Path]) -> Path:
+    """The worker's initialised home (``bizosctl init``), clusters stopped: copy, never use."""
+    return home_template_factory("init", _build_init)
+
+
+def _copy_tree(template: Path, home: Path) -> None:
+    """Copy ``template`` into the empty directory ``home``, owners and modes kept; as root,
+    what belonged to the template's OS user goes to the copy's own user."""
+    subprocess.run(["cp", "-a", f"{template}/.", str(home)], check=True)
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    from bizosctl.db.embedded import ensure_os_user, os_user_name
+
+    old = pwd.getpwnam(os_user_name(template))
+    new = ensure_os_user(os_user_name(home))
+    for root, dirs, files in os.walk(home):
+        for name in [*dirs, *files, None]:
+            path = os.path.join(root, name) if name else root
+            st = os.lstat(path)
+            uid = new.pw_uid if st.st_uid == old.pw_uid else -1
+            gid = new.pw_gid if st.st_gid == old.pw_gid else -1
+            if uid != -1 or gid != -1:
+                os.lchown(path, uid, gid)
+
+
+@pytest.fixture
+def copy_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], Path]]:
+    """``copy_home(template)``: a copy of a template home made for this test only, set as
+    BIZOS_HOME (its clusters start on first use and are stopped afterwards)."""
+    from bizosctl.db.engines import dispose_all
+    from bizosctl.tenancy.regions import stop_embedded
+
+    homes: list[Path] = []
+
+    def copy(template: Path) -> Path:
+        assert not homes, "one home per test"
+        home = Path(tempfile.mkdtemp(prefix="bzf", dir="/tmp"))
+        homes.append(home)
+        _copy_tree(template, home)
+        monkeypatch.setenv("BIZOS_HOME", str(home))
+        reset_settings()
+        return home
+
+    yield copy
+    for home in homes:
+        reset_settings()
+        dispose_all(host_contains=str(home))
+        stop_embedded(Control(Settings()))
+        monkeypatch.undo()
+        reset_settings()
+        drop_os_user(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def initialised_home(copy_home: Callable[[Path], Path], home_template: Path) -> Path:
+    """What ``fresh_home`` then ``bizosctl init`` gives, copied from the worker's template."""
+    return copy_home(home_template)
+
+
 def _tcp_clusters() -> Iterator[Callable[[], tuple[int, Callable[[], None]]]]:
     """Start PostgreSQL servers on TCP with the superuser byo_admin / byo-pass-123; all are
     stopped and removed when the generator closes."""

@@ -95,8 +95,7 @@ def test_doctor_finds_an_idle_login_role_that_can_still_log_in(ctl, make_tenant,
         c.execute(text(f'alter role "{idle}" nologin password null'))
 
 
-def test_doctor_finds_key_material_kept_past_its_grace(fresh_home, cli):
-    assert cli("init").exit_code == 0
+def test_doctor_finds_key_material_kept_past_its_grace(initialised_home, cli):
     r = cli("secrets", "rotate", "pii", "--json")
     assert r.exit_code == 0, r.output  # v1 retired, its material kept for the grace period
     now = {"BIZOS_KEY_DESTROY_AFTER": "0s"}

@@ -25,12 +25,10 @@ ADD = str(MIGRATIONS / "add_column")
 MARK = "BZTEST_PROCESS_MARK"
 
 
-@pytest.fixture
-def sync_fleet(fresh_home, cli):  # type: ignore[no-untyped-def]
-    """A fresh home at revision 0001 with a few targets for schema sync."""
-    assert cli("init").exit_code == 0
+def _build_sync_fleet(invoke, ctl) -> None:  # type: ignore[no-untyped-def]
+    invoke("init")
     for i in range(4):
-        r = cli(
+        invoke(
             "tenant",
             "create",
             f"int{i}",
@@ -41,8 +39,13 @@ def sync_fleet(fresh_home, cli):  # type: ignore[no-untyped-def]
             "--region",
             "global",
         )
-        assert r.exit_code == 0, r.stderr
-    return fresh_home
+
+
+@pytest.fixture
+def sync_fleet(home_template_factory, copy_home):  # type: ignore[no-untyped-def]
+    """A home of this test's own at revision 0001 with a few targets for schema sync
+    (copied from the worker's template)."""
+    return copy_home(home_template_factory("interrupts-sync-fleet", _build_sync_fleet))
 
 
 def start(args: list[str], env: dict[str, str], *, capture: bool = True) -> subprocess.Popen[str]:
@@ -233,7 +236,7 @@ def _fill_members(ctl, slug: str, n: int) -> None:  # type: ignore[no-untyped-de
 
 
 def test_sigkilled_pii_rotation_leaves_no_worker_forkserver_or_tracker(
-    fresh_home, cli, mark: str
+    initialised_home, cli, mark: str
 ) -> None:  # type: ignore[no-untyped-def]
     """The rotation's worker processes (a table of PROCESS_PAGES pages or more) die with the
     command, as sync's do."""
@@ -243,7 +246,6 @@ def test_sigkilled_pii_rotation_leaves_no_worker_forkserver_or_tracker(
     from bizosctl.db.engines import get_engine
     from bizosctl.security.rotation import PROCESS_PAGES
 
-    assert cli("init").exit_code == 0
     ctl = get_control()
     for slug in ("pool-a", "pool-b"):
         r = cli("tenant", "create", slug, "--name", slug, "--tier", "schema", "--region", "global")

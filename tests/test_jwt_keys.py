@@ -272,8 +272,7 @@ def test_invalid_token_is_in_the_error_hierarchy():
 
 # -- retirement without a rotation ------------------------------------------------------------
 @pytest.fixture
-def fresh(fresh_home, cli):
-    assert cli("init").exit_code == 0
+def fresh(initialised_home, cli):
     from bizosctl.catalog.control import get_control
 
     ctl = get_control()

@@ -178,8 +178,8 @@ def test_recrypt_rows_binds_the_row_id():
 
 # -- against PostgreSQL -------------------------------------------------------------------------
 @pytest.fixture
-def home(fresh_home, cli):
-    assert cli("init").exit_code == 0
+def home(initialised_home):
+    """An initialised home of this test's own (a copy of the worker's template)."""
     from bizosctl.catalog.control import get_control
 
     return get_control()

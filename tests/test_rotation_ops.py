@@ -18,8 +18,8 @@ from bizosctl.tenancy.sample import load_sample_data
 
 
 @pytest.fixture
-def home(fresh_home, cli):
-    assert cli("init").exit_code == 0
+def home(initialised_home):
+    """An initialised home of this test's own (a copy of the worker's template)."""
     from bizosctl.catalog.control import get_control
 
     return get_control()

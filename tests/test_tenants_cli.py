@@ -302,7 +302,7 @@ def test_delete_drops_data_keeps_record_and_frees_slug(cli, make_tenant, ctl, ti
     make_tenant(tier="schema", slug=slug)
 
 
-def test_create_that_cannot_log_in_as_the_app_is_not_left_active(fresh_home, cli):
+def test_create_that_cannot_log_in_as_the_app_is_not_left_active(initialised_home, cli):
     """The shared login role's password changed behind bizosctl's back (a second registration
     of the server used to do that): create fails, and the tenant is not recorded active."""
     from sqlalchemy import text
@@ -310,7 +310,6 @@ def test_create_that_cannot_log_in_as_the_app_is_not_left_active(fresh_home, cli
     from bizosctl.catalog.control import get_control
     from bizosctl.db.engines import get_engine
 
-    assert cli("init").exit_code == 0
     ctl = get_control()
     handle = ctl.server("global-1")
     from bizosctl.security.dbpasswords import shared_login

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from bizosctl.security.masterkey import MasterKey
 
 CATALOG_DB = "bizos_control"
+#: A pooled catalog connection is pinged at checkout only after this long in the pool (a
+#: worker's job-after-job checkouts skip the ping; see ``get_engine(ping_idle=...)``).
+CATALOG_PING_IDLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,15 @@ class Control:
         from bizosctl.db.engines import get_engine, memo_engine
 
         cluster = self.home_cluster
+        url = cluster.url(CATALOG_DB)
         return memo_engine(
             ("catalog", str(cluster.pgdata), pre_ping),
-            lambda: get_engine(cluster.url(CATALOG_DB), pre_ping=pre_ping),
+            # pinged only when idle a while (a connection used a moment ago is alive)
+            lambda: (
+                get_engine(url, ping_idle=CATALOG_PING_IDLE_S)
+                if pre_ping
+                else get_engine(url, pre_ping=False)
+            ),
         )
 
     def _upgrade_catalog(self, engine: Engine) -> None:

@@ -15,22 +15,24 @@ alive?" is one ``pg_try_advisory_lock``. ``queued`` operations were recorded (by
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import func, literal, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import Uuid, bindparam, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 
 from bizosctl.catalog.models import Operation, OperationStep
 from bizosctl.errors import Busy, InvalidInput, NotFound
 
 if TYPE_CHECKING:
+    import psycopg
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import Session
 
@@ -129,6 +131,78 @@ def _params(params: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     return dict(params)
 
 
+#: Take the run's lock and, when it was free, mark the operation running with this process;
+#: answers (got the lock, the operation exists, its steps done): one statement.
+_CLAIM = text(
+    "WITH lk AS (SELECT pg_try_advisory_lock(:k) AS got), "
+    "run AS (UPDATE operations SET pid = :pid, host = :host, status = 'running' FROM lk "
+    "WHERE lk.got AND operations.id = :id RETURNING operations.id) "
+    "SELECT lk.got, EXISTS (SELECT FROM run) AS found, "
+    "(SELECT coalesce(array_agg(name), '{}') FROM operation_steps "
+    "WHERE op_id = :id AND status = 'done') AS done FROM lk"
+)
+
+_READ_OPERATION = select(Operation.__table__).where(Operation.__table__.c.id == bindparam("id"))
+
+#: A checkpoint: one step's row, replaced when the step is written again (built once: this
+#: runs once per step of every operation).
+_WRITE_STEP = text(
+    "INSERT INTO operation_steps (op_id, name, status, data, at) "
+    "VALUES (:op_id, :name, :status, :data, clock_timestamp()) "
+    "ON CONFLICT (op_id, name) DO UPDATE SET status = excluded.status, data = excluded.data, "
+    "at = excluded.at"
+).bindparams(bindparam("op_id", type_=Uuid()), bindparam("data", type_=JSONB))
+
+#: Close the operation, commit, then release the run's lock, in one message (simple query
+#: protocol, values bound client-side): the unlock comes after the commit, so whoever takes
+#: the lock next sees the operation finished.
+_CLOSE = (
+    "UPDATE operations SET status = %(status)s, error = %(error)s, finished_at = now() "
+    "WHERE id = %(id)s; COMMIT; SELECT pg_advisory_unlock(%(key)s)"
+)
+_FINISH = "BEGIN; " + _CLOSE
+_FINISH_IN_TRANSACTION = _CLOSE  # ``also`` wrote in the transaction already open
+
+
+@contextlib.contextmanager
+def _autocommit_if_idle(conn: Connection) -> Iterator[bool]:
+    """Run the block's statements in autocommit when no transaction is open on ``conn``
+    (yields True then): a one-statement write is then its own transaction, one round trip,
+    without the ``BEGIN`` psycopg would send before it and the ``COMMIT`` after. With a
+    transaction open (the caller wrote on ``conn``), nothing changes."""
+    from psycopg.pq import TransactionStatus
+
+    raw = _driver(conn)
+    if raw.info.transaction_status != TransactionStatus.IDLE:
+        yield False
+        return
+    raw.autocommit = True
+    try:
+        yield True
+    finally:
+        if not raw.closed:
+            if raw.info.transaction_status != TransactionStatus.IDLE:
+                # a multi-statement message stopped inside its BEGIN; a dead connection is
+                # SQLAlchemy's to drop
+                with contextlib.suppress(Exception):
+                    raw.rollback()
+            with contextlib.suppress(Exception):
+                raw.autocommit = False
+
+
+def _driver(conn: Connection) -> psycopg.Connection[Any]:
+    raw = conn.connection.driver_connection
+    assert raw is not None, "a live catalog connection"
+    return cast("psycopg.Connection[Any]", raw)
+
+
+def _client_bound(conn: Connection, query: str, params: Mapping[str, Any]) -> str:
+    """``query`` with ``params`` bound as literals by psycopg (its ClientCursor quoting)."""
+    import psycopg
+
+    return psycopg.ClientCursor(_driver(conn)).mogrify(query, params)
+
+
 class OperationRun:
     """One live run of an operation; use as a context manager.
 
@@ -140,6 +214,7 @@ class OperationRun:
         self.ctl = ctl
         self.id = op_id
         self._conn: Connection | None = None
+        self._locked = False  # this run holds the operation's advisory lock
         self.completed: set[str] = set()
         #: The status ``finish`` closed the operation with (None while it is open).
         self.final_status: str | None = None
@@ -152,51 +227,58 @@ class OperationRun:
     def __enter__(self) -> OperationRun:
         self._conn = self.ctl.catalog_engine.connect()
         try:
-            got = self._conn.execute(
-                text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(self.id)}
-            ).scalar_one()
+            with _autocommit_if_idle(self._conn):
+                # one round trip: take the lock, mark it running, read its steps
+                got, found, done = self._conn.execute(
+                    _CLAIM,
+                    {
+                        "k": _lock_key(self.id),
+                        "id": self.id,
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                    },
+                ).one()
+                self._conn.commit()
             if not got:
                 raise Busy(f"operation {self.id} is running in another process")
-            done = (
-                select(func.coalesce(func.array_agg(OperationStep.name), text("'{}'")))
-                .where(OperationStep.op_id == self.id, OperationStep.status == "done")
-                .scalar_subquery()
-            )
-            found = self._conn.execute(  # one round trip: mark it running, read its steps
-                update(Operation)
-                .where(Operation.id == self.id)
-                .values(pid=os.getpid(), host=socket.gethostname(), status=OperationStatus.RUNNING)
-                .returning(done)
-            ).first()
-            if found is None:
+            self._locked = True
+            if not found:
                 raise NotFound(f"no operation {self.id}")
-            self.completed = set(found[0])
-            self._conn.commit()
+            self.completed = set(done)
         except BaseException:
-            self._conn.rollback()
-            self._conn.close()
-            self._conn = None
+            self._release()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Unlock (unless ``finish`` did) and give the connection back to the pool."""
         if self._conn is None:
             return
         try:
             self._conn.rollback()
-            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(self.id)})
-            self._conn.commit()
+            if self._locked:
+                with _autocommit_if_idle(self._conn):
+                    self._conn.execute(
+                        text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(self.id)}
+                    )
+                    self._conn.commit()
         except Exception:
             self._conn.invalidate()  # a dead connection released the lock with its session
         finally:
+            self._locked = False
             self._conn.close()
             self._conn = None
 
     def step(self, name: str, **data: Any) -> None:
-        """Record that a step finished (its own committed transaction: a checkpoint). Writing a
-        step again (a freeze retried) replaces its row."""
-        self._write_step(name, "done", data)
-        self.conn.commit()
+        """Record that a step finished (its own committed transaction: a checkpoint, one
+        statement). Writing a step again (a freeze retried) replaces its row. Catalog writes
+        the caller made on :attr:`conn` since the last commit commit with it."""
+        with _autocommit_if_idle(self.conn):
+            self._write_step(name, "done", data)
+            self.conn.commit()
         self.completed.add(name)
 
     def undo(self, name: str, **data: Any) -> None:
@@ -206,28 +288,20 @@ class OperationRun:
         self.completed.discard(name)
 
     def _write_step(self, name: str, status: str, data: Mapping[str, Any]) -> None:
-        stmt = insert(OperationStep).values(
-            op_id=self.id, name=name, status=status, data=dict(data), at=func.clock_timestamp()
-        )
         self.conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[OperationStep.op_id, OperationStep.name],
-                set_={
-                    "status": stmt.excluded.status,
-                    "data": stmt.excluded.data,
-                    "at": stmt.excluded.at,
-                },
-            )
+            _WRITE_STEP, {"op_id": self.id, "name": name, "status": status, "data": dict(data)}
         )
 
     def step_data(self, name: str) -> dict[str, Any]:
         """The data recorded with step ``name`` ({} when it has none or never ran)."""
-        data = self.conn.execute(
-            select(OperationStep.data).where(
-                OperationStep.op_id == self.id, OperationStep.name == name
-            )
-        ).scalar_one_or_none()
-        self.conn.rollback()
+        with _autocommit_if_idle(self.conn) as idle:
+            data = self.conn.execute(
+                select(OperationStep.data).where(
+                    OperationStep.op_id == self.id, OperationStep.name == name
+                )
+            ).scalar_one_or_none()
+            if idle:
+                self.conn.rollback()
         return dict(data or {})
 
     def steps(self, prefix: str = "") -> list[StepPublic]:
@@ -259,10 +333,12 @@ class OperationRun:
 
     def cancel_requested(self) -> bool:
         """True once ``ops cancel`` asked this operation to stop at its next safe point."""
-        at = self.conn.execute(
-            select(Operation.cancel_requested_at).where(Operation.id == self.id)
-        ).scalar_one()
-        self.conn.rollback()
+        with _autocommit_if_idle(self.conn) as idle:
+            at = self.conn.execute(
+                select(Operation.cancel_requested_at).where(Operation.id == self.id)
+            ).scalar_one()
+            if idle:
+                self.conn.rollback()
         return at is not None
 
     def finish(
@@ -277,12 +353,22 @@ class OperationRun:
         with translate_errors("catalog"):
             if also is not None:
                 also(self.conn)
-            self.conn.execute(
-                update(Operation)
-                .where(Operation.id == self.id)
-                .values(status=OperationStatus(status), error=error, finished_at=func.now())
-            )
-            self.conn.commit()
+            # one round trip: close it, commit (with whatever ``also`` wrote), and only then
+            # unlock: a process that gets the lock sees the operation finished
+            close = {
+                "id": self.id,
+                "status": OperationStatus(status).value,
+                "error": error,
+                "key": _lock_key(self.id),
+            }
+            with _autocommit_if_idle(self.conn) as idle:
+                sql = _FINISH if idle else _FINISH_IN_TRANSACTION
+                self.conn.exec_driver_sql(
+                    _client_bound(self.conn, sql, close),
+                    execution_options={"no_parameters": True},
+                )
+                self.conn.commit()
+            self._locked = False
         self.final_status = str(status)
 
 
@@ -395,6 +481,11 @@ def describe(
 ) -> OperationPublic:
     """The operation, whether it is alive (unless ``check_alive`` is false: ``alive`` is then
     False), and its steps in order. NotFound when unknown."""
+    if not with_steps:
+        pub = _read_operation(ctl, op_id)
+        if check_alive and pub.status in OPEN:
+            pub.alive = is_alive(ctl, op_id)
+        return pub
     with ctl.catalog() as s:
         op = s.execute(select(Operation).where(Operation.id == op_id)).scalar_one_or_none()
         if op is None:
@@ -408,6 +499,22 @@ def describe(
     if check_alive and pub.status in OPEN:
         pub.alive = is_alive(ctl, op_id)
     return pub
+
+
+def _read_operation(ctl: Control, op_id: uuid.UUID) -> OperationPublic:
+    """The operation row alone, in one statement (no transaction around it; a Core row, not
+    an ORM object: this runs once per job a worker runs)."""
+    from bizosctl.db.engines import translate_errors
+
+    with (
+        translate_errors("catalog"),
+        ctl.catalog_engine.connect() as conn,
+        _autocommit_if_idle(conn),
+    ):
+        row = conn.execute(_READ_OPERATION, {"id": op_id}).first()
+        if row is None:
+            raise NotFound(f"no operation {op_id}")
+        return OperationPublic.of(cast(Operation, row))
 
 
 def steps_of(ctl: Control, op_id: uuid.UUID) -> list[StepPublic]:

@@ -46,18 +46,34 @@ def redact(url: str | URL) -> str:
 
 
 def get_engine(
-    url: str | URL, *, pooled: bool = True, pre_ping: bool = True, **kwargs: Any
+    url: str | URL,
+    *,
+    pooled: bool = True,
+    pre_ping: bool = True,
+    ping_idle: float | None = None,
+    **kwargs: Any,
 ) -> Engine:
     """One engine per URL (password included) and pooling choice, created on first use.
 
     ``pre_ping=False``: a pooled connection is not pinged at checkout (one round trip less),
     so the caller must expect a dead one (a restarted server) and retry on
-    :func:`is_disconnect`, as the API's per-request catalog read does."""
+    :func:`is_disconnect`, as the API's per-request catalog read does.
+
+    ``ping_idle=S`` (with ``pre_ping``): only a connection that sat in the pool for at least
+    ``S`` seconds is pinged at checkout; one used less than that ago is handed out as it is
+    (a busy process, a worker running job after job, pays no ping per checkout). One that
+    died within those seconds fails its first statement as a disconnect
+    (:func:`is_disconnect`), SQLAlchemy drops it from the pool, and the next checkout gets a
+    new one."""
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
     parsed = make_url(url)
-    key = parsed.render_as_string(hide_password=False) + f"|pooled={pooled}|ping={pre_ping}"
+    idle = ping_idle if (pooled and pre_ping) else None
+    key = (
+        parsed.render_as_string(hide_password=False)
+        + f"|pooled={pooled}|ping={pre_ping}|idle={idle}"
+    )
     with _lock:
         engine = _engines.get(key)
         if engine is None:
@@ -66,11 +82,15 @@ def get_engine(
                 from bizosctl.config import get_settings
 
                 size = get_settings().pool_size
-                options.update(pool_size=size, max_overflow=size, pool_pre_ping=pre_ping)
+                options.update(
+                    pool_size=size, max_overflow=size, pool_pre_ping=pre_ping and idle is None
+                )
             else:
                 options["poolclass"] = NullPool
             options.update(kwargs)
             engine = create_engine(parsed, **options)
+            if idle is not None:
+                _ping_when_idle(engine, idle)
             _engines[key] = engine
         return engine
 
@@ -89,6 +109,35 @@ def memo_engine(key: tuple[object, ...], make: Callable[[], Engine]) -> Engine:
     return engine
 
 
+def _ping_when_idle(engine: Engine, seconds: float) -> None:
+    """Pool events: a connection checked in stamps the time; at checkout one idle for
+    ``seconds`` or more is pinged first (a dead one is replaced, as ``pool_pre_ping`` does:
+    raising DisconnectionError makes the pool discard it and try another)."""
+    import time
+
+    from sqlalchemy import event
+    from sqlalchemy import exc as sa_exc
+
+    @event.listens_for(engine, "checkin")
+    def _stamp(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["bz_checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("bz_checked_in")
+        if since is None or time.monotonic() - since < seconds:
+            return  # a new connection, or one used a moment ago
+        try:
+            ok = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            if not is_disconnect(exc) and not engine.dialect.is_disconnect(exc, dbapi_conn, None):  # type: ignore[arg-type]
+                raise
+            ok = False
+        if not ok:
+            raise sa_exc.DisconnectionError("the pooled connection was closed")
+
+
 def dispose_all(*, host_contains: str | None = None) -> None:
     with _lock:
         _memo.clear()
@@ -98,14 +147,23 @@ def dispose_all(*, host_contains: str | None = None) -> None:
 
 
 def is_disconnect(exc: BaseException) -> bool:
-    """True when the connection died under the statement: SQLAlchemy invalidated it, or the
-    driver (used directly on a hot path) closed it. Retrying on a new one is safe for a
+    """True when the connection died under a statement: SQLAlchemy saw it (the connection
+    was invalidated), or a psycopg error that reached us directly says so (the connection is
+    closed, or the server ended the session). Retrying on a new connection is safe for a
     statement that had not committed anything."""
     if getattr(exc, "connection_invalidated", False):
         return True
     import psycopg
 
-    return isinstance(exc, psycopg.OperationalError) and sqlstate(exc) in (None, "57P01")
+    orig = getattr(exc, "orig", exc)
+    if not isinstance(orig, psycopg.Error):
+        return False
+    state = getattr(orig, "sqlstate", None)
+    if state is not None and (state.startswith("08") or state in ("57P01", "57P02", "57P03")):
+        return True
+    # no SQLSTATE: libpq itself lost the server ("server closed the connection
+    # unexpectedly", "the connection is closed")
+    return isinstance(orig, psycopg.OperationalError) and state is None
 
 
 def sqlstate(exc: BaseException) -> str | None:

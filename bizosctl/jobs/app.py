@@ -13,10 +13,13 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import procrastinate
+    import psycopg
     import psycopg_pool
 
     from bizosctl.catalog.control import Control
@@ -68,9 +71,40 @@ def make_pool(ctl: Control, *, max_size: int) -> psycopg_pool.AsyncConnectionPoo
         max_size=max_size,
         open=False,
         timeout=10,
-        check=psycopg_pool.AsyncConnectionPool.check_connection,
+        check=_check_when_idle,
+        reset=_stamp_returned,
+        configure=_autocommit,
         name="bizosctl-jobs",
     )
+
+
+#: A pooled job-queue connection is checked (one round trip) before use only when it sat in
+#: the pool this long: a worker fetching and finishing job after job pays no check per query,
+#: and one that waited longer (a half-open connection, a restarted catalog) is still caught.
+CHECK_IDLE_S = 1.0
+
+_returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Every query procrastinate sends is one statement (a function call) that stands alone:
+    in autocommit it is one round trip, not ``BEGIN``, the query and a ``COMMIT`` at the
+    pool's return. Whoever needs a transaction opens one (``conn.transaction()``, as the
+    reaper does)."""
+    await conn.set_autocommit(True)
+
+
+async def _stamp_returned(conn: psycopg.AsyncConnection[Any]) -> None:
+    _returned[conn] = time.monotonic()
+
+
+async def _check_when_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    import psycopg_pool
+
+    since = _returned.get(conn)
+    if since is not None and time.monotonic() - since < CHECK_IDLE_S:
+        return
+    await psycopg_pool.AsyncConnectionPool.check_connection(conn)
 
 
 def make_app(ctl: Control) -> procrastinate.App:

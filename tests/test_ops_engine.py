@@ -1,0 +1,152 @@
+"""The operations engine's few round trips keep their guarantees: the run's lock, the
+checkpoints in order with a caller's writes, the unlock only after the close is committed, and
+catalog connections pinged only when idle yet never handed out dead for long."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from bizosctl.catalog.operations import (
+    OperationRun,
+    OperationStatus,
+    _lock_key,
+    describe,
+    is_alive,
+    steps_of,
+)
+from bizosctl.db.engines import get_engine, is_disconnect, psycopg_conninfo
+from bizosctl.errors import Busy, NotFound
+from bizosctl.runners import start_ping
+
+
+def other_session(ctl):
+    """A plain psycopg session on the catalog (another process, as far as locks go)."""
+    return psycopg.connect(**psycopg_conninfo(ctl.catalog_engine.url), autocommit=True)
+
+
+def new_ping(ctl):
+    with ctl.catalog() as s:
+        return start_ping(s, status=OperationStatus.QUEUED)
+
+
+def test_a_run_holds_the_lock_until_its_close_is_committed(ctl):
+    op_id = new_ping(ctl)
+    with other_session(ctl) as other, OperationRun(ctl, op_id) as run:
+        assert is_alive(ctl, op_id)
+        assert describe(ctl, op_id).status == OperationStatus.RUNNING
+        run.step("one", n=1)
+        run.finish(OperationStatus.DONE)
+        # unlocked by finish, after its commit: whoever gets the lock sees it done
+        got = other.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(op_id),)).fetchone()
+        assert got == (True,)
+        status = other.execute("SELECT status FROM operations WHERE id = %s", (op_id,)).fetchone()
+        assert status == ("done",)
+        other.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(op_id),))
+    assert [s.name for s in steps_of(ctl, op_id)] == ["one"]
+    assert steps_of(ctl, op_id)[0].data == {"n": 1}
+
+
+def test_a_second_run_of_a_live_operation_is_busy_and_changes_nothing(ctl):
+    op_id = new_ping(ctl)
+    with other_session(ctl) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (_lock_key(op_id),))
+        with pytest.raises(Busy), OperationRun(ctl, op_id):
+            pass
+        assert describe(ctl, op_id, check_alive=False).status == OperationStatus.QUEUED
+    # the lock died with that session: the operation runs now
+    with OperationRun(ctl, op_id) as run:
+        run.finish(OperationStatus.DONE)
+
+
+def test_an_unknown_operation_is_not_found_and_leaves_no_lock(ctl):
+    import uuid
+
+    op_id = uuid.uuid4()
+    with pytest.raises(NotFound), OperationRun(ctl, op_id):
+        pass
+    assert not is_alive(ctl, op_id)
+
+
+def test_a_checkpoint_commits_what_the_caller_wrote_on_the_run_and_a_failure_neither(ctl):
+    op_id = new_ping(ctl)
+    with OperationRun(ctl, op_id) as run:
+        run.conn.execute(
+            text("UPDATE operations SET progress = '{\"done\": 7}' WHERE id = :id"), {"id": op_id}
+        )
+        run.step("with-a-write")
+        assert describe(ctl, op_id).progress == {"done": 7}
+        run.conn.execute(
+            text("UPDATE operations SET progress = '{\"done\": 8}' WHERE id = :id"), {"id": op_id}
+        )
+        with pytest.raises(Exception, match="invalid input"):
+            run.conn.execute(text("SELECT 'x'::int"))
+    # the run's end rolled back the failed transaction and its pending write
+    assert describe(ctl, op_id).progress == {"done": 7}
+    assert not is_alive(ctl, op_id)
+
+
+def test_finish_with_also_commits_both_or_neither(ctl):
+    op_id = new_ping(ctl)
+
+    def also(conn):
+        conn.execute(
+            text("UPDATE operations SET progress = '{\"x\": 1}' WHERE id = :id"), {"id": op_id}
+        )
+
+    with OperationRun(ctl, op_id) as run:
+        run.finish(OperationStatus.DONE, also=also)
+    op = describe(ctl, op_id)
+    assert (op.status, op.progress) == ("done", {"x": 1})
+    assert not is_alive(ctl, op_id)
+
+
+def test_an_error_with_quotes_and_percent_signs_is_stored_as_given(ctl):
+    op_id = new_ping(ctl)
+    message = "it's 100% broken; DROP TABLE operations; -- %(id)s"
+    with OperationRun(ctl, op_id) as run:
+        run.finish(OperationStatus.FAILED, message)
+    assert describe(ctl, op_id).error == message
+
+
+def test_a_connection_idle_past_ping_idle_is_pinged_and_a_dead_one_replaced(ctl):
+    engine = get_engine(ctl.catalog_engine.url, ping_idle=0.05)
+    with engine.connect() as conn:
+        first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    with other_session(ctl) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (first,))
+    deadline = time.monotonic() + 0.06
+    while time.monotonic() < deadline:  # the pooled connection has been idle long enough
+        time.sleep(0.01)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != first
+
+
+def test_a_connection_used_a_moment_ago_is_not_pinged_and_a_dead_one_is_a_disconnect(ctl):
+    engine = get_engine(ctl.catalog_engine.url, ping_idle=3600)
+    with engine.connect() as conn:
+        first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        conn.rollback()
+    with other_session(ctl) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (first,))
+    with engine.connect() as conn:
+        with pytest.raises(Exception) as caught:
+            conn.execute(text("SELECT 1"))
+        assert is_disconnect(caught.value)
+    with engine.connect() as conn:  # the dead one was dropped from the pool
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != first
+
+
+def test_a_raw_psycopg_error_of_a_dead_connection_is_a_disconnect(ctl):
+    with other_session(ctl) as victim, other_session(ctl) as other:
+        pid = victim.execute("SELECT pg_backend_pid()").fetchone()[0]
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.Error) as caught:
+            victim.execute("SELECT 1")
+        assert is_disconnect(caught.value)
+        with pytest.raises(psycopg.Error) as bad_sql:
+            other.execute("SELECT 'x'::int")
+        assert not is_disconnect(bad_sql.value)
