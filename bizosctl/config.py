@@ -398,6 +398,11 @@ class Settings(BaseSettings):
         description="SMTP login; its password is sealed in the keyring (`email smtp-password`).",
     )
     smtp_timeout: float = Field(default=15.0, gt=0, description="Seconds for one SMTP session.")
+    smtp_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) the SMTP server's certificate is checked against, "
+        "for a relay with a private CA; unset: the system's trust store.",
+    )
     email_from: str = Field(
         default="bizos@localhost",
         description="Sender address of tenants without their own (`tenant email-sender`).",

@@ -346,3 +346,124 @@ def test_email_sender_dry_run_changes_nothing(cli: Any, make_tenant: Any) -> Non
 def test_an_unknown_tenant_sender_exits_3(cli: Any) -> None:
     r = cli("tenant", "email-sender", "nosuch" + uuid.uuid4().hex[:6], "--json")
     assert r.exit_code == 3
+
+
+# -- TLS: STARTTLS and implicit TLS against a server whose certificate a private CA signed ----
+
+
+def tls_files(tmp_path: Any) -> tuple[Any, Any]:
+    """A CA and a server certificate for 127.0.0.1 it signed: the server's SSL context and
+    the CA's PEM file (what BIZOS_SMTP_CA_FILE names)."""
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(subject: str, key: Any, issuer: Any, issuer_key: Any, *, ca: bool) -> Any:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            b = b.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+        else:
+            b = b.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test mail CA")])
+    ca_cert = cert("test mail CA", ca_key, ca_name, ca_key, ca=True)
+    srv_key = ec.generate_private_key(ec.SECP256R1())
+    srv_cert = cert("127.0.0.1", srv_key, ca_name, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (tmp_path / "srv.pem").write_bytes(srv_cert.public_bytes(pem))
+    (tmp_path / "srv.key").write_bytes(
+        srv_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    return ctx, tmp_path / "ca.pem"
+
+
+def _digest_message(ctl: Control, mctl: Control, shop: str) -> uuid.UUID:
+    from bizosctl.digest.run import make_digest, tenant_refs
+
+    d = make_digest(mctl, tenant_refs(mctl, [shop])[0], day=DAY)
+    with tenant_session(ctl, shop, actor="test", read_only=True) as s:
+        (mid,) = s.execute(
+            text("SELECT id FROM email_messages WHERE digest_id = :d"), {"d": d.id}
+        ).scalars()
+    return uuid.UUID(str(mid))
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_tls_with_a_private_ca_delivers(
+    ctl: Control, shop: str, tmp_path: Any, security: str
+) -> None:
+    """STARTTLS (the server refuses mail before it) and implicit TLS, the server's certificate
+    checked against BIZOS_SMTP_CA_FILE."""
+    from bizosctl.notify.email import send_message
+
+    server_ctx, ca = tls_files(tmp_path)
+    inbox, port = Inbox(), free_port()
+    kw: dict[str, Any] = (
+        {"tls_context": server_ctx, "require_starttls": True}
+        if security == "starttls"
+        else {"ssl_context": server_ctx}
+    )
+    server = start_smtp(inbox, port, **kw)
+    try:
+        mctl = smtp_ctl(port, smtp_ca_file=ca)
+        mctl.settings.smtp_security = security  # type: ignore[misc]
+        mid = _digest_message(ctl, mctl, shop)
+        assert send_message(mctl, shop, mid) == "sent"
+    finally:
+        server.stop()
+    (msg,) = inbox.messages
+    assert msg.rcpt_tos == [f"ayu@{shop}.example"]
+    assert message_status(ctl, shop) == ["sent"]
+
+
+@pytest.mark.parametrize("offer_tls", [True, False])
+def test_no_mail_goes_to_a_server_that_fails_tls(
+    ctl: Control, shop: str, tmp_path: Any, offer_tls: bool
+) -> None:
+    """A certificate no trusted CA signed (a machine in the middle), or a server that does
+    not offer STARTTLS (a downgrade): nothing is sent in clear, the attempt is recorded and
+    the job system is told to retry."""
+    from bizosctl.notify.email import SmtpUnavailable, send_message
+
+    server_ctx, _ = tls_files(tmp_path)
+    inbox, port = Inbox(), free_port()
+    server = start_smtp(inbox, port, **({"tls_context": server_ctx} if offer_tls else {}))
+    try:
+        mctl = smtp_ctl(port)  # the system's trust store only
+        mctl.settings.smtp_security = "starttls"  # type: ignore[misc]
+        mid = _digest_message(ctl, mctl, shop)
+        with pytest.raises(SmtpUnavailable):
+            send_message(mctl, shop, mid)
+    finally:
+        server.stop()
+    assert inbox.messages == []
+    (a,) = attempts(ctl, shop)
+    assert a.outcome == "failed"
+    assert ("CERTIFICATE_VERIFY_FAILED" in a.error) if offer_tls else ("STARTTLS" in a.error)
+    assert message_status(ctl, shop) == ["queued"]
