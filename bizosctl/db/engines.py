@@ -180,6 +180,9 @@ def db_message(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+_UNAVAILABLE = ("28P01", "28000", "57P01", "57P02", "57P03")
+
+
 def _psycopg() -> Any:
     import psycopg
 
@@ -197,7 +200,8 @@ def translate_errors(what: str) -> Iterator[None]:
         raise
     except (sa_exc.OperationalError, _psycopg().OperationalError) as exc:
         state = sqlstate(exc)
-        if state is None or state.startswith("08") or state in ("28P01", "28000", "57P03"):
+        # 57P01/57P02: the server shut down or crashed under the connection (a restart)
+        if state is None or state.startswith("08") or state in _UNAVAILABLE:
             raise ServerUnavailable(f"{what}: {db_message(exc)}") from exc
         raise QueryFailed(f"{what}: {db_message(exc)}") from exc
     except (sa_exc.DBAPIError, _psycopg().Error) as exc:
