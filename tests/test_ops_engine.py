@@ -28,6 +28,15 @@ def other_session(ctl):
     return psycopg.connect(**psycopg_conninfo(ctl.catalog_engine.url), autocommit=True)
 
 
+def _wait_gone(ctl, pid: int, timeout: float = 30.0) -> None:
+    """Until the server process of a closed session has exited (its locks with it)."""
+    deadline = time.monotonic() + timeout
+    with other_session(ctl) as probe:
+        while probe.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            assert time.monotonic() < deadline, f"backend {pid} is still there"
+            time.sleep(0.01)
+
+
 def new_ping(ctl):
     with ctl.catalog() as s:
         return start_ping(s, status=OperationStatus.QUEUED)
@@ -57,7 +66,10 @@ def test_a_second_run_of_a_live_operation_is_busy_and_changes_nothing(ctl):
         with pytest.raises(Busy), OperationRun(ctl, op_id):
             pass
         assert describe(ctl, op_id, check_alive=False).status == OperationStatus.QUEUED
-    # the lock died with that session: the operation runs now
+        pid = other.info.backend_pid
+    # the lock dies with that session (its backend exits a moment after the client closed):
+    # then the operation runs
+    _wait_gone(ctl, pid)
     with OperationRun(ctl, op_id) as run:
         run.finish(OperationStatus.DONE)
 
