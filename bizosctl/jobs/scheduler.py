@@ -307,9 +307,14 @@ def serve(ctl: Control, *, on_event: Event | None = None) -> SchedulerReport:
         offset = sched.clock() - dt.datetime.now(dt.UTC)  # BIZOS_CLOCK_START (tests)
         aps.add_job(wake, DateTrigger(run_date=when - offset), id="wake", replace_existing=True)
 
+    # held by a tick: SIGTERM stops the calendar at once, and the way out waits for a tick
+    # in flight to finish (its runs committed and reported) before unregistering
+    ticking = threading.Lock()
+
     def wake() -> None:
         try:
-            sched.tick()
+            with ticking:
+                sched.tick()
         except BizosError as exc:
             event(f"tick: {exc.message} (next try at the next refresh)")
         except Exception as exc:  # the catalog went away mid-tick; the next refresh retries
@@ -356,6 +361,8 @@ def serve(ctl: Control, *, on_event: Event | None = None) -> SchedulerReport:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        with ticking:
+            pass
         try:
             sched.stop()
         except BizosError as exc:
