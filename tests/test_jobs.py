@@ -12,14 +12,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from children import Child, wait_for
 from conftest import unique_slug
 from sqlalchemy import text
 
@@ -33,46 +31,15 @@ FAST = {
 }
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Worker:
+class Worker(Child):
     """``bizosctl worker`` in a child process; its stderr lines are collected."""
 
     def __init__(self, queue: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bizosctl", "worker", "--queue", queue, *args],
-            env={**os.environ, **FAST, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def saw(self, text_: str) -> bool:
-        return any(text_ in line for line in self.lines)
+        super().__init__(["worker", "--queue", queue, *args], {**os.environ, **FAST, **(env or {})})
 
     def started(self) -> Worker:
-        wait_for("the worker to start", lambda: self.saw("worker started") or self.dead())
-        assert not self.dead(), self.lines
+        self.wait_started("the worker to start", "worker started")
         return self
-
-    def dead(self) -> bool:
-        return self.proc.poll() is not None
 
     def finish(self, timeout: float = 60) -> tuple[int, str]:
         # stderr belongs to the reader thread; stdout holds at most one JSON document

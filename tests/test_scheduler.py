@@ -14,11 +14,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from zoneinfo import ZoneInfo
 
 import pytest
+from children import Child, wait_for
 from conftest import unique_slug
 from sqlalchemy import text
 
@@ -315,45 +314,17 @@ def test_re_zoned_and_new_tenants_are_picked_up_at_refresh(ctl, make_tenant, job
 FAST = {"BIZOS_SCHEDULER_REFRESH_INTERVAL": "0.5"}
 
 
-def wait_for(what: str, check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class SchedulerProc:
+class SchedulerProc(Child):
     """``bizosctl scheduler`` in a child process, its clock starting at ``clock``."""
 
     def __init__(self, clock: dt.datetime, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bizosctl", "scheduler", "--json"],
-            env={**os.environ, **FAST, "BIZOS_CLOCK_START": clock.isoformat(), **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            ["scheduler", "--json"],
+            {**os.environ, **FAST, "BIZOS_CLOCK_START": clock.isoformat(), **(env or {})},
         )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def saw(self, text_: str) -> bool:
-        return any(text_ in line for line in self.lines)
-
-    def dead(self) -> bool:
-        return self.proc.poll() is not None
 
     def started(self) -> SchedulerProc:
-        wait_for("the scheduler to start", lambda: self.saw("started:") or self.dead())
-        assert not self.dead(), self.lines
+        self.wait_started("the scheduler to start", "started:")
         return self
 
     def kill(self) -> None:
