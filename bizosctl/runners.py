@@ -33,6 +33,7 @@ from bizosctl.catalog.operations import (
     request_cancel,
 )
 from bizosctl.errors import Busy, InvalidInput
+from bizosctl.plans import Plan
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -209,6 +210,18 @@ def run_ping(ctl: Control, op: OperationPublic) -> dict[str, Any]:
         run.step("waited", seconds=params.seconds)
         run.finish(OperationStatus.DONE)
     return {"operation": str(op.id), "status": OperationStatus.DONE, "pong": True}
+
+
+class PingPlan(Plan):
+    """``ops ping --dry-run``."""
+
+    kind: str = OperationKind.PING.value
+    seconds: float
+
+
+def plan_ping(*, seconds: float = 0.0) -> PingPlan:
+    """What :func:`start_ping` would record (its parameters validated); changes nothing."""
+    return PingPlan(seconds=PingParams(seconds=seconds).seconds)
 
 
 def start_ping(

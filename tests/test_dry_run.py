@@ -233,3 +233,12 @@ def plans_name_what_they_would_do(cli, world):
     assert "capture" in doc["resume"]["done"] and "switch" in doc["resume"]["left"]
     r = cli("tenant", "move", m, "--resume", "--dry-run")
     assert "would resume" in r.stdout and "switch" in r.stdout
+    # a plan refuses what its verb refuses (the plan_...() siblings share the verb's checks)
+    r = cli("tenant", "lock", m, "--dry-run", "--json")
+    assert r.exit_code == 2, r.stdout
+    assert "its status cannot change now" in r.stdout + r.stderr
+    r = cli("region", "add", "zz", "--url", "postgresql://a@127.0.0.1/postgres", "--port",
+            "7000", "--dry-run")  # fmt: skip
+    assert r.exit_code == 2 and "--port is for embedded servers" in r.stdout + r.stderr
+    doc = json.loads(cli("tenant", "lock", k, "--dry-run", "--json").stdout)
+    assert (doc["from"], doc["to"]) == ("active", "read_only")

@@ -19,6 +19,7 @@ from bizosctl.cli.output import (
     stderr_console,
     stdout_console,
     table,
+    to_jsonable,
 )
 
 Slug = typer.Argument(..., help="The tenant's slug, e.g. 'acme'.", show_default=False)
@@ -276,7 +277,7 @@ def move(
             doc = {"dry_run": True, "resume": engine.plan_resume(ctl, slug)}
         else:
             doc = {"dry_run": True, "plan": make_plan(ctl, request()).public()}
-        print_json(doc) if json_out else _render_dry(doc)
+        print_json(doc) if json_out else _render_dry(to_jsonable(doc))
         return
     if abort:
         doc = engine.abort_move(ctl, slug)
@@ -293,7 +294,7 @@ def move(
         raise InvalidInput("--operation goes with --purge-source")
     if purge_source:
         plan = plan_purge_sources(ctl, slug, operation=operation, force=force)  # refuse first
-        n = len(plan["sources"])
+        n = len(plan.sources)
         what = "the kept source" if n == 1 else f"{n} kept sources"
         confirm_destructive(yes, f"purging {what} of {slug!r}")
         doc = purge_sources(ctl, slug, operation=operation, force=force)

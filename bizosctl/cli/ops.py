@@ -210,15 +210,15 @@ def ping(
 
     Example: bizosctl ops ping --background --json
     """
+    from bizosctl.runners import plan_ping, start_ping
     from bizosctl.runners import resume as run
-    from bizosctl.runners import start_ping
 
     if dry_run:
-        doc = {"dry_run": True, "kind": "ops.ping", "seconds": seconds}
+        plan = plan_ping(seconds=seconds)
         if json_out:
-            print_json(doc)
+            print_json(plan)
         else:
-            stdout_console().print(f"would run ops.ping for {seconds}s", markup=False)
+            stdout_console().print(f"would run {plan.kind} for {plan.seconds}s", markup=False)
         return
     from bizosctl.catalog.operations import OperationStatus
 

@@ -110,8 +110,7 @@ def add(
     Example: bizosctl region add jkt --provider neon --provider-region aws-ap-southeast-1
     """
     from bizosctl.catalog.control import get_control
-    from bizosctl.tenancy.names import check_region_name
-    from bizosctl.tenancy.regions import add_region, check_server, region_exists, server_url
+    from bizosctl.tenancy.regions import add_region, plan_add_region
 
     if provider is not None or provider_region is not None or org is not None:
         _add_cloud(name, provider, provider_region, org, url=url, port=port, dry_run=dry_run,
@@ -120,29 +119,10 @@ def add(
     password = _read_password(password_file, password_stdin) if url is not None else None
     ctl = get_control()
     if dry_run:
-        check_region_name(name)
-        from bizosctl.errors import AlreadyExists
-
-        stored = None
-        if url is not None:
-            stored = server_url(
-                url, password=password, insecure=insecure, allow_url_password=allow_url_password
-            )
-        if region_exists(ctl, name):
-            raise AlreadyExists(f"region {name!r} already exists")
-        if stored is not None:
-            check_server(ctl, stored, insecure=insecure)
-        elif port is not None:
-            from bizosctl.tenancy.regions import check_region_port
-
-            check_region_port(port)
-        plan = {
-            "dry_run": True,
-            "region": name,
-            "server": f"{name}-1",
-            "provider": "postgres" if url else "embedded",
-            "port": port,
-        }
+        plan = plan_add_region(
+            ctl, name, url=url, port=port, password=password, insecure=insecure,
+            allow_url_password=allow_url_password,
+        )  # fmt: skip
         if json_out:
             print_json(plan)
             return
@@ -180,7 +160,7 @@ def _add_cloud(
 ) -> None:
     from bizosctl.catalog.control import get_control
     from bizosctl.errors import InvalidInput
-    from bizosctl.providers.cloud import add_cloud_region, check_cloud_region
+    from bizosctl.providers.cloud import add_cloud_region, plan_cloud_region
 
     if provider is None or provider_region is None:
         raise InvalidInput("a cloud region needs both --provider and --provider-region")
@@ -188,9 +168,9 @@ def _add_cloud(
         raise InvalidInput("--url and --port are for local servers, not --provider")
     ctl = get_control()
     if dry_run:
-        check_cloud_region(ctl, name, provider=provider, provider_region=provider_region, org=org)
-        plan = {"dry_run": True, "region": name, "server": f"{name}-1", "provider": provider,
-                "provider_region": provider_region, "org": org}  # fmt: skip
+        plan = plan_cloud_region(
+            ctl, name, provider=provider, provider_region=provider_region, org=org
+        )
         if json_out:
             print_json(plan)
         else:

@@ -44,12 +44,12 @@ def scheduler(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> None:
             print_json(plan)
             return
         out = stdout_console()
-        out.print(f"entries: {', '.join(plan['entries'])}; tenants: {plan['tenants']}")
-        for r in plan["would_enqueue"]:
+        out.print(f"entries: {', '.join(plan.entries)}; tenants: {plan.tenants}")
+        for r in plan.would_enqueue:
             out.print(f"would enqueue {r['entry']} {r['key']} {r['slot']}", markup=False)
-        for r in plan["missed"]:
+        for r in plan.missed:
             out.print(f"missed (beyond the grace window) {r['entry']} {r['key']} {r['slot']}")
-        out.print(f"next run: {plan['next_run'] or 'none'}", markup=False)
+        out.print(f"next run: {plan.next_run or 'none'}", markup=False)
         return
     console = stderr_console()
     report = serve(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -54,17 +54,7 @@ def _ctl() -> Control:
     return get_control()
 
 
-def _next_key(ctl: Control, purpose: str, fresh: bool) -> tuple[dict[str, object], str]:
-    """A dry run's plan for the key (see ``next_key_plan``) and its description."""
-    from bizosctl.security.secrets import next_key_plan
-
-    plan = next_key_plan(ctl, purpose, fresh=fresh)
-    version = plan["next_version"]
-    target = f"v{version} (staged)" if version else "a new key"
-    return plan, f"{target} after {plan['would_wait_s']}s"
-
-
-def _done(doc: dict, json_out: bool, summary: str) -> None:  # type: ignore[type-arg]
+def _done(doc: Any, json_out: bool, summary: str) -> None:
     if json_out:
         print_json(doc)
     else:
@@ -160,15 +150,15 @@ def rotate_pii(
 
     ctl = _ctl()
     if dry_run:
-        doc = plan_pii_rotation(ctl, fresh_key=fresh_key)
-        usage = doc["values_by_version"]
-        _plan, key = _next_key(ctl, "pii", fresh_key)
-        if doc["would_resume"]:
-            key = f"{key} (first finishing the interrupted operation {doc['would_resume'][0]})"
+        pii = plan_pii_rotation(ctl, fresh_key=fresh_key)
+        usage = pii.values_by_version
+        key = pii.describe()
+        if pii.would_resume:
+            key = f"{key} (first finishing the interrupted operation {pii.would_resume[0]})"
         _done(
-            doc,
+            pii,
             json_out,
-            f"would switch to {key} and re-encrypt {doc['would_rewrite']} value(s)"
+            f"would switch to {key} and re-encrypt {pii.would_rewrite} value(s)"
             + (": " + ", ".join(f"{n} at v{v}" for v, n in sorted(usage.items())) if usage else ""),
         )
         return
@@ -284,11 +274,12 @@ def rotate_jwt(
 
     Example: bizosctl secrets rotate jwt
     """
+    from bizosctl.security.secrets import plan_jwt_rotation
     from bizosctl.security.secrets import rotate_jwt as rotate
 
     if dry_run:
-        plan, key = _next_key(_ctl(), "jwt", fresh_key)
-        _done({"dry_run": True, "purpose": "jwt", **plan}, json_out, f"would sign with {key}")
+        plan = plan_jwt_rotation(_ctl(), fresh_key=fresh_key)
+        _done(plan, json_out, f"would sign with {plan.describe()}")
         return
     doc = rotate(_ctl(), fresh_key=fresh_key)
     _done(
@@ -315,13 +306,13 @@ def rotate_credentials(dry_run: bool = DryRunOpt, json_out: bool = JsonOpt) -> N
     if dry_run:
         plan = plan_credentials_rotation(_ctl())
         line = (
-            f"would make db-credentials v{plan['new_version']}, re-seal "
-            f"{plan['would_reseal']} value(s) and retire "
-            + (", ".join(f"v{v}" for v in plan["would_retire"]) or "nothing")
+            f"would make db-credentials v{plan.new_version}, re-seal "
+            f"{plan.would_reseal} value(s) and retire "
+            + (", ".join(f"v{v}" for v in plan.would_retire) or "nothing")
         )
-        if plan["would_resume"]:
-            line = f"would first finish the interrupted operation {plan['would_resume'][0]}"
-        _done({"dry_run": True, **plan}, json_out, line)
+        if plan.would_resume:
+            line = f"would first finish the interrupted operation {plan.would_resume[0]}"
+        _done(plan, json_out, line)
         return
     doc = rotate_credentials_key(_ctl())
     _done(
@@ -370,8 +361,8 @@ def rotate_db_password(
     from bizosctl.security.dbpasswords import (
         check_grace,
         finish_db_password_rotations,
-        pending_rotations,
         plan_db_password,
+        plan_finish,
     )
     from bizosctl.security.dbpasswords import rotate_db_password as rotate
 
@@ -382,12 +373,8 @@ def rotate_db_password(
 
             raise InvalidInput("--finish takes no --tenant, --shared, --server or --all")
         if dry_run:
-            ops = [str(op.id) for op in pending_rotations(ctl)]
-            _done(
-                {"dry_run": True, "would_finish": ops},
-                json_out,
-                f"would finish {len(ops)} interrupted rotation(s)",
-            )
+            fin = plan_finish(ctl)
+            _done(fin, json_out, f"would finish {len(fin.would_finish)} interrupted rotation(s)")
             return
         done = finish_db_password_rotations(ctl)
         retired = [r for d in done for r in d["retired"]]
@@ -404,12 +391,10 @@ def rotate_db_password(
         plan = plan_db_password(
             ctl, tenant=tenant, all_=all_, server=server, region=shared, grace_ms=grace_ms
         )
-        lines = [f"would rotate {len(plan['would_rotate'])} login role(s), grace {grace_ms} ms:"]
-        lines += [
-            f"  {p['previous']} -> {p['role']} on {p['server']}" for p in plan["would_rotate"]
-        ]
-        if plan["would_finish"]:
-            lines.append(f"and first finish {len(plan['would_finish'])} interrupted rotation(s)")
+        lines = [f"would rotate {len(plan.would_rotate)} login role(s), grace {grace_ms} ms:"]
+        lines += [f"  {p['previous']} -> {p['role']} on {p['server']}" for p in plan.would_rotate]
+        if plan.would_finish:
+            lines.append(f"and first finish {len(plan.would_finish)} interrupted rotation(s)")
         _done(plan, json_out, "\n".join(lines))
         return
     try:
@@ -463,15 +448,15 @@ def rotate_master(
     ctl = _ctl()
     plan = plan_master_key(ctl, to_kms=to_kms)
     if dry_run:
-        target = plan["to"] if to_kms else f"a new key file written to {plan['key_file']}"
-        checked = " (the KMS key answered)" if plan["key_checked"] else ""
+        target = plan.to if to_kms else f"a new key file written to {plan.key_file}"
+        checked = " (the KMS key answered)" if plan.key_checked else ""
         line = (
-            f"would re-wrap {plan['data_keys']} data key(s), now under {plan['from']}, "
+            f"would re-wrap {plan.data_keys} data key(s), now under {plan.from_}, "
             f"with {target}{checked}"
         )
-        if plan["would_resume"]:
-            line += f"; first finishing the interrupted operation {plan['would_resume'][0]}"
-        doc: dict[str, object] = {"dry_run": True, **plan}
+        if plan.would_resume:
+            line += f"; first finishing the interrupted operation {plan.would_resume[0]}"
+        doc: dict[str, object] = plan.doc()
         if compromised:
             steps = compromise_plan()
             doc.update(compromised=True, plan=steps)

@@ -87,32 +87,17 @@ def create(
     Example: bizosctl tenant create globex --name "Globex" --region id --tier isolated
     """
     from bizosctl.tenancy.lifecycle import get_tenant
-    from bizosctl.tenancy.placement import placement_for
-    from bizosctl.tenancy.provision import _validate, create_tenant, submit_create
+    from bizosctl.tenancy.provision import create_tenant, plan_create, submit_create
 
     ctl = _ctl()
     if dry_run:
-        _validate(ctl, slug=slug, tier=tier, region=region, name=name, time_zone=time_zone)
-        place = placement_for(ctl, slug=slug, tier=tier, region=region)
-        from bizosctl.tenancy.zones import region_zone_name
-
-        plan = {
-            "dry_run": True,
-            "slug": slug,
-            "tier": tier,
-            "region": region,
-            "server": place.server,
-            "database": place.database,
-            "schema": place.schema,
-            "role": place.role,
-            "time_zone": time_zone or region_zone_name(region),
-        }
+        plan = plan_create(ctl, slug=slug, tier=tier, region=region, name=name, time_zone=time_zone)
         if json_out:
             print_json(plan)
         else:
             stdout_console().print(
-                f"would create {slug} ({tier}) in {place.server}: "
-                f"database {place.database}, schema {place.schema}"
+                f"would create {slug} ({tier}) in {plan.server}: "
+                f"database {plan.database}, schema {plan.schema_}"
             )
         return
     if background:
@@ -268,14 +253,13 @@ def set_zone(
 
 
 def _set_status(slug: str, status: str, reason: str | None, dry_run: bool, json_out: bool) -> None:
-    from bizosctl.tenancy.lifecycle import get_tenant, set_status
+    from bizosctl.tenancy.lifecycle import plan_status, set_status
 
     ctl = _ctl()
     if dry_run:
-        current = get_tenant(ctl, slug, row_counts=False)
-        plan = {"dry_run": True, "slug": slug, "from": current.status, "to": status}
+        plan = plan_status(ctl, slug, status=status)
         print_json(plan) if json_out else stdout_console().print(
-            f"would set {slug} from {current.status} to {status}"
+            f"would set {slug} from {plan.from_} to {status}"
         )
         return
     t = set_status(ctl, slug, status=status, reason=reason)
@@ -329,23 +313,17 @@ def delete(
     Example: bizosctl tenant delete acme --dry-run
     """
     from bizosctl.tenancy.names import check_slug
-    from bizosctl.tenancy.provision import delete_plan, delete_tenant, submit_delete
+    from bizosctl.tenancy.provision import delete_tenant, plan_delete, submit_delete
 
     check_slug(slug)
     ctl = _ctl()
     if dry_run:
-        plan = delete_plan(ctl, slug)
+        plan = plan_delete(ctl, slug)
         if json_out:
-            print_json(
-                {
-                    "dry_run": True,
-                    "slug": slug,
-                    "steps": [{"step": p.name, "sql": p.sql} for p in plan],
-                }
-            )
+            print_json(plan)
         else:
-            for p in plan:
-                stdout_console().print(f"[bold]{p.name}[/]")
+            for p in plan.steps:
+                stdout_console().print(f"[bold]{p.step}[/]")
                 for stmt in p.sql:
                     stdout_console().print(f"  {stmt};", markup=False)
         return

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from bizosctl.faults import now as clock_now
 from bizosctl.jobs.entries import Entry, registry
 from bizosctl.jobs.scheduler import Scheduler, load_view, run_public
+from bizosctl.plans import Plan
 
 if TYPE_CHECKING:
     from bizosctl.catalog.control import Control
@@ -152,16 +153,26 @@ def schedule_list(
     return ScheduleList(now=now, entries=out, schedulers=list_schedulers(ctl))
 
 
-def plan_scheduler(ctl: Control) -> dict[str, Any]:
-    """``bizosctl scheduler --dry-run``: what it would enqueue now, and when it wakes next."""
+class SchedulerPlan(Plan):
+    """``bizosctl scheduler --dry-run``: what it would enqueue now, what it missed (runs too
+    late to make), and when it wakes next."""
+
+    entries: list[str]
+    tenants: int
+    would_enqueue: list[dict[str, Any]]
+    missed: list[dict[str, Any]]
+    next_run: dt.datetime | None
+
+
+def plan_scheduler(ctl: Control) -> SchedulerPlan:
+    """What ``bizosctl scheduler`` would enqueue now, changing nothing."""
     sched = Scheduler(ctl)
     sched.view = load_view(ctl, sched.entries)
     due = sched.due()
-    return {
-        "dry_run": True,
-        "entries": [e.name for e in sched.entries],
-        "tenants": len(sched.view.tenants),
-        "would_enqueue": [run_public(r) for r in due if not r.late],
-        "missed": [run_public(r) for r in due if r.late],
-        "next_run": sched.next_run(),
-    }
+    return SchedulerPlan(
+        entries=[e.name for e in sched.entries],
+        tenants=len(sched.view.tenants),
+        would_enqueue=[run_public(r) for r in due if not r.late],
+        missed=[run_public(r) for r in due if r.late],
+        next_run=sched.next_run(),
+    )

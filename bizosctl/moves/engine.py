@@ -44,6 +44,7 @@ from bizosctl.moves.plan import MovePlan, MoveRequest, current_endpoint, make_pl
 from bizosctl.moves.steps import Hooks as Hooks
 from bizosctl.moves.steps import MoveReport as MoveReport
 from bizosctl.moves.steps import _Move as _Move
+from bizosctl.plans import Plan
 from bizosctl.tenancy.placement import Placement
 from bizosctl.tenancy.servers import new_password
 
@@ -384,7 +385,34 @@ def _progress_of(ctl: Control, op: Operation) -> tuple[list[str], list[str]]:
     return done, left
 
 
-def plan_abort(ctl: Control, slug: str) -> dict[str, Any]:
+class AbortPlan(Plan):
+    """``tenant move SLUG --abort --dry-run``: what the abort would undo."""
+
+    slug: str
+    operation: str
+    alive: bool
+    source: dict[str, Any]
+    target: dict[str, Any]
+    done: list[str]
+    capture_triggers: bool
+    action: str
+    sql: list[str]
+    then: str
+
+
+class ResumePlan(Plan):
+    """``tenant move SLUG --resume --dry-run``: the steps done and the steps left."""
+
+    slug: str
+    operation: str
+    source: dict[str, Any]
+    target: dict[str, Any]
+    done: list[str]
+    left: list[str]
+    max_freeze_ms: int | float | None
+
+
+def plan_abort(ctl: Control, slug: str) -> AbortPlan:
     """What ``abort_move`` would undo, changing nothing (``--dry-run``); it refuses what
     ``abort_move`` refuses (no unfinished move, or one that has switched)."""
     op = _running_move(ctl, slug)
@@ -393,33 +421,33 @@ def plan_abort(ctl: Control, slug: str) -> dict[str, Any]:
     target = Placement.of(op.params["target"])
     done, _left = _progress_of(ctl, op)
     action, sql = target.drop_summary(ctl, uuid.UUID(op.params["tenant_id"]))
-    return {
-        "slug": slug,
-        "operation": str(op.id),
-        "alive": is_alive(ctl, op.id),
-        "source": Placement.of(op.params["source"]).public(),
-        "target": target.public(),
-        "done": done,
-        "capture_triggers": "capture" in done,
-        "action": action,
-        "sql": sql,
-        "then": "writes resume on the source and the tenant is active again",
-    }
+    return AbortPlan(
+        slug=slug,
+        operation=str(op.id),
+        alive=is_alive(ctl, op.id),
+        source=Placement.of(op.params["source"]).public(),
+        target=target.public(),
+        done=done,
+        capture_triggers="capture" in done,
+        action=action,
+        sql=sql,
+        then="writes resume on the source and the tenant is active again",
+    )
 
 
-def plan_resume(ctl: Control, slug: str) -> dict[str, Any]:
+def plan_resume(ctl: Control, slug: str) -> ResumePlan:
     """What ``resume_move`` would continue, changing nothing (``--dry-run``); it refuses what
     ``resume_move`` refuses (no unfinished move, or one a live process is running)."""
     op = _running_move(ctl, slug)
     if is_alive(ctl, op.id):
         raise Busy(f"tenant {slug!r} is being moved by a running process (operation {op.id})")
     done, left = _progress_of(ctl, op)
-    return {
-        "slug": slug,
-        "operation": str(op.id),
-        "source": Placement.of(op.params["source"]).public(),
-        "target": Placement.of(op.params["target"]).public(),
-        "done": done,
-        "left": left,
-        "max_freeze_ms": op.params.get("max_freeze_ms"),
-    }
+    return ResumePlan(
+        slug=slug,
+        operation=str(op.id),
+        source=Placement.of(op.params["source"]).public(),
+        target=Placement.of(op.params["target"]).public(),
+        done=done,
+        left=left,
+        max_freeze_ms=op.params.get("max_freeze_ms"),
+    )

@@ -24,6 +24,7 @@ from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import Operation, Route, Tenant
 from bizosctl.catalog.operations import patch_params
 from bizosctl.errors import InvalidInput, NotFound
+from bizosctl.plans import Plan
 
 if TYPE_CHECKING:
     from bizosctl.tenancy.placement import Placement
@@ -128,9 +129,17 @@ def _select(ctl: Control, slug: str, *, operation: str | None, force: bool) -> l
     return due
 
 
+class PurgePlan(Plan):
+    """``tenant move SLUG --purge-source --dry-run``: each kept source, what dropping it does
+    (``action``) and its statements (``sql``)."""
+
+    slug: str
+    sources: list[dict[str, Any]]
+
+
 def plan_purge_sources(
     ctl: Control, slug: str, *, operation: str | None = None, force: bool = False
-) -> dict[str, Any]:
+) -> PurgePlan:
     """What ``purge_sources`` would drop, changing nothing (``--dry-run``).
 
     Args:
@@ -142,7 +151,7 @@ def plan_purge_sources(
     for k in _select(ctl, slug, operation=operation, force=force):
         action, sql = k.placement().drop_summary(ctl, k.tenant_id)
         out.append({**k.public(), "action": action, "sql": sql})
-    return {"slug": slug, "sources": out}
+    return PurgePlan(slug=slug, sources=out)
 
 
 def purge_sources(

@@ -37,6 +37,7 @@ from bizosctl.providers.local import CLOUD_PROVIDERS, ServerHandle
 if TYPE_CHECKING:
     from bizosctl.catalog.control import Control, RouteInfo
     from bizosctl.catalog.operations import OperationRun
+    from bizosctl.tenancy.regions import RegionPlan
 
 
 def provider_for(ctl: Control, handle: ServerHandle) -> CloudProvider:
@@ -67,6 +68,23 @@ def check_cloud_region(
         raise InvalidInput(
             f"{provider} has no region {provider_region!r}; valid: {', '.join(offered) or 'none'}"
         )
+
+
+def plan_cloud_region(
+    ctl: Control, name: str, *, provider: str, provider_region: str, org: str | None = None
+) -> RegionPlan:
+    """What :func:`add_cloud_region` would add, refusing what it refuses (the provider is
+    asked: the token and ``provider_region`` are checked); records nothing."""
+    from bizosctl.tenancy.regions import RegionPlan
+
+    check_cloud_region(ctl, name, provider=provider, provider_region=provider_region, org=org)
+    return RegionPlan(
+        region=name,
+        server=f"{name}-1",
+        provider=provider,
+        provider_region=provider_region,
+        org=org,
+    )
 
 
 def add_cloud_region(

@@ -35,6 +35,7 @@ from bizosctl.catalog.operations import (
 from bizosctl.db.engines import dispose_all, get_engine, translate_errors
 from bizosctl.errors import Busy, InvalidInput, NotFound
 from bizosctl.faults import crash_point
+from bizosctl.plans import Plan
 from bizosctl.tenancy.names import SHARED_DB, SHARED_LOGIN, check_slug, other_login_role, q
 from bizosctl.tenancy.servers import new_password, set_login_role
 from tenant_schema.ddl import APP_GROUP
@@ -236,6 +237,23 @@ def resume_db_password_rotation(ctl: Control, op: OperationPublic) -> dict[str, 
         return _end_grace(ctl, run, switches, time.time(), wait=time.sleep)
 
 
+class DbPasswordPlan(Plan):
+    """``secrets rotate db-password --dry-run``: the roles it would switch (``previous`` ->
+    ``role`` on ``server``), the grace, the interrupted rotations it would finish first, and the
+    tenants it would leave out (and why)."""
+
+    would_rotate: list[dict[str, Any]]
+    grace_ms: int
+    would_finish: list[str]
+    refused: list[dict[str, str]]
+
+
+class FinishPlan(Plan):
+    """``secrets rotate db-password --finish --dry-run``."""
+
+    would_finish: list[str]
+
+
 def plan_db_password(
     ctl: Control,
     *,
@@ -244,7 +262,7 @@ def plan_db_password(
     server: str | None = None,
     region: str | None = None,
     grace_ms: int = 2000,
-) -> dict[str, Any]:
+) -> DbPasswordPlan:
     """What :func:`rotate_db_password` would do, changing nothing: the roles it would switch,
     the grace, the interrupted rotations it would finish first, the tenants it would leave
     out (and why)."""
@@ -252,13 +270,17 @@ def plan_db_password(
     switches = plan_rotation(
         ctl, tenant=tenant, all_=all_, server=server, region=region, refused=refused
     )
-    return {
-        "dry_run": True,
-        "would_rotate": [sw.public() for sw in switches],
-        "grace_ms": check_grace(grace_ms),
-        "would_finish": [str(op.id) for op in pending_rotations(ctl)],
-        "refused": refused,
-    }
+    return DbPasswordPlan(
+        would_rotate=[sw.public() for sw in switches],
+        grace_ms=check_grace(grace_ms),
+        would_finish=[str(op.id) for op in pending_rotations(ctl)],
+        refused=refused,
+    )
+
+
+def plan_finish(ctl: Control) -> FinishPlan:
+    """What :func:`finish_db_password_rotations` would finish (``--finish --dry-run``)."""
+    return FinishPlan(would_finish=[str(op.id) for op in pending_rotations(ctl)])
 
 
 def _check_free(ctl: Control, sw: Switch) -> None:

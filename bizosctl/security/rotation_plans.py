@@ -6,13 +6,14 @@ plan is ``bizosctl.security.dbpasswords.plan_db_password``, ``db-credentials``'
 from __future__ import annotations
 
 import os
-from typing import Any
 
+from pydantic import Field
 from sqlalchemy import func, select
 
 from bizosctl.catalog.control import Control
 from bizosctl.catalog.models import KeyringEntry, Operation
 from bizosctl.catalog.operations import OPEN, OperationKind
+from bizosctl.plans import KeyPlan, Plan
 
 
 def unfinished(ctl: Control, kind: OperationKind) -> list[str]:
@@ -26,24 +27,42 @@ def unfinished(ctl: Control, kind: OperationKind) -> list[str]:
         return [str(i) for i in ids]
 
 
-def plan_pii_rotation(ctl: Control, *, fresh_key: bool = False) -> dict[str, Any]:
-    """What ``rotate_pii`` would do: the values it would re-encrypt (by version now), the key
-    it would switch to and how long it would wait, the interrupted rotation it would resume."""
+class PiiRotationPlan(KeyPlan):
+    """``secrets rotate pii --dry-run``: the values it would re-encrypt (by the key version
+    sealing them now), the key it would switch to, the interrupted rotation it would resume."""
+
+    values_by_version: dict[int, int]
+    would_rewrite: int
+    would_resume: list[str]
+
+
+class MasterKeyPlan(Plan):
+    """``secrets rotate master-key --dry-run``."""
+
+    from_: str = Field(serialization_alias="from")
+    data_keys: int
+    would_resume: list[str]
+    to: str
+    key_checked: bool
+    key_file: str | None = None
+    staged_as: str | None = None
+
+
+def plan_pii_rotation(ctl: Control, *, fresh_key: bool = False) -> PiiRotationPlan:
+    """What ``rotate_pii`` would do, changing nothing (see :class:`PiiRotationPlan`)."""
     from bizosctl.security.secrets import next_key_plan
     from bizosctl.security.usage import pii_usage
 
     usage = pii_usage(ctl)
-    return {
-        "dry_run": True,
-        "purpose": "pii",
-        "values_by_version": usage,
-        "would_rewrite": sum(usage.values()),
-        **next_key_plan(ctl, "pii", fresh=fresh_key),
-        "would_resume": unfinished(ctl, OperationKind.ROTATE_PII),
-    }
+    return PiiRotationPlan(
+        **next_key_plan(ctl, "pii", fresh=fresh_key).model_dump(exclude={"dry_run"}),
+        values_by_version=usage,
+        would_rewrite=sum(usage.values()),
+        would_resume=unfinished(ctl, OperationKind.ROTATE_PII),
+    )
 
 
-def plan_master_key(ctl: Control, *, to_kms: str | None) -> dict[str, Any]:
+def plan_master_key(ctl: Control, *, to_kms: str | None) -> MasterKeyPlan:
     """The master key a ``rotate_master_key`` run would wrap the data keys with, and how many.
 
     With ``to_kms`` the KMS key is checked by encrypting a throw-away value with it (KMS keeps
@@ -57,18 +76,20 @@ def plan_master_key(ctl: Control, *, to_kms: str | None) -> dict[str, Any]:
     current = ctl.keyring.master  # opens with the current master, or fails clearly
     with ctl.catalog() as s:
         count = s.execute(select(func.count()).select_from(KeyringEntry)).scalar_one()
-    plan: dict[str, Any] = {
-        "from": current.id,
-        "data_keys": int(count),
-        # a rotation that died is finished first, with its own target
-        "would_resume": unfinished(ctl, OperationKind.ROTATE_MASTER_KEY),
-    }
+    # a rotation that died is finished first, with its own target
+    resume = unfinished(ctl, OperationKind.ROTATE_MASTER_KEY)
     if to_kms is None:
-        plan.update(to="a new key file", key_file=str(settings.key_file))
-        plan["staged_as"] = str(next_key_file(settings))
-        plan["key_checked"] = False
-    else:
-        new = KmsMasterKey(to_kms, endpoint_url=settings.kms_endpoint_url)
-        new.wrap(b"bizosctl:dry-run", os.urandom(32))  # KeyringError when unusable
-        plan.update(to=new.id, key_checked=True)
-    return plan
+        return MasterKeyPlan(
+            from_=current.id,
+            data_keys=int(count),
+            would_resume=resume,
+            to="a new key file",
+            key_checked=False,
+            key_file=str(settings.key_file),
+            staged_as=str(next_key_file(settings)),
+        )
+    new = KmsMasterKey(to_kms, endpoint_url=settings.kms_endpoint_url)
+    new.wrap(b"bizosctl:dry-run", os.urandom(32))  # KeyringError when unusable
+    return MasterKeyPlan(
+        from_=current.id, data_keys=int(count), would_resume=resume, to=new.id, key_checked=True
+    )

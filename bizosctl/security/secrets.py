@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import func, select, update
@@ -21,6 +21,7 @@ from bizosctl.catalog.operations import (
     OperationStatus,
 )
 from bizosctl.faults import crash_point
+from bizosctl.plans import KeyPlan, Plan
 from bizosctl.security.fields import key_version
 from bizosctl.security.keyring import (
     PURPOSES,
@@ -128,15 +129,21 @@ def list_keys(ctl: Control, *, with_usage: bool = True) -> list[PurposeKeys]:
     return out
 
 
-def next_key_plan(ctl: Control, purpose: str, *, fresh: bool = False) -> dict[str, Any]:
+def next_key_plan(ctl: Control, purpose: str, *, fresh: bool = False) -> KeyPlan:
     """What a rotation of ``purpose`` would switch to (``next_version``: the staged version,
     None for a new key) and how long it would wait before (``would_wait_s``). Changes nothing."""
     with ctl.catalog() as s:
         staged = None if fresh else staged_version(s, purpose)
-    return {
-        "next_version": staged[0] if staged else None,
-        "would_wait_s": round(_wait_before_switch(ctl, staged[1] if staged else 0.0), 3),
-    }
+    return KeyPlan(
+        purpose=purpose,
+        next_version=staged[0] if staged else None,
+        would_wait_s=round(_wait_before_switch(ctl, staged[1] if staged else 0.0), 3),
+    )
+
+
+def plan_jwt_rotation(ctl: Control, *, fresh_key: bool = False) -> KeyPlan:
+    """What :func:`rotate_jwt` would do, changing nothing: the key that would sign next."""
+    return next_key_plan(ctl, "jwt", fresh=fresh_key)
 
 
 def _wait_before_switch(ctl: Control, age: float) -> float:
@@ -366,7 +373,18 @@ def _run_credentials(ctl: Control, op_id: uuid.UUID, *, resumed: bool) -> dict[s
     }
 
 
-def plan_credentials_rotation(ctl: Control) -> dict[str, Any]:
+class CredentialsRotationPlan(Plan):
+    """``secrets rotate db-credentials --dry-run``."""
+
+    purpose: Literal["db-credentials"] = "db-credentials"
+    new_version: int
+    would_reseal: int
+    values_by_version: dict[int, int]
+    would_retire: list[int]
+    would_resume: list[str]
+
+
+def plan_credentials_rotation(ctl: Control) -> CredentialsRotationPlan:
     """What :func:`rotate_credentials_key` would do, changing nothing: the version it would
     make, the values it would re-seal (by the version sealing them now), what it would
     retire, and an interrupted rotation it would finish first."""
@@ -389,11 +407,10 @@ def plan_credentials_rotation(ctl: Control) -> dict[str, Any]:
             )
         ).scalars()
         would_resume = [str(i) for i in pending]
-    return {
-        "purpose": "db-credentials",
-        "new_version": max((v for v, _r in versions), default=0) + 1,
-        "would_reseal": sum(by_version.values()),
-        "values_by_version": by_version,
-        "would_retire": sorted(v for v, retired in versions if retired is None),
-        "would_resume": would_resume,
-    }
+    return CredentialsRotationPlan(
+        new_version=max((v for v, _r in versions), default=0) + 1,
+        would_reseal=sum(by_version.values()),
+        values_by_version=by_version,
+        would_retire=sorted(v for v, retired in versions if retired is None),
+        would_resume=would_resume,
+    )

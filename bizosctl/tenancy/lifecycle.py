@@ -7,14 +7,16 @@ import decimal
 import uuid
 from typing import Any
 
+from pydantic import Field
 from sqlalchemy import select, text
 
-from bizosctl.catalog.control import Control
+from bizosctl.catalog.control import Control, RouteInfo
 from bizosctl.catalog.lookups import require_region
 from bizosctl.catalog.models import Route, Tenant
 from bizosctl.catalog.schemas import QueryResult, TenantDetail, TenantPublic
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import InvalidInput, NotFound
+from bizosctl.plans import Plan
 from bizosctl.tenancy.names import check_region_name, check_slug, check_tier, q
 from bizosctl.tenancy.router import search_path, tenant_session
 from bizosctl.tenancy.statement import check_statement
@@ -135,14 +137,34 @@ def set_time_zone(
     }
 
 
-def set_status(ctl: Control, slug: str, *, status: str, reason: str | None = None) -> TenantDetail:
-    """Lock (read_only / suspended) or unlock (active) a tenant, enforced in its database."""
+class StatusPlan(Plan):
+    """``tenant lock|unlock --dry-run``: the status it would leave and the one it would set."""
+
+    slug: str
+    from_: str = Field(serialization_alias="from")
+    to: str
+
+
+def _status_route(ctl: Control, slug: str, status: str) -> RouteInfo:
+    """The route of a tenant whose status may become ``status`` (InvalidInput otherwise)."""
     check_slug(slug)
     if status not in ("active", *LOCK_STATUSES):
         raise InvalidInput(f"cannot set status {status!r}: choose active, read_only or suspended")
     route = ctl.route(slug)
     if route.status not in ("active", *LOCK_STATUSES):
         raise InvalidInput(f"tenant {slug!r} is {route.status}; its status cannot change now")
+    return route
+
+
+def plan_status(ctl: Control, slug: str, *, status: str) -> StatusPlan:
+    """What :func:`set_status` would change, refusing what it refuses; changes nothing."""
+    route = _status_route(ctl, slug, status)
+    return StatusPlan(slug=slug, from_=route.status, to=status)
+
+
+def set_status(ctl: Control, slug: str, *, status: str, reason: str | None = None) -> TenantDetail:
+    """Lock (read_only / suspended) or unlock (active) a tenant, enforced in its database."""
+    route = _status_route(ctl, slug, status)
     handle = ctl.server(route.server)
     handle.ensure_ready()
     # The tenant's database first: it is what enforces the status.

@@ -13,6 +13,7 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from pydantic import Field
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -39,6 +40,7 @@ from bizosctl.errors import (
     ProviderError,
 )
 from bizosctl.faults import crash_point
+from bizosctl.plans import Plan, PlannedStep
 from bizosctl.providers.cloud import (
     fail_on_provider_error,
     forget_project_server,
@@ -100,6 +102,45 @@ def _validate(
         ctl.route(slug)
     except NotFound:  # a new tenant (a half-created one resumes on its own names)
         _check_available(ctl, slug=slug, server=server)
+
+
+class CreatePlan(Plan):
+    """``tenant create --dry-run``: where the tenant would live."""
+
+    slug: str
+    tier: str
+    region: str
+    server: str
+    database: str
+    schema_: str = Field(serialization_alias="schema")
+    role: str
+    time_zone: str
+
+
+def plan_create(
+    ctl: Control,
+    *,
+    slug: str,
+    tier: str,
+    region: str,
+    name: str | None = None,
+    time_zone: str | None = None,
+) -> CreatePlan:
+    """What :func:`create_tenant` would make, refusing what it refuses; changes nothing."""
+    from bizosctl.tenancy.zones import region_zone_name
+
+    _validate(ctl, slug=slug, tier=tier, region=region, name=name, time_zone=time_zone)
+    place = placement_for(ctl, slug=slug, tier=tier, region=region)
+    return CreatePlan(
+        slug=slug,
+        tier=tier,
+        region=region,
+        server=place.server,
+        database=place.database,
+        schema_=place.schema,
+        role=place.role,
+        time_zone=time_zone or region_zone_name(region),
+    )
 
 
 def _unknown_region(ctl: Control, region: str) -> NoReturn:
@@ -490,9 +531,23 @@ def _check_app_login(ctl: Control, route: RouteInfo) -> None:
 
 # -- deletion -------------------------------------------------------------------------------
 def delete_plan(ctl: Control, slug: str) -> list[DropStep]:
-    """What ``delete_tenant`` drops (``--dry-run``): its placement's drop plan."""
+    """What ``delete_tenant`` drops: its placement's drop plan."""
     route = ctl.route(slug)
     return Placement.of_route(route).drop_plan(ctl, route.tenant_id)
+
+
+class DeletePlan(Plan):
+    """``tenant delete --dry-run``: each step and its statements, in order."""
+
+    slug: str
+    steps: list[PlannedStep]
+
+
+def plan_delete(ctl: Control, slug: str) -> DeletePlan:
+    """What :func:`delete_tenant` would drop; changes nothing."""
+    check_slug(slug)
+    steps = [PlannedStep(step=p.name, sql=p.sql) for p in delete_plan(ctl, slug)]
+    return DeletePlan(slug=slug, steps=steps)
 
 
 def _purge_kept_sources(ctl: Control, slug: str, tenant_id: uuid.UUID) -> int:

@@ -15,6 +15,7 @@ from bizosctl.catalog.schemas import RegionPublic, ServerPublic
 from bizosctl.db.embedded import check_port_free
 from bizosctl.db.engines import get_engine, make_url, redact, translate_errors
 from bizosctl.errors import AlreadyExists, BizosError, InvalidInput, NotFound
+from bizosctl.plans import Plan
 from bizosctl.providers.local import ServerHandle
 from bizosctl.tenancy.names import check_region_name
 from bizosctl.tenancy.servers import bootstrap_server, new_password
@@ -239,18 +240,29 @@ def refuse_known_server(ctl: Control, url: str) -> None:
             )
 
 
-def add_region(
+class RegionPlan(Plan):
+    """``region add --dry-run``: the region and server it would add, and where."""
+
+    region: str
+    server: str
+    provider: str  # embedded | postgres (a --url server) | neon | supabase
+    port: int | None = None
+    provider_region: str | None = None
+    org: str | None = None
+
+
+def _check_new_region(
     ctl: Control,
     name: str,
     *,
-    url: str | None = None,
-    port: int | None = None,
-    password: str | None = None,
-    insecure: bool = False,
-    allow_url_password: bool = False,
-) -> RegionPublic:
-    """Add a region with an embedded server, or with the server at ``url`` (see
-    :func:`server_url` for ``password``, ``insecure`` and ``allow_url_password``)."""
+    url: str | None,
+    port: int | None,
+    password: str | None,
+    insecure: bool,
+    allow_url_password: bool,
+) -> str | None:
+    """Everything :func:`add_region` refuses, checked before it changes anything; the URL it
+    would store (None for an embedded server)."""
     check_region_name(name)
     if url is not None and port is not None:
         raise InvalidInput("--port is for embedded servers; put the port in --url instead")
@@ -268,6 +280,45 @@ def add_region(
         check_server(ctl, url, insecure=insecure)
     if port is not None:
         check_region_port(port)
+    return url
+
+
+def plan_add_region(
+    ctl: Control,
+    name: str,
+    *,
+    url: str | None = None,
+    port: int | None = None,
+    password: str | None = None,
+    insecure: bool = False,
+    allow_url_password: bool = False,
+) -> RegionPlan:
+    """What :func:`add_region` would add, refusing what it refuses; changes nothing (a
+    ``url`` server is reached and checked)."""
+    stored = _check_new_region(
+        ctl, name, url=url, port=port, password=password, insecure=insecure,
+        allow_url_password=allow_url_password,
+    )  # fmt: skip
+    provider = "postgres" if stored else "embedded"
+    return RegionPlan(region=name, server=f"{name}-1", provider=provider, port=port)
+
+
+def add_region(
+    ctl: Control,
+    name: str,
+    *,
+    url: str | None = None,
+    port: int | None = None,
+    password: str | None = None,
+    insecure: bool = False,
+    allow_url_password: bool = False,
+) -> RegionPublic:
+    """Add a region with an embedded server, or with the server at ``url`` (see
+    :func:`server_url` for ``password``, ``insecure`` and ``allow_url_password``)."""
+    url = _check_new_region(
+        ctl, name, url=url, port=port, password=password, insecure=insecure,
+        allow_url_password=allow_url_password,
+    )  # fmt: skip
     server_name = f"{name}-1"
     handle = ServerHandle(
         name=server_name,
