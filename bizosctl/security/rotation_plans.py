@@ -76,20 +76,21 @@ def plan_master_key(ctl: Control, *, to_kms: str | None) -> MasterKeyPlan:
     current = ctl.keyring.master  # opens with the current master, or fails clearly
     with ctl.catalog() as s:
         count = s.execute(select(func.count()).select_from(KeyringEntry)).scalar_one()
-    # a rotation that died is finished first, with its own target
-    resume = unfinished(ctl, OperationKind.ROTATE_MASTER_KEY)
+    key_file = staged_as = None
     if to_kms is None:
-        return MasterKeyPlan(
-            from_=current.id,
-            data_keys=int(count),
-            would_resume=resume,
-            to="a new key file",
-            key_checked=False,
-            key_file=str(settings.key_file),
-            staged_as=str(next_key_file(settings)),
-        )
-    new = KmsMasterKey(to_kms, endpoint_url=settings.kms_endpoint_url)
-    new.wrap(b"bizosctl:dry-run", os.urandom(32))  # KeyringError when unusable
+        to, checked = "a new key file", False
+        key_file, staged_as = str(settings.key_file), str(next_key_file(settings))
+    else:
+        new = KmsMasterKey(to_kms, endpoint_url=settings.kms_endpoint_url)
+        new.wrap(b"bizosctl:dry-run", os.urandom(32))  # KeyringError when unusable
+        to, checked = new.id, True
     return MasterKeyPlan(
-        from_=current.id, data_keys=int(count), would_resume=resume, to=new.id, key_checked=True
+        from_=current.id,
+        data_keys=int(count),
+        # a rotation that died is finished first, with its own target
+        would_resume=unfinished(ctl, OperationKind.ROTATE_MASTER_KEY),
+        to=to,
+        key_checked=checked,
+        key_file=key_file,
+        staged_as=staged_as,
     )
