@@ -190,7 +190,7 @@ def server_facts(ctl: Control) -> dict[str, str]:
 
 # -- checks and resets (never timed) ------------------------------------------------------------
 def revisions(ctl: Control, selection: Selection) -> dict[Key, str | None]:
-    from bizosctl.sync.engine import status_report
+    from bizosctl.sync.targets import status_report
 
     doc = status_report(ctl, selection)
     return {(t["server"], t["database"], t["schema"]): t["revision"] for t in doc["targets"]}

@@ -276,6 +276,27 @@ def initialised_home(copy_home: Callable[[Path], Path], home_template: Path) -> 
     return copy_home(home_template)
 
 
+def _build_small_fleet(invoke: Callable[..., Any], ctl: Control) -> None:
+    invoke("init")
+    invoke("region", "add", "id")
+    for slug, tier, region in [
+        ("alpha", "schema", "global"),
+        ("boom-co", "schema", "id"),
+        ("gamma", "isolated", "id"),
+        ("delta", "shared", "global"),
+    ]:
+        invoke("tenant", "create", slug, "--name", slug, "--region", region, "--tier", tier)
+
+
+@pytest.fixture
+def small_fleet(
+    home_template_factory: Callable[[str, TemplateBuild], Path], copy_home: Callable[[Path], Path]
+) -> Path:
+    """A home of this test's own at the tenant head: shared targets on two servers, 2 schema,
+    1 isolated (copied from the worker's template)."""
+    return copy_home(home_template_factory("schema-sync-small-fleet", _build_small_fleet))
+
+
 def _tcp_clusters() -> Iterator[Callable[[], tuple[int, Callable[[], None]]]]:
     """Start PostgreSQL servers on TCP with the superuser byo_admin / byo-pass-123; all are
     stopped and removed when the generator closes."""

@@ -19,25 +19,6 @@ HEAD = "0007"
 FAILING = f"{ADD}{os.pathsep}{MIGRATIONS / 'failing'}"
 
 
-def _build_small_fleet(invoke, ctl) -> None:
-    invoke("init")
-    invoke("region", "add", "id")
-    for slug, tier, region in [
-        ("alpha", "schema", "global"),
-        ("boom-co", "schema", "id"),
-        ("gamma", "isolated", "id"),
-        ("delta", "shared", "global"),
-    ]:
-        invoke("tenant", "create", slug, "--name", slug, "--region", region, "--tier", tier)
-
-
-@pytest.fixture
-def small_fleet(home_template_factory, copy_home):
-    """A home of this test's own at the tenant head: shared targets on two servers, 2 schema,
-    1 isolated (copied from the worker's template)."""
-    return copy_home(home_template_factory("schema-sync-small-fleet", _build_small_fleet))
-
-
 def sync(cli, *args, extra=ADD):
     r = cli("schema", "sync", *args, "--json", env={"BIZOS_TENANT_MIGRATIONS_EXTRA": extra})
     return r, json.loads(r.stdout)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from bizosctl.providers.local import ServerHandle
-    from bizosctl.security.keyring import Keyring
+    from bizosctl.security.datakeys import Keyring
     from bizosctl.security.masterkey import MasterKey
 
 CATALOG_DB = "bizos_control"
@@ -143,13 +143,16 @@ class Control:
         with self._lock:
             if self._keyring is None:
                 from bizosctl.errors import KeyringError
-                from bizosctl.security.keyring import Keyring
+                from bizosctl.security.datakeys import Keyring
                 from bizosctl.security.masterkey import load_master
 
                 ring = Keyring(
                     load_master(self.settings),
                     reload_seconds=self.settings.keyring_reload_seconds,
                 )
+                if self._load_read_only(ring):
+                    self._keyring = ring
+                    return ring
                 try:
                     with self.catalog() as s:
                         ring.ensure(s)  # purposes added by newer code get their first key
@@ -166,14 +169,32 @@ class Control:
                     with self.catalog() as s:
                         ring.load(s)
                 self._keyring = ring
-            elif self._keyring.stale():
+            elif self._keyring.stale() and not self._load_read_only(self._keyring):
                 with self.catalog() as s:
                     self._keyring.load(s)
             return self._keyring
 
+    def _load_read_only(self, ring: Keyring) -> bool:
+        """Load ``ring`` with one plain read of the catalog when loading changes nothing (every
+        purpose has keys, none is due to be retired or destroyed): the short commands never
+        import SQLAlchemy. False: the caller loads it through a session (which makes, retires
+        or destroys keys, and finishes an interrupted master key rotation)."""
+        from bizosctl.catalog.reads import keyring_entries
+        from bizosctl.errors import KeyringError
+        from bizosctl.security.datakeys import PURPOSES
+
+        entries = keyring_entries(self, PURPOSES)
+        if entries is None:
+            return False
+        try:
+            ring.load_entries(entries)
+        except KeyringError:
+            return False
+        return True
+
     def use_master(self, master: MasterKey) -> None:
         """Open the keyring with this master key from now on (after a master key rotation)."""
-        from bizosctl.security.keyring import Keyring
+        from bizosctl.security.datakeys import Keyring
 
         ring = Keyring(master, reload_seconds=self.settings.keyring_reload_seconds)
         with self.catalog() as s:
@@ -211,26 +232,19 @@ class Control:
 
     # -- servers and routes -----------------------------------------------------------------
     def server(self, name: str) -> ServerHandle:
-        from sqlalchemy import select
-
-        from bizosctl.catalog.models import Server
-
         cached = self._servers.get(name)
         if cached is not None:
             return cached
-        with self.catalog() as s:
-            row = s.execute(select(Server).where(Server.name == name)).scalar_one_or_none()
-            if row is None:
-                raise NotFound(f"no server named {name!r}")
-            handle = self.handle_for(row)
+        from bizosctl.catalog.reads import server_row
+
+        handle = self.handle_for(server_row(self, name))
         self._servers[name] = handle
         return handle
 
-    def handle_for(self, row: object) -> ServerHandle:
-        from bizosctl.catalog.models import Server
+    def handle_for(self, row: Any) -> ServerHandle:
+        """The handle of a ``servers`` row (an ORM ``Server`` or a row of its columns)."""
         from bizosctl.providers.local import ServerHandle
 
-        assert isinstance(row, Server)
         return ServerHandle(
             name=row.name,
             region=row.region,
@@ -312,7 +326,8 @@ class Control:
         return clear
 
 
-#: What a route is read from: ``tenants t JOIN routes r JOIN servers s`` (see _route_sql).
+#: What a route is read from: ``tenants t JOIN routes r JOIN servers s`` (see
+#: ``bizosctl.catalog.reads.route_sql``).
 ROUTE_COLUMNS = (
     "t.id, t.slug, t.tier, t.region, t.status, r.server, r.database, r.schema, r.role, "
     "r.password_enc, s.app_password_enc"
@@ -326,9 +341,9 @@ ROUTE_JOIN = (
 def _route_sql() -> TextClause:
     from sqlalchemy import text
 
-    return text(
-        f"SELECT {ROUTE_COLUMNS} FROM {ROUTE_JOIN} WHERE t.slug = :slug AND t.status <> 'deleted'"
-    )
+    from bizosctl.catalog.reads import route_sql
+
+    return text(route_sql(":slug"))
 
 
 _controls: dict[str, Control] = {}

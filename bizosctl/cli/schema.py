@@ -46,7 +46,7 @@ def status(
     Example: bizosctl schema status --tier isolated --json
     """
     from bizosctl.catalog.control import get_control
-    from bizosctl.sync.engine import status_report
+    from bizosctl.sync.targets import status_report
 
     doc = status_report(get_control(), _selection(tenant, tier, region))
     unknown = doc["unknown_revisions"]

@@ -382,6 +382,16 @@ class EmbeddedCluster:
             f"postgresql+psycopg://postgres@/{database}?host={self.pgdata}&port={self.socket_port}"
         )
 
+    def conninfo(self, database: str = "postgres") -> dict[str, str]:
+        """:meth:`url` as ``psycopg.connect`` keyword arguments (what ``psycopg_conninfo``
+        makes of it, without parsing a URL)."""
+        return {
+            "dbname": database,
+            "user": "postgres",
+            "host": str(self.pgdata),
+            "port": str(self.socket_port),
+        }
+
     def postmaster_pid(self) -> int | None:
         pidfile = self.pgdata / "postmaster.pid"
         try:

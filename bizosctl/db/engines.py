@@ -7,6 +7,7 @@ here so that one call can dispose of them all (``dispose_all``) before a server 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -189,22 +190,28 @@ def _psycopg() -> Any:
     return psycopg
 
 
+def _sa_errors(name: str) -> tuple[type[Exception], ...]:
+    """SQLAlchemy's exception class ``name``, if SQLAlchemy is loaded (if it is not, none of
+    its exceptions can have been raised: plain-psycopg reads never import it)."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    return () if sa_exc is None else (getattr(sa_exc, name),)
+
+
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
-    """Turn driver errors into BizosError subclasses, once, at the db boundary."""
-    from sqlalchemy import exc as sa_exc
-
+    """Turn driver errors (SQLAlchemy's or psycopg's own) into BizosError subclasses, once, at
+    the db boundary."""
     try:
         yield
     except BizosError:
         raise
-    except (sa_exc.OperationalError, _psycopg().OperationalError) as exc:
+    except (*_sa_errors("OperationalError"), _psycopg().OperationalError) as exc:
         state = sqlstate(exc)
         # 57P01/57P02: the server shut down or crashed under the connection (a restart)
         if state is None or state.startswith("08") or state in _UNAVAILABLE:
             raise ServerUnavailable(f"{what}: {db_message(exc)}") from exc
         raise QueryFailed(f"{what}: {db_message(exc)}") from exc
-    except (sa_exc.DBAPIError, _psycopg().Error) as exc:
+    except (*_sa_errors("DBAPIError"), _psycopg().Error) as exc:
         if sqlstate(exc) == "BZ503":
             raise TenantMoving(db_message(exc)) from exc
         if sqlstate(exc) == "BZ423":

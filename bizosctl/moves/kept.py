@@ -18,11 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
 from bizosctl.catalog.control import Control
-from bizosctl.catalog.models import Operation, Route, Tenant
-from bizosctl.catalog.operations import patch_params
 from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.plans import Plan
 
@@ -65,24 +61,11 @@ class KeptSource:
 
 def kept_sources(ctl: Control, slug: str | None = None) -> list[KeptSource]:
     """The kept sources of one tenant, or of every live tenant (oldest first)."""
-    with ctl.catalog() as s:
-        stmt = (
-            select(Operation, Tenant.slug, Tenant.id, Route.server, Route.database, Route.schema)
-            .join(Tenant, Tenant.slug == Operation.target)
-            .join(Route, Route.tenant_id == Tenant.id)
-            .where(
-                Operation.kind == "tenant.move",
-                Operation.status == "done",
-                Tenant.status != "deleted",
-            )
-            .order_by(Operation.started_at)
-        )
-        if slug is not None:
-            stmt = stmt.where(Operation.target == slug)
-        rows = s.execute(stmt).all()
+    from bizosctl.catalog.reads import finished_moves
+
+    rows = finished_moves(ctl, slug)
     places: dict[tuple[str, str, str, str], KeptSource] = {}
-    for op, tslug, tid, server, database, schema in rows:
-        params = op.params
+    for op_id, params, tslug, tid, server, database, schema in rows:
         if params.get("source_purged") or "source" not in params:
             continue
         if params.get("tenant_id") != str(tid):
@@ -94,9 +77,9 @@ def kept_sources(ctl: Control, slug: str | None = None) -> list[KeptSource]:
         key = (tslug, *where)
         kept = places.get(key)
         if kept is None:
-            places[key] = KeptSource(tslug, tid, src, params.get("keep_until"), [str(op.id)])
+            places[key] = KeptSource(tslug, tid, src, params.get("keep_until"), [str(op_id)])
         else:  # a later move left the same place: its time counts
-            kept.operations.append(str(op.id))
+            kept.operations.append(str(op_id))
             kept.keep_until = params.get("keep_until")
             kept.source = src
     return sorted(places.values(), key=lambda k: (k.slug, k.keep_until or 0))
@@ -163,6 +146,8 @@ def purge_sources(
 
 
 def _purge(ctl: Control, k: KeptSource) -> dict[str, Any]:
+    from bizosctl.catalog.operations import patch_params
+
     k.placement().drop(ctl, k.tenant_id)
     with ctl.catalog() as s:
         for op_id in k.operations:

@@ -89,6 +89,19 @@ class ServerHandle:
     def login_url(self, database: str, role: str, password: str) -> URL:
         return self.admin_url(database).set(username=role, password=password)
 
+    def admin_conninfo(self, database: str = "postgres") -> dict[str, str]:
+        """:meth:`admin_url` as ``psycopg.connect`` keyword arguments (an embedded server's
+        without SQLAlchemy: the plain-psycopg reads of :mod:`bizosctl.catalog.reads`)."""
+        if self.provider == "embedded":
+            return self.cluster.conninfo(database)
+        from bizosctl.db.engines import psycopg_conninfo
+
+        return psycopg_conninfo(self.admin_url(database))
+
+    def login_conninfo(self, database: str, role: str, password: str) -> dict[str, str]:
+        """:meth:`login_url` as ``psycopg.connect`` keyword arguments."""
+        return {**self.admin_conninfo(database), "user": role, "password": password}
+
     def display_url(self) -> str:
         """Where the server is, never with a password."""
         if self.provider == "embedded":

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bizosctl.errors import DecryptionFailed, KeyringError
-from bizosctl.security.keyring import DataKey, Keyring
+from bizosctl.security.datakeys import DataKey, Keyring
 
 PREFIX = "bz1"
 NONCE = 12

@@ -36,7 +36,6 @@ from bizosctl.db.migrate import (
     EXTRA_ENV,
     direction,
     head,
-    known_revision,
     offline_sql,
     refuse_unknown_revisions,
     resolve,
@@ -575,17 +574,3 @@ def _late_targets(
         runner.total += len(todo)
         out += decided + runner.run_many(todo)
     return out
-
-
-def status_report(ctl: Control, selection: Selection) -> dict[str, Any]:
-    targets = list_targets(ctl, selection)
-    read_revisions(ctl, targets)
-    summary = Counter(t.revision or "none" for t in targets)
-    unknown = sorted(r for r in summary if r != "none" and not known_revision("tenant", r))
-    return {
-        "head": head("tenant"),
-        "targets": [t.public() for t in targets],
-        "summary": dict(summary),
-        # revisions the fleet has and this code does not: the code is older than the fleet
-        "unknown_revisions": unknown,
-    }

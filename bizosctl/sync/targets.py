@@ -6,16 +6,12 @@ one query per database for all its schemas.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
-
+from bizosctl.catalog import reads
 from bizosctl.catalog.control import Control
-from bizosctl.catalog.lookups import require_region
-from bizosctl.catalog.models import Route, SchemaTarget, Server, Tenant
-from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import BizosError, NotFound
 from bizosctl.providers.local import CLOUD_PROVIDERS
 from bizosctl.tenancy.names import SHARED_DB, SHARED_SCHEMA, check_region_name, check_tier
@@ -106,40 +102,22 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
     """Every target the selection names, with its last recorded status (not yet its revision)."""
     sel = selection or Selection()
     sel.validate()
-    with ctl.catalog() as s:
-        servers = s.execute(select(Server).order_by(Server.name)).all()
-        rows = s.execute(
-            select(
-                Tenant.slug,
-                Tenant.tier,
-                Tenant.region,
-                Route.server,
-                Route.database,
-                Route.schema,
-                Route.role,
-            )
-            .join(Route, Route.tenant_id == Tenant.id)
-            .where(Tenant.status.not_in(["deleted", "provisioning", "deleting"]))
-            .order_by(Tenant.slug)
-        ).all()
-        recorded = {
-            (t.server, t.database, t.schema): t for t in s.execute(select(SchemaTarget)).scalars()
-        }
+    servers, rows, recorded_rows, moves = reads.target_rows(ctl)
+    recorded = {(t.server, t.database, t.schema): t for t in recorded_rows}
     known = {r.slug for r in rows}
     missing = [t for t in sel.tenants if t not in known]
     if missing:
         raise NotFound(f"unknown tenant(s): {', '.join(missing)}")
-    if sel.region is not None and sel.region not in {srv.Server.region for srv in servers}:
-        with ctl.catalog() as s:
-            require_region(s, sel.region)
+    if sel.region is not None and sel.region not in {srv.region for srv in servers}:
+        reads.region_check(ctl, sel.region)
     targets: list[Target] = []
     if not sel.tenants and sel.tier in (None, "shared"):
-        for (srv,) in servers:
+        for srv in servers:
             if srv.provider in CLOUD_PROVIDERS:
                 continue  # a cloud account or project has no shared database
             if sel.region in (None, srv.region):
                 targets.append(Target(_shared(srv), None))
-    by_server = {srv.name: srv for (srv,) in servers}
+    by_server = {srv.name: srv for srv in servers}
     for r in rows:
         if r.tier == "shared":
             # It lives in its server's shared target: a selected shared-tier tenant selects
@@ -159,7 +137,7 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
             continue
         place = Placement(r.tier, r.region, r.server, r.database, r.schema, r.role)
         targets.append(Target(place, r.slug))
-    held = _held_by_moves(ctl)
+    held = _held_by_moves(moves)
     for t in targets:
         rec = recorded.get(t.key)
         if rec is not None:
@@ -168,24 +146,17 @@ def list_targets(ctl: Control, selection: Selection | None = None) -> list[Targe
     return targets
 
 
-def _shared(srv: Server) -> Placement:
-    """A server's shared schema, where its shared-tier tenants live."""
+def _shared(srv: Any) -> Placement:
+    """A server's shared schema, where its shared-tier tenants live (``srv``: a ``servers``
+    row)."""
     return Placement("shared", srv.region, srv.name, SHARED_DB, SHARED_SCHEMA, srv.app_role)
 
 
-def _held_by_moves(ctl: Control) -> dict[tuple[str, str, str], str]:
-    """Targets that a running tenant move reads from or writes to: both sides must stay at
-    one revision until the move has switched."""
-    from bizosctl.catalog.models import Operation
-
-    with ctl.catalog() as s:
-        ops = s.execute(
-            select(Operation.id, Operation.target, Operation.params).where(
-                Operation.kind == "tenant.move", Operation.status == "running"
-            )
-        ).all()
+def _held_by_moves(moves: list[Any]) -> dict[tuple[str, str, str], str]:
+    """Targets that a running tenant move (``moves``: their operations) reads from or writes
+    to: both sides must stay at one revision until the move has switched."""
     held: dict[tuple[str, str, str], str] = {}
-    for op_id, slug, params in ops:
+    for op_id, slug, params in moves:
         for side in ("source", "target"):
             where = params.get(side)
             if where:  # only the target's key: any move's params hold it, old or new
@@ -196,31 +167,6 @@ def _held_by_moves(ctl: Control) -> dict[tuple[str, str, str], str]:
     return held
 
 
-# Which selected schemas have a version table: one index probe per schema.
-VERSIONED_SQL = text(
-    "SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid "
-    "AND c.relname = 'alembic_version' AND c.relkind = 'r' WHERE n.nspname = ANY(:schemas)"
-)
-# Sizes (only for --canary): one grouped pass over pg_class, not one scan per schema.
-SIZES_SQL = text(
-    "SELECT n.nspname, sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c "
-    "JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.relkind = 'r' AND n.nspname = ANY(:schemas) GROUP BY n.nspname"
-)
-
-
-def _revisions_sql(schemas: list[str]) -> str:
-    """One statement reading every schema's alembic_version (identifiers quoted)."""
-    parts = []
-    for schema in schemas:
-        ident = '"' + schema.replace('"', '""') + '"'
-        literal = "'" + schema.replace("'", "''") + "'"
-        parts.append(
-            f"SELECT {literal} AS schema, max(version_num) AS revision FROM {ident}.alembic_version"
-        )
-    return " UNION ALL ".join(parts)
-
-
 def read_revisions(ctl: Control, targets: list[Target], *, sizes: bool = False) -> None:
     """Fill ``revision`` (and ``size_bytes`` with ``sizes``) from the targets: a couple of
     queries per database, whatever the number of schemas in it."""
@@ -229,20 +175,12 @@ def read_revisions(ctl: Control, targets: list[Target], *, sizes: bool = False) 
         by_db[(t.server, t.database)].append(t)
     for (server, database), group in by_db.items():
         schemas = [t.schema for t in group]
-        size_of: dict[str, int] = {}
         try:
             handle = ctl.server(server)
             handle.ensure_ready()
-            with (
-                translate_errors(f"server {server}"),
-                get_engine(handle.admin_url(database), pooled=False).connect() as conn,
-            ):
-                versioned = list(conn.execute(VERSIONED_SQL, {"schemas": schemas}).scalars())
-                revisions: dict[str, str] = (
-                    dict(conn.exec_driver_sql(_revisions_sql(versioned)).all()) if versioned else {}
-                )
-                if sizes:
-                    size_of = dict(conn.execute(SIZES_SQL, {"schemas": schemas}).all())
+            revisions, size_of = reads.schema_revisions(
+                handle.admin_conninfo(database), schemas, sizes=sizes, what=f"server {server}"
+            )
         except BizosError as exc:
             for t in group:
                 t.reachable, t.error = False, exc.message
@@ -250,3 +188,21 @@ def read_revisions(ctl: Control, targets: list[Target], *, sizes: bool = False) 
         for t in group:
             t.revision = revisions.get(t.schema)
             t.size_bytes = int(size_of.get(t.schema) or 0)
+
+
+def status_report(ctl: Control, selection: Selection) -> dict[str, Any]:
+    """``schema status``: the tenant head, each target's revision, how many targets are at
+    each, and the revisions the fleet has that this code does not know."""
+    from bizosctl.db.migrate import head, known_revision
+
+    targets = list_targets(ctl, selection)
+    read_revisions(ctl, targets)
+    summary = Counter(t.revision or "none" for t in targets)
+    unknown = sorted(r for r in summary if r != "none" and not known_revision("tenant", r))
+    return {
+        "head": head("tenant"),
+        "targets": [t.public() for t in targets],
+        "summary": dict(summary),
+        # revisions the fleet has and this code does not: the code is older than the fleet
+        "unknown_revisions": unknown,
+    }

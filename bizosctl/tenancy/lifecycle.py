@@ -8,42 +8,34 @@ import uuid
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import select, text
 
 from bizosctl.catalog.control import Control, RouteInfo
-from bizosctl.catalog.lookups import require_region
-from bizosctl.catalog.models import Route, Tenant
 from bizosctl.catalog.schemas import QueryResult, TenantDetail, TenantPublic
-from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.plans import Plan
 from bizosctl.tenancy.names import check_region_name, check_slug, check_tier, q
-from bizosctl.tenancy.router import search_path, tenant_session
 from bizosctl.tenancy.statement import check_statement
 from bizosctl.tenancy.zones import check_zone, region_zone_name
 
 STATUSES = ("provisioning", "active", "read_only", "suspended", "moving", "deleting")
 LOCK_STATUSES = ("read_only", "suspended")
-_CONTEXT_CHECK = text(
-    "SELECT current_setting('bizos.tenant_id', true), current_setting('bizos.actor', true),"
-    " current_setting('search_path')"
-)
 
 
-def _public(tenant: Tenant, route: Route | None) -> dict[str, Any]:
+def _public(row: Any) -> dict[str, Any]:
+    """A tenant's public fields from a row of ``bizosctl.catalog.reads.tenants``."""
     return {
-        "id": tenant.id,
-        "slug": tenant.slug,
-        "name": tenant.name,
-        "tier": tenant.tier,
-        "region": tenant.region,
-        "status": tenant.status,
-        "server": route.server if route else None,
-        "database": route.database if route else None,
-        "schema_": route.schema if route else None,
-        "created_at": tenant.created_at,
-        "time_zone": tenant.time_zone or region_zone_name(tenant.region),
-        "time_zone_is_default": tenant.time_zone is None,
+        "id": row.id,
+        "slug": row.slug,
+        "name": row.name,
+        "tier": row.tier,
+        "region": row.region,
+        "status": row.status,
+        "server": row.server,
+        "database": row.database,
+        "schema_": row.schema,
+        "created_at": row.created_at,
+        "time_zone": row.time_zone or region_zone_name(row.region),
+        "time_zone_is_default": row.time_zone is None,
     }
 
 
@@ -61,37 +53,28 @@ def list_tenants(
         check_tier(tier)
     if status is not None and status not in (*STATUSES, "deleted"):
         raise InvalidInput(f"unknown status {status!r}: choose one of {', '.join(STATUSES)}")
-    stmt = (
-        select(Tenant, Route).outerjoin(Route, Route.tenant_id == Tenant.id).order_by(Tenant.slug)
-    )
-    if region:
-        stmt = stmt.where(Tenant.region == region)
-    if tier:
-        stmt = stmt.where(Tenant.tier == tier)
-    if status:
-        stmt = stmt.where(Tenant.status == status)
-    elif not include_deleted:
-        stmt = stmt.where(Tenant.status != "deleted")
-    with ctl.catalog() as s:
+    from bizosctl.catalog import reads
+
+    with reads.catalog(ctl) as conn:
         if region:
-            require_region(s, region)
-        return [TenantPublic(**_public(t, r)) for t, r in s.execute(stmt).all()]
+            reads.require_region(conn, region)
+        rows = reads.tenants(
+            conn, region=region, tier=tier, status=status, include_deleted=include_deleted
+        )
+    return [TenantPublic(**_public(r)) for r in rows]
 
 
 def get_tenant(ctl: Control, slug: str, *, row_counts: bool = True) -> TenantDetail:
+    from bizosctl.catalog import reads
+
     check_slug(slug)
-    with ctl.catalog() as s:
-        row = s.execute(
-            select(Tenant, Route)
-            .outerjoin(Route, Route.tenant_id == Tenant.id)
-            .where(Tenant.slug == slug, Tenant.status != "deleted")
-        ).one_or_none()
-        if row is None:
-            raise NotFound(f"no tenant named {slug!r}")
-        tenant, route = row
-        detail = TenantDetail(**_public(tenant, route), status_reason=tenant.status_reason)
+    with reads.catalog(ctl) as conn:
+        row = reads.live_tenant(conn, slug)
+    if row is None:
+        raise NotFound(f"no tenant named {slug!r}")
+    detail = TenantDetail(**_public(row), status_reason=row.status_reason)
     # A suspended tenant's rows are refused to everyone, show included.
-    if row_counts and route is not None and tenant.status not in ("provisioning", "suspended"):
+    if row_counts and row.server is not None and row.status not in ("provisioning", "suspended"):
         detail.row_counts = count_rows(ctl, slug)
     if row_counts:
         from bizosctl.moves.kept import kept_sources
@@ -102,11 +85,12 @@ def get_tenant(ctl: Control, slug: str, *, row_counts: bool = True) -> TenantDet
 
 def count_rows(ctl: Control, slug: str) -> dict[str, int]:
     """The tenant's rows per table, counted through RLS in its own context."""
+    from bizosctl.tenancy.router import tenant_connection
     from tenant_schema import TABLE_NAMES
 
     union = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {q(t)}" for t in TABLE_NAMES)
-    with tenant_session(ctl, slug, actor="bizosctl:show", read_only=True) as s:
-        return {t: int(n) for t, n in s.execute(text(union)).all()}
+    with tenant_connection(ctl, slug, actor="bizosctl:show", read_only=True) as conn:
+        return {t: int(n) for t, n in conn.execute(union.encode())}
 
 
 def set_time_zone(
@@ -115,6 +99,10 @@ def set_time_zone(
     """Set (or with None clear, back to its region's default) the zone of a tenant's "today"
     and 05:00. A running scheduler picks it up at its next refresh. Returns
     ``{"slug", "from", "to", "default", "dry_run"}``."""
+    from sqlalchemy import select
+
+    from bizosctl.catalog.models import Tenant
+
     check_slug(slug)
     if time_zone is not None:
         time_zone = str(check_zone(time_zone).key)
@@ -164,6 +152,11 @@ def plan_status(ctl: Control, slug: str, *, status: str) -> StatusPlan:
 
 def set_status(ctl: Control, slug: str, *, status: str, reason: str | None = None) -> TenantDetail:
     """Lock (read_only / suspended) or unlock (active) a tenant, enforced in its database."""
+    from sqlalchemy import text
+
+    from bizosctl.catalog.models import Tenant
+    from bizosctl.db.engines import get_engine, translate_errors
+
     route = _status_route(ctl, slug, status)
     handle = ctl.server(route.server)
     handle.ensure_ready()
@@ -225,6 +218,9 @@ def run_query(
     """
     import psycopg
     from sqlalchemy import exc as sa_exc
+    from sqlalchemy import text
+
+    from bizosctl.tenancy.router import search_path, tenant_session
 
     check_slug(slug)
     if not sql.strip():
@@ -250,7 +246,12 @@ def run_query(
                 if "cannot insert multiple commands" in str(exc):
                     raise InvalidInput("tenant query runs exactly one statement") from exc
                 raise sa_exc.DBAPIError.instance(None, None, exc, psycopg.Error) from exc
-            after = s.execute(_CONTEXT_CHECK).one()
+            after = s.execute(
+                text(
+                    "SELECT current_setting('bizos.tenant_id', true),"
+                    " current_setting('bizos.actor', true), current_setting('search_path')"
+                )
+            ).one()
             if tuple(after) != (str(route.tenant_id), actor, search_path(route)):
                 # Raising rolls the transaction back; the rows read under another context are
                 # dropped with it.

@@ -13,13 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
-
 from bizosctl.db.engines import dispose_all, get_engine, translate_errors
-from bizosctl.security.dbpasswords import shared_login
-from bizosctl.tenancy.claims import claims
 from bizosctl.tenancy.names import SHARED_DB, SHARED_SCHEMA, login_roles, q, tenant_names
-from bizosctl.tenancy.regions import default_server
 
 if TYPE_CHECKING:
     from bizosctl.catalog.control import Control, RouteInfo
@@ -132,6 +127,8 @@ class Placement:
     def drop(self, ctl: Control, tenant_id: uuid.UUID) -> None:
         """Remove the tenant's data here (a database and its own login roles, a schema, or its
         rows in a shared schema): the statements of :meth:`drop_plan`. Idempotent."""
+        from sqlalchemy import text
+
         handle = ctl.server(self.server)
         if self.tier == "isolated" and handle.is_cloud:
             from bizosctl.providers.cloud import drop_projects, forget_project_server
@@ -166,6 +163,9 @@ def placement_for(
 ) -> Placement:
     """Where a tenant ``slug`` of ``tier`` lives in ``region`` (on ``server``, by default the
     region's default server): the three-tier rule, for a new tenant and a move's target."""
+    from bizosctl.security.dbpasswords import shared_login
+    from bizosctl.tenancy.regions import default_server
+
     if server is None:
         server = default_server(ctl, region)
     names = tenant_names(slug)
@@ -179,6 +179,8 @@ def placement_for(
 def own_login_roles(ctl: Control, *, server: str, database: str, tenant_id: uuid.UUID) -> list[str]:
     """The login roles of an isolated tenant that no other tenant uses (a tenant made under
     the old naming, ``x--b``, lives on the second role of ``x``): the ones to drop with it."""
+    from bizosctl.tenancy.claims import claims
+
     held = claims(ctl, names=set(login_roles(database)))
     return [
         role

@@ -15,24 +15,32 @@ transaction, the context and the statement go in one round trip (psycopg's pipel
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, LiteralString
-
-from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from bizosctl.catalog.control import Control, RouteInfo
 from bizosctl.db.engines import get_engine, memo_engine, translate_errors
 from bizosctl.errors import TenantSuspended
 
 if TYPE_CHECKING:
+    import psycopg
+    from sqlalchemy import TextClause
     from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
 
-_CONTEXT_SQL = text(
-    "SELECT set_config('bizos.tenant_id', :tenant, true),"
-    " set_config('bizos.actor', :actor, true),"
-    " set_config('search_path', :path, true)"
-)
+    from bizosctl.providers.local import ServerHandle
+
+
+@functools.cache
+def _context_sql() -> TextClause:
+    from sqlalchemy import text
+
+    return text(
+        "SELECT set_config('bizos.tenant_id', :tenant, true),"
+        " set_config('bizos.actor', :actor, true),"
+        " set_config('search_path', :path, true)"
+    )
 
 
 def search_path(route: RouteInfo) -> str:
@@ -46,16 +54,22 @@ _CONTEXT_PG: LiteralString = (
 )
 
 
-def _engine(
-    ctl: Control, route: RouteInfo, *, pre_ping: bool = True, read_only: bool = False
-) -> Engine:
-    """The route's engine, remembered (until ``dispose_all``) so that a hot path does not
-    build and parse its URL each time."""
+def _ready_handle(ctl: Control, route: RouteInfo) -> ServerHandle:
+    """The route's server, running; TenantSuspended for a suspended tenant."""
     if route.status == "suspended":
         # The database refuses it too (bizos_tenant() is NULL): this is the clear message.
         raise TenantSuspended(f"tenant {route.slug!r} is suspended: reads and writes are refused")
     handle = ctl.server(route.server)
     handle.ensure_ready()
+    return handle
+
+
+def _engine(
+    ctl: Control, route: RouteInfo, *, pre_ping: bool = True, read_only: bool = False
+) -> Engine:
+    """The route's engine, remembered (until ``dispose_all``) so that a hot path does not
+    build and parse its URL each time."""
+    handle = _ready_handle(ctl, route)
 
     def make() -> Engine:
         url = handle.login_url(route.database, route.role, route.password)
@@ -76,13 +90,15 @@ def tenant_session(
     """A session inside one transaction in ``slug``'s context; committed on success.
     ``route``: the tenant's route as the caller just read it (the API reads it once per
     request, with the credentials); looked up otherwise."""
+    from sqlalchemy.orm import Session
+
     if route is None or route.slug != slug:
         route = ctl.route(slug)
     engine = _engine(ctl, route, read_only=read_only)
     with translate_errors(f"tenant {slug}"), Session(engine) as session, session.begin():
         # One round trip: SET LOCAL of the context (READ ONLY came with the BEGIN).
         session.execute(
-            _CONTEXT_SQL,
+            _context_sql(),
             {
                 "tenant": str(route.tenant_id),
                 "actor": actor,
@@ -90,6 +106,27 @@ def tenant_session(
             },
         )
         yield session
+
+
+@contextlib.contextmanager
+def tenant_connection(
+    ctl: Control, slug: str, *, actor: str, read_only: bool = False
+) -> Iterator[psycopg.Connection[Any]]:
+    """:func:`tenant_session` on a plain psycopg connection of its own (not pooled, rows as
+    named tuples, closed on exit), with the route read without SQLAlchemy: for the one-shot
+    reads of short commands (``tenant show``'s row counts); rows are plain tuples."""
+    from bizosctl.catalog.reads import connect, route
+
+    found = route(ctl, slug)
+    handle = _ready_handle(ctl, found)
+    conninfo = handle.login_conninfo(found.database, found.role, found.password)
+    with connect(conninfo, what=f"tenant {slug}", named=False) as conn:
+        conn.read_only = read_only  # BEGIN READ ONLY
+        conn.execute(
+            _CONTEXT_PG,
+            {"tenant": str(found.tenant_id), "actor": actor, "path": search_path(found)},
+        )
+        yield conn
 
 
 def tenant_statement(
