@@ -174,6 +174,32 @@ def test_read_only_commands_do_not_import_sqlalchemy(small_fleet: Path) -> None:
             assert all(t["revision"] == doc["head"] for t in doc["targets"])
 
 
+def test_a_read_command_upgrades_a_catalog_behind_head(initialised_home: Path) -> None:
+    """The plain-psycopg reads check the catalog's revision as the engine does: a catalog one
+    revision behind this code is upgraded by `tenant list` before it reads."""
+    from bizosctl.catalog.control import get_control
+    from bizosctl.db.engines import dispose_all
+    from bizosctl.db.migrate import current_revision, head, migrate
+
+    ctl = get_control()
+    previous = f"{int(head('control')) - 1:04d}"
+    with ctl.catalog_engine.begin() as conn:
+        migrate(conn, "control", revision=previous, allow_downgrade=True)
+    with ctl.catalog_engine.connect() as conn:
+        assert current_revision(conn, schema=None) == previous
+    dispose_all(host_contains=str(initialised_home))
+    done = subprocess.run(
+        [sys.executable, "-m", "bizosctl", "tenant", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"tenants": []' in done.stdout
+    with ctl.catalog_engine.connect() as conn:
+        assert current_revision(conn, schema=None) == head("control")
+
+
 def test_table_names_match_the_models() -> None:
     from tenant_schema import TABLE_NAMES, TENANT_TABLES
 
