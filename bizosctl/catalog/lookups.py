@@ -7,17 +7,8 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bizosctl.catalog.models import Region, Tenant
+from bizosctl.catalog.models import Tenant
 from bizosctl.errors import NotFound
-
-
-def require_region(s: Session, name: str) -> None:
-    """NotFound (exit 3, like every unknown named thing) unless region ``name`` exists."""
-    if s.get(Region, name) is None:
-        known = ", ".join(s.execute(select(Region.name).order_by(Region.name)).scalars())
-        raise NotFound(
-            f"unknown region {name!r} (known: {known or 'none'}); add it with `region add`"
-        )
 
 
 def live_tenant_id(s: Session, slug: str) -> uuid.UUID:

@@ -79,18 +79,20 @@ def _check_revision(ctl: Control, conn: psycopg.Connection[Any]) -> None:
 
 
 # -- regions and tenants ----------------------------------------------------------------------
-def unknown_region(name: str, known: list[str]) -> NotFound:
-    """The error for a region that does not exist (exit 3, like every unknown named thing)."""
-    return NotFound(
-        f"unknown region {name!r} (known: {', '.join(known) or 'none'}); add it with `region add`"
-    )
-
-
 def require_region(conn: psycopg.Connection[Any], name: str) -> None:
-    """NotFound unless region ``name`` exists."""
+    """NotFound (exit 3, like every unknown named thing) unless region ``name`` exists."""
     known = [r.name for r in conn.execute("SELECT name FROM regions ORDER BY name")]
     if name not in known:
-        raise unknown_region(name, known)
+        raise NotFound(
+            f"unknown region {name!r} (known: {', '.join(known) or 'none'}); "
+            "add it with `region add`"
+        )
+
+
+def region_check(ctl: Control, name: str) -> None:
+    """:func:`require_region` on a connection of its own."""
+    with catalog(ctl) as conn:
+        require_region(conn, name)
 
 
 #: A tenant with its route (the route may be missing: a tenant still provisioning).
@@ -230,12 +232,6 @@ def target_rows(ctl: Control) -> tuple[list[Any], list[Any], list[Any], list[Any
             "WHERE kind = 'tenant.move' AND status = 'running'"
         ).fetchall()
     return servers, tenant_routes, recorded, moves
-
-
-def region_check(ctl: Control, name: str) -> None:
-    """:func:`require_region` on a connection of its own."""
-    with catalog(ctl) as conn:
-        require_region(conn, name)
 
 
 def _revisions_sql(schemas: list[str]) -> str:

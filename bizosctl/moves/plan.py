@@ -12,7 +12,6 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 
 from bizosctl.catalog.control import Control
-from bizosctl.catalog.lookups import require_region
 from bizosctl.catalog.models import Route, Server, Tenant
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import InvalidInput, NotFound
@@ -101,8 +100,9 @@ def target_endpoint(ctl: Control, req: MoveRequest, source: Placement) -> Placem
     with ctl.catalog() as s:
         servers = {r.name: r.region for r in s.execute(select(Server)).scalars()}
     if region not in set(servers.values()):
-        with ctl.catalog() as s:
-            require_region(s, region)
+        from bizosctl.catalog.reads import region_check
+
+        region_check(ctl, region)
     if req.to_server is not None:
         if req.to_server not in servers:
             raise NotFound(f"no server named {req.to_server!r}")
