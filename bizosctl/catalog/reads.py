@@ -7,9 +7,10 @@ code shares with them (a server's row, the keyring, kept move sources, migration
 their revisions): every statement has one home.
 
 :func:`catalog` checks the catalog's revision as :attr:`Control.catalog_engine` does: once per
-process, one query, against the head read from the revision files (``fast_head``, no Alembic);
-a catalog behind this code's head is upgraded through the engine (the one case that imports
-SQLAlchemy and Alembic).
+process, one query, against the head read from the revision files (``fast_head``, no Alembic).
+SQLAlchemy is still imported where a read must change something or parse a URL: a catalog not
+at this code's head (upgraded through the engine), a keyring that loading changes (see
+``Control._load_read_only``), a server that is not embedded (its URL, in ``admin_conninfo``).
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ def keyring_entries(ctl: Control, purposes: tuple[str, ...]) -> list[Any] | None
     destroyed: see ``Keyring.ensure`` and ``Keyring.load``)."""
     from bizosctl.security.datakeys import DESTROY_AT_RETIREMENT
 
+    # ``due``: the conditions of ``keyring._due_to_retire()`` or ``_due_to_destroy(None)``
     with catalog(ctl) as conn:
         rows = conn.execute(
             "SELECT purpose, version, wrapped_key, is_primary, retired_at, master_id, "
