@@ -52,9 +52,10 @@ class Kind:
     #: What ``ops cancel`` does to a running operation of this kind: None when it cannot stop
     #: safely once started; otherwise a sentence for the operator (it stops at a safe point).
     cancel: str | None = None
-    #: The runner opens its :class:`OperationRun` first thing (nothing before it reads or
-    #: checks the catalog): :func:`resume` then claims the run in the statement that reads
-    #: the operation, and the run takes that claim over (one round trip fewer per resume).
+    #: The runner opens its :class:`OperationRun` first thing, in the calling thread (nothing
+    #: before it reads or checks the catalog): :func:`resume` then claims the run in the
+    #: statement that reads the operation, and the run takes that claim over (one round trip
+    #: fewer per resume).
     claim_first: bool = False
 
 
