@@ -14,13 +14,14 @@ from bizosctl.catalog.operations import (
     OperationRun,
     OperationStatus,
     _lock_key,
+    claim,
     describe,
     is_alive,
     steps_of,
 )
 from bizosctl.db.engines import get_engine, is_disconnect, psycopg_conninfo
-from bizosctl.errors import Busy, NotFound
-from bizosctl.runners import start_ping
+from bizosctl.errors import Busy, InvalidInput, NotFound
+from bizosctl.runners import resume, start_ping
 
 
 def other_session(ctl):
@@ -162,3 +163,131 @@ def test_a_raw_psycopg_error_of_a_dead_connection_is_a_disconnect(ctl):
         with pytest.raises(psycopg.Error) as bad_sql:
             other.execute("SELECT 'x'::int")
         assert not is_disconnect(bad_sql.value)
+
+
+# -- resume's claim: the read and the run's claim in one statement ---------------------------
+
+
+def op_row(ctl, op_id):
+    with other_session(ctl) as other:
+        return other.execute(
+            "SELECT status, pid, host, finished_at FROM operations WHERE id = %s", (op_id,)
+        ).fetchone()
+
+
+def test_a_claim_marks_the_run_and_the_run_opened_in_it_takes_it_over(ctl):
+    import os
+
+    op_id = new_ping(ctl)
+    with claim(ctl, op_id, kinds=["ops.ping"]) as op:
+        # what the runner gets is the operation as it was before the claim
+        assert (op.status, op.pid, op.alive) == ("queued", None, False)
+        assert op_row(ctl, op_id)[:2] == ("running", os.getpid())
+        assert is_alive(ctl, op_id)  # held by the claim
+        with OperationRun(ctl, op_id) as run:  # not Busy: it took the claim over
+            run.step("one")
+            run.finish(OperationStatus.DONE, step="two", data={"n": 2})
+        assert not is_alive(ctl, op_id)
+    assert op_row(ctl, op_id)[0] == "done"
+    assert [(s.name, s.data) for s in steps_of(ctl, op_id)] == [("one", {}), ("two", {"n": 2})]
+    assert not is_alive(ctl, op_id)
+
+
+def test_a_claim_no_run_took_is_given_back_as_it_was(ctl):
+    op_id = new_ping(ctl)
+    before = op_row(ctl, op_id)
+    with claim(ctl, op_id, kinds=["ops.ping"]):
+        assert op_row(ctl, op_id)[0] == "running"
+    assert op_row(ctl, op_id) == before
+    assert not is_alive(ctl, op_id)
+
+
+def test_a_claim_of_a_finished_operation_changes_nothing_and_takes_no_lock(ctl):
+    op_id = new_ping(ctl)
+    with OperationRun(ctl, op_id) as run:
+        run.finish(OperationStatus.DONE)
+    before = op_row(ctl, op_id)
+    with claim(ctl, op_id, kinds=["ops.ping"]) as op:
+        assert (op.status, op.alive) == ("done", False)
+        assert not is_alive(ctl, op_id)
+        with pytest.raises(InvalidInput):
+            resume(ctl, op_id)
+    assert op_row(ctl, op_id) == before
+    assert resume(ctl, op_id, finished_ok=True)["already_finished"] is True
+
+
+def test_a_claim_of_an_operation_another_process_runs_refuses_and_changes_nothing(ctl):
+    op_id = new_ping(ctl)
+    with OperationRun(ctl, op_id):  # a live run (its own connection: another session)
+        before = op_row(ctl, op_id)
+        with claim(ctl, op_id, kinds=["ops.ping"]) as op:
+            assert op.alive and op.status == "running"
+            with pytest.raises(Busy):
+                OperationRun(ctl, op_id).__enter__()
+        assert op_row(ctl, op_id) == before
+        with pytest.raises(Busy):
+            resume(ctl, op_id)
+        assert is_alive(ctl, op_id)  # the live run kept its lock
+
+
+def test_a_claim_of_a_kind_not_listed_only_reads(ctl):
+    op_id = new_ping(ctl)
+    with claim(ctl, op_id, kinds=[]) as op:
+        assert op.status == "queued"
+        assert op_row(ctl, op_id)[0] == "queued"
+        assert not is_alive(ctl, op_id)
+        with OperationRun(ctl, op_id) as run:  # the run claims it itself
+            run.finish(OperationStatus.DONE)
+    assert op_row(ctl, op_id)[0] == "done"
+
+
+def test_a_claim_of_an_unknown_operation_is_not_found_and_leaves_no_lock(ctl):
+    import uuid
+
+    op_id = uuid.uuid4()
+    with pytest.raises(NotFound), claim(ctl, op_id, kinds=["ops.ping"]):
+        pass
+    assert not is_alive(ctl, op_id)
+
+
+def test_finish_with_a_last_step_commits_the_step_and_the_close_in_one_transaction(ctl):
+    op_id = new_ping(ctl)
+    with OperationRun(ctl, op_id) as run:
+        run.step("first")
+        run.finish(OperationStatus.DONE, step="last", data={"it's": "100%"})
+        assert "last" in run.completed
+    with other_session(ctl) as other:
+        (op_xmin,) = other.execute(
+            "SELECT xmin::text FROM operations WHERE id = %s", (op_id,)
+        ).fetchone()
+        xmins = dict(
+            other.execute(
+                "SELECT name, xmin::text FROM operation_steps WHERE op_id = %s", (op_id,)
+            ).fetchall()
+        )
+    assert xmins["last"] == op_xmin != xmins["first"]  # one transaction: both or neither
+    assert describe(ctl, op_id).status == "done"
+    assert steps_of(ctl, op_id)[-1].data == {"it's": "100%"}
+    assert not is_alive(ctl, op_id)
+
+
+def test_finish_as_failed_with_a_last_step_keeps_its_status_and_error(ctl):
+    op_id = new_ping(ctl)
+    with OperationRun(ctl, op_id) as run:
+        run.finish(OperationStatus.FAILED, "it broke", step="last", data={"n": 1})
+    op = describe(ctl, op_id)
+    assert (op.status, op.error) == ("failed", "it broke")
+    assert [(s.name, s.status, s.data) for s in op.steps or []] == [("last", "done", {"n": 1})]
+
+
+def test_resume_of_a_ping_whose_runner_fails_before_its_run_gives_the_claim_back(ctl):
+    with ctl.catalog() as s:
+        op_id = start_ping(s, status=OperationStatus.QUEUED)
+        s.execute(
+            text("UPDATE operations SET params = '{\"seconds\": -1}' WHERE id = :id"),
+            {"id": op_id},
+        )
+    with pytest.raises(Exception, match="seconds"):
+        resume(ctl, op_id)
+    assert op_row(ctl, op_id)[:2] == ("queued", None)
+    assert not is_alive(ctl, op_id)

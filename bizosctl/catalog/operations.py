@@ -19,8 +19,10 @@ import contextlib
 import datetime as dt
 import os
 import socket
+import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
@@ -144,14 +146,53 @@ _CLAIM = text(
 
 _READ_OPERATION = select(Operation.__table__).where(Operation.__table__.c.id == bindparam("id"))
 
-#: A checkpoint: one step's row, replaced when the step is written again (built once: this
-#: runs once per step of every operation).
-_WRITE_STEP = text(
+#: The operation's columns in :class:`OperationPublic`'s order (the raw-psycopg reads).
+_COLUMNS = (
+    "id, kind, target, status, params, error, pid, host, started_at, finished_at, progress, "
+    "cancel_requested_at"
+)
+
+#: :func:`claim`'s one statement (psycopg, prepared): read the operation and, when its kind
+#: is one of ``kinds`` and it is open, take the run's lock and, when that was free, mark it
+#: running with this process. Answers (got the lock: NULL when not tried, claimed, its steps
+#: done, the row as it was before the claim); no row for an unknown id. The UPDATE checks
+#: the status again on the newest row: an operation finished meanwhile is not reopened.
+_CLAIM_READ = (
+    f"WITH o AS (SELECT {_COLUMNS} FROM operations WHERE id = %(id)s), "
+    "lk AS (SELECT CASE WHEN o.kind = ANY(%(kinds)s) AND o.status IN ('queued', 'running') "
+    "THEN pg_try_advisory_lock(%(k)s) END AS got FROM o), "
+    "run AS (UPDATE operations SET pid = %(pid)s, host = %(host)s, status = 'running' FROM lk "
+    "WHERE lk.got AND operations.id = %(id)s AND operations.status IN ('queued', 'running') "
+    "RETURNING operations.id) "
+    "SELECT lk.got AS claim_got, EXISTS (SELECT FROM run) AS claimed, "
+    "(SELECT coalesce(array_agg(name), '{}') FROM operation_steps "
+    "WHERE op_id = %(id)s AND status = 'done') AS steps_done, o.* FROM o CROSS JOIN lk"
+)
+
+#: A claim no run took over: the operation back as it was (status, pid, host), committed,
+#: then the lock released.
+_UNCLAIM = (
+    "BEGIN; UPDATE operations SET status = %(status)s, pid = %(pid)s, host = %(host)s "
+    "WHERE id = %(id)s AND status = 'running' AND pid = %(me)s; COMMIT; "
+    "SELECT pg_advisory_unlock(%(key)s)"
+)
+
+#: A checkpoint: one step's row, replaced when the step is written again. One statement,
+#: bound three ways: :data:`_WRITE_STEP` (SQLAlchemy), :data:`_STEP` (psycopg, prepared: the
+#: hot path) and :data:`_LAST_STEP` (client-bound into :data:`_CLOSE`'s message).
+_STEP_SQL = (
     "INSERT INTO operation_steps (op_id, name, status, data, at) "
-    "VALUES (:op_id, :name, :status, :data, clock_timestamp()) "
+    "VALUES ({op_id}, {name}, {status}, {data}, clock_timestamp()) "
     "ON CONFLICT (op_id, name) DO UPDATE SET status = excluded.status, data = excluded.data, "
     "at = excluded.at"
+)
+_WRITE_STEP = text(
+    _STEP_SQL.format(op_id=":op_id", name=":name", status=":status", data=":data")
 ).bindparams(bindparam("op_id", type_=Uuid()), bindparam("data", type_=JSONB))
+_STEP = _STEP_SQL.format(op_id="%(op_id)s", name="%(name)s", status="%(status)s", data="%(data)s")
+_LAST_STEP = _STEP_SQL.format(
+    op_id="%(id)s", name="%(step)s", status="'done'", data="%(step_data)s"
+)
 
 #: Close the operation, commit, then release the run's lock, in one message (simple query
 #: protocol, values bound client-side): the unlock comes after the commit, so whoever takes
@@ -160,8 +201,6 @@ _CLOSE = (
     "UPDATE operations SET status = %(status)s, error = %(error)s, finished_at = now() "
     "WHERE id = %(id)s; COMMIT; SELECT pg_advisory_unlock(%(key)s)"
 )
-_FINISH = "BEGIN; " + _CLOSE
-_FINISH_IN_TRANSACTION = _CLOSE  # ``also`` wrote in the transaction already open
 
 
 @contextlib.contextmanager
@@ -203,6 +242,116 @@ def _client_bound(conn: Connection, query: str, params: Mapping[str, Any]) -> st
     return psycopg.ClientCursor(_driver(conn)).mogrify(query, params)
 
 
+@dataclass
+class _Claimed:
+    """A run claimed by :func:`claim`, waiting for this thread's :class:`OperationRun`."""
+
+    conn: Connection
+    done: list[str]
+    taken: bool = False
+
+
+#: Claims made by :func:`claim` in this thread, by operation id, until its run takes one.
+_handed = threading.local()
+
+
+def _claims() -> dict[uuid.UUID, _Claimed]:
+    claims: dict[uuid.UUID, _Claimed] | None = getattr(_handed, "claims", None)
+    if claims is None:
+        claims = _handed.claims = {}
+    return claims
+
+
+@contextlib.contextmanager
+def claim(ctl: Control, op_id: uuid.UUID, *, kinds: Iterable[str]) -> Iterator[OperationPublic]:
+    """Read an operation and, when its kind is one of ``kinds`` and it is open, claim its run
+    (take its lock, mark it running with this process) in the same statement: one round
+    trip where a read and then the run's own claim took two.
+
+    Yields the operation as it was before the claim (its status, pid and host). ``alive`` is
+    True when another process runs it (the lock was taken): nothing was changed then, as for
+    a finished operation or a kind not in ``kinds``. The first :class:`OperationRun` of this
+    operation opened in the block, in this thread, takes the claimed run over (its lock and
+    connection; no statement). A claim that no run took is undone when the block ends: the
+    operation back as it was, then unlocked. NotFound for an unknown id.
+    """
+    from psycopg.rows import namedtuple_row
+
+    from bizosctl.db.engines import translate_errors
+
+    me = os.getpid()
+    conn = ctl.catalog_engine.connect()
+    got = False
+    before: OperationPublic | None = None  # the operation as it was, once the claim marked it
+    held: _Claimed | None = None
+    try:
+        with translate_errors("catalog"):
+            with _autocommit_if_idle(conn):
+                row: Any = (
+                    _driver(conn)
+                    .cursor(row_factory=namedtuple_row)
+                    .execute(
+                        _CLAIM_READ,
+                        {
+                            "id": op_id,
+                            "kinds": list(kinds),
+                            "k": _lock_key(op_id),
+                            "pid": me,
+                            "host": socket.gethostname(),
+                        },
+                        prepare=True,
+                    )
+                    .fetchone()
+                )
+            if row is None:
+                raise NotFound(f"no operation {op_id}")
+            got = bool(row.claim_got)
+            op = OperationPublic.of(cast(Operation, row), alive=row.claim_got is False)
+            if row.claimed:
+                before = op
+                held = _claims()[op_id] = _Claimed(conn, list(row.steps_done))
+            elif got:
+                # finished between the read and the lock: read it again, claim nothing
+                op = _read_operation(ctl, op_id)
+        yield op
+    finally:
+        if held is not None and _claims().get(op_id) is held:
+            del _claims()[op_id]
+        if held is None or not held.taken:
+            _unclaim(conn, op_id, before, locked=got, me=me)
+
+
+def _unclaim(
+    conn: Connection, op_id: uuid.UUID, before: OperationPublic | None, *, locked: bool, me: int
+) -> None:
+    """Give back a claim no run took: ``before`` (the operation as it was, when the claim
+    marked it running) is restored, then the lock is released and the connection returned."""
+    try:
+        conn.rollback()
+        if locked:
+            with _autocommit_if_idle(conn):
+                if before is not None:
+                    sql = _client_bound(
+                        conn,
+                        _UNCLAIM,
+                        {
+                            "id": op_id,
+                            "status": before.status,
+                            "pid": before.pid,
+                            "host": before.host,
+                            "me": me,
+                            "key": _lock_key(op_id),
+                        },
+                    )
+                else:
+                    sql = f"SELECT pg_advisory_unlock({_lock_key(op_id)})"
+                _driver(conn).execute(sql, prepare=False)
+    except Exception:
+        conn.invalidate()  # a dead connection released the lock with its session
+    finally:
+        conn.close()
+
+
 class OperationRun:
     """One live run of an operation; use as a context manager.
 
@@ -225,6 +374,11 @@ class OperationRun:
         return self._conn
 
     def __enter__(self) -> OperationRun:
+        held = _claims().pop(self.id, None)
+        if held is not None:  # claimed by :func:`claim` in this thread: take it over
+            held.taken = True
+            self._conn, self._locked, self.completed = held.conn, True, set(held.done)
+            return self
         self._conn = self.ctl.catalog_engine.connect()
         try:
             with _autocommit_if_idle(self._conn):
@@ -261,10 +415,9 @@ class OperationRun:
             self._conn.rollback()
             if self._locked:
                 with _autocommit_if_idle(self._conn):
-                    self._conn.execute(
-                        text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(self.id)}
+                    _driver(self._conn).execute(
+                        "SELECT pg_advisory_unlock(%s)", (_lock_key(self.id),), prepare=True
                     )
-                    self._conn.commit()
         except Exception:
             self._conn.invalidate()  # a dead connection released the lock with its session
         finally:
@@ -276,10 +429,22 @@ class OperationRun:
         """Record that a step finished (its own committed transaction: a checkpoint, one
         statement). Writing a step again (a freeze retried) replaces its row. Catalog writes
         the caller made on :attr:`conn` since the last commit commit with it."""
-        with _autocommit_if_idle(self.conn):
-            self._write_step(name, "done", data)
-            self.conn.commit()
+        from bizosctl.db.engines import translate_errors
+
+        with translate_errors("catalog"), _autocommit_if_idle(self.conn) as idle:
+            if idle:  # the hot path: psycopg's prepared statement, no SQLAlchemy round
+                _driver(self.conn).execute(
+                    _STEP, self._step_params(name, "done", data), prepare=True
+                )
+            else:
+                self._write_step(name, "done", data)
+                self.conn.commit()
         self.completed.add(name)
+
+    def _step_params(self, name: str, status: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        from psycopg.types.json import Jsonb
+
+        return {"op_id": self.id, "name": name, "status": status, "data": Jsonb(dict(data))}
 
     def undo(self, name: str, **data: Any) -> None:
         """Mark a step as undone (a freeze lifted): a resumed run does it again. Not committed
@@ -346,8 +511,15 @@ class OperationRun:
         status: str = OperationStatus.DONE,
         error: str | None = None,
         also: Callable[[Connection], None] | None = None,
+        *,
+        step: str | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> None:
-        """Close the operation; ``also`` writes more catalog rows in the same transaction."""
+        """Close the operation; ``also`` writes more catalog rows in the same transaction.
+
+        ``step`` (with its ``data``) is a last checkpoint written in the same transaction as
+        the close, as :meth:`step` writes it: the step and the final status commit together
+        (a run that dies before sees neither), in the same round trip."""
         from bizosctl.db.engines import translate_errors
 
         with translate_errors("catalog"):
@@ -355,20 +527,26 @@ class OperationRun:
                 also(self.conn)
             # one round trip: close it, commit (with whatever ``also`` wrote), and only then
             # unlock: a process that gets the lock sees the operation finished
-            close = {
+            close: dict[str, Any] = {
                 "id": self.id,
                 "status": OperationStatus(status).value,
                 "error": error,
                 "key": _lock_key(self.id),
             }
+            sql = _CLOSE
+            if step is not None:
+                from psycopg.types.json import Jsonb
+
+                close.update(step=step, step_data=Jsonb(dict(data or {})))
+                sql = _LAST_STEP + "; " + _CLOSE
             with _autocommit_if_idle(self.conn) as idle:
-                sql = _FINISH if idle else _FINISH_IN_TRANSACTION
-                self.conn.exec_driver_sql(
-                    _client_bound(self.conn, sql, close),
-                    execution_options={"no_parameters": True},
-                )
-                self.conn.commit()
+                if idle:
+                    sql = "BEGIN; " + sql
+                _driver(self.conn).execute(_client_bound(self.conn, sql, close), prepare=False)
+                self.conn.commit()  # what SQLAlchemy began (``also``) ended with the COMMIT
             self._locked = False
+            if step is not None:
+                self.completed.add(step)
         self.final_status = str(status)
 
 

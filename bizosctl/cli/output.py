@@ -58,6 +58,14 @@ def stderr_console() -> Any:
     return Console(stderr=True, highlight=False)
 
 
+def stderr_line(line: str) -> None:
+    """One plain line on stderr, as is (no markup, no wrapping): for lines a long-running
+    command reports often (a worker's line per job), where a rich ``Console.print`` costs
+    about a hundred times more."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def stdout_console() -> Any:
     from rich.console import Console
 

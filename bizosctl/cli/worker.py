@@ -10,6 +10,7 @@ from bizosctl.cli.output import (
     handle_errors,
     print_json,
     stderr_console,
+    stderr_line,
     stdout_console,
 )
 
@@ -59,7 +60,7 @@ def worker(
         ctl,
         concurrency=n,
         queues=queue or None,
-        on_event=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+        on_event=stderr_line,  # a line per job: plain, not through rich
     )
     if json_out:
         print_json(report.public())
