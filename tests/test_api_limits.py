@@ -10,13 +10,12 @@ import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from apiserver import Org, bearer, free_port, make_org, serve_app
+from apiserver import Org, bearer, free_port, make_org, new_key, serve_app, temporary_org
 from conftest import unique_slug
 
 from bizosctl.catalog.control import Control
@@ -41,20 +40,8 @@ needs_redis_server = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def org(fleet: Control) -> Iterator[Org]:
-    from bizosctl.tenancy.provision import delete_tenant
-
-    made = make_org(fleet, unique_slug("rl"))
-    yield made
-    delete_tenant(fleet, made.slug)
-
-
-def new_key(ctl: Control, org: Org) -> str:
-    from bizosctl.security.apikeys import create_api_key
-
-    _, token = create_api_key(
-        ctl, tenant=org.slug, name=f"k{uuid.uuid4().hex[:6]}", scopes=["*"], expires_ms=None
-    )
-    return token
+    with temporary_org(fleet, "rl") as made:
+        yield made
 
 
 def test_memory_limit_counts_per_key_with_headers(fleet, org):

@@ -17,6 +17,7 @@ from bizosctl.catalog.schemas import QueryResult, TenantDetail, TenantPublic
 from bizosctl.db.engines import get_engine, translate_errors
 from bizosctl.errors import InvalidInput, NotFound
 from bizosctl.plans import Plan
+from bizosctl.security.keycache import auth_changed
 from bizosctl.tenancy.names import check_region_name, check_slug, check_tier, q
 from bizosctl.tenancy.router import search_path, tenant_session
 from bizosctl.tenancy.statement import check_statement
@@ -184,6 +185,7 @@ def set_status(ctl: Control, slug: str, *, status: str, reason: str | None = Non
         assert tenant is not None
         tenant.status = status
         tenant.status_reason = reason if status != "active" else None
+        auth_changed(s, tenant_id=route.tenant_id)
     return get_tenant(ctl, slug, row_counts=False)
 
 
