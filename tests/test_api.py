@@ -480,6 +480,34 @@ def test_read_only_tenant_reads_logs_in_and_gets_423_on_writes(client, fleet):
         delete_tenant(fleet, org.slug)
 
 
+@pytest.mark.parametrize("read_only", [True, False], ids=["read-only", "read-write"])
+def test_tenant_session_survives_its_pooled_connections_being_killed(fleet, orgs, read_only):
+    """A tenant session's pooled connection is not pinged at checkout (one round trip less);
+    one found dead at the context, the transaction's first statement, is replaced once."""
+    from sqlalchemy import text
+
+    from bizosctl.db.engines import get_engine
+    from bizosctl.tenancy.router import tenant_session
+
+    a = orgs[0]
+    route = fleet.route(a.slug)
+    count = text("SELECT count(*) FROM invoices")
+    with tenant_session(fleet, a.slug, actor="test", read_only=read_only) as s:
+        before = s.execute(count).scalar_one()
+    admin = get_engine(fleet.server(route.server).admin_url(route.database), pooled=False)
+    with admin.connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE usename = :role AND datname = :db AND pid <> pg_backend_pid()"
+            ),
+            {"role": route.role, "db": route.database},
+        ).scalar_one()
+    assert killed >= 1  # the pooled connection the session above gave back
+    with tenant_session(fleet, a.slug, actor="test", read_only=read_only) as s:
+        assert s.execute(count).scalar_one() == before
+
+
 def test_api_key_check_survives_a_catalog_restart(fleet, orgs):
     """The per-request key check reads the catalog without pinging its pooled connection
     first (one round trip less); a connection killed by a server restart is retried once."""
