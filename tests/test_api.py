@@ -14,7 +14,7 @@ import httpx
 import jwt as pyjwt
 import pytest
 from apiserver import PASSWORD, Org, bearer, login, make_org, serve_app
-from conftest import unique_slug
+from conftest import kill_tenant_backends, unique_slug
 
 from bizosctl.catalog.control import Control
 
@@ -486,24 +486,13 @@ def test_tenant_session_survives_its_pooled_connections_being_killed(fleet, orgs
     one found dead at the context, the transaction's first statement, is replaced once."""
     from sqlalchemy import text
 
-    from bizosctl.db.engines import get_engine
     from bizosctl.tenancy.router import tenant_session
 
     a = orgs[0]
-    route = fleet.route(a.slug)
     count = text("SELECT count(*) FROM invoices")
     with tenant_session(fleet, a.slug, actor="test", read_only=read_only) as s:
         before = s.execute(count).scalar_one()
-    admin = get_engine(fleet.server(route.server).admin_url(route.database), pooled=False)
-    with admin.connect() as conn:
-        killed = conn.execute(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE usename = :role AND datname = :db AND pid <> pg_backend_pid()"
-            ),
-            {"role": route.role, "db": route.database},
-        ).scalar_one()
-    assert killed >= 1  # the pooled connection the session above gave back
+    assert kill_tenant_backends(fleet, a.slug) >= 1  # the pooled connection given back above
     with tenant_session(fleet, a.slug, actor="test", read_only=read_only) as s:
         assert s.execute(count).scalar_one() == before
 
