@@ -189,3 +189,20 @@ def test_zero_turns_the_cache_off(fleet, org):
         # the very next request: nothing was kept
         r = c.get("/api/v1/invoices", headers=bearer(token))
         assert r.status_code == 401, r.text
+
+
+def test_the_listener_ends_with_its_cache(fleet):
+    import functools
+    import gc
+    import threading
+
+    before = set(threading.enumerate())
+    server = Control(Settings(api_auth_cache_seconds=5))
+    cache = key_cache(server)
+    assert cache is not None
+    assert cache.get("nosuchkey0") is None  # starts the listener
+    (thread,) = [t for t in set(threading.enumerate()) - before if t.name == LISTENER_NAME]
+    wait_for("the listener to connect", functools.partial(getattr, cache, "listening"), 10)
+    del server, cache
+    gc.collect()
+    wait_for("the listener thread to end", lambda: not thread.is_alive(), timeout=15)

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, text
@@ -130,34 +131,64 @@ class KeyCache:
             self._entries.clear()
             self.listening = False
             self.epoch += 1
-        threading.Thread(target=self._listen, name=LISTENER_NAME, daemon=True).start()
+        # the thread holds the cache weakly: it ends (within one wait) once the cache is gone
+        ref = weakref.ref(self)
+        threading.Thread(target=_listen, args=(ref,), name=LISTENER_NAME, daemon=True).start()
 
-    def _listen(self) -> None:
-        import psycopg
+    def dsn(self) -> str:
         from psycopg.conninfo import make_conninfo
 
         from bizosctl.catalog.control import CATALOG_DB
         from bizosctl.db.engines import psycopg_conninfo
 
-        while not self._stop.is_set():
-            try:
-                info = psycopg_conninfo(self.ctl.home_cluster.url(CATALOG_DB))
-                dsn = make_conninfo(**info, application_name=LISTENER_NAME, connect_timeout=5)
-                with psycopg.connect(dsn, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self._set_listening(True)
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=5.0):
-                            self.drop(note.payload)
-                        conn.execute("SELECT 1")  # a dead connection fails here
-            except Exception as exc:
-                if self.listening:
-                    log.warning("API key cache: lost the catalog's notifications (%s)", exc)
-            self._set_listening(False)
-            self._stop.wait(RECONNECT_S)
+        info = psycopg_conninfo(self.ctl.home_cluster.url(CATALOG_DB))
+        return make_conninfo(**info, application_name=LISTENER_NAME, connect_timeout=5)
 
     def close(self) -> None:
         self._stop.set()
+
+
+def _listen(ref: weakref.ReferenceType[KeyCache]) -> None:
+    """The listener thread: one connection at a time, LISTENing on :data:`CHANNEL`."""
+    import psycopg
+
+    while (cache := ref()) is not None and not cache._stop.is_set():
+        try:
+            dsn = cache.dsn()
+            del cache
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                if not _on(ref, KeyCache._set_listening, True):
+                    return
+                while True:
+                    for note in conn.notifies(timeout=5.0):
+                        if not _on(ref, KeyCache.drop, note.payload):
+                            return
+                    if not _on(ref):
+                        return
+                    conn.execute("SELECT 1")  # a dead connection fails here
+        except Exception as exc:
+            if _on(ref) and getattr(ref(), "listening", False):
+                log.warning("API key cache: lost the catalog's notifications (%s)", exc)
+        cache = ref()
+        if cache is None:
+            return
+        cache._set_listening(False)
+        stop = cache._stop
+        del cache
+        stop.wait(RECONNECT_S)
+
+
+def _on(
+    ref: weakref.ReferenceType[KeyCache], act: Callable[..., object] | None = None, *args: Any
+) -> bool:
+    """Whether the cache still exists and is not closed (``act(cache, *args)`` done if so)."""
+    cache = ref()
+    if cache is None or cache._stop.is_set():
+        return False
+    if act is not None:
+        act(cache, *args)
+    return True
 
 
 def key_cache(ctl: Control) -> KeyCache | None:
