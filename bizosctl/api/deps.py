@@ -203,4 +203,9 @@ def Needs(
     return dependency
 
 
-CtlDep = Annotated[Control, Depends(get_ctl)]
+async def _ctl(request: Request) -> Control:
+    """:func:`get_ctl` as a dependency (async: no worker thread for a dictionary read)."""
+    return get_ctl(request)
+
+
+CtlDep = Annotated[Control, Depends(_ctl)]
