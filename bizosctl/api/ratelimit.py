@@ -2,8 +2,9 @@
 
 The caller is the API key (its prefix) or the member, anonymous requests count per client
 address. ``BIZOS_RATE_LIMIT`` is the default (100 per 10 s), ``BIZOS_RATE_LIMITS`` overrides
-it per route group (``auth``, ``invoices``, ...). Counters live in memory (one process) or in
-Redis (``BIZOS_REDIS_URL``: several workers or hosts share them).
+it per route group (``auth``, ``invoices``, ...). Counters live in memory (one process;
+:class:`MemoryWindows`, which counts as ``limits``' memory storage does, cheaper) or in Redis
+(``BIZOS_REDIS_URL``: several workers or hosts share them; ``limits``' Redis storage).
 
 When Redis cannot be reached, auth routes refuse (503: a login flood must not get through
 because the counter is down) and the others serve or refuse by ``BIZOS_RATE_LIMIT_FAIL_OPEN``;
