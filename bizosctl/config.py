@@ -206,6 +206,14 @@ class Settings(BaseSettings):
         description="When the rate-limit store is unreachable, serve (true) or refuse with 503 "
         "(false). Auth routes always refuse.",
     )
+    api_auth_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="How long an API worker keeps an API key's record (tenant, scopes, status, "
+        "secret hash) after reading it; revocations, rotations and tenant status changes drop "
+        "it at once (NOTIFY), this bounds it when that is missed. 0: read on every request.",
+    )
     api_max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body the API accepts."
     )

@@ -92,6 +92,30 @@ def make_org(ctl: Control, slug: str, *, tier: str = "schema") -> Org:
     return org
 
 
+@contextmanager
+def temporary_org(ctl: Control, prefix: str) -> Iterator[Org]:
+    """:func:`make_org` with a new slug, deleted afterwards."""
+    from conftest import unique_slug
+
+    from bizosctl.tenancy.provision import delete_tenant
+
+    made = make_org(ctl, unique_slug(prefix))
+    try:
+        yield made
+    finally:
+        delete_tenant(ctl, made.slug)
+
+
+def new_key(ctl: Control, org: Org) -> str:
+    """Another key of ``org`` with every scope; its token."""
+    from bizosctl.security.apikeys import create_api_key
+
+    _, token = create_api_key(
+        ctl, tenant=org.slug, name=f"k{uuid.uuid4().hex[:6]}", scopes=["*"], expires_ms=None
+    )
+    return token
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -80,6 +80,26 @@ def unique_slug(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
+def kill_tenant_backends(ctl: Control, slug: str) -> int:
+    """End every session of ``slug``'s login role in its database (what a server restart does
+    to pooled connections); how many."""
+    from sqlalchemy import text
+
+    from bizosctl.db.engines import get_engine
+
+    route = ctl.route(slug)
+    admin = ctl.server(route.server).admin_url("postgres")
+    with get_engine(admin, pooled=False).connect() as conn:
+        killed: int = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE usename = :role AND datname = :db AND pid <> pg_backend_pid()"
+            ),
+            {"role": route.role, "db": route.database},
+        ).scalar_one()
+    return killed
+
+
 @pytest.fixture
 def make_tenant(fleet: Control) -> Callable[..., str]:
     """Create a tenant; defaults overridable: make_tenant(tier="isolated", region="id")."""

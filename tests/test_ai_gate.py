@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from conftest import kill_tenant_backends
 from pydantic import BaseModel
 from sqlalchemy import text
 
@@ -489,19 +490,7 @@ def test_a_ledger_connection_the_server_closed_is_replaced_and_counted_once(
     slug = make_tenant(tier="schema", region="id")
     gate = make_gate(ctl, model)
     first = gate.ask(slug, feature="test.dead", prompt="hello")
-    route = ctl.route(slug)
-    admin = ctl.server(route.server).admin_url("postgres")
-    from bizosctl.db.engines import get_engine
-
-    with get_engine(admin, pooled=False).connect() as conn:
-        killed = conn.execute(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE usename = :role AND datname = :db AND pid <> pg_backend_pid()"
-            ),
-            {"role": route.role, "db": route.database},
-        ).scalar_one()
-    assert killed >= 1
+    assert kill_tenant_backends(ctl, slug) >= 1
     second = gate.ask(slug, feature="test.dead", prompt="hello again")
     assert not second.degraded
     done = rows(ctl, slug)

@@ -10,13 +10,12 @@ import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from apiserver import Org, bearer, free_port, make_org, serve_app
+from apiserver import Org, bearer, free_port, make_org, new_key, serve_app, temporary_org
 from conftest import unique_slug
 
 from bizosctl.catalog.control import Control
@@ -41,20 +40,8 @@ needs_redis_server = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def org(fleet: Control) -> Iterator[Org]:
-    from bizosctl.tenancy.provision import delete_tenant
-
-    made = make_org(fleet, unique_slug("rl"))
-    yield made
-    delete_tenant(fleet, made.slug)
-
-
-def new_key(ctl: Control, org: Org) -> str:
-    from bizosctl.security.apikeys import create_api_key
-
-    _, token = create_api_key(
-        ctl, tenant=org.slug, name=f"k{uuid.uuid4().hex[:6]}", scopes=["*"], expires_ms=None
-    )
-    return token
+    with temporary_org(fleet, "rl") as made:
+        yield made
 
 
 def test_memory_limit_counts_per_key_with_headers(fleet, org):
@@ -256,3 +243,27 @@ def test_move_under_api_load_loses_no_acknowledged_write(fleet):
     finally:
         stop.set()
         delete_tenant(fleet, org.slug)
+
+
+def test_memory_windows_count_as_limits_moving_window_does(monkeypatch):
+    """The in-process windows answer what ``limits``' moving window on its memory storage
+    answers (allowed or not, remaining, reset), hit for hit, on a made-up clock."""
+    from limits import parse
+    from limits.storage import MemoryStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    from bizosctl.api.ratelimit import MemoryWindows
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    item = parse("3/2seconds")
+    theirs, ours = MovingWindowRateLimiter(MemoryStorage()), MemoryWindows()
+    # (never exactly a window after a hit: there limits counts the hit for one and not the other)
+    for at in (0, 0.1, 0.2, 0.3, 1.0, 1.95, 2.05, 2.15, 2.3, 4.5, 4.6, 20, 20.1):
+        clock[0] = 1000.0 + at
+        for who in ("a", "b") if at < 5 else ("a",):
+            got = (ours.hit(item, "g", who), ours.get_window_stats(item, "g", who))
+            want = (theirs.hit(item, "g", who), theirs.get_window_stats(item, "g", who))
+            assert got == want, (at, who)
+    ours._sweep(clock[0])  # idle keys are dropped
+    assert list(ours._hits) == [item.key_for("g", "a")]

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from bizosctl.api.ratelimit import Limiter
 from bizosctl.catalog.control import Control, RouteInfo
 from bizosctl.errors import Forbidden, InvalidToken, TenantSuspended, Unauthorized
+from bizosctl.security.apikeys import ApiKeyPublic, authenticate_api_key, cached_api_key
 from bizosctl.security.rbac import Need, allowed, member_permissions, scope_allows
 from bizosctl.tenancy.router import tenant_session
 
@@ -98,20 +100,30 @@ def bearer(request: Request) -> str:
     return header[len(BEARER) :].strip()
 
 
+def _key_caller(key: ApiKeyPublic, route: RouteInfo) -> Caller:
+    return Caller(
+        tenant=key.tenant,
+        tenant_id=route.tenant_id,
+        kind="api_key",
+        key_prefix=key.prefix,
+        scopes=frozenset(key.scopes),
+        route=route,
+    )
+
+
+def authenticate_cached(ctl: Control, token: str) -> Caller | None:
+    """The caller behind an API key when this process's key cache answers (no I/O), None
+    when the catalog must be asked (:func:`authenticate`)."""
+    if not token.startswith("bz_"):
+        return None
+    found = cached_api_key(ctl, token)
+    return None if found is None else _key_caller(*found)
+
+
 def authenticate(ctl: Control, token: str) -> Caller:
     """The caller behind a bearer token (no database work for a member: see ``Needs``)."""
     if token.startswith("bz_"):
-        from bizosctl.security.apikeys import authenticate_api_key
-
-        key, route = authenticate_api_key(ctl, token, tenant=None)
-        return Caller(
-            tenant=key.tenant,
-            tenant_id=route.tenant_id,
-            kind="api_key",
-            key_prefix=key.prefix,
-            scopes=frozenset(key.scopes),
-            route=route,
-        )
+        return _key_caller(*authenticate_api_key(ctl, token, tenant=None, cached=True))
     from bizosctl.security.jwt import verify_token
 
     claims = verify_token(ctl, token, check_tenant=False)
@@ -157,25 +169,33 @@ def client_address(request: Request) -> str:
 
 def Needs(
     permission: str | None, scope: str | None, *, group: str | None = None
-) -> Callable[..., Ctx]:
+) -> Callable[..., Awaitable[Ctx]]:
     """The dependency of a route that needs ``permission`` (members) or ``scope`` (keys);
     None for both: any authenticated caller."""
     need = Need(permission=permission or "", scope=scope or "")
     limit_group = group or (scope.partition(":")[0] if scope else "api")
 
-    def dependency(
+    async def dependency(
         request: Request,
         response: Response,
         _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_SCHEME)] = None,
     ) -> Ctx:
+        # On the event loop what needs no I/O (a key the cache knows, a memory rate limit,
+        # the scope check); in a worker thread what reads the catalog, Redis or the tenant.
         ctl = get_ctl(request)
-        caller = authenticate(ctl, bearer(request))
-        rate_limit(request, response, limit_group, caller.rate_key)
+        token = bearer(request)
+        caller = authenticate_cached(ctl, token)
+        if caller is None:
+            caller = await run_in_threadpool(authenticate, ctl, token)
+        if get_limiter(request).backend == "memory":
+            rate_limit(request, response, limit_group, caller.rate_key)
+        else:
+            await run_in_threadpool(rate_limit, request, response, limit_group, caller.rate_key)
         if caller.kind == "api_key":
             if need.scope and not scope_allows(caller.scopes, need.scope):
                 raise Forbidden(f"this API key lacks the scope {need.scope!r}")
         else:
-            load_member(ctl, caller)
+            await run_in_threadpool(load_member, ctl, caller)
             if need.permission and not allowed(caller.permissions, need.permission):
                 raise Forbidden(f"this needs the permission {need.permission!r}")
         return Ctx(ctl=ctl, caller=caller, request=request)
@@ -183,4 +203,9 @@ def Needs(
     return dependency
 
 
-CtlDep = Annotated[Control, Depends(get_ctl)]
+async def _ctl(request: Request) -> Control:
+    """:func:`get_ctl` as a dependency (async: no worker thread for a dictionary read)."""
+    return get_ctl(request)
+
+
+CtlDep = Annotated[Control, Depends(_ctl)]

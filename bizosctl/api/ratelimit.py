@@ -2,8 +2,9 @@
 
 The caller is the API key (its prefix) or the member, anonymous requests count per client
 address. ``BIZOS_RATE_LIMIT`` is the default (100 per 10 s), ``BIZOS_RATE_LIMITS`` overrides
-it per route group (``auth``, ``invoices``, ...). Counters live in memory (one process) or in
-Redis (``BIZOS_REDIS_URL``: several workers or hosts share them).
+it per route group (``auth``, ``invoices``, ...). Counters live in memory (one process;
+:class:`MemoryWindows`, which counts as ``limits``' memory storage does, cheaper) or in Redis
+(``BIZOS_REDIS_URL``: several workers or hosts share them; ``limits``' Redis storage).
 
 When Redis cannot be reached, auth routes refuse (503: a login flood must not get through
 because the counter is down) and the others serve or refuse by ``BIZOS_RATE_LIMIT_FAIL_OPEN``;
@@ -17,11 +18,13 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
-from limits.storage import MemoryStorage, RedisStorage, Storage
+from limits.storage import RedisStorage, Storage
 from limits.strategies import MovingWindowRateLimiter
+from limits.util import WindowStats
 
 from bizosctl.config import Settings
 from bizosctl.errors import ConfigError, ServerUnavailable, TooManyRequests
@@ -32,6 +35,54 @@ log = logging.getLogger("bizosctl.api")
 FAIL_CLOSED = frozenset({"auth"})
 #: Seconds between two tries of an unreachable store (requests meanwhile do not wait on it).
 RETRY_STORE_AFTER = 5.0
+
+
+class MemoryWindows:
+    """Moving windows in this process's memory, as ``limits``' moving-window strategy on its
+    memory storage counts them (same remaining and reset), without its cost on the request
+    path (a list insert at the front and an expiry timer thread started per hit): per key,
+    the times of the hits still in the window, oldest first."""
+
+    SWEEP_EVERY = 10.0  # seconds between two drops of idle keys
+
+    def __init__(self) -> None:
+        self._hits: dict[str, tuple[float, deque[float]]] = {}
+        self._lock = threading.Lock()
+        self._swept = time.time()
+
+    def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
+        key, expiry, now = item.key_for(*identifiers), item.get_expiry(), time.time()
+        with self._lock:
+            if now - self._swept > self.SWEEP_EVERY:
+                self._sweep(now)
+            window = self._window(key, expiry, now)
+            if len(window) >= item.amount:
+                return False
+            window.append(now)
+            return True
+
+    def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
+        key, expiry, now = item.key_for(*identifiers), item.get_expiry(), time.time()
+        with self._lock:
+            window = self._window(key, expiry, now)
+            if not window:
+                return WindowStats(now + expiry, item.amount)
+            return WindowStats(window[0] + expiry, item.amount - len(window))
+
+    def _window(self, key: str, expiry: float, now: float) -> deque[float]:
+        entry = self._hits.get(key)
+        if entry is None:
+            entry = self._hits[key] = (expiry, deque())
+        window = entry[1]
+        while window and window[0] < now - expiry:
+            window.popleft()
+        return window
+
+    def _sweep(self, now: float) -> None:
+        self._swept = now
+        for key, (expiry, window) in list(self._hits.items()):
+            if not window or window[-1] < now - expiry:
+                del self._hits[key]
 
 
 @dataclass
@@ -57,15 +108,15 @@ class Limiter:
         }
         self.fail_open = settings.rate_limit_fail_open
         self.backend = "redis" if settings.redis_url else "memory"
-        storage: Storage
+        self.strategy: MovingWindowRateLimiter | MemoryWindows
         if settings.redis_url:
-            storage = RedisStorage(
+            self.storage: Storage | None = RedisStorage(
                 settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
             )
+            self.strategy = MovingWindowRateLimiter(self.storage)
         else:
-            storage = MemoryStorage()
-        self.storage = storage
-        self.strategy = MovingWindowRateLimiter(storage)
+            self.storage = None  # never down
+            self.strategy = MemoryWindows()
         self._down_since: float | None = None
         self._lock = threading.Lock()
 
@@ -77,7 +128,7 @@ class Limiter:
         """The store's state for ``/readyz`` (a store marked down is asked again)."""
         if not self.healthy and not self._skip_store():
             try:
-                up = bool(self.storage.check())
+                up = self.storage is None or bool(self.storage.check())
             except Exception:
                 up = False
             with self._lock:

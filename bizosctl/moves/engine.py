@@ -45,6 +45,7 @@ from bizosctl.moves.steps import Hooks as Hooks
 from bizosctl.moves.steps import MoveReport as MoveReport
 from bizosctl.moves.steps import _Move as _Move
 from bizosctl.plans import Plan
+from bizosctl.security.keycache import auth_changed
 from bizosctl.tenancy.placement import Placement
 from bizosctl.tenancy.servers import new_password
 
@@ -93,6 +94,7 @@ def _register(
         ).first()
         if not updated:
             raise Busy(f"tenant {plan.slug!r} changed status meanwhile; try again")
+        auth_changed(s, tenant_id=plan.tenant_id)
         add_operation(
             s, kind=OperationKind.TENANT_MOVE, target=plan.slug, params=params, status=status,
             op_id=op_id,

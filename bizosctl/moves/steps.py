@@ -29,6 +29,7 @@ from bizosctl.faults import crash_point
 from bizosctl.moves import capture
 from bizosctl.moves.copy import checksum, copy_table, sync_keys
 from bizosctl.moves.tables import TableInfo, table_infos
+from bizosctl.security.keycache import auth_changed
 from bizosctl.tenancy.names import login_roles, q
 from bizosctl.tenancy.placement import Placement
 from bizosctl.tenancy.servers import (
@@ -389,6 +390,7 @@ class _Move:
             ),
             {"tier": t.tier, "region": t.region, "t": self.tenant_id},
         )
+        auth_changed(conn, tenant_id=self.tenant_id)
         self.run.step("switch", freeze_ms=round(freeze_ms, 1))  # commits the whole transaction
         crash_point("move.switch")
 
@@ -559,4 +561,5 @@ class _Move:
             s.execute(
                 text("UPDATE tenants SET status = 'active' WHERE id = :t"), {"t": self.tenant_id}
             )
+            auth_changed(s, tenant_id=self.tenant_id)
         self.run.finish("aborted", reason)

@@ -33,6 +33,7 @@ from bizosctl.providers.base import (
 )
 from bizosctl.providers.http import ReplyLost
 from bizosctl.providers.local import CLOUD_PROVIDERS, ServerHandle
+from bizosctl.security.keycache import auth_changed
 
 if TYPE_CHECKING:
     from bizosctl.catalog.control import Control, RouteInfo
@@ -259,6 +260,7 @@ def _record_project(
                 text("UPDATE routes SET server = :s, updated_at = now() WHERE tenant_id = :t"),
                 {"s": name, "t": reroute},
             )
+            auth_changed(s, tenant_id=reroute)
     ctl.forget_server(name)
     return name
 

@@ -38,6 +38,7 @@ from bizosctl.errors import (
     TenantSuspended,
     Unauthorized,
 )
+from bizosctl.security.keycache import KeyCache, auth_changed, key_cache
 
 TOKEN_RE = re.compile(r"bz_([a-z0-9]{10})_([A-Za-z0-9_-]{20,128})")
 PREFIX_RE = re.compile(r"[a-z0-9]{10}")
@@ -48,6 +49,8 @@ NAME_MAX = 100
 MAX_EXPIRY_MS = 3650 * 86_400_000
 MAX_GRACE_MS = 30 * 86_400_000
 INVALID_KEY = "invalid API key"
+#: How often a key's ``last_used_at`` is written at most.
+LAST_USED_EVERY = dt.timedelta(minutes=1)
 # Compared against when the prefix is unknown, so that case costs the same as a wrong secret.
 _NO_HASH = hashlib.sha256(b"no such key").hexdigest()
 
@@ -333,6 +336,7 @@ def revoke_api_key(ctl: Control, key: str, *, tenant: str | None = None) -> ApiK
         row, slug = _find(s, key, lock=True, tenant=tenant)
         if row.revoked_at is None:
             row.revoked_at = now
+            auth_changed(s, prefix=row.prefix)
         return _public(row, slug, now)
 
 
@@ -412,6 +416,7 @@ def rotate_api_key(
         )
         old.expires_at = _old_valid_until(old, now, grace_ms)
         old.replaced_by = new.id
+        auth_changed(s, prefix=old.prefix)
         return _public(new, slug, now), token
 
 
@@ -421,23 +426,76 @@ def verify_api_key(ctl: Control, token: str, *, tenant: str | None) -> ApiKeyPub
 
 
 def authenticate_api_key(
-    ctl: Control, token: str, *, tenant: str | None
+    ctl: Control, token: str, *, tenant: str | None, cached: bool = False
 ) -> tuple[ApiKeyPublic, RouteInfo]:
     """The key behind a bearer token, if it is valid for ``tenant`` (None: the key's own
     tenant, as the API server asks), and its tenant's route read in the same catalog
     transaction (what the API needs to serve the request); records its use.
+
+    ``cached``: the record may come from this process's cache (the API server; see
+    :mod:`bizosctl.security.keycache`): the secret is checked against its hash all the same.
 
     Raises:
         Unauthorized: the token is malformed, unknown, revoked or expired (one message).
         Forbidden: the key is valid but belongs to another tenant.
         TenantSuspended: the key is valid but its tenant is suspended.
     """
+    prefix, digest = _parse_token(token)
+    cache = key_cache(ctl) if cached else None
+    epoch = 0
+    if cache is not None:
+        epoch = cache.epoch
+        hit = _from_cache(cache, prefix, digest, tenant)
+        if hit is not None:
+            return hit
+    found = _authenticate_retrying(ctl, prefix, digest, tenant, _now())
+    if cache is not None:
+        cache.put(epoch, digest, *found)
+    return found
+
+
+def cached_api_key(ctl: Control, token: str) -> tuple[ApiKeyPublic, RouteInfo] | None:
+    """:func:`authenticate_api_key` for the API (``tenant=None``, ``cached=True``) when this
+    process's cache can answer without the catalog (no I/O: the event loop may call it);
+    None when it cannot."""
+    cache = key_cache(ctl)
+    if cache is None:
+        return None
+    prefix, digest = _parse_token(token)
+    return _from_cache(cache, prefix, digest, None)
+
+
+def _parse_token(token: str) -> tuple[str, str]:
+    """The prefix and the secret's hash of a well-formed token."""
     match = TOKEN_RE.fullmatch(token)
     if match is None:
         raise Unauthorized(INVALID_KEY)
     prefix, secret = match.groups()
-    digest = _hash(secret)
-    now = _now()
+    return prefix, _hash(secret)
+
+
+def _from_cache(
+    cache: KeyCache, prefix: str, digest: str, tenant: str | None
+) -> tuple[ApiKeyPublic, RouteInfo] | None:
+    hit = cache.get(prefix)
+    if hit is None:
+        return None
+    # the secret is checked on every request: the cache keeps its hash, never its verdict
+    if not hmac.compare_digest(hit.secret_hash, digest):
+        raise Unauthorized(INVALID_KEY)
+    key, now = hit.key, _now()
+    if key.expires_at is not None and key.expires_at <= now:
+        raise Unauthorized(INVALID_KEY)
+    # the once-a-minute last_used_at write is the catalog read's
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_EVERY:
+        return None
+    _admit(key.tenant, hit.route.status, tenant)
+    return key, hit.route
+
+
+def _authenticate_retrying(
+    ctl: Control, prefix: str, digest: str, tenant: str | None, now: dt.datetime
+) -> tuple[ApiKeyPublic, RouteInfo]:
     # One statement, outside a transaction (a read needs no BEGIN/COMMIT round trips): the
     # key, its tenant and the tenant's route. This runs on every API request, so its pooled
     # connection is not pinged first: a dead one (the server restarted) is retried once.
@@ -483,14 +541,11 @@ def _authenticate(
     if row is None or not matches or _row_status(row, now) != "active":
         raise Unauthorized(INVALID_KEY)
     slug = row.slug
-    if tenant is not None and slug != tenant:
-        raise Forbidden(f"this API key does not belong to tenant {tenant!r}")
-    if row.status == "suspended":
-        raise TenantSuspended(f"tenant {slug!r} is suspended: its API keys are refused")
+    _admit(slug, row.status, tenant)
     # At most one write a minute per key: concurrent requests with one key must not queue
     # on its row.
     last_used = row.last_used_at
-    if last_used is None or now - last_used > dt.timedelta(minutes=1):
+    if last_used is None or now - last_used > LAST_USED_EVERY:
         with raw.cursor() as cur:
             cur.execute(
                 "UPDATE api_keys SET last_used_at = %(now)s WHERE id = %(id)s",
@@ -511,6 +566,14 @@ def _authenticate(
         status="active",
     )
     return public, ctl.route_from_row(row)
+
+
+def _admit(slug: str, status: str, tenant: str | None) -> None:
+    """Refuse a valid key asked for another tenant, or of a suspended tenant."""
+    if tenant is not None and slug != tenant:
+        raise Forbidden(f"this API key does not belong to tenant {tenant!r}")
+    if status == "suspended":
+        raise TenantSuspended(f"tenant {slug!r} is suspended: its API keys are refused")
 
 
 _AUTH_SQL = (

@@ -36,6 +36,7 @@ from bizosctl.db.engines import dispose_all, get_engine, translate_errors
 from bizosctl.errors import Busy, InvalidInput, NotFound
 from bizosctl.faults import crash_point
 from bizosctl.plans import Plan
+from bizosctl.security.keycache import auth_changed
 from bizosctl.tenancy.names import SHARED_DB, SHARED_LOGIN, check_slug, other_login_role, q
 from bizosctl.tenancy.servers import new_password, set_login_role
 from tenant_schema.ddl import APP_GROUP
@@ -350,6 +351,8 @@ def _switch(ctl: Control, run: OperationRun, sw: Switch) -> None:
             ),
             {"new": sw.new, "server": sw.server, "old": sw.old},
         )
+    # a tenant's route, or every route on the server: the API's cached ones are read again
+    auth_changed(run.conn, tenant_id=uuid.UUID(sw.tenant_id) if sw.tenant_id else None)
     run.step(f"switch:{sw.name}")
     crash_point("rotate.db-password.switch")
 

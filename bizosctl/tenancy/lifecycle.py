@@ -172,11 +172,14 @@ def set_status(ctl: Control, slug: str, *, status: str, reason: str | None = Non
             text("UPDATE tenant_state SET status = :s, updated_at = now() WHERE tenant_id = :t"),
             {"s": status, "t": route.tenant_id},
         )
+    from bizosctl.security.keycache import auth_changed
+
     with ctl.catalog() as s:
         tenant = s.get(Tenant, route.tenant_id)
         assert tenant is not None
         tenant.status = status
         tenant.status_reason = reason if status != "active" else None
+        auth_changed(s, tenant_id=route.tenant_id)
     return get_tenant(ctl, slug, row_counts=False)
 
 

@@ -48,6 +48,7 @@ from bizosctl.providers.cloud import (
     require_cloud_tier,
 )
 from bizosctl.security.fields import normalize_email
+from bizosctl.security.keycache import auth_changed
 from bizosctl.tenancy.names import (
     SHARED_DB,
     check_new_slug,
@@ -309,6 +310,7 @@ def _finish_create(
             conn.execute(
                 text("UPDATE tenants SET status = 'active' WHERE id = :t"), {"t": route.tenant_id}
             )
+            auth_changed(conn, tenant_id=route.tenant_id)
 
         run.finish("done", also=activate)
 
@@ -616,6 +618,7 @@ def _start_delete(
             f"tenant {slug!r} is moving: `tenant move --abort {slug}` (or let it finish) first"
         )
     tenant.status = "deleting"
+    auth_changed(s, tenant_id=route.tenant_id)
     # an interrupted delete of this tenant is resumed, not started again
     op_id, _ = start_or_resume(
         ctl,
@@ -654,6 +657,7 @@ def _run_delete(ctl: Control, op_id: uuid.UUID, route: RouteInfo) -> dict[str, A
             tenant.status = "deleted"
             tenant.deleted_at = text("now()")  # type: ignore[assignment]
             s.execute(text("DELETE FROM routes WHERE tenant_id = :t"), {"t": route.tenant_id})
+            auth_changed(s, tenant_id=route.tenant_id)
             forget_project_server(s, route.server)
         run.finish("done")
     return {"slug": slug, "deleted": True, "operation": str(op_id)}

@@ -20,14 +20,14 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, LiteralString
 
 from bizosctl.catalog.control import Control, RouteInfo
-from bizosctl.db.engines import get_engine, memo_engine, translate_errors
+from bizosctl.db.engines import get_engine, is_disconnect, memo_engine, translate_errors
 from bizosctl.errors import TenantSuspended
 
 if TYPE_CHECKING:
     import psycopg
     from sqlalchemy import TextClause
     from sqlalchemy.engine import Engine
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import Session, SessionTransaction
 
     from bizosctl.providers.local import ServerHandle
 
@@ -90,22 +90,40 @@ def tenant_session(
     """A session inside one transaction in ``slug``'s context; committed on success.
     ``route``: the tenant's route as the caller just read it (the API reads it once per
     request, with the credentials); looked up otherwise."""
-    from sqlalchemy.orm import Session
 
     if route is None or route.slug != slug:
         route = ctl.route(slug)
-    engine = _engine(ctl, route, read_only=read_only)
-    with translate_errors(f"tenant {slug}"), Session(engine) as session, session.begin():
-        # One round trip: SET LOCAL of the context (READ ONLY came with the BEGIN).
-        session.execute(
-            _context_sql(),
-            {
-                "tenant": str(route.tenant_id),
-                "actor": actor,
-                "path": search_path(route),
-            },
-        )
-        yield session
+    # The pooled connection is not pinged at checkout (a round trip per session): the
+    # context is the transaction's first statement, so a connection found dead there (the
+    # server restarted) is replaced and the context sent again, once.
+    engine = _engine(ctl, route, pre_ping=False, read_only=read_only)
+    context = {"tenant": str(route.tenant_id), "actor": actor, "path": search_path(route)}
+    with translate_errors(f"tenant {slug}"):
+        session, transaction = _begin(engine, context)
+        with session, transaction:
+            yield session
+
+
+def _begin(engine: Engine, context: Mapping[str, str]) -> tuple[Session, SessionTransaction]:
+    """A session whose transaction has begun with the context set: one round trip (BEGIN,
+    READ ONLY with it, and SET LOCAL of the context), retried once on a dead connection."""
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.orm import Session
+
+    for attempt in (1, 2):
+        session = Session(engine)
+        transaction = session.begin()
+        try:
+            session.execute(_context_sql(), context)
+            return session, transaction
+        except DBAPIError as exc:
+            session.close()
+            if attempt == 2 or not is_disconnect(exc):
+                raise
+        except BaseException:
+            session.close()
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @contextlib.contextmanager
