@@ -22,7 +22,10 @@ def create() -> FastAPI:
     ctl = get_control()
     route = ctl.route(os.environ["BENCH_TENANT"])
     handle = ctl.server(route.server)
-    engine = get_engine(handle.login_url(route.database, route.role, route.password))
+    # no ping at checkout, as tenant_session (the bare side does no less than ours)
+    engine = get_engine(
+        handle.login_url(route.database, route.role, route.password), pre_ping=False
+    )
     engine = engine.execution_options(postgresql_readonly=True)
     context = text(
         "SELECT set_config('bizos.tenant_id', :t, true), set_config('bizos.actor', 'bench', "
