@@ -18,7 +18,10 @@ feature still gets an answer.
 Every call writes one ledger row in the tenant's database (``bizosctl.ai.ledger``); a priced
 call first reserves its worst-case cost against the month's budget in the transaction that
 writes the row, and is refused (:class:`~bizosctl.errors.BudgetExceeded`) or answered
-offline (the tenant's ``ai_over_budget``) when the budget would be exceeded.
+offline (the tenant's ``ai_over_budget``) when the budget would be exceeded. The row is
+settled (the real cost) after the answer is returned, by the gate's background writer
+(:mod:`bizosctl.ai.writer`; the reservation counts until then): read the ledger in the same
+process after :meth:`Gate.flush` or :func:`bizosctl.ai.writer.flush_all`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from bizosctl.ai.providers import (
     Provider,
     configured,
 )
+from bizosctl.ai.writer import LedgerWriter
 from bizosctl.errors import (
     BizosError,
     BudgetExceeded,
@@ -125,6 +129,8 @@ class Gate:
         self._names_lock = threading.Lock()
         self._terms: dict[str, tuple[float, plans.TenantPlan]] = {}
         self._routes: dict[str, tuple[float, RouteInfo]] = {}
+        #: settles calls after they answered (see bizosctl.ai.writer); flush() waits for it
+        self.writer = LedgerWriter()
         if self.provider is not None:
             ledger.prices(s, self.provider.model)  # a model without a price: refuse at once
 
@@ -234,12 +240,12 @@ class Gate:
             billed = ledger.cost(self.settings, provider.model, call.tokens_in, call.tokens_out)
             call.reason = call.reason or "error"
             self._settle(tenant, feature, plan, held, provider, call, degraded=True,
-                         cost=billed, route=route)  # fmt: skip
+                         cost=billed, route=route, background=False)  # fmt: skip
             raise
         answer_cost = ledger.cost(self.settings, provider.model, call.tokens_in, call.tokens_out)
         degraded = call.reason is not None
         overhead = self._settle(tenant, feature, plan, held, provider, call, degraded=degraded,
-                                cost=answer_cost, route=route)  # fmt: skip
+                                cost=answer_cost, route=route, background=True)  # fmt: skip
         by, model = ("offline", "offline") if degraded else (provider.name, provider.model)
         return self._answer(masked, data, text, by, model, call, answer_cost, held.id, overhead,
                             entities)  # fmt: skip
@@ -379,7 +385,10 @@ class Gate:
         degraded: bool,
         cost: Decimal = Decimal(0),
         route: RouteInfo,
+        background: bool,
     ) -> float:
+        """Settle ``held`` with what the call came to; ``background``: by the gate's writer,
+        after this returns (the reservation counts until then), else here and now."""
         elapsed = time.perf_counter() - call.started
         overhead = _ms(elapsed - call.model_seconds)
         outcome = ledger.Outcome(
@@ -394,16 +403,23 @@ class Gate:
             degraded=degraded,
             reason=call.reason if degraded else None,
         )
+
         # A tenant that moved while the model answered: the reservation was copied with it,
         # and is settled where the tenant is now (see _in_tenant).
-        self._in_tenant(
-            tenant,
-            feature,
-            route,
-            lambda run: ledger.settle(
-                run, tenant_id=plan.tenant_id, reservation=held, outcome=outcome
-            ),
-        )
+        def write() -> None:
+            self._in_tenant(
+                tenant,
+                feature,
+                route,
+                lambda run: ledger.settle(
+                    run, tenant_id=plan.tenant_id, reservation=held, outcome=outcome
+                ),
+            )
+
+        if background:
+            self.writer.submit(write)
+        else:
+            write()
         return overhead
 
     def _answer(
@@ -525,9 +541,15 @@ class Gate:
     def breaker_state(self) -> BreakerState:
         return self.breaker.snapshot()
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the settlements of the calls made so far are written: before reading
+        the ledger in this process. False when ``timeout`` seconds passed first."""
+        return self.writer.flush(timeout)
+
     def close(self) -> None:
         from bizosctl.ai.providers import close
 
+        self.writer.close()
         close(self.provider)
 
 

@@ -132,7 +132,9 @@ def tenant_statement(
             except psycopg.Error as exc:
                 dead = conn.closed or conn.broken
                 if dead:
-                    raw.invalidate(exc)
+                    # What SQLAlchemy does on a disconnect: the pool's other connections, as
+                    # old as this one, died with it (a restart) and are replaced at checkout.
+                    engine.pool._invalidate(raw, exc)
                 else:
                     try:
                         conn.rollback()

@@ -1,0 +1,71 @@
+"""The ledger's background writer (bizosctl.ai.writer) alone: order, flush, a full queue,
+retries, close."""
+
+from __future__ import annotations
+
+import threading
+
+from bizosctl.ai.writer import LedgerWriter, flush_all
+
+
+def test_jobs_run_in_order_and_flush_waits_for_them() -> None:
+    gate = threading.Event()
+    done: list[int] = []
+    w = LedgerWriter(capacity=100)
+    w.submit(lambda: gate.wait(30))
+    for i in range(5):
+        w.submit(lambda i=i: done.append(i))
+    assert not w.flush(0.1) and done == []  # the first job holds the others
+    gate.set()
+    assert w.flush(30) and flush_all(30)
+    assert done == [0, 1, 2, 3, 4]
+    w.close()
+
+
+def test_a_full_queue_makes_the_caller_write() -> None:
+    gate = threading.Event()
+    where: list[str] = []
+    w = LedgerWriter(capacity=1)
+    w.submit(lambda: gate.wait(30))  # taken by the thread: the queue is empty again
+    while w._queue.qsize():  # until the thread holds it
+        pass
+    w.submit(lambda: where.append(threading.current_thread().name))  # queued
+    w.submit(lambda: where.append(threading.current_thread().name))  # full: here
+    assert where == [threading.current_thread().name]
+    gate.set()
+    assert w.flush(30)
+    assert where == [threading.current_thread().name, "bizosctl-ledger"]
+    w.close()
+
+
+def test_a_failing_job_is_tried_again_then_left() -> None:
+    waits: list[float] = []
+    tries: list[int] = []
+
+    def flaky() -> None:
+        tries.append(1)
+        if len(tries) < 3:
+            raise OSError("not yet")
+
+    def never() -> None:
+        raise OSError("never")
+
+    w = LedgerWriter(retries=(0.1, 0.5, 2.0), sleep=waits.append)
+    w.submit(flaky)
+    assert w.flush(30)
+    assert (len(tries), waits, w.failed) == (3, [0.1, 0.5], 0)
+    w.submit(never)
+    assert w.flush(30)
+    assert (waits[2:], w.failed) == ([0.1, 0.5, 2.0], 1)
+    w.close()
+
+
+def test_after_close_jobs_run_in_the_caller() -> None:
+    w = LedgerWriter()
+    ran: list[str] = []
+    w.submit(lambda: ran.append("queued"))
+    assert w.close(30)
+    assert ran == ["queued"]
+    w.submit(lambda: ran.append(threading.current_thread().name))
+    assert ran == ["queued", threading.current_thread().name]
+    assert w.flush(0)
