@@ -688,3 +688,26 @@ def test_a_process_killed_before_its_settlement_leaves_the_reservation_counted(
     assert [r["status"] for r in ledger_rows(ctl, budget_tenant)] == [
         "done", "done", "refused", "done"]  # fmt: skip
     assert answer.cost == price
+
+
+def test_the_compiled_names_are_kept_until_the_names_change(
+    ctl: Control, model: FakeModel, make_tenant: Any
+) -> None:
+    from test_ai_cli import add_member
+
+    slug = make_tenant(tier="schema", region="id")
+    add_member(ctl, slug, "Sukarti Wulandari")
+    clock = Clock()
+    gate = make_gate(ctl, model, kind="offline", clock=clock, ai_names_ttl=60)
+    kept = gate.tenant_dictionary(slug)
+    assert "Sukarti" in kept.known
+    add_member(ctl, slug, "Margono Hadiwijaya")
+    assert gate.tenant_dictionary(slug) is kept  # within the TTL: kept, names and all
+    clock.now += 61
+    clock_names = gate.tenant_names(slug)
+    fresh = gate.tenant_dictionary(slug)
+    assert fresh is not kept and "Margono" in fresh.known and "Margono Hadiwijaya" in clock_names
+    clock.now += 61  # read again, the same names: the same compiled dictionary
+    assert gate.tenant_dictionary(slug) is fresh
+    answer = gate.ask(slug, feature="test.names", prompt="call Margono Hadiwijaya today")
+    assert answer.entities == {"PERSON": 1}

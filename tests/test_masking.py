@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bizosctl.privacy import corpus
-from bizosctl.privacy.masking import KINDS, Masked, Span, detect, mask
+from bizosctl.privacy.masking import KINDS, Masked, Span, compile_names, detect, mask
 
 
 def found(text: str, **kw: object) -> list[tuple[str, str]]:
@@ -286,6 +286,14 @@ def test_corpus_line_gives_exactly_its_spans(sample: corpus.Sample) -> None:
         (s.kind, sample.text[s.start : s.end]) for s in sample.spans
     ]
     assert got == sample.spans
+
+
+def test_compiled_names_find_exactly_what_the_names_find() -> None:
+    # what the LLM gate passes: the tenant's names compiled once (kept with them)
+    compiled = compile_names(CORPUS.names)
+    for sample in CORPUS.samples:
+        assert detect(sample.text, names=compiled) == sample.spans, sample.line
+        assert mask(sample.text, names=compiled) == mask(sample.text, names=CORPUS.names)
 
 
 def test_corpus_masked_text_holds_no_value_in_any_form() -> None:

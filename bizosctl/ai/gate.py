@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from bizosctl.catalog.control import Control, RouteInfo
     from bizosctl.config import Settings
     from bizosctl.privacy.masking import Masked
+    from bizosctl.privacy.persons import Dictionary
 
 #: Seconds a tenant's plan and budget are kept by a gate (the spending itself is never cached).
 TERMS_TTL = 5.0
@@ -125,7 +126,7 @@ class Gate:
         )
         self._clock = clock
         self._sleep = sleep
-        self._names: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._names: dict[str, tuple[float, tuple[str, ...], Dictionary]] = {}
         self._names_lock = threading.Lock()
         self._terms: dict[str, tuple[float, plans.TenantPlan]] = {}
         self._routes: dict[str, tuple[float, RouteInfo]] = {}
@@ -167,7 +168,9 @@ class Gate:
         if not FEATURE.match(feature):
             raise InvalidInput(f"feature {feature!r}: lower-case letters, digits, . _ - only")
         plan = self.tenant_terms(tenant)
-        masked = mask(prompt, names=[*self.tenant_names(tenant), *names])
+        extra = tuple(names)
+        known = [*self.tenant_names(tenant), *extra] if extra else self.tenant_dictionary(tenant)
+        masked = mask(prompt, names=known)
         entities = masked.counts()
         out = Prompt(
             text=masked.text,
@@ -511,19 +514,30 @@ class Gate:
     def tenant_names(self, slug: str) -> tuple[str, ...]:
         """The tenant's members' and customers' names (the masking dictionary), cached for
         ``ai_names_ttl`` seconds."""
+        return self._tenant_names(slug)[1]
+
+    def tenant_dictionary(self, slug: str) -> Dictionary:
+        """:meth:`tenant_names` compiled for the masking, kept with them (compiled again
+        only when the names read after ``ai_names_ttl`` differ)."""
+        return self._tenant_names(slug)[2]
+
+    def _tenant_names(self, slug: str) -> tuple[float, tuple[str, ...], Dictionary]:
         now = self._clock()
         with self._names_lock:
             hit = self._names.get(slug)
         if hit is not None and hit[0] > now:
-            return hit[1]
+            return hit
         from bizosctl.privacy.dictionary import tenant_names
+        from bizosctl.privacy.masking import compile_names
 
         # A member name that does not decrypt fails the call: without the whole dictionary
         # the gate cannot promise the names stay home.
         names = tuple(sorted(set(tenant_names(self.ctl, slug, actor="bizosctl:ai:names"))))
+        compiled = hit[2] if hit is not None and hit[1] == names else compile_names(names)
+        kept = (now + self.settings.ai_names_ttl, names, compiled)
         with self._names_lock:
-            self._names[slug] = (now + self.settings.ai_names_ttl, names)
-        return names
+            self._names[slug] = kept
+        return kept
 
     def probe(self) -> tuple[bool, str | None, float]:
         """One tiny request to the configured provider, through the breaker (``ai check``):

@@ -19,6 +19,7 @@ again.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -46,7 +47,13 @@ def prices(settings: Settings, model: str) -> tuple[Decimal, Decimal]:
             f"model {model!r} has no price in the ai_prices setting: add "
             f'"{model}": {{"input": USD, "output": USD}} per million tokens'
         )
-    return Decimal(str(p.get("input", 0))) / MILLION, Decimal(str(p.get("output", 0))) / MILLION
+    return _per_token(p.get("input", 0), p.get("output", 0))
+
+
+@functools.lru_cache(maxsize=256)
+def _per_token(per_million_in: float, per_million_out: float) -> tuple[Decimal, Decimal]:
+    # parsed once per price, not on every call
+    return Decimal(str(per_million_in)) / MILLION, Decimal(str(per_million_out)) / MILLION
 
 
 def cost(settings: Settings, model: str, tokens_in: int, tokens_out: int) -> Decimal:
