@@ -69,3 +69,25 @@ def test_after_close_jobs_run_in_the_caller() -> None:
     w.submit(lambda: ran.append(threading.current_thread().name))
     assert ran == ["queued", threading.current_thread().name]
     assert w.flush(0)
+
+
+def test_a_write_waits_for_a_callers_model_wait_or_a_flush() -> None:
+    w = LedgerWriter(idle=60)
+    first, second = threading.Event(), threading.Event()
+    w.submit(first.set)
+    assert not first.wait(0.2)  # callers are masking and reserving: not now
+    w.waiting()  # a caller waits for its model's answer: the writer's turn
+    assert first.wait(30)
+    w.working()
+    w.submit(second.set)
+    assert not second.wait(0.2)
+    assert w.flush(30) and second.is_set()  # a flush does not wait for a turn
+    w.close()
+
+
+def test_without_a_turn_a_write_goes_after_the_idle_time() -> None:
+    w = LedgerWriter(idle=0.2)
+    done = threading.Event()
+    w.submit(done.set)
+    assert done.wait(30)
+    w.close()

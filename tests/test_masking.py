@@ -296,6 +296,18 @@ def test_compiled_names_find_exactly_what_the_names_find() -> None:
         assert mask(sample.text, names=compiled) == mask(sample.text, names=CORPUS.names)
 
 
+def test_the_tokens_are_those_of_the_pattern() -> None:
+    from bizosctl.privacy import persons
+
+    texts = [sample.text for sample in CORPUS.samples] + [
+        "O'Brien's d'Artagnan -- Jean-Luc, x-ray 4ever a1b2 _ana_ Ni’Luh été ²x",
+        "", "123 456", "aa aa aa aaa a", "'-'a-'b", "Straße İstanbul 中文 अब",
+    ]  # fmt: skip
+    for text in texts:
+        expected = [(m.start(), m.end(), m.group()) for m in persons._TOKEN.finditer(text)]
+        assert persons._tokens(text) == expected, text
+
+
 def test_corpus_masked_text_holds_no_value_in_any_form() -> None:
     for sample in CORPUS.samples:
         masked = mask(sample.text, names=CORPUS.names)

@@ -291,6 +291,7 @@ class Gate:
             tries += 1
             call.attempts += 1
             t0 = time.perf_counter()
+            self.writer.waiting()  # the ledger writer's turn while the model answers
             try:
                 completion = provider.complete(out, timeout=min(s.ai_timeout, remaining))
             except ProviderFailed as exc:
@@ -314,6 +315,8 @@ class Gate:
             except BaseException:
                 self.breaker.release()
                 raise
+            finally:
+                self.writer.working()
             call.model_seconds += time.perf_counter() - t0
             self.breaker.success()
             call.reason = None

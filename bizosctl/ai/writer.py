@@ -4,6 +4,9 @@ A call to a priced model reserves its worst case before the model is asked (on t
 path: the budget check must come first). Settling it afterwards (the real tokens and cost,
 the difference given back to the month's total) does not change the answer, so the gate hands
 it to a :class:`LedgerWriter`: one daemon thread per gate, a bounded queue, jobs run in order.
+The thread writes while a caller waits for a model's answer (the gate says when), or after a
+short idle time: in one process, a Python thread's work takes the interpreter from the others,
+and a caller that masks and reserves should not wait for it.
 
 Until a settlement is written, its reservation keeps counting against the budget (the
 worst case, never less), so no load can spend past a budget; a process killed before its
@@ -34,6 +37,8 @@ Job = Callable[[], object]
 #: seconds to wait before each new try of a failed job
 RETRIES = (0.1, 0.5, 2.0, 5.0)
 CAPACITY = 1024
+#: seconds a write waits for its turn (a caller waiting for a model) before it goes anyway
+IDLE = 0.05
 _STOP = object()
 
 
@@ -46,6 +51,7 @@ class LedgerWriter:
         capacity: int = CAPACITY,
         retries: tuple[float, ...] = RETRIES,
         sleep: Callable[[float], None] = time.sleep,
+        idle: float = IDLE,
     ) -> None:
         self._capacity = capacity
         self._retries = retries
@@ -55,6 +61,9 @@ class LedgerWriter:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
+        self._idle = idle
+        self._turn = threading.Event()  # set: write now (a caller waits for a model, a flush)
+        self._flushing = 0
         #: jobs given up after their last try (their reservations stay counted)
         self.failed = 0
         _writers.add(self)
@@ -82,8 +91,26 @@ class LedgerWriter:
                 return True
             q = self._queue
         done = threading.Event()
-        q.put(done.set)  # one thread, in order: when it runs, everything before it has
-        return done.wait(timeout)
+        with self._lock:
+            self._flushing += 1
+            self._turn.set()
+        try:
+            q.put(_Marker(done))  # one thread, in order: when it runs, everything before it has
+            return done.wait(timeout)
+        finally:
+            with self._lock:
+                self._flushing -= 1
+
+    def waiting(self) -> None:
+        """A caller waits for a model's answer now: the writer's turn (its writes then take
+        no CPU from callers that mask and reserve)."""
+        self._turn.set()
+
+    def working(self) -> None:
+        """That caller has its answer: the writer finishes the write in hand and waits for
+        the next turn (or ``idle`` seconds)."""
+        if not self._flushing:
+            self._turn.clear()
 
     def close(self, timeout: float | None = None) -> bool:
         """Write what is queued and stop the thread; later jobs run in the caller."""
@@ -115,7 +142,11 @@ class LedgerWriter:
             job = q.get()
             if job is _STOP:
                 return
+            if isinstance(job, _Marker):
+                job.done.set()
+                continue
             assert callable(job)
+            self._turn.wait(self._idle)
             self._run(job)
 
     def _run(self, job: Job) -> None:
@@ -134,6 +165,13 @@ class LedgerWriter:
                     )
                     return
                 self._sleep(wait)
+
+
+class _Marker:
+    """A flush's place in the queue."""
+
+    def __init__(self, done: threading.Event) -> None:
+        self.done = done
 
 
 _writers: weakref.WeakSet[LedgerWriter] = weakref.WeakSet()

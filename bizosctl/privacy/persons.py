@@ -286,7 +286,7 @@ def persons(text: str, names: Iterable[str] | Dictionary = ()) -> Iterator[Candi
         index, known = names.index, names.known
     else:
         index, known = _dictionary(tuple(names))
-    toks = [(*m.span(), m.group()) for m in _TOKEN.finditer(text)]
+    toks = _tokens(text)
     n = len(toks)
 
     def spaced(i: int) -> bool:  # token i+1 follows token i after exactly one space
@@ -409,6 +409,21 @@ def persons(text: str, names: Iterable[str] | Dictionary = ()) -> Iterator[Candi
                     i = stop
                     continue
         i += 1
+
+
+def _tokens(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, word) of every ``_TOKEN`` match in ``text``, in order: the same as from
+    ``finditer``, at less cost. A match starts at the first letter after the one before it
+    (no letter between them, or the match would start there), and a word starts with a
+    letter, so ``str.find`` from the previous end finds each word where the pattern did."""
+    out = []
+    pos = 0
+    find = text.find
+    for word in _TOKEN.findall(text):
+        start = find(word, pos)
+        pos = start + len(word)
+        out.append((start, pos, word))
+    return out
 
 
 def _org_follows(toks: list[tuple[int, int, str]], stop: int) -> bool:
