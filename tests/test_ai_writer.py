@@ -91,3 +91,25 @@ def test_without_a_turn_a_write_goes_after_the_idle_time() -> None:
     w.submit(done.set)
     assert done.wait(30)
     w.close()
+
+
+def test_a_backlog_is_written_without_waiting_for_turns() -> None:
+    from bizosctl.ai.writer import BACKLOG
+
+    hold = threading.Event()
+    w = LedgerWriter(idle=60)
+    w.submit(lambda: hold.wait(30))
+    w.waiting()  # the first write's turn; it holds the thread while the backlog grows
+    while w._queue.qsize():
+        pass
+    w.working()
+    done: list[int] = []
+    for i in range(BACKLOG + 2):
+        w.submit(lambda i=i: done.append(i))
+    hold.set()
+    pause = threading.Event()
+    for _ in range(200):  # no turn, no flush: all of them within seconds, not minutes
+        if len(done) == BACKLOG + 2 or pause.wait(0.05):
+            break
+    assert done == list(range(BACKLOG + 2))
+    w.close()

@@ -39,6 +39,8 @@ RETRIES = (0.1, 0.5, 2.0, 5.0)
 CAPACITY = 1024
 #: seconds a write waits for its turn (a caller waiting for a model) before it goes anyway
 IDLE = 0.05
+#: queued writes beyond which the writer no longer waits for its turn
+BACKLOG = 16
 _STOP = object()
 
 
@@ -138,6 +140,7 @@ class LedgerWriter:
         return self._queue
 
     def _loop(self, q: queue.Queue[object]) -> None:
+        draining = False  # a backlog is written at once, until the queue is empty
         while True:
             job = q.get()
             if job is _STOP:
@@ -146,8 +149,11 @@ class LedgerWriter:
                 job.done.set()
                 continue
             assert callable(job)
-            self._turn.wait(self._idle)
+            draining = draining or q.qsize() >= BACKLOG
+            if not draining:
+                self._turn.wait(self._idle)
             self._run(job)
+            draining = draining and not q.empty()
 
     def _run(self, job: Job) -> None:
         for attempt, wait in enumerate((*self._retries, None)):
