@@ -27,7 +27,7 @@ def test_a_full_queue_makes_the_caller_write() -> None:
     where: list[str] = []
     w = LedgerWriter(capacity=1)
     w.submit(lambda: gate.wait(30))  # taken by the thread: the queue is empty again
-    while w._queue.qsize():  # until the thread holds it
+    while w.pending:  # until the thread holds it
         pass
     w.submit(lambda: where.append(threading.current_thread().name))  # queued
     w.submit(lambda: where.append(threading.current_thread().name))  # full: here
@@ -100,7 +100,7 @@ def test_a_backlog_is_written_without_waiting_for_turns() -> None:
     w = LedgerWriter(idle=60)
     w.submit(lambda: hold.wait(30))
     w.waiting()  # the first write's turn; it holds the thread while the backlog grows
-    while w._queue.qsize():
+    while w.pending:
         pass
     w.working()
     done: list[int] = []

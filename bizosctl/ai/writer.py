@@ -23,12 +23,13 @@ logged and left: its reservation stays counted.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,9 @@ Job = Callable[[], object]
 #: seconds to wait before each new try of a failed job
 RETRIES = (0.1, 0.5, 2.0, 5.0)
 CAPACITY = 1024
-#: seconds a write waits for its turn (a caller waiting for a model) before it goes anyway
-IDLE = 0.05
-#: queued writes beyond which the writer no longer waits for its turn
+#: seconds a write waits at most for its turn (a caller waiting for a model) before it goes
+IDLE = 0.25
+#: queued writes from which the writer no longer waits for turns
 BACKLOG = 16
 _STOP = object()
 
@@ -58,46 +59,53 @@ class LedgerWriter:
         self._capacity = capacity
         self._retries = retries
         self._sleep = sleep
+        self._idle = idle
         self._lock = threading.Lock()
-        self._queue: queue.Queue[object] = queue.Queue(capacity)
+        # Not a queue.Queue: a put would wake the thread while the caller still masks and
+        # reserves; it is woken when a caller waits for a model (or a flush, or a backlog).
+        self._jobs: deque[object] = deque()
+        self._wake = threading.Condition(self._lock)
+        self._turns = 0  # one more for each turn given: a caller waits for a model, a flush
+        self._in_model = False  # a caller waits for a model now
+        self._flushing = 0
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
-        self._idle = idle
-        self._turn = threading.Event()  # set: write now (a caller waits for a model, a flush)
-        self._flushing = 0
         #: jobs given up after their last try (their reservations stay counted)
         self.failed = 0
         _writers.add(self)
 
+    @property
+    def pending(self) -> int:
+        """Jobs queued and not yet taken by the thread."""
+        return len(self._jobs)
+
     def submit(self, job: Job) -> None:
         """Run ``job`` in the background; here and now when the queue is full or closed."""
         with self._lock:
-            q = None if self._closed else self._started()
-        if q is not None:
-            try:
-                q.put_nowait(job)
-                return
-            except queue.Full:
-                pass
-        self._run(job)
+            queued = not self._closed and len(self._jobs) < self._capacity
+            if queued:
+                self._started()
+                self._jobs.append(job)
+                if len(self._jobs) >= BACKLOG:
+                    self._give_turn()
+        if not queued:
+            self._run(job)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted before this call is written (or given up);
         False when ``timeout`` seconds passed first."""
+        done = threading.Event()
         with self._lock:
             thread = self._thread
             if thread is None or not thread.is_alive() or self._pid != os.getpid():
                 return True
             if thread is threading.current_thread():  # a job that reads the ledger
                 return True
-            q = self._queue
-        done = threading.Event()
-        with self._lock:
+            self._jobs.append(_Marker(done))  # in order: when it is reached, all before it are
             self._flushing += 1
-            self._turn.set()
+            self._give_turn()
         try:
-            q.put(_Marker(done))  # one thread, in order: when it runs, everything before it has
             return done.wait(timeout)
         finally:
             with self._lock:
@@ -106,54 +114,72 @@ class LedgerWriter:
     def waiting(self) -> None:
         """A caller waits for a model's answer now: the writer's turn (its writes then take
         no CPU from callers that mask and reserve)."""
-        self._turn.set()
+        with self._lock:
+            self._in_model = True
+            if self._jobs:
+                self._give_turn()
 
     def working(self) -> None:
         """That caller has its answer: the writer finishes the write in hand and waits for
         the next turn (or ``idle`` seconds)."""
-        if not self._flushing:
-            self._turn.clear()
+        self._in_model = False
 
     def close(self, timeout: float | None = None) -> bool:
         """Write what is queued and stop the thread; later jobs run in the caller."""
         flushed = self.flush(timeout)
         with self._lock:
             self._closed = True
-            thread, q = self._thread, self._queue
+            thread = self._thread
             self._thread = None
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
-            q.put(_STOP)
+            mine = thread is not None and thread.is_alive() and self._pid == os.getpid()
+            if mine:
+                self._jobs.append(_STOP)
+                self._give_turn()
+        if mine and thread is not None:
             thread.join(timeout)
         return flushed
 
-    def _started(self) -> queue.Queue[object]:
-        """The queue, with its thread running (called under the lock)."""
+    def _started(self) -> None:
+        """The thread, running (called under the lock)."""
         if self._pid != os.getpid():  # a forked child: the parent's thread is not here
-            self._queue = queue.Queue(self._capacity)
+            self._jobs = deque()
             self._thread = None
             self._pid = os.getpid()
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(
-                target=self._loop, args=(self._queue,), name="bizosctl-ledger", daemon=True
-            )
+            self._thread = threading.Thread(target=self._loop, name="bizosctl-ledger", daemon=True)
             self._thread.start()
-        return self._queue
 
-    def _loop(self, q: queue.Queue[object]) -> None:
-        draining = False  # a backlog is written at once, until the queue is empty
+    def _give_turn(self) -> None:  # under the lock
+        self._turns += 1
+        self._wake.notify()
+
+    def _turned(self, seen: int) -> bool:
+        return self._turns != seen
+
+    def _loop(self) -> None:
+        seen = 0
         while True:
-            job = q.get()
-            if job is _STOP:
-                return
-            if isinstance(job, _Marker):
-                job.done.set()
-                continue
-            assert callable(job)
-            draining = draining or q.qsize() >= BACKLOG
-            if not draining:
-                self._turn.wait(self._idle)
-            self._run(job)
-            draining = draining and not q.empty()
+            with self._lock:
+                # a turn, or the idle time is up: write what waits anyway
+                turn = self._wake.wait_for(functools.partial(self._turned, seen), self._idle)
+                seen = self._turns
+            draining = not turn  # a backlog, or no turn came: everything, at once
+            while True:
+                with self._lock:
+                    if not self._jobs:
+                        break
+                    job = self._jobs.popleft()
+                    draining = draining or len(self._jobs) >= BACKLOG
+                    go_on = draining or self._in_model or self._flushing > 0
+                if job is _STOP:
+                    return
+                if isinstance(job, _Marker):
+                    job.done.set()
+                    continue
+                assert callable(job)
+                self._run(job)
+                if not go_on:
+                    break  # the callers work again: the rest at the next turn
 
     def _run(self, job: Job) -> None:
         for attempt, wait in enumerate((*self._retries, None)):
