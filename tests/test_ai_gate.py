@@ -597,18 +597,20 @@ def test_an_unsettled_reservation_counts_against_the_budget(
     # A structured answer reserves twice the fake's bill (a malformed one is asked twice):
     # settled, the call costs half its reservation. The budget fits one held reservation and
     # one settled call with a second reservation, but not two held reservations.
+    from bizosctl.ai import gate as gate_module
+
     model.reset(default='json:{"valid": true, "reason": "ok"}')
-    real_settle = ledger.settle
+    real_settle = gate_module._Settlement.__call__
     go = threading.Event()
 
-    def held_back(*args: Any, **kw: Any) -> None:
+    def held_back(self: Any) -> None:
         assert go.wait(30)
-        real_settle(*args, **kw)
+        real_settle(self)
 
-    monkeypatch.setattr(ledger, "settle", held_back)
-    probe = make_gate(ctl, model)
-    assert probe.provider is not None
-    reserve = ledger.cost(probe.settings, probe.provider.model,
+    monkeypatch.setattr(gate_module._Settlement, "__call__", held_back)
+    other = make_gate(ctl, model)  # as another process's gate
+    assert other.provider is not None
+    reserve = ledger.cost(other.settings, other.provider.model,
                           ledger.worst_case_tokens("hello", None) * 2, 100)  # fmt: skip
     set_terms(ctl, budget_tenant, budget=reserve * Decimal("1.75"))
     gate = make_gate(ctl, model)
@@ -620,25 +622,53 @@ def test_an_unsettled_reservation_counts_against_the_budget(
     ]
     assert spend(ctl, budget_tenant, flush=False) == (reserve, 1)
     with pytest.raises(BudgetExceeded):  # the held worst case counts, not the real cost
-        gate.ask(budget_tenant, feature="test.held", prompt="hello", schema=Verdict)
+        other.ask(budget_tenant, feature="test.held", prompt="hello", schema=Verdict)
     go.set()
     assert gate.flush(30)
     assert spend(ctl, budget_tenant) == (first.cost, 1)
-    third = gate.ask(budget_tenant, feature="test.held", prompt="hello", schema=Verdict)
-    assert gate.flush(30)
+    third = other.ask(budget_tenant, feature="test.held", prompt="hello", schema=Verdict)
+    assert other.flush(30)
     assert spend(ctl, budget_tenant) == (first.cost + third.cost, 2)
     assert [r["status"] for r in ledger_rows(ctl, budget_tenant)] == ["done", "refused", "done"]
 
 
+def test_a_reservation_carries_the_settlements_that_wait(
+    ctl: Control, model: FakeModel, make_tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bizosctl.ai import gate as gate_module
+
+    def never(self: Any) -> None:
+        raise AssertionError("the writer wrote a settlement a reservation should carry")
+
+    model.reset()
+    slug, other = make_tenant(tier="schema", region="id"), make_tenant(tier="shared")
+    gate = make_gate(ctl, model)
+    gate.writer._idle = 60  # no turn but the model's: the writer does not write on its own
+    monkeypatch.setattr(gate.writer, "waiting", lambda: None)
+    monkeypatch.setattr(gate_module._Settlement, "__call__", never)
+    first = gate.ask(slug, feature="test.ride", prompt="hello")
+    elsewhere = gate.ask(other, feature="test.ride", prompt="hello")  # another tenant's: stays
+    assert [r["status"] for r in ledger_rows(ctl, slug)] == ["reserved"]
+    second = gate.ask(slug, feature="test.ride", prompt="hello again")
+    assert [(r["id"], r["status"]) for r in ledger_rows(ctl, slug)] == [
+        (first.usage_id, "done"), (second.usage_id, "reserved")]  # fmt: skip
+    assert spend(ctl, slug, flush=False) == (first.cost + second.cost, 2)
+    assert [r["status"] for r in ledger_rows(ctl, other)] == ["reserved"]
+    assert gate.writer.pending == 2  # the other tenant's and the second call's
+    monkeypatch.undo()
+    assert gate.flush(30)
+    assert [r["status"] for r in ledger_rows(ctl, other)] == ["done"]
+    assert ledger_rows(ctl, other)[0]["id"] == elsewhere.usage_id
+
+
 KILLED = """
 import sys, threading
-from bizosctl.ai import ledger
-from bizosctl.ai.gate import get_gate
+from bizosctl.ai.gate import _Settlement, get_gate
 from bizosctl.catalog.control import get_control
 gate = get_gate(get_control())
 first = gate.ask(sys.argv[1], feature="test.kill", prompt="hello")
 assert gate.flush(30)
-ledger.settle = lambda *a, **k: threading.Event().wait()  # the writer never gets to it
+_Settlement.__call__ = lambda self: threading.Event().wait()  # the writer never gets to it
 second = gate.ask(sys.argv[1], feature="test.kill", prompt="hello")
 print(first.usage_id, first.cost, second.usage_id, flush=True)
 threading.Event().wait()

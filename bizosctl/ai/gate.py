@@ -32,7 +32,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -193,21 +193,28 @@ class Gate:
             out.max_output_tokens * (2 if schema else 1),  # a malformed answer is asked twice
         )
         route = self.tenant_route(tenant)  # for the reservation and the settlement
-        held, route = self._in_tenant(
-            tenant,
-            feature,
-            route,
-            lambda run: ledger.reserve(
-                run,
-                plan=plan,
-                amount=amount,
-                member=member,
-                feature=feature,
-                provider=provider.name,
-                model=provider.model,
-                entities=entities,
-            ),
-        )
+        row_id = uuid.uuid4()  # sent again (see below), the reservation is held once
+
+        def reserve(run: ledger.Run) -> ledger.Reservation | None:
+            return ledger.reserve(run, plan=plan, amount=amount, member=member,
+                                  feature=feature, provider=provider.name,
+                                  model=provider.model, entities=entities,
+                                  row_id=row_id)  # fmt: skip
+
+        # The settlements of this tenant's earlier calls that wait for the writer ride with
+        # the reservation: the same round trip, no thread's work on a caller's path.
+        riders = [r for r in self.writer.take(lambda job: isinstance(job, _Settlement)
+                                              and job.slug == tenant)
+                  if isinstance(r, _Settlement)]  # fmt: skip
+        try:
+            held, route = self._in_tenant(tenant, feature, route, reserve,
+                                          before=[r.statement for r in riders])  # fmt: skip
+        except BizosError:
+            if not riders:
+                raise
+            for rider in riders:  # back to the writer; the reservation alone, once more
+                self.writer.submit(rider)
+            held, route = self._in_tenant(tenant, feature, route, reserve)
         if held is None and plan.over_budget == "refuse":
             run = self._runner(route, feature)
             spent = ledger.spent(run, tenant_id=plan.tenant_id)
@@ -412,16 +419,8 @@ class Gate:
 
         # A tenant that moved while the model answered: the reservation was copied with it,
         # and is settled where the tenant is now (see _in_tenant).
-        def write() -> None:
-            self._in_tenant(
-                tenant,
-                feature,
-                route,
-                lambda run: ledger.settle(
-                    run, tenant_id=plan.tenant_id, reservation=held, outcome=outcome
-                ),
-            )
-
+        statement = ledger.settlement(tenant_id=plan.tenant_id, reservation=held, outcome=outcome)
+        write = _Settlement(self, tenant, feature, route, statement)
         if background:
             self.writer.submit(write)
         else:
@@ -465,16 +464,24 @@ class Gate:
         )
 
     # -- tenants ---------------------------------------------------------------------------
-    def _runner(self, route: RouteInfo, feature: str) -> ledger.Run:
+    def _runner(
+        self, route: RouteInfo, feature: str, before: Sequence[ledger.Statement] = ()
+    ) -> ledger.Run:
         from bizosctl.tenancy.router import tenant_statement
 
         actor = f"bizosctl:ai:{feature}"
         return lambda sql, params: tenant_statement(
-            self.ctl, route, actor=actor, sql=sql, params=params
+            self.ctl, route, actor=actor, sql=sql, params=params, before=before
         )
 
     def _in_tenant(
-        self, slug: str, feature: str, route: RouteInfo, op: Callable[[ledger.Run], _T]
+        self,
+        slug: str,
+        feature: str,
+        route: RouteInfo,
+        op: Callable[[ledger.Run], _T],
+        *,
+        before: Sequence[ledger.Statement] = (),
     ) -> tuple[_T, RouteInfo]:
         """``op`` on the tenant's database at ``route`` (a cached one), and the route used.
 
@@ -485,12 +492,12 @@ class Gate:
         may or may not have happened) is never repeated.
         """
         try:
-            return op(self._runner(route, feature)), route
+            return op(self._runner(route, feature, before)), route
         except BizosError:
             fresh = self.tenant_route(slug, fresh=True)
             if fresh == route:
                 raise
-            return op(self._runner(fresh, feature)), fresh
+            return op(self._runner(fresh, feature, before)), fresh
 
     def tenant_route(self, slug: str, *, fresh: bool = False) -> RouteInfo:
         """Where the tenant lives, kept for :data:`TERMS_TTL` seconds (``fresh``: read now);
@@ -568,6 +575,20 @@ class Gate:
 
         self.writer.close()
         close(self.provider)
+
+
+@dataclass(frozen=True)
+class _Settlement:
+    """A call's settlement, for the gate's writer (or a later reservation to carry)."""
+
+    gate: Gate
+    slug: str
+    feature: str
+    route: RouteInfo
+    statement: ledger.Statement
+
+    def __call__(self) -> None:
+        self.gate._in_tenant(self.slug, self.feature, self.route, lambda run: run(*self.statement))
 
 
 def _parse(schema: type[BaseModel], text: str) -> Any:

@@ -116,6 +116,8 @@ RECORD: LiteralString = (
     " ON CONFLICT (tenant_id, id) DO NOTHING"
 )
 
+#: one statement and its parameters
+Statement = tuple[LiteralString, Mapping[str, Any]]
 #: runs one statement in the tenant's database and returns its first row: ``Run(sql, params)``
 #: (bizosctl.tenancy.router.tenant_statement with the tenant's route)
 Run = Callable[[LiteralString, Mapping[str, Any]], "tuple[Any, ...] | None"]
@@ -131,13 +133,15 @@ def reserve(
     provider: str,
     model: str,
     entities: dict[str, int],
+    row_id: uuid.UUID | None = None,
 ) -> Reservation | None:
     """Hold ``amount`` against the month's budget and write the call's row; None (nothing
-    written) when the budget would be exceeded."""
+    written) when the budget would be exceeded. ``row_id``: the row's id (sent again with
+    the same id, the reservation is held once)."""
     row = run(
         RESERVE,
         {
-            "id": uuid.uuid4(),
+            "id": row_id or uuid.uuid4(),
             "tid": plan.tenant_id,
             "amount": amount,
             "budget": UNLIMITED if plan.budget is None else plan.budget,
@@ -175,10 +179,13 @@ class Outcome:
 
 
 def settle(run: Run, *, tenant_id: uuid.UUID, reservation: Reservation, outcome: Outcome) -> None:
-    run(
-        SETTLE,
-        {"tid": tenant_id, "id": reservation.id, **_values(outcome), "cost": outcome.cost},
-    )
+    run(*settlement(tenant_id=tenant_id, reservation=reservation, outcome=outcome))
+
+
+def settlement(*, tenant_id: uuid.UUID, reservation: Reservation, outcome: Outcome) -> Statement:
+    """The statement that settles ``reservation`` (what :func:`settle` runs)."""
+    return SETTLE, {"tid": tenant_id, "id": reservation.id, **_values(outcome),
+                    "cost": outcome.cost}  # fmt: skip
 
 
 def record(

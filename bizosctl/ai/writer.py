@@ -92,6 +92,24 @@ class LedgerWriter:
         if not queued:
             self._run(job)
 
+    def take(self, which: Callable[[object], bool]) -> list[Job]:
+        """Remove the queued jobs ``which`` selects and return them, for the caller to run
+        (in order); none while a flush waits (it must find what came before it written)."""
+        taken: list[Job] = []
+        with self._lock:
+            if not self._jobs or any(isinstance(job, _Marker) for job in self._jobs):
+                return taken
+            kept: list[object] = []
+            for job in self._jobs:
+                if callable(job) and which(job):
+                    taken.append(job)
+                else:
+                    kept.append(job)
+            if taken:
+                self._jobs.clear()
+                self._jobs.extend(kept)
+        return taken
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted before this call is written (or given up);
         False when ``timeout`` seconds passed first."""
