@@ -113,3 +113,22 @@ def test_a_backlog_is_written_without_waiting_for_turns() -> None:
             break
     assert done == list(range(BACKLOG + 2))
     w.close()
+
+
+def test_take_hands_jobs_over_and_a_flush_waits_until_they_are_written() -> None:
+    w = LedgerWriter(idle=60)
+    ran: list[str] = []
+
+    def mine() -> None:
+        ran.append("mine")
+
+    w.submit(mine)
+    w.submit(lambda: ran.append("other"))
+    taken = w.take(lambda job: job is mine)
+    assert taken == [mine] and w.pending == 1
+    assert not w.flush(0.2)  # the queue is written, the taken job is not yet
+    assert ran == ["other"]
+    taken[0]()
+    w.carried(1)
+    assert w.flush(30) and ran == ["other", "mine"]
+    w.close()

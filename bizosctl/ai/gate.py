@@ -209,12 +209,14 @@ class Gate:
         try:
             held, route = self._in_tenant(tenant, feature, route, reserve,
                                           before=[r.statement for r in riders])  # fmt: skip
-        except BizosError:
-            if not riders:
-                raise
-            for rider in riders:  # back to the writer; the reservation alone, once more
+        except BaseException as exc:
+            for rider in riders:  # back to the writer (written twice is harmless)
                 self.writer.submit(rider)
-            held, route = self._in_tenant(tenant, feature, route, reserve)
+            if not riders or not isinstance(exc, BizosError):
+                raise
+            held, route = self._in_tenant(tenant, feature, route, reserve)  # alone, once more
+        finally:
+            self.writer.carried(len(riders))
         if held is None and plan.over_budget == "refuse":
             run = self._runner(route, feature)
             spent = ledger.spent(run, tenant_id=plan.tenant_id)

@@ -68,6 +68,7 @@ class LedgerWriter:
         self._turns = 0  # one more for each turn given: a caller waits for a model, a flush
         self._in_model = False  # a caller waits for a model now
         self._flushing = 0
+        self._riding = 0  # jobs taken by callers and not yet written by them
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
@@ -108,7 +109,15 @@ class LedgerWriter:
             if taken:
                 self._jobs.clear()
                 self._jobs.extend(kept)
+                self._riding += len(taken)
         return taken
+
+    def carried(self, count: int) -> None:
+        """``count`` jobs from :meth:`take` are written (or given back with ``submit``)."""
+        if count:
+            with self._lock:
+                self._riding -= count
+                self._wake.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted before this call is written (or given up);
@@ -123,11 +132,19 @@ class LedgerWriter:
             self._jobs.append(_Marker(done))  # in order: when it is reached, all before it are
             self._flushing += 1
             self._give_turn()
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            return done.wait(timeout)
+            if not done.wait(timeout):
+                return False
+            with self._lock:  # and what callers took to write themselves
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                return self._wake.wait_for(self._carried, left)
         finally:
             with self._lock:
                 self._flushing -= 1
+
+    def _carried(self) -> bool:
+        return self._riding == 0
 
     def waiting(self) -> None:
         """A caller waits for a model's answer now: the writer's turn (its writes then take
