@@ -13,8 +13,9 @@ a time, in alternating blocks of 50 so that drift in the machine's load hits bot
   masking of the ~2 KB prompt (e-mails, phones, an NIK, names; the names kept compiled), the
   breaker, the budget reservation and ledger row in the tenant's database (one statement in
   one round trip), the call, and restoring the answer. The settlement (a second statement) is
-  the gate's background writer's, off the caller's path: written while the next call waits
-  for the model (its CPU still counts in this process's CPU time).
+  off the caller's path: it waits in the gate's writer and is sent with the next call's
+  reservation, in the same transaction and round trip (the writer thread writes what no
+  reservation carries).
 
 Prints p50 and p99 of both and the difference (target: p50 overhead <= 3 ms), the overhead the
 gate records in its ledger (``overhead_ms``: its own time, without the model's), the CPU time

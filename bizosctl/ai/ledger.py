@@ -7,7 +7,9 @@ input tokens, ``max_output_tokens`` as output) in one statement: an upsert of th
 (status ``reserved``) in the same transaction. The row lock of the upsert orders concurrent
 callers of one tenant, and each re-checks the total it finds after the other committed, so
 no number of threads or processes racing can spend past the budget. After the call the row is
-*settled* (real tokens and cost; the difference goes back to the month's total). A process
+*settled* (real tokens and cost; the difference goes back to the month's total): by the
+gate's background writer, or sent before the tenant's next reservation in its transaction
+(:mod:`bizosctl.ai.writer`); until then the worst case counts. A process
 that dies in between leaves its reservation counted: the budget errs on the safe side.
 The ledger never holds the text, only counts.
 

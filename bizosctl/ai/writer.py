@@ -4,9 +4,12 @@ A call to a priced model reserves its worst case before the model is asked (on t
 path: the budget check must come first). Settling it afterwards (the real tokens and cost,
 the difference given back to the month's total) does not change the answer, so the gate hands
 it to a :class:`LedgerWriter`: one daemon thread per gate, a bounded queue, jobs run in order.
-The thread writes while a caller waits for a model's answer (the gate says when), or after a
-short idle time: in one process, a Python thread's work takes the interpreter from the others,
-and a caller that masks and reserves should not wait for it.
+The next reservation of the same tenant takes (:meth:`~LedgerWriter.take`) the settlements that
+still wait and sends them first in its own transaction and round trip, so in a busy loop the
+thread has nothing to do. The thread writes the rest while a caller waits for a model's answer
+(the gate says when), for a flush, or after :data:`IDLE` seconds; it is never woken by a
+submit: in one process, a Python thread's work takes the interpreter from the others, and a
+caller that masks and reserves should not wait for it.
 
 Until a settlement is written, its reservation keeps counting against the budget (the
 worst case, never less), so no load can spend past a budget; a process killed before its
