@@ -7,9 +7,9 @@ it to a :class:`LedgerWriter`: one daemon thread per gate, a bounded queue, jobs
 The next reservation of the same tenant takes (:meth:`~LedgerWriter.take`) the settlements that
 still wait and sends them first in its own transaction and round trip, so in a busy loop the
 thread has nothing to do. The thread writes the rest while a caller waits for a model's answer
-(the gate says when), for a flush, or after :data:`IDLE` seconds; it is never woken by a
-submit: in one process, a Python thread's work takes the interpreter from the others, and a
-caller that masks and reserves should not wait for it.
+(the gate says when), for a flush, or once nothing was submitted for :data:`IDLE` seconds; a
+submit never wakes it: in one process, a Python thread's work takes the interpreter from the
+others, and a caller that masks and reserves should not wait for it.
 
 Until a settlement is written, its reservation keeps counting against the budget (the
 worst case, never less), so no load can spend past a budget; a process killed before its
@@ -72,6 +72,7 @@ class LedgerWriter:
         self._in_model = False  # a caller waits for a model now
         self._flushing = 0
         self._riding = 0  # jobs taken by callers and not yet written by them
+        self._submitted = 0.0  # time.monotonic() of the last submit
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
@@ -91,6 +92,7 @@ class LedgerWriter:
             if queued:
                 self._started()
                 self._jobs.append(job)
+                self._submitted = time.monotonic()
                 if len(self._jobs) >= BACKLOG:
                     self._give_turn()
         if not queued:
@@ -201,6 +203,8 @@ class LedgerWriter:
                 # a turn, or the idle time is up: write what waits anyway
                 turn = self._wake.wait_for(functools.partial(self._turned, seen), self._idle)
                 seen = self._turns
+                if not turn and time.monotonic() - self._submitted < self._idle:
+                    continue  # callers are busy: the next reservation or turn takes them
             draining = not turn  # a backlog, or no turn came: everything, at once
             while True:
                 with self._lock:
