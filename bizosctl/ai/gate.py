@@ -19,9 +19,10 @@ Every call writes one ledger row in the tenant's database (``bizosctl.ai.ledger`
 call first reserves its worst-case cost against the month's budget in the transaction that
 writes the row, and is refused (:class:`~bizosctl.errors.BudgetExceeded`) or answered
 offline (the tenant's ``ai_over_budget``) when the budget would be exceeded. The row is
-settled (the real cost) after the answer is returned, by the gate's background writer
-(:mod:`bizosctl.ai.writer`; the reservation counts until then): read the ledger in the same
-process after :meth:`Gate.flush` or :func:`bizosctl.ai.writer.flush_all`.
+settled (the real cost) after the answer is returned, with the tenant's next reservation or
+by the gate's background writer (:mod:`bizosctl.ai.writer`; the reservation counts until
+then): read the ledger in the same process after :meth:`Gate.flush` or
+:func:`bizosctl.ai.writer.flush_all`.
 """
 
 from __future__ import annotations
