@@ -18,6 +18,8 @@ from sqlalchemy import text
 from bizosctl.ai import ledger
 from bizosctl.ai.gate import TERMS_TTL, Gate
 from bizosctl.ai.plans import set_terms
+from bizosctl.ai.usage import usage_report
+from bizosctl.ai.writer import flush_all
 from bizosctl.catalog.control import Control
 from bizosctl.config import Settings
 from bizosctl.errors import BudgetExceeded, InvalidInput, OperationFailed
@@ -101,6 +103,7 @@ def make_gate(
 
 def rows(ctl: Control, slug: str, usage_id: Any = None) -> list[Any]:
     sql = "SELECT * FROM ai_usage" + (" WHERE id = :id" if usage_id else "") + " ORDER BY at"
+    assert flush_all()  # the settlements are written in the background
     with tenant_session(ctl, slug, actor="test", read_only=True) as s:
         return list(s.execute(text(sql), {"id": usage_id}).mappings())
 
@@ -367,6 +370,7 @@ def test_racing_threads_never_overspend(ctl: Control, model: FakeModel, budget_t
     for t in threads:
         t.join(60)
     assert sorted(outcomes).count("ok") == 5 and outcomes.count("refused") == 11
+    assert flush_all()  # the settlements are written in the background
     with tenant_session(ctl, budget_tenant, actor="test", read_only=True) as s:
         total = s.execute(text("SELECT sum(cost) FROM ai_usage WHERE status = 'done'")).scalar_one()
         counter = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
@@ -387,6 +391,7 @@ def test_the_ledger_moves_with_its_tenant(
     second = gate.ask(slug, feature="test.move", prompt="after the move")
     moved = rows(ctl, slug)
     assert [row["id"] for row in moved] == [first.usage_id, second.usage_id]
+    assert flush_all()  # the settlements are written in the background
     with tenant_session(ctl, slug, actor="test", read_only=True) as s:
         spent = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
     assert spent == first.cost + second.cost
@@ -418,30 +423,36 @@ print(ok, refused, flush=True)
 """
 
 
-def test_racing_processes_never_overspend(
-    ctl: Control, model: FakeModel, budget_tenant: str
-) -> None:
+def pro_gate(ctl: Control, model: FakeModel, prompt: str) -> tuple[Gate, Decimal]:
+    """A gate on ``model`` (reset) as gemini-2.5-pro, as in :func:`child_gate`, and what one
+    call of ``prompt`` costs."""
+    model.reset()
+    gate = make_gate(ctl, model, gemini_model="gemini-2.5-pro")
+    return gate, one_call_cost(gate, prompt)
+
+
+def child_gate(script: str, slug: str, model: FakeModel, **kw: Any) -> Any:
+    """``python -c script slug`` with this home, its gate on ``model`` (gemini-2.5-pro)."""
     import os
     import subprocess
     import sys
 
-    model.reset()
-    gate = make_gate(ctl, model, gemini_model="gemini-2.5-pro")
-    price = one_call_cost(gate, "Summarise the week.")
-    set_terms(ctl, budget_tenant, budget=price * Decimal("3.5"))
     env = {**os.environ, "BIZOS_AI_PROVIDER": "gemini", "BIZOS_GEMINI_API_KEY": "k",
            "BIZOS_GEMINI_BASE_URL": model.url, "BIZOS_GEMINI_MODEL": "gemini-2.5-pro",
            "BIZOS_AI_MAX_OUTPUT_TOKENS": "50"}  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, budget_tenant],
-            env=env,
-            text=True,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        for _ in range(3)
-    ]
+    return subprocess.Popen(
+        [sys.executable, "-c", script, slug], env=env, text=True, stdout=subprocess.PIPE, **kw
+    )
+
+
+def test_racing_processes_never_overspend(
+    ctl: Control, model: FakeModel, budget_tenant: str
+) -> None:
+    import subprocess
+
+    _, price = pro_gate(ctl, model, "Summarise the week.")
+    set_terms(ctl, budget_tenant, budget=price * Decimal("3.5"))
+    procs = [child_gate(RACER, budget_tenant, model, stdin=subprocess.PIPE) for _ in range(3)]
     try:
         for p in procs:  # every process is connected and waits: then all go at once
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
@@ -454,6 +465,7 @@ def test_racing_processes_never_overspend(
         for p in procs:
             p.kill()
     assert sum(ok for ok, _ in counts) == 3 and sum(r for _, r in counts) == 3
+    assert flush_all()  # the settlements are written in the background
     with tenant_session(ctl, budget_tenant, actor="test", read_only=True) as s:
         total = s.execute(text("SELECT sum(cost) FROM ai_usage WHERE status = 'done'")).scalar_one()
         counter = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
@@ -469,13 +481,16 @@ def test_a_feature_without_a_valid_offline_answer_fails_and_releases_its_reserva
         gate.ask(budget_tenant, feature="test.norule", prompt="hello", schema=Verdict)
     (row,) = rows(ctl, budget_tenant)
     assert (row["status"], row["degraded"], row["reason"]) == ("done", True, "malformed")
+    assert flush_all()  # the settlements are written in the background
     with tenant_session(ctl, budget_tenant, actor="test", read_only=True) as s:
         spent = s.execute(text("SELECT spent FROM ai_spend")).scalar_one()
     assert spent == row["cost"] > 0  # the two malformed answers, billed; nothing held
 
 
-def spend(ctl: Control, slug: str) -> tuple[Decimal, int]:
-    """The month's counter: (spent, calls)."""
+def spend(ctl: Control, slug: str, *, flush: bool = True) -> tuple[Decimal, int]:
+    """The month's counter: (spent, calls); ``flush``: this process's settlements first."""
+    if flush:
+        assert flush_all()  # the settlements are written in the background
     with tenant_session(ctl, slug, actor="test", read_only=True) as s:
         spent, calls = s.execute(text("SELECT spent, calls FROM ai_spend")).one()
     return spent, calls
@@ -538,3 +553,180 @@ def test_a_tenant_suspended_while_its_route_is_kept_is_refused(
     with pytest.raises(TenantSuspended, match="is suspended"):
         gate.ask(slug, feature="test.suspend", prompt="hello")
     assert model.calls == 1
+
+
+# -- settlement in the background ------------------------------------------------------------
+def ledger_rows(ctl: Control, slug: str) -> list[Any]:
+    """The rows as they are now: no flush (what a reader in another process sees)."""
+    with tenant_session(ctl, slug, actor="test", read_only=True) as s:
+        sql = "SELECT id, status, reserved, cost FROM ai_usage ORDER BY at"
+        return list(s.execute(text(sql)).mappings())
+
+
+def test_usage_shows_a_call_right_after_flush(
+    ctl: Control, model: FakeModel, make_tenant: Any
+) -> None:
+    model.reset()
+    gate, slug = make_gate(ctl, model), make_tenant(tier="schema", region="id")
+    answer = gate.ask(slug, feature="test.flush", prompt="hello")
+    assert gate.flush(30)
+    assert [(r["id"], r["status"], r["cost"]) for r in ledger_rows(ctl, slug)] == [
+        (answer.usage_id, "done", answer.cost)
+    ]
+    second = gate.ask(slug, feature="test.flush", prompt="hello")
+    report = usage_report(ctl, tenant=slug)  # flushes this process's gates itself
+    (row,) = report.rows
+    assert (row.key, row.calls, row.cost) == (slug, 2, answer.cost + second.cost)
+    assert [r["status"] for r in ledger_rows(ctl, slug)] == ["done", "done"]
+
+
+def test_an_unsettled_reservation_counts_against_the_budget(
+    ctl: Control, model: FakeModel, budget_tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A structured answer reserves twice the fake's bill (a malformed one is asked twice):
+    # settled, the call costs half its reservation. The budget fits one held reservation and
+    # one settled call with a second reservation, but not two held reservations.
+    from bizosctl.ai import gate as gate_module
+
+    model.reset(default='json:{"valid": true, "reason": "ok"}')
+    real_settle = gate_module._Settlement.__call__
+    go = threading.Event()
+
+    def held_back(self: Any) -> None:
+        assert go.wait(30)
+        real_settle(self)
+
+    monkeypatch.setattr(gate_module._Settlement, "__call__", held_back)
+    other = make_gate(ctl, model)  # as another process's gate
+    assert other.provider is not None
+    reserve = ledger.cost(other.settings, other.provider.model,
+                          ledger.worst_case_tokens("hello", None) * 2, 100)  # fmt: skip
+    set_terms(ctl, budget_tenant, budget=reserve * Decimal("1.75"))
+    gate = make_gate(ctl, model)
+    first = gate.ask(budget_tenant, feature="test.held", prompt="hello", schema=Verdict)
+    assert first.cost < reserve
+    assert not gate.flush(0.2)  # the settlement waits, the caller did not
+    assert [(r["status"], r["reserved"]) for r in ledger_rows(ctl, budget_tenant)] == [
+        ("reserved", reserve)
+    ]
+    assert spend(ctl, budget_tenant, flush=False) == (reserve, 1)
+    with pytest.raises(BudgetExceeded):  # the held worst case counts, not the real cost
+        other.ask(budget_tenant, feature="test.held", prompt="hello", schema=Verdict)
+    go.set()
+    assert gate.flush(30)
+    assert spend(ctl, budget_tenant) == (first.cost, 1)
+    third = other.ask(budget_tenant, feature="test.held", prompt="hello", schema=Verdict)
+    assert other.flush(30)
+    assert spend(ctl, budget_tenant) == (first.cost + third.cost, 2)
+    assert [r["status"] for r in ledger_rows(ctl, budget_tenant)] == ["done", "refused", "done"]
+
+
+def test_a_reservation_carries_the_settlements_that_wait(
+    ctl: Control, model: FakeModel, make_tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bizosctl.ai import gate as gate_module
+
+    def never(self: Any) -> None:
+        raise AssertionError("the writer wrote a settlement a reservation should carry")
+
+    model.reset()
+    slug, other = make_tenant(tier="schema", region="id"), make_tenant(tier="shared")
+    gate = make_gate(ctl, model)
+    gate.writer._idle = 60  # no turn but the model's: the writer does not write on its own
+    monkeypatch.setattr(gate.writer, "waiting", lambda: None)
+    monkeypatch.setattr(gate_module._Settlement, "__call__", never)
+    first = gate.ask(slug, feature="test.ride", prompt="hello")
+    elsewhere = gate.ask(other, feature="test.ride", prompt="hello")  # another tenant's: stays
+    assert [r["status"] for r in ledger_rows(ctl, slug)] == ["reserved"]
+    second = gate.ask(slug, feature="test.ride", prompt="hello again")
+    assert [(r["id"], r["status"]) for r in ledger_rows(ctl, slug)] == [
+        (first.usage_id, "done"), (second.usage_id, "reserved")]  # fmt: skip
+    assert spend(ctl, slug, flush=False) == (first.cost + second.cost, 2)
+    assert [r["status"] for r in ledger_rows(ctl, other)] == ["reserved"]
+    assert gate.writer.pending == 2  # the other tenant's and the second call's
+    monkeypatch.undo()
+    assert gate.flush(30)
+    assert [r["status"] for r in ledger_rows(ctl, other)] == ["done"]
+    assert ledger_rows(ctl, other)[0]["id"] == elsewhere.usage_id
+
+
+KILLED = """
+import sys, threading
+from bizosctl.ai.gate import _Settlement, get_gate
+from bizosctl.catalog.control import get_control
+gate = get_gate(get_control())
+first = gate.ask(sys.argv[1], feature="test.kill", prompt="hello")
+assert gate.flush(30)
+_Settlement.__call__ = lambda self: threading.Event().wait()  # the writer never gets to it
+second = gate.ask(sys.argv[1], feature="test.kill", prompt="hello")
+print(first.usage_id, first.cost, second.usage_id, flush=True)
+threading.Event().wait()
+"""
+
+
+def test_a_process_killed_before_its_settlement_leaves_the_reservation_counted(
+    ctl: Control, model: FakeModel, budget_tenant: str
+) -> None:
+    import os
+    import signal
+    import uuid
+
+    gate, price = pro_gate(ctl, model, "hello")
+    child = child_gate(KILLED, budget_tenant, model)
+    try:
+        assert child.stdout is not None
+        first_id, first_cost, second_id = child.stdout.readline().split()
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(30) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
+    assert first_cost == str(price)
+    found = [(r["id"], r["status"], r["reserved"]) for r in ledger_rows(ctl, budget_tenant)]
+    assert found == [(uuid.UUID(first_id), "done", price),
+                     (uuid.UUID(second_id), "reserved", price)]  # fmt: skip
+    assert spend(ctl, budget_tenant) == (price * 2, 2)
+    # The budget has room for one more call only if the held reservation were forgotten.
+    set_terms(ctl, budget_tenant, budget=price * Decimal("2.5"))
+    with pytest.raises(BudgetExceeded):
+        gate.ask(budget_tenant, feature="test.kill", prompt="hello")
+    # Settled late (twice, as a retry would), the reservation is replaced by the cost once.
+    plan = gate.tenant_terms(budget_tenant)
+    run = gate._runner(gate.tenant_route(budget_tenant), "test.kill")
+    half = (price / 2).quantize(ledger.MICRO)
+    late = ledger.Outcome(provider="gemini", model="gemini-2.5-pro", cost=half)
+    held = ledger.Reservation(id=uuid.UUID(second_id), amount=price)
+    for _ in range(2):
+        ledger.settle(run, tenant_id=plan.tenant_id, reservation=held, outcome=late)
+    assert spend(ctl, budget_tenant) == (price + half, 2)
+    answer = gate.ask(budget_tenant, feature="test.kill", prompt="hello")  # room again
+    assert gate.flush(30)
+    assert spend(ctl, budget_tenant) == (price * 2 + half, 3)
+    assert [r["status"] for r in ledger_rows(ctl, budget_tenant)] == [
+        "done", "done", "refused", "done"]  # fmt: skip
+    assert answer.cost == price
+
+
+def test_the_compiled_names_are_kept_until_the_names_change(
+    ctl: Control, model: FakeModel, make_tenant: Any
+) -> None:
+    from test_ai_cli import add_member
+
+    slug = make_tenant(tier="schema", region="id")
+    add_member(ctl, slug, "Sukarti Wulandari")
+    clock = Clock()
+    gate = make_gate(ctl, model, kind="offline", clock=clock, ai_names_ttl=60)
+    kept = gate.tenant_dictionary(slug)
+    assert "Sukarti" in kept.known
+    add_member(ctl, slug, "Margono Hadiwijaya")
+    assert gate.tenant_dictionary(slug) is kept  # within the TTL: kept, names and all
+    clock.now += 61
+    clock_names = gate.tenant_names(slug)
+    fresh = gate.tenant_dictionary(slug)
+    assert fresh is not kept and "Margono" in fresh.known and "Margono Hadiwijaya" in clock_names
+    clock.now += 61  # read again, the same names: the same compiled dictionary
+    assert gate.tenant_dictionary(slug) is fresh
+    answer = gate.ask(slug, feature="test.names", prompt="call Margono Hadiwijaya today")
+    assert answer.entities == {"PERSON": 1}

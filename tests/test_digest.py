@@ -16,6 +16,7 @@ from conftest import unique_slug
 from sqlalchemy import insert, text
 from test_ai_gate import _open, make_gate
 
+from bizosctl.ai.writer import flush_all
 from bizosctl.catalog.control import Control
 from bizosctl.digest.run import DigestPublic, TenantRef, make_digest, tenant_refs
 from bizosctl.tenancy.router import tenant_session
@@ -402,6 +403,7 @@ def test_model_faults_fall_back_to_the_offline_rules_degraded(
 
 
 def _ledger_row(ctl: Control, slug: str, digest_id: uuid.UUID) -> Any:
+    assert flush_all()  # the gate settles its calls in the background
     with tenant_session(ctl, slug, actor="test", read_only=True) as s:
         return (
             s.execute(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bizosctl.privacy import corpus
-from bizosctl.privacy.masking import KINDS, Masked, Span, detect, mask
+from bizosctl.privacy.masking import KINDS, Masked, Span, compile_names, detect, mask
 
 
 def found(text: str, **kw: object) -> list[tuple[str, str]]:
@@ -286,6 +286,26 @@ def test_corpus_line_gives_exactly_its_spans(sample: corpus.Sample) -> None:
         (s.kind, sample.text[s.start : s.end]) for s in sample.spans
     ]
     assert got == sample.spans
+
+
+def test_compiled_names_find_exactly_what_the_names_find() -> None:
+    # what the LLM gate passes: the tenant's names compiled once (kept with them)
+    compiled = compile_names(CORPUS.names)
+    for sample in CORPUS.samples:
+        assert detect(sample.text, names=compiled) == sample.spans, sample.line
+        assert mask(sample.text, names=compiled) == mask(sample.text, names=CORPUS.names)
+
+
+def test_the_tokens_are_those_of_the_pattern() -> None:
+    from bizosctl.privacy import persons
+
+    texts = [sample.text for sample in CORPUS.samples] + [
+        "O'Brien's d'Artagnan -- Jean-Luc, x-ray 4ever a1b2 _ana_ Ni’Luh été ²x",
+        "", "123 456", "aa aa aa aaa a", "'-'a-'b", "Straße İstanbul 中文 अब",
+    ]  # fmt: skip
+    for text in texts:
+        expected = [(m.start(), m.end(), m.group()) for m in persons._TOKEN.finditer(text)]
+        assert persons._tokens(text) == expected, text
 
 
 def test_corpus_masked_text_holds_no_value_in_any_form() -> None:

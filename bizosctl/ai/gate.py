@@ -18,7 +18,11 @@ feature still gets an answer.
 Every call writes one ledger row in the tenant's database (``bizosctl.ai.ledger``); a priced
 call first reserves its worst-case cost against the month's budget in the transaction that
 writes the row, and is refused (:class:`~bizosctl.errors.BudgetExceeded`) or answered
-offline (the tenant's ``ai_over_budget``) when the budget would be exceeded.
+offline (the tenant's ``ai_over_budget``) when the budget would be exceeded. The row is
+settled (the real cost) after the answer is returned, with the tenant's next reservation or
+by the gate's background writer (:mod:`bizosctl.ai.writer`; the reservation counts until
+then): read the ledger in the same process after :meth:`Gate.flush` or
+:func:`bizosctl.ai.writer.flush_all`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,6 +48,7 @@ from bizosctl.ai.providers import (
     Provider,
     configured,
 )
+from bizosctl.ai.writer import LedgerWriter
 from bizosctl.errors import (
     BizosError,
     BudgetExceeded,
@@ -58,6 +63,7 @@ if TYPE_CHECKING:
     from bizosctl.catalog.control import Control, RouteInfo
     from bizosctl.config import Settings
     from bizosctl.privacy.masking import Masked
+    from bizosctl.privacy.persons import Dictionary
 
 #: Seconds a tenant's plan and budget are kept by a gate (the spending itself is never cached).
 TERMS_TTL = 5.0
@@ -121,10 +127,12 @@ class Gate:
         )
         self._clock = clock
         self._sleep = sleep
-        self._names: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._names: dict[str, tuple[float, tuple[str, ...], Dictionary]] = {}
         self._names_lock = threading.Lock()
         self._terms: dict[str, tuple[float, plans.TenantPlan]] = {}
         self._routes: dict[str, tuple[float, RouteInfo]] = {}
+        #: settles calls after they answered (see bizosctl.ai.writer); flush() waits for it
+        self.writer = LedgerWriter()
         if self.provider is not None:
             ledger.prices(s, self.provider.model)  # a model without a price: refuse at once
 
@@ -161,7 +169,9 @@ class Gate:
         if not FEATURE.match(feature):
             raise InvalidInput(f"feature {feature!r}: lower-case letters, digits, . _ - only")
         plan = self.tenant_terms(tenant)
-        masked = mask(prompt, names=[*self.tenant_names(tenant), *names])
+        extra = tuple(names)
+        known = [*self.tenant_names(tenant), *extra] if extra else self.tenant_dictionary(tenant)
+        masked = mask(prompt, names=known)
         entities = masked.counts()
         out = Prompt(
             text=masked.text,
@@ -184,21 +194,30 @@ class Gate:
             out.max_output_tokens * (2 if schema else 1),  # a malformed answer is asked twice
         )
         route = self.tenant_route(tenant)  # for the reservation and the settlement
-        held, route = self._in_tenant(
-            tenant,
-            feature,
-            route,
-            lambda run: ledger.reserve(
-                run,
-                plan=plan,
-                amount=amount,
-                member=member,
-                feature=feature,
-                provider=provider.name,
-                model=provider.model,
-                entities=entities,
-            ),
-        )
+        row_id = uuid.uuid4()  # sent again (see below), the reservation is held once
+
+        def reserve(run: ledger.Run) -> ledger.Reservation | None:
+            return ledger.reserve(run, plan=plan, amount=amount, member=member,
+                                  feature=feature, provider=provider.name,
+                                  model=provider.model, entities=entities,
+                                  row_id=row_id)  # fmt: skip
+
+        # The settlements of this tenant's earlier calls that wait for the writer ride with
+        # the reservation: the same round trip, no thread's work on a caller's path.
+        riders = [r for r in self.writer.take(lambda job: isinstance(job, _Settlement)
+                                              and job.slug == tenant)
+                  if isinstance(r, _Settlement)]  # fmt: skip
+        try:
+            held, route = self._in_tenant(tenant, feature, route, reserve,
+                                          before=[r.statement for r in riders])  # fmt: skip
+        except BaseException as exc:
+            for rider in riders:  # back to the writer (written twice is harmless)
+                self.writer.submit(rider)
+            if not riders or not isinstance(exc, BizosError):
+                raise
+            held, route = self._in_tenant(tenant, feature, route, reserve)  # alone, once more
+        finally:
+            self.writer.carried(len(riders))
         if held is None and plan.over_budget == "refuse":
             run = self._runner(route, feature)
             spent = ledger.spent(run, tenant_id=plan.tenant_id)
@@ -234,12 +253,12 @@ class Gate:
             billed = ledger.cost(self.settings, provider.model, call.tokens_in, call.tokens_out)
             call.reason = call.reason or "error"
             self._settle(tenant, feature, plan, held, provider, call, degraded=True,
-                         cost=billed, route=route)  # fmt: skip
+                         cost=billed, route=route, background=False)  # fmt: skip
             raise
         answer_cost = ledger.cost(self.settings, provider.model, call.tokens_in, call.tokens_out)
         degraded = call.reason is not None
         overhead = self._settle(tenant, feature, plan, held, provider, call, degraded=degraded,
-                                cost=answer_cost, route=route)  # fmt: skip
+                                cost=answer_cost, route=route, background=True)  # fmt: skip
         by, model = ("offline", "offline") if degraded else (provider.name, provider.model)
         return self._answer(masked, data, text, by, model, call, answer_cost, held.id, overhead,
                             entities)  # fmt: skip
@@ -282,6 +301,7 @@ class Gate:
             tries += 1
             call.attempts += 1
             t0 = time.perf_counter()
+            self.writer.waiting()  # the ledger writer's turn while the model answers
             try:
                 completion = provider.complete(out, timeout=min(s.ai_timeout, remaining))
             except ProviderFailed as exc:
@@ -305,6 +325,8 @@ class Gate:
             except BaseException:
                 self.breaker.release()
                 raise
+            finally:
+                self.writer.working()
             call.model_seconds += time.perf_counter() - t0
             self.breaker.success()
             call.reason = None
@@ -379,7 +401,10 @@ class Gate:
         degraded: bool,
         cost: Decimal = Decimal(0),
         route: RouteInfo,
+        background: bool,
     ) -> float:
+        """Settle ``held`` with what the call came to; ``background``: by the gate's writer,
+        after this returns (the reservation counts until then), else here and now."""
         elapsed = time.perf_counter() - call.started
         overhead = _ms(elapsed - call.model_seconds)
         outcome = ledger.Outcome(
@@ -394,16 +419,15 @@ class Gate:
             degraded=degraded,
             reason=call.reason if degraded else None,
         )
+
         # A tenant that moved while the model answered: the reservation was copied with it,
         # and is settled where the tenant is now (see _in_tenant).
-        self._in_tenant(
-            tenant,
-            feature,
-            route,
-            lambda run: ledger.settle(
-                run, tenant_id=plan.tenant_id, reservation=held, outcome=outcome
-            ),
-        )
+        statement = ledger.settlement(tenant_id=plan.tenant_id, reservation=held, outcome=outcome)
+        write = _Settlement(self, tenant, feature, route, statement)
+        if background:
+            self.writer.submit(write)
+        else:
+            write()
         return overhead
 
     def _answer(
@@ -443,16 +467,24 @@ class Gate:
         )
 
     # -- tenants ---------------------------------------------------------------------------
-    def _runner(self, route: RouteInfo, feature: str) -> ledger.Run:
+    def _runner(
+        self, route: RouteInfo, feature: str, before: Sequence[ledger.Statement] = ()
+    ) -> ledger.Run:
         from bizosctl.tenancy.router import tenant_statement
 
         actor = f"bizosctl:ai:{feature}"
         return lambda sql, params: tenant_statement(
-            self.ctl, route, actor=actor, sql=sql, params=params
+            self.ctl, route, actor=actor, sql=sql, params=params, before=before
         )
 
     def _in_tenant(
-        self, slug: str, feature: str, route: RouteInfo, op: Callable[[ledger.Run], _T]
+        self,
+        slug: str,
+        feature: str,
+        route: RouteInfo,
+        op: Callable[[ledger.Run], _T],
+        *,
+        before: Sequence[ledger.Statement] = (),
     ) -> tuple[_T, RouteInfo]:
         """``op`` on the tenant's database at ``route`` (a cached one), and the route used.
 
@@ -463,12 +495,12 @@ class Gate:
         may or may not have happened) is never repeated.
         """
         try:
-            return op(self._runner(route, feature)), route
+            return op(self._runner(route, feature, before)), route
         except BizosError:
             fresh = self.tenant_route(slug, fresh=True)
             if fresh == route:
                 raise
-            return op(self._runner(fresh, feature)), fresh
+            return op(self._runner(fresh, feature, before)), fresh
 
     def tenant_route(self, slug: str, *, fresh: bool = False) -> RouteInfo:
         """Where the tenant lives, kept for :data:`TERMS_TTL` seconds (``fresh``: read now);
@@ -495,19 +527,30 @@ class Gate:
     def tenant_names(self, slug: str) -> tuple[str, ...]:
         """The tenant's members' and customers' names (the masking dictionary), cached for
         ``ai_names_ttl`` seconds."""
+        return self._tenant_names(slug)[1]
+
+    def tenant_dictionary(self, slug: str) -> Dictionary:
+        """:meth:`tenant_names` compiled for the masking, kept with them (compiled again
+        only when the names read after ``ai_names_ttl`` differ)."""
+        return self._tenant_names(slug)[2]
+
+    def _tenant_names(self, slug: str) -> tuple[float, tuple[str, ...], Dictionary]:
         now = self._clock()
         with self._names_lock:
             hit = self._names.get(slug)
         if hit is not None and hit[0] > now:
-            return hit[1]
+            return hit
         from bizosctl.privacy.dictionary import tenant_names
+        from bizosctl.privacy.masking import compile_names
 
         # A member name that does not decrypt fails the call: without the whole dictionary
         # the gate cannot promise the names stay home.
         names = tuple(sorted(set(tenant_names(self.ctl, slug, actor="bizosctl:ai:names"))))
+        compiled = hit[2] if hit is not None and hit[1] == names else compile_names(names)
+        kept = (now + self.settings.ai_names_ttl, names, compiled)
         with self._names_lock:
-            self._names[slug] = (now + self.settings.ai_names_ttl, names)
-        return names
+            self._names[slug] = kept
+        return kept
 
     def probe(self) -> tuple[bool, str | None, float]:
         """One tiny request to the configured provider, through the breaker (``ai check``):
@@ -525,10 +568,30 @@ class Gate:
     def breaker_state(self) -> BreakerState:
         return self.breaker.snapshot()
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the settlements of the calls made so far are written: before reading
+        the ledger in this process. False when ``timeout`` seconds passed first."""
+        return self.writer.flush(timeout)
+
     def close(self) -> None:
         from bizosctl.ai.providers import close
 
+        self.writer.close()
         close(self.provider)
+
+
+@dataclass(frozen=True)
+class _Settlement:
+    """A call's settlement, for the gate's writer (or a later reservation to carry)."""
+
+    gate: Gate
+    slug: str
+    feature: str
+    route: RouteInfo
+    statement: ledger.Statement
+
+    def __call__(self) -> None:
+        self.gate._in_tenant(self.slug, self.feature, self.route, lambda run: run(*self.statement))
 
 
 def _parse(schema: type[BaseModel], text: str) -> Any:

@@ -7,7 +7,9 @@ input tokens, ``max_output_tokens`` as output) in one statement: an upsert of th
 (status ``reserved``) in the same transaction. The row lock of the upsert orders concurrent
 callers of one tenant, and each re-checks the total it finds after the other committed, so
 no number of threads or processes racing can spend past the budget. After the call the row is
-*settled* (real tokens and cost; the difference goes back to the month's total). A process
+*settled* (real tokens and cost; the difference goes back to the month's total): by the
+gate's background writer, or sent before the tenant's next reservation in its transaction
+(:mod:`bizosctl.ai.writer`); until then the worst case counts. A process
 that dies in between leaves its reservation counted: the budget errs on the safe side.
 The ledger never holds the text, only counts.
 
@@ -19,6 +21,7 @@ again.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -46,7 +49,13 @@ def prices(settings: Settings, model: str) -> tuple[Decimal, Decimal]:
             f"model {model!r} has no price in the ai_prices setting: add "
             f'"{model}": {{"input": USD, "output": USD}} per million tokens'
         )
-    return Decimal(str(p.get("input", 0))) / MILLION, Decimal(str(p.get("output", 0))) / MILLION
+    return _per_token(p.get("input", 0), p.get("output", 0))
+
+
+@functools.lru_cache(maxsize=256)
+def _per_token(per_million_in: float, per_million_out: float) -> tuple[Decimal, Decimal]:
+    # parsed once per price, not on every call
+    return Decimal(str(per_million_in)) / MILLION, Decimal(str(per_million_out)) / MILLION
 
 
 def cost(settings: Settings, model: str, tokens_in: int, tokens_out: int) -> Decimal:
@@ -109,6 +118,8 @@ RECORD: LiteralString = (
     " ON CONFLICT (tenant_id, id) DO NOTHING"
 )
 
+#: one statement and its parameters
+Statement = tuple[LiteralString, Mapping[str, Any]]
 #: runs one statement in the tenant's database and returns its first row: ``Run(sql, params)``
 #: (bizosctl.tenancy.router.tenant_statement with the tenant's route)
 Run = Callable[[LiteralString, Mapping[str, Any]], "tuple[Any, ...] | None"]
@@ -124,13 +135,15 @@ def reserve(
     provider: str,
     model: str,
     entities: dict[str, int],
+    row_id: uuid.UUID | None = None,
 ) -> Reservation | None:
     """Hold ``amount`` against the month's budget and write the call's row; None (nothing
-    written) when the budget would be exceeded."""
+    written) when the budget would be exceeded. ``row_id``: the row's id (sent again with
+    the same id, the reservation is held once)."""
     row = run(
         RESERVE,
         {
-            "id": uuid.uuid4(),
+            "id": row_id or uuid.uuid4(),
             "tid": plan.tenant_id,
             "amount": amount,
             "budget": UNLIMITED if plan.budget is None else plan.budget,
@@ -168,10 +181,13 @@ class Outcome:
 
 
 def settle(run: Run, *, tenant_id: uuid.UUID, reservation: Reservation, outcome: Outcome) -> None:
-    run(
-        SETTLE,
-        {"tid": tenant_id, "id": reservation.id, **_values(outcome), "cost": outcome.cost},
-    )
+    run(*settlement(tenant_id=tenant_id, reservation=reservation, outcome=outcome))
+
+
+def settlement(*, tenant_id: uuid.UUID, reservation: Reservation, outcome: Outcome) -> Statement:
+    """The statement that settles ``reservation`` (what :func:`settle` runs)."""
+    return SETTLE, {"tid": tenant_id, "id": reservation.id, **_values(outcome),
+                    "cost": outcome.cost}  # fmt: skip
 
 
 def record(

@@ -110,6 +110,7 @@ def usage_report(
     from sqlalchemy import select
 
     from bizosctl.ai.plans import plan_terms
+    from bizosctl.ai.writer import flush_all
     from bizosctl.catalog.models import Route, Tenant
     from bizosctl.fanout import for_each
     from bizosctl.tenancy.router import tenant_session
@@ -120,6 +121,7 @@ def usage_report(
     since = since or month_start(until)
     if since >= until:
         raise InvalidInput(f"--since ({since.isoformat()}) must be before --until")
+    flush_all()  # this process's calls: settled before they are read
     with ctl.catalog() as s:
         q = (
             select(Tenant.slug, Route.server, Tenant.plan, Tenant.status)

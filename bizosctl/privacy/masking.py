@@ -71,6 +71,16 @@ class Masked:
         return out
 
 
+#: names for :func:`mask` and :func:`detect`: the names, or :func:`compile_names` of them
+Names = Iterable[str] | persons.Dictionary
+
+
+def compile_names(names: Iterable[str]) -> persons.Dictionary:
+    """``names`` compiled once for many calls of :func:`mask` (the LLM gate keeps one per
+    tenant with its names)."""
+    return persons.dictionary(names)
+
+
 _PLACEHOLDER = re.compile(r"<\s*(" + "|".join(KINDS) + r")_(\d+)\s*>", re.IGNORECASE)
 
 # Order matters where spans overlap: the earlier detector wins (an e-mail or an IBAN holds
@@ -85,7 +95,7 @@ _DETECTORS = (
 )
 
 
-def _find(text: str, names: Iterable[str]) -> list[Candidate]:
+def _find(text: str, names: Names) -> list[Candidate]:
     taken: list[Candidate] = []  # kept sorted by start; spans in it never overlap
     starts: list[int] = []
     candidates = itertools.chain(
@@ -103,18 +113,19 @@ def _find(text: str, names: Iterable[str]) -> list[Candidate]:
     return taken
 
 
-def detect(text: str, *, names: Iterable[str] = ()) -> list[Span]:
+def detect(text: str, *, names: Names = ()) -> list[Span]:
     """The personal data in ``text``, in order of position.
 
     Args:
         text: any free text (a prompt, a customer's message).
         names: people's names known to be personal data here (the tenant's members and
-            customers), found as ``PERSON`` whatever the generic name rules say.
+            customers), found as ``PERSON`` whatever the generic name rules say; or
+            :func:`compile_names` of them (the same result, without compiling them again).
     """
     return [Span(kind, start, end) for kind, start, end, _ in _find(text, names)]
 
 
-def mask(text: str, *, names: Iterable[str] = ()) -> Masked:
+def mask(text: str, *, names: Names = ()) -> Masked:
     """``text`` with each piece of personal data replaced by a ``<KIND_n>`` placeholder.
 
     The same value gets the same placeholder within one call, also when written another way

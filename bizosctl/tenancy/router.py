@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, LiteralString
 
 from bizosctl.catalog.control import Control, RouteInfo
@@ -154,6 +154,7 @@ def tenant_statement(
     actor: str,
     sql: LiteralString,
     params: Mapping[str, Any],
+    before: Sequence[tuple[LiteralString, Mapping[str, Any]]] = (),
 ) -> tuple[Any, ...] | None:
     """Run one statement (psycopg ``%(name)s`` parameters) in its own transaction in the
     tenant's context, as :func:`tenant_session` would, and return its first row (None: no
@@ -165,6 +166,8 @@ def tenant_statement(
     the statement sent once more, so **the statement must be safe to run twice** (it may
     have committed before the connection died). ``route`` is the caller's (a moved tenant's
     old place refuses writes: a caller that keeps routes reads it again on an error).
+    ``before``: statements run first in the same transaction and round trip (the gate's
+    settlements of earlier calls ride with a reservation); they must be safe to run twice too.
     """
     import psycopg
     from sqlalchemy import exc as sa_exc
@@ -181,13 +184,17 @@ def tenant_statement(
                 # it); conn.transaction() would add a sync, a round trip, on each side.
                 with conn.pipeline():
                     conn.execute(_CONTEXT_PG, context)
+                    for first_sql, first_params in before:
+                        conn.execute(first_sql, first_params)
                     cur = conn.execute(sql, params)
                     conn.commit()
                 return cur.fetchone() if cur.description is not None else None
             except psycopg.Error as exc:
                 dead = conn.closed or conn.broken
                 if dead:
-                    raw.invalidate(exc)
+                    # What SQLAlchemy does on a disconnect: the pool's other connections, as
+                    # old as this one, died with it (a restart) and are replaced at checkout.
+                    engine.pool._invalidate(raw, exc)
                 else:
                     try:
                         conn.rollback()
