@@ -156,6 +156,29 @@ def test_enqueue_commits_with_the_transaction_and_a_rollback_leaves_no_job(ctl, 
     ]
 
 
+def test_a_burst_of_locked_jobs_is_fetched_through_the_lock_index(ctl, jobs):
+    """A fan-out queues many locked jobs in one transaction, before autovacuum re-analyses the
+    table: the fetch's check for a job's lock-mates must still be an index lookup on the lock
+    (control revision 0014), not a scan of the queue per fetch (O(n^2) for the burst)."""
+    with ctl.catalog() as s:
+        for i in range(300):
+            enqueue_operation(
+                s, op_id=uuid.uuid4(), kind="ops.ping", target=f"burst-{i}", queue=jobs["queue"]
+            )
+    with ctl.catalog() as s:
+        # the lock-mates probe of procrastinate_fetch_job_v2, for one waiting job
+        plan = s.execute(
+            text(
+                "EXPLAIN (FORMAT JSON) SELECT 1 FROM procrastinate_jobs AS other_jobs "
+                "WHERE other_jobs.lock = :lock AND (other_jobs.status = 'doing' OR "
+                "(other_jobs.status = 'todo' AND (other_jobs.priority > 0 OR "
+                "(other_jobs.priority = 0 AND other_jobs.id < :id))))"
+            ),
+            {"lock": "ops.ping:burst-7", "id": 1 << 40},
+        ).scalar_one()
+    assert "bizos_procrastinate_jobs_lock_waiting" in json.dumps(plan), plan
+
+
 # -- the worker's life -----------------------------------------------------------------------
 
 
