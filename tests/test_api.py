@@ -497,6 +497,34 @@ def test_tenant_session_survives_its_pooled_connections_being_killed(fleet, orgs
         assert s.execute(count).scalar_one() == before
 
 
+def test_tenant_session_begins_with_its_context_and_read_only_refuses_writes(fleet, orgs):
+    """The context and BEGIN go in one message (pipeline mode): the transaction still has the
+    tenant's context, READ ONLY still comes with the BEGIN of a read-only session, and a
+    write session's work commits."""
+    import psycopg
+    from sqlalchemy import exc, text
+
+    from bizosctl.tenancy.router import tenant_session
+
+    a = orgs[0]
+    context = text(
+        "SELECT current_setting('bizos.tenant_id'), current_setting('bizos.actor'), "
+        "current_setting('transaction_read_only'), txid_current_if_assigned() IS NULL"
+    )
+    with tenant_session(fleet, a.slug, actor="probe", read_only=True) as s:
+        tenant, actor, read_only, _ = s.execute(context).one()
+        assert (actor, read_only) == ("probe", "on")
+        assert tenant == str(fleet.route(a.slug).tenant_id)
+        with pytest.raises(exc.DBAPIError) as raised:
+            s.execute(text("UPDATE invoices SET status = status"))
+        assert isinstance(raised.value.orig, psycopg.errors.ReadOnlySqlTransaction)
+    with tenant_session(fleet, a.slug, actor="probe") as s:
+        assert s.execute(context).one()[1:3] == ("probe", "off")
+        # one transaction from the context on: the same xid, the context still set
+        xid = text("SELECT txid_current(), current_setting('bizos.tenant_id')")
+        assert s.execute(xid).one() == s.execute(xid).one()
+
+
 def test_api_key_check_survives_a_catalog_restart(fleet, orgs):
     """The per-request key check reads the catalog without pinging its pooled connection
     first (one round trip less); a connection killed by a server restart is retried once."""

@@ -15,7 +15,6 @@ transaction, the context and the statement go in one round trip (psycopg's pipel
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, LiteralString
 
@@ -25,22 +24,10 @@ from bizosctl.errors import TenantSuspended
 
 if TYPE_CHECKING:
     import psycopg
-    from sqlalchemy import TextClause
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session, SessionTransaction
 
     from bizosctl.providers.local import ServerHandle
-
-
-@functools.cache
-def _context_sql() -> TextClause:
-    from sqlalchemy import text
-
-    return text(
-        "SELECT set_config('bizos.tenant_id', :tenant, true),"
-        " set_config('bizos.actor', :actor, true),"
-        " set_config('search_path', :path, true)"
-    )
 
 
 def search_path(route: RouteInfo) -> str:
@@ -105,21 +92,42 @@ def tenant_session(
 
 
 def _begin(engine: Engine, context: Mapping[str, str]) -> tuple[Session, SessionTransaction]:
-    """A session whose transaction has begun with the context set: one round trip (BEGIN,
-    READ ONLY with it, and SET LOCAL of the context), retried once on a dead connection."""
+    """A session whose transaction has begun with the context set: one round trip. psycopg's
+    pipeline mode sends its ``BEGIN`` (``READ ONLY`` with it) and the context's ``SET LOCAL``
+    together and syncs once, where a plain execute waits for the ``BEGIN`` first. A
+    connection found dead there (the server restarted) is replaced and all of it sent again,
+    once: nothing has run in the transaction yet."""
+    import psycopg
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.orm import Session
 
     for attempt in (1, 2):
         session = Session(engine)
         transaction = session.begin()
+        fairy: Any = None
         try:
-            session.execute(_context_sql(), context)
+            fairy = session.connection().connection
+            raw = fairy.driver_connection
+            with raw.pipeline():
+                raw.execute(_CONTEXT_PG, context)
             return session, transaction
-        except DBAPIError as exc:
+        except DBAPIError as exc:  # the checkout itself (a server that is not up)
             session.close()
             if attempt == 2 or not is_disconnect(exc):
                 raise
+        except psycopg.Error as exc:
+            dead = fairy is not None and (
+                fairy.driver_connection.closed or fairy.driver_connection.broken
+            )
+            if dead:
+                # as SQLAlchemy does on a disconnect: the pool's connections as old as this
+                # one died with it (a restart) and are replaced at checkout
+                engine.pool._invalidate(fairy, exc)
+            session.close()
+            if dead and attempt == 1 and isinstance(exc, psycopg.OperationalError):
+                continue
+            # the same translation as every other statement's (SQLAlchemy's wrapper)
+            raise DBAPIError.instance(_CONTEXT_PG, None, exc, psycopg.Error) from exc
         except BaseException:
             session.close()
             raise
