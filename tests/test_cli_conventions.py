@@ -166,7 +166,7 @@ def test_db_password_dry_run_names_tenants_and_roles(make_tenant, cli):
 def test_sync_summary_shows_zero_counts(make_tenant, cli):
     make_tenant(tier="shared")
     r = cli("schema", "sync")
-    assert r.exit_code == 0, r.stderr
+    assert r.exit_code == 0, r.stdout + r.stderr
     assert "migrated: 0, unchanged: " in r.stdout and "failed: 0" in r.stdout
 
 

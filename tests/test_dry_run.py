@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture
-def world(ctl, make_tenant, cli, run_bizosctl):
+def world(ctl, make_tenant, cli, run_bizosctl) -> Iterator[dict[str, str]]:
     """Something for every mode to act on: a kept move source, an unfinished move, a locked
     tenant, an isolated tenant, an API key, a webhook endpoint."""
     kept = make_tenant(tier="schema", region="global")
@@ -135,7 +136,7 @@ def world(ctl, make_tenant, cli, run_bizosctl):
     )
     assert r.exit_code == 0, r.stderr
     endpoint = json.loads(r.stdout)["endpoint"]["id"]
-    return {
+    yield {
         "kept": kept,
         "moving": moving,
         "locked": locked,
@@ -143,6 +144,10 @@ def world(ctl, make_tenant, cli, run_bizosctl):
         "endpoint": endpoint,
         "new": "n" + uuid.uuid4().hex[:10],
     }
+    # the fleet is shared: an unfinished move left behind makes later syncs report it busy
+    r = cli("tenant", "move", moving, "--abort")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert cli("tenant", "unlock", locked).exit_code == 0
 
 
 def dry_runs(w: dict[str, str]) -> list[tuple[list[str], int]]:
