@@ -116,22 +116,38 @@ def _begin(engine: Engine, context: Mapping[str, str]) -> tuple[Session, Session
             if attempt == 2 or not is_disconnect(exc):
                 raise
         except psycopg.Error as exc:
-            dead = fairy is not None and (
-                fairy.driver_connection.closed or fairy.driver_connection.broken
-            )
-            if dead:
-                # as SQLAlchemy does on a disconnect: the pool's connections as old as this
-                # one died with it (a restart) and are replaced at checkout
-                engine.pool._invalidate(fairy, exc)
+            retry = fairy is not None and _dropped_if_dead(engine, fairy, exc, attempt)
             session.close()
-            if dead and attempt == 1 and isinstance(exc, psycopg.OperationalError):
+            if retry:
                 continue
-            # the same translation as every other statement's (SQLAlchemy's wrapper)
-            raise DBAPIError.instance(_CONTEXT_PG, None, exc, psycopg.Error) from exc
+            raise _translated(_CONTEXT_PG, exc) from exc
         except BaseException:
             session.close()
             raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _dropped_if_dead(engine: Engine, fairy: Any, exc: Exception, attempt: int) -> bool:
+    """After ``exc`` on pooled connection ``fairy``: when the connection is dead, drop it as
+    SQLAlchemy does on a disconnect (the pool's connections as old as it died with it, a
+    restart, and are replaced at checkout). True: it was dead on a first attempt, so the
+    caller sends everything again, once."""
+    import psycopg
+
+    conn = fairy.driver_connection
+    if not (conn.closed or conn.broken):
+        return False
+    engine.pool._invalidate(fairy, exc)
+    return attempt == 1 and isinstance(exc, psycopg.OperationalError)
+
+
+def _translated(sql: str, exc: Exception) -> Exception:
+    """A psycopg error as SQLAlchemy wraps it, for the same translation as every other
+    statement's (``translate_errors``)."""
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    return DBAPIError.instance(sql, None, exc, psycopg.Error)
 
 
 @contextlib.contextmanager
@@ -178,7 +194,6 @@ def tenant_statement(
     settlements of earlier calls ride with a reservation); they must be safe to run twice too.
     """
     import psycopg
-    from sqlalchemy import exc as sa_exc
 
     engine = _engine(ctl, route, pre_ping=False)
     context = {"tenant": str(route.tenant_id), "actor": actor, "path": search_path(route)}
@@ -198,20 +213,14 @@ def tenant_statement(
                     conn.commit()
                 return cur.fetchone() if cur.description is not None else None
             except psycopg.Error as exc:
-                dead = conn.closed or conn.broken
-                if dead:
-                    # What SQLAlchemy does on a disconnect: the pool's other connections, as
-                    # old as this one, died with it (a restart) and are replaced at checkout.
-                    engine.pool._invalidate(raw, exc)
-                else:
+                if _dropped_if_dead(engine, raw, exc, attempt):
+                    continue
+                if not (conn.closed or conn.broken):
                     try:
                         conn.rollback()
                     except psycopg.Error:
                         raw.invalidate(exc)
-                if dead and attempt == 1 and isinstance(exc, psycopg.OperationalError):
-                    continue
-                # the same translation as every other statement's (SQLAlchemy's wrapper)
-                raise sa_exc.DBAPIError.instance(sql, None, exc, psycopg.Error) from exc
+                raise _translated(sql, exc) from exc
             finally:
                 raw.close()
     raise AssertionError("unreachable")  # pragma: no cover
