@@ -193,7 +193,7 @@ def keyring_entries(ctl: Control, purposes: tuple[str, ...]) -> list[Any] | None
 
 
 # -- tenant moves -----------------------------------------------------------------------------
-def finished_moves(ctl: Control, slug: str | None) -> list[Any]:
+def finished_moves(conn: psycopg.Connection[Any], slug: str | None) -> list[Any]:
     """Done ``tenant.move`` operations of live tenants (of ``slug`` only, if given), oldest
     first, with the tenant's id and current place."""
     params: dict[str, str] = {}
@@ -201,16 +201,15 @@ def finished_moves(ctl: Control, slug: str | None) -> list[Any]:
     if slug is not None:
         one = " AND o.target = %(slug)s"
         params["slug"] = slug
-    with catalog(ctl) as conn:
-        return conn.execute(
-            (
-                "SELECT o.id, o.params, t.slug, t.id AS tenant_id, r.server, r.database, "
-                "r.schema FROM operations AS o JOIN tenants AS t ON t.slug = o.target "
-                "JOIN routes AS r ON r.tenant_id = t.id WHERE o.kind = 'tenant.move' "
-                f"AND o.status = 'done' AND t.status <> 'deleted'{one} ORDER BY o.started_at"
-            ).encode(),
-            params,
-        ).fetchall()
+    return conn.execute(
+        (
+            "SELECT o.id, o.params, t.slug, t.id AS tenant_id, r.server, r.database, "
+            "r.schema FROM operations AS o JOIN tenants AS t ON t.slug = o.target "
+            "JOIN routes AS r ON r.tenant_id = t.id WHERE o.kind = 'tenant.move' "
+            f"AND o.status = 'done' AND t.status <> 'deleted'{one} ORDER BY o.started_at"
+        ).encode(),
+        params,
+    ).fetchall()
 
 
 # -- migration targets ------------------------------------------------------------------------

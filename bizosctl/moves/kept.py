@@ -59,11 +59,17 @@ class KeptSource:
         }
 
 
-def kept_sources(ctl: Control, slug: str | None = None) -> list[KeptSource]:
-    """The kept sources of one tenant, or of every live tenant (oldest first)."""
-    from bizosctl.catalog.reads import finished_moves
+def kept_sources(
+    ctl: Control, slug: str | None = None, *, moves: list[Any] | None = None
+) -> list[KeptSource]:
+    """The kept sources of one tenant, or of every live tenant (oldest first); ``moves``:
+    ``reads.finished_moves`` as the caller read it (read here otherwise)."""
+    from bizosctl.catalog import reads
 
-    rows = finished_moves(ctl, slug)
+    if moves is None:
+        with reads.catalog(ctl) as conn:
+            moves = reads.finished_moves(conn, slug)
+    rows = moves
     places: dict[tuple[str, str, str, str], KeptSource] = {}
     for op_id, params, tslug, tid, server, database, schema in rows:
         if params.get("source_purged") or "source" not in params:

@@ -68,28 +68,34 @@ def get_tenant(ctl: Control, slug: str, *, row_counts: bool = True) -> TenantDet
     from bizosctl.catalog import reads
 
     check_slug(slug)
+    # the tenant, its route and its finished moves: one catalog connection
     with reads.catalog(ctl) as conn:
         row = reads.live_tenant(conn, slug)
-    if row is None:
-        raise NotFound(f"no tenant named {slug!r}")
+        if row is None:
+            raise NotFound(f"no tenant named {slug!r}")
+        # A suspended tenant's rows are refused to everyone, show included.
+        counted = row_counts and row.server is not None
+        counted = counted and row.status not in ("provisioning", "suspended")
+        route_row = reads.route_row(conn, slug) if counted else None
+        moves = reads.finished_moves(conn, slug) if row_counts else []
     detail = TenantDetail(**_public(row), status_reason=row.status_reason)
-    # A suspended tenant's rows are refused to everyone, show included.
-    if row_counts and row.server is not None and row.status not in ("provisioning", "suspended"):
-        detail.row_counts = count_rows(ctl, slug)
+    if route_row is not None:
+        detail.row_counts = count_rows(ctl, slug, route=ctl.route_from_row(route_row))
     if row_counts:
         from bizosctl.moves.kept import kept_sources
 
-        detail.kept_sources = [k.public() for k in kept_sources(ctl, slug)]
+        detail.kept_sources = [k.public() for k in kept_sources(ctl, slug, moves=moves)]
     return detail
 
 
-def count_rows(ctl: Control, slug: str) -> dict[str, int]:
-    """The tenant's rows per table, counted through RLS in its own context."""
+def count_rows(ctl: Control, slug: str, *, route: RouteInfo | None = None) -> dict[str, int]:
+    """The tenant's rows per table, counted through RLS in its own context (``route``: as
+    the caller just read it)."""
     from bizosctl.tenancy.router import tenant_connection
     from tenant_schema import TABLE_NAMES
 
     union = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {q(t)}" for t in TABLE_NAMES)
-    with tenant_connection(ctl, slug, actor="bizosctl:show", read_only=True) as conn:
+    with tenant_connection(ctl, slug, actor="bizosctl:show", read_only=True, route=route) as conn:
         return {t: int(n) for t, n in conn.execute(union.encode())}
 
 

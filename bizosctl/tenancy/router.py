@@ -152,17 +152,17 @@ def _translated(sql: str, exc: Exception) -> Exception:
 
 @contextlib.contextmanager
 def tenant_connection(
-    ctl: Control, slug: str, *, actor: str, read_only: bool = False
+    ctl: Control, slug: str, *, actor: str, read_only: bool = False, route: RouteInfo | None = None
 ) -> Iterator[psycopg.Connection[Any]]:
     """:func:`tenant_session` on a plain psycopg connection of its own (not pooled, rows as
     named tuples, closed on exit), with the route read without SQLAlchemy: for the one-shot
     reads of short commands (``tenant show``'s row counts); rows are plain tuples."""
-    from bizosctl.catalog.reads import connect, route
+    from bizosctl.catalog import reads
 
-    found = route(ctl, slug)
+    found = route if route is not None and route.slug == slug else reads.route(ctl, slug)
     handle = _ready_handle(ctl, found)
     conninfo = handle.login_conninfo(found.database, found.role, found.password)
-    with connect(conninfo, what=f"tenant {slug}", named=False) as conn:
+    with reads.connect(conninfo, what=f"tenant {slug}", named=False) as conn:
         conn.read_only = read_only  # BEGIN READ ONLY
         conn.execute(
             _CONTEXT_PG,
