@@ -1,6 +1,7 @@
 """Job benchmarks: the overhead of running operations through ``bizosctl worker``.
 
-Run as ``python benchmarks/jobs.py [--jobs 300] [--rounds 3] [--concurrency 1] [--json]``.
+Run as ``python benchmarks/jobs.py [--jobs 300] [--rounds 3] [--concurrency 1] [--no-vacuum]
+[--json]``.
 
 A throw-away home with one embedded server (fsync off). Each round, interleaved:
 
@@ -19,7 +20,13 @@ Both are timed the same way, from procrastinate's own events: from the first job
 medians of the rounds are reported with their ratio (operations per second over bare jobs
 per second; the target is at least 0.8). A measurement, not a test.
 
-Webhook benchmarks (delivery throughput, event latency) go in :func:`webhook_benchmarks`.
+Every phase starts on vacuumed tables (:func:`vacuum`): rounds run seconds apart, far faster
+than autovacuum wakes, and the dead row versions of the earlier rounds' jobs slow the later
+ones' fetches (procrastinate's lock check walks the dead index entries of a job's lock-mates,
+and every ping has the same lock), which would make the result depend on ``--rounds``.
+``--no-vacuum`` shows that effect.
+
+The webhook benchmarks (delivery throughput, event latency) are ``benchmarks/webhooks.py``.
 """
 
 from __future__ import annotations
@@ -78,6 +85,16 @@ def jobs_status(ctl: Control, job_ids: list[int]) -> dict[str, int]:
             {"ids": job_ids},
         ).all()
     return {k: v for k, v in rows}
+
+
+def vacuum(ctl: Control) -> None:
+    """VACUUM and ANALYZE the tables both sides write, so that each phase starts alike."""
+    from _common import connect
+
+    with connect(ctl, "bizos_control", autocommit=True) as conn:
+        conn.execute(
+            "VACUUM (ANALYZE) procrastinate_jobs, procrastinate_events, operations, operation_steps"
+        )
 
 
 def run_bizosctl(ctl: Control, n: int, concurrency: int, queue: str) -> float:
@@ -152,12 +169,18 @@ def job_overhead(ctl: Control, args: argparse.Namespace, log: Log) -> dict[str, 
     ours: list[float] = []
     bare: list[float] = []
     inline: list[float] = []
+
+    def phase(what: str) -> None:
+        if args.vacuum:
+            vacuum(ctl)
+        log(what)
+
     for i in range(args.rounds):
-        log(f"round {i + 1}/{args.rounds}: bare procrastinate, {args.jobs} no-op jobs")
+        phase(f"round {i + 1}/{args.rounds}: bare procrastinate, {args.jobs} no-op jobs")
         bare.append(run_bare(ctl, args.jobs, args.concurrency, f"bench-bare-{i}"))
-        log(f"round {i + 1}/{args.rounds}: bizosctl worker, {args.jobs} ops.ping operations")
+        phase(f"round {i + 1}/{args.rounds}: bizosctl worker, {args.jobs} ops.ping operations")
         ours.append(run_bizosctl(ctl, args.jobs, args.concurrency, f"bench-ops-{i}"))
-        log(f"round {i + 1}/{args.rounds}: the same operations inline (runners.resume loop)")
+        phase(f"round {i + 1}/{args.rounds}: the same operations inline (runners.resume loop)")
         inline.append(run_inline(ctl, args.jobs))
     b, o, n = statistics.median(bare), statistics.median(ours), statistics.median(inline)
     return {
@@ -173,13 +196,8 @@ def job_overhead(ctl: Control, args: argparse.Namespace, log: Log) -> dict[str, 
         "queue_ratio": round(o / n, 3),
         "jobs": args.jobs,
         "concurrency": args.concurrency,
+        "vacuumed": args.vacuum,
     }
-
-
-def webhook_benchmarks(ctl: Control, args: argparse.Namespace, log: Log) -> list[dict[str, Any]]:
-    """Webhook delivery throughput against a bare signing loop, and commit-to-delivery
-    latency (p50, p99) with many idle targets: added with the outbox and the relay."""
-    return []
 
 
 def main() -> int:
@@ -188,6 +206,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--no-vacuum",
+        dest="vacuum",
+        action="store_false",
+        help="do not vacuum the job and operation tables before each phase",
+    )
     args = ap.parse_args()
     home = make_home(fast=True)
     ctl: Control | None = None
@@ -198,7 +222,7 @@ def main() -> int:
         ctl = get_control()
         log(f"home {home}: initialising")
         init_home(ctl)
-        results = [job_overhead(ctl, args, log), *webhook_benchmarks(ctl, args, log)]
+        results = [job_overhead(ctl, args, log)]
     finally:
         cleanup(ctl, home, log)
     if args.json:

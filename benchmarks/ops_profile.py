@@ -15,8 +15,10 @@ not a test; ``benchmarks/jobs.py`` measures the rate through a worker.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,11 +40,13 @@ class Recorder:
     of this process: a statement (simple or extended protocol, prepared or not), a
     ``PREPARE`` of one, and the ``BEGIN``/``COMMIT``/``ROLLBACK`` psycopg sends by itself.
     SQLAlchemy's ping at checkout is a statement too. psycopg's own functions are wrapped
-    (this script only): what is counted is what went to the server."""
+    (this script only): what is counted is what went to the server. What is sent in one
+    psycopg pipeline waits for the server once: it is one entry, ``PIPELINE: a | b``."""
 
     def __init__(self) -> None:
         self.sent: list[str] = []
         self.on = False
+        self.group: list[str] | None = None  # the statements of the open pipeline
 
     def install(self) -> None:
         from psycopg import _connection_base, _cursor_base
@@ -56,10 +60,31 @@ class Recorder:
 
             def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
                 if recorder.on:
-                    recorder.sent.append(label(args))
+                    into = recorder.sent if recorder.group is None else recorder.group
+                    into.append(label(args))
                 return original(self, *args, **kwargs)
 
             setattr(cls, name, wrapper)
+
+        import psycopg
+
+        pipeline = psycopg.Connection.pipeline
+
+        @contextlib.contextmanager
+        def grouped(self: Any) -> Iterator[Any]:
+            if not recorder.on or recorder.group is not None:
+                with pipeline(self) as p:
+                    yield p
+                return
+            recorder.group = []
+            try:
+                with pipeline(self) as p:
+                    yield p
+            finally:
+                group, recorder.group = recorder.group, None
+                recorder.sent.append("PIPELINE: " + " | ".join(group))
+
+        psycopg.Connection.pipeline = grouped  # type: ignore[method-assign,assignment]
 
         def sql(q: Any) -> str:
             q = getattr(q, "query", q)

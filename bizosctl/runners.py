@@ -57,11 +57,19 @@ class Kind:
     #: statement that reads the operation, and the run takes that claim over (one round trip
     #: fewer per resume).
     claim_first: bool = False
+    #: With ``claim_first``: the runner's first checkpoint when nothing comes before it (it
+    #: marks that the run started); the claim records it in its statement, and the runner's
+    #: own ``if name not in run.completed: run.step(name)`` finds it done (one round trip
+    #: fewer). A run that is not claimed by :func:`resume` writes it itself.
+    claim_step: str | None = None
 
 
 REGISTRY: dict[OperationKind, Kind] = {
     OperationKind.PING: Kind(
-        "bizosctl.runners:run_ping", cancel="stops between two slices", claim_first=True
+        "bizosctl.runners:run_ping",
+        cancel="stops between two slices",
+        claim_first=True,
+        claim_step="started",
     ),
     OperationKind.SCHEMA_SYNC: Kind(
         "bizosctl.sync.engine:resume_sync", cancel="stops after the targets in flight"
@@ -93,6 +101,12 @@ REGISTRY: dict[OperationKind, Kind] = {
 
 #: The kinds :func:`resume` claims the run of in its read (``Kind.claim_first``).
 CLAIM_FIRST = tuple(kind.value for kind, entry in REGISTRY.items() if entry.claim_first)
+#: The first step those claims record (``Kind.claim_step``), by kind.
+CLAIM_STEPS = {
+    kind.value: entry.claim_step
+    for kind, entry in REGISTRY.items()
+    if entry.claim_first and entry.claim_step is not None
+}
 
 
 def resumable_by_id(kind: str) -> bool:
@@ -139,7 +153,7 @@ def resume(ctl: Control, op_id: uuid.UUID, *, finished_ok: bool = False) -> dict
     # one statement reads it and, for a kind whose runner claims its run first thing, claims
     # that run too (the runner's OperationRun takes it over); for the other kinds whether
     # another process runs it is not asked here: the run's own lock answers that (Busy)
-    with claim(ctl, op_id, kinds=CLAIM_FIRST) as op:
+    with claim(ctl, op_id, kinds=CLAIM_FIRST, first_steps=CLAIM_STEPS) as op:
         if finished_ok and op.status in FINISHED:
             return {"operation": str(op_id), "status": op.status, "already_finished": True}
         _check_resumable(op)

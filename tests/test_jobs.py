@@ -215,6 +215,91 @@ def test_sigterm_lets_the_running_job_finish_then_exits_0(ctl, jobs):
         ).all()
 
 
+def test_an_operations_close_finishes_its_job_in_the_same_commit(ctl, jobs):
+    op_id, [job_id] = queue_ping(ctl, jobs)
+    w = worker(jobs, "--json").started()
+    wait_for("the job to succeed", lambda: job(ctl, job_id).status == "succeeded")
+    with ctl.catalog() as s:  # before the worker unregisters (that clears the job's worker)
+        op_tx, job_tx, attempts, ends = s.execute(
+            text(
+                "SELECT o.xmin::text, j.xmin::text, j.attempts, (SELECT count(*) FROM "
+                "procrastinate_events AS e WHERE e.job_id = j.id AND e.type = 'succeeded') "
+                "FROM operations AS o, procrastinate_jobs AS j WHERE o.id = :op AND j.id = :job"
+            ),
+            {"op": op_id, "job": job_id},
+        ).one()
+    # one transaction wrote the operation's end and its job's: neither is seen without the other
+    assert op_tx == job_tx
+    assert (attempts, ends) == (1, 1)
+    w.proc.send_signal(signal.SIGTERM)
+    rc, out = w.finish()
+    assert rc == 0, w.lines
+    assert json.loads(out)["jobs"] == {"succeeded": 1, "failed": 0, "retried": 0}
+    assert job(ctl, job_id).status == "succeeded"
+    # the worker did not finish it again: procrastinate refuses a finished job, and the
+    # error would surface as a traceback of the job's task
+    assert not [line for line in w.lines if "Traceback" in line or "exception" in line], w.lines
+
+
+def _fetched(ctl, job_id: int) -> Any:
+    """Job ``job_id`` as a worker fetched it: ``doing`` on a registered worker."""
+    from procrastinate.jobs import Job
+
+    with ctl.catalog() as s:
+        worker_id = s.execute(
+            text("INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now()) RETURNING id")
+        ).scalar_one()
+        row = s.execute(
+            text(
+                "UPDATE procrastinate_jobs SET status = 'doing', worker_id = :w WHERE id = :id "
+                "RETURNING *"
+            ),
+            {"w": worker_id, "id": job_id},
+        ).mappings().one()  # fmt: skip
+    return Job.from_row(dict(row))
+
+
+def _context(ctl, job: Any) -> Any:
+    from procrastinate.job_context import JobContext
+
+    from bizosctl.jobs.app import make_app
+
+    return JobContext(
+        app=make_app(ctl),
+        job=job,
+        start_timestamp=0.0,
+        additional_context={"ctl": ctl},
+        abort_reason=lambda: None,
+    )
+
+
+def test_run_operation_finishes_its_running_job_once(ctl, jobs):
+    from bizosctl.jobs.tasks import finished_with_operation, run_operation
+
+    op_id, [job_id] = queue_ping(ctl, jobs)
+    fetched = _fetched(ctl, job_id)
+    assert run_operation(_context(ctl, fetched), str(op_id))["status"] == "done"
+    assert job(ctl, job_id).status == "succeeded"
+    assert finished_with_operation(job_id) is True  # the worker skips its own finish...
+    assert finished_with_operation(job_id) is False  # ...of that job, once
+
+
+def test_a_close_leaves_a_job_that_no_longer_runs_on_its_worker_to_the_worker(ctl, jobs):
+    from bizosctl.jobs.tasks import finished_with_operation, run_operation
+
+    op_id, [job_id] = queue_ping(ctl, jobs)
+    fetched = _fetched(ctl, job_id)
+    with ctl.catalog() as s:  # a reaper re-queued it meanwhile
+        s.execute(
+            text("UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL WHERE id = :i"),
+            {"i": job_id},
+        )
+    assert run_operation(_context(ctl, fetched), str(op_id))["status"] == "done"
+    assert op_status(ctl, op_id) == "done"
+    assert job(ctl, job_id).status == "todo"  # not taken from whoever runs it next
+    assert finished_with_operation(job_id) is False
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_job_is_requeued_by_another_worker_and_resumes(ctl, jobs):
     op_id, [job_id] = queue_ping(ctl, jobs, seconds=0.2)

@@ -241,6 +241,72 @@ def test_a_claim_of_a_kind_not_listed_only_reads(ctl):
     assert op_row(ctl, op_id)[0] == "done"
 
 
+def step_rows(ctl, op_id):
+    with other_session(ctl) as other:  # committed rows only
+        return other.execute(
+            "SELECT name, status, data FROM operation_steps WHERE op_id = %s ORDER BY at",
+            (op_id,),
+        ).fetchall()
+
+
+def test_a_claim_records_the_kinds_first_step_and_the_run_finds_it_done(ctl):
+    op_id = new_ping(ctl)
+    with claim(ctl, op_id, kinds=["ops.ping"], first_steps={"ops.ping": "started"}) as op:
+        assert op.status == "queued"
+        # committed with the claim: a run killed now resumes after it
+        assert step_rows(ctl, op_id) == [("started", "done", {})]
+        with OperationRun(ctl, op_id) as run:
+            assert "started" in run.completed
+            run.finish(OperationStatus.DONE, step="waited")
+    assert [s.name for s in steps_of(ctl, op_id)] == ["started", "waited"]
+
+
+def test_a_claim_of_another_kind_records_no_first_step(ctl):
+    op_id = new_ping(ctl)
+    with claim(ctl, op_id, kinds=["ops.ping"], first_steps={"schema.sync": "started"}):
+        assert step_rows(ctl, op_id) == []
+
+
+def test_a_claim_no_run_took_takes_its_first_step_back(ctl):
+    op_id = new_ping(ctl)
+    before = op_row(ctl, op_id)
+    with claim(ctl, op_id, kinds=["ops.ping"], first_steps={"ops.ping": "started"}):
+        assert step_rows(ctl, op_id) == [("started", "done", {})]
+    assert step_rows(ctl, op_id) == []
+    assert op_row(ctl, op_id) == before
+    assert not is_alive(ctl, op_id)
+
+
+def test_a_first_step_an_earlier_run_recorded_stays_as_it_was(ctl):
+    op_id = new_ping(ctl)
+    with OperationRun(ctl, op_id) as run:  # a run that stopped after its first step
+        run.step("started", n=1)
+    with claim(ctl, op_id, kinds=["ops.ping"], first_steps={"ops.ping": "started"}) as op:
+        assert op.status == "running" and not op.alive
+    # the claim found it done and, taken by no run, did not remove what it had not written
+    assert step_rows(ctl, op_id) == [("started", "done", {"n": 1})]
+    with claim(ctl, op_id, kinds=["ops.ping"], first_steps={"ops.ping": "started"}):
+        with OperationRun(ctl, op_id) as run:
+            assert "started" in run.completed
+            run.finish(OperationStatus.DONE)
+    assert step_rows(ctl, op_id) == [("started", "done", {"n": 1})]
+
+
+def test_a_resumed_ping_writes_only_its_close_its_first_step_came_with_the_claim(ctl, monkeypatch):
+    written: list[str] = []
+    original = OperationRun.step
+
+    def step(self, name, **data):
+        written.append(name)
+        original(self, name, **data)
+
+    monkeypatch.setattr(OperationRun, "step", step)
+    op_id = new_ping(ctl)
+    assert resume(ctl, op_id)["status"] == "done"
+    assert written == []  # no checkpoint round trip of its own
+    assert [s.name for s in steps_of(ctl, op_id)] == ["started", "waited"]
+
+
 def test_a_claim_of_an_unknown_operation_is_not_found_and_leaves_no_lock(ctl):
     import uuid
 

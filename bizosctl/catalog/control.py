@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from bizosctl.db.embedded import EmbeddedCluster
 from bizosctl.errors import ConfigError, NotFound
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy import TextClause
     from sqlalchemy.engine import Connection, Engine
     from sqlalchemy.orm import Session
@@ -55,6 +58,7 @@ class Control:
         self._lock = threading.Lock()
         self._catalog_at_head = False
         self._unsealed: dict[tuple[str, str], str] = {}
+        self._seen_initialized = float("-inf")  # time.monotonic() it was last seen initialised
 
     # -- the home region and the catalog -----------------------------------------------------
     @functools.cached_property
@@ -65,13 +69,24 @@ class Control:
             home=self.settings.home,
         )
 
+    @functools.cached_property
+    def _pg_version_file(self) -> Path:
+        return self.settings.regions_dir / self.settings.home_region / "pgdata" / "PG_VERSION"
+
     def is_initialized(self) -> bool:
-        return (
-            self.settings.regions_dir / self.settings.home_region / "pgdata" / "PG_VERSION"
-        ).exists()
+        return self._pg_version_file.exists()
+
+    #: A home seen initialised less than this ago is not checked again (every catalog access
+    #: asks; a home deleted meanwhile shows up as a connection error), as
+    #: ``EmbeddedCluster.ensure_running`` does for the server.
+    SEEN_INITIALIZED_S = 1.0
 
     def require_initialized(self) -> None:
-        if not self.is_initialized():
+        if time.monotonic() - self._seen_initialized < self.SEEN_INITIALIZED_S:
+            return
+        if self.is_initialized():
+            self._seen_initialized = time.monotonic()
+        else:
             from bizosctl.home import check_home_region
 
             s = self.settings

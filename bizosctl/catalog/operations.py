@@ -154,32 +154,40 @@ _COLUMNS = (
 
 #: :func:`claim`'s one statement (psycopg, prepared): read the operation and, when its kind
 #: is one of ``kinds`` and it is open, take the run's lock and, when that was free, mark it
-#: running with this process. Answers (got the lock: NULL when not tried, claimed, its steps
-#: done, the row as it was before the claim); no row for an unknown id. The UPDATE checks
-#: the status again on the newest row: an operation finished meanwhile is not reopened.
+#: running with this process, and record the kind's first step (``first``: kind -> step
+#: name) unless a run recorded it before. Answers (got the lock: NULL when not tried,
+#: claimed, the first step when this claim recorded it, its steps done, the row as it was
+#: before the claim); no row for an unknown id. The UPDATE checks the status again on the
+#: newest row: an operation finished meanwhile is not reopened.
 _CLAIM_READ = (
     f"WITH o AS (SELECT {_COLUMNS} FROM operations WHERE id = %(id)s), "
     "lk AS (SELECT CASE WHEN o.kind = ANY(%(kinds)s) AND o.status IN ('queued', 'running') "
     "THEN pg_try_advisory_lock(%(k)s) END AS got FROM o), "
     "run AS (UPDATE operations SET pid = %(pid)s, host = %(host)s, status = 'running' FROM lk "
     "WHERE lk.got AND operations.id = %(id)s AND operations.status IN ('queued', 'running') "
-    "RETURNING operations.id) "
+    "RETURNING operations.id, operations.kind), "
+    "first AS (INSERT INTO operation_steps (op_id, name, status, data, at) "
+    "SELECT run.id, %(first)s::jsonb ->> run.kind, 'done', '{}'::jsonb, clock_timestamp() "
+    "FROM run WHERE %(first)s::jsonb ->> run.kind IS NOT NULL "
+    "ON CONFLICT (op_id, name) DO NOTHING RETURNING name) "
     "SELECT lk.got AS claim_got, EXISTS (SELECT FROM run) AS claimed, "
-    "(SELECT coalesce(array_agg(name), '{}') FROM operation_steps "
-    "WHERE op_id = %(id)s AND status = 'done') AS steps_done, o.* FROM o CROSS JOIN lk"
+    "(SELECT name FROM first) AS first_step, "
+    "ARRAY(SELECT name FROM operation_steps WHERE op_id = %(id)s AND status = 'done' "
+    "UNION ALL SELECT name FROM first) AS steps_done, o.* FROM o CROSS JOIN lk"
 )
 
-#: A claim no run took over: the operation back as it was (status, pid, host), committed,
-#: then the lock released.
+#: A claim no run took over: the operation back as it was (status, pid, host; the first
+#: step the claim recorded removed), committed, then the lock released.
 _UNCLAIM = (
     "BEGIN; UPDATE operations SET status = %(status)s, pid = %(pid)s, host = %(host)s "
-    "WHERE id = %(id)s AND status = 'running' AND pid = %(me)s; COMMIT; "
+    "WHERE id = %(id)s AND status = 'running' AND pid = %(me)s; "
+    "DELETE FROM operation_steps WHERE op_id = %(id)s AND name = %(first)s; COMMIT; "
     "SELECT pg_advisory_unlock(%(key)s)"
 )
 
 #: A checkpoint: one step's row, replaced when the step is written again. One statement,
 #: bound three ways: :data:`_WRITE_STEP` (SQLAlchemy), :data:`_STEP` (psycopg, prepared: the
-#: hot path) and :data:`_LAST_STEP` (client-bound into :data:`_CLOSE`'s message).
+#: hot path) and :data:`_LAST_STEP` (prepared, in the close's pipeline).
 _STEP_SQL = (
     "INSERT INTO operation_steps (op_id, name, status, data, at) "
     "VALUES ({op_id}, {name}, {status}, {data}, clock_timestamp()) "
@@ -194,13 +202,14 @@ _LAST_STEP = _STEP_SQL.format(
     op_id="%(id)s", name="%(step)s", status="'done'", data="%(step_data)s"
 )
 
-#: Close the operation, commit, then release the run's lock, in one message (simple query
-#: protocol, values bound client-side): the unlock comes after the commit, so whoever takes
-#: the lock next sees the operation finished.
+#: Close the operation; :meth:`OperationRun.finish` sends it, the COMMIT and then the unlock
+#: in one pipeline (one round trip): the unlock comes after the commit, so whoever takes the
+#: lock next sees the operation finished.
 _CLOSE = (
     "UPDATE operations SET status = %(status)s, error = %(error)s, finished_at = now() "
-    "WHERE id = %(id)s; COMMIT; SELECT pg_advisory_unlock(%(key)s)"
+    "WHERE id = %(id)s"
 )
+_UNLOCK = "SELECT pg_advisory_unlock(%(key)s)"
 
 
 @contextlib.contextmanager
@@ -262,11 +271,56 @@ def _claims() -> dict[uuid.UUID, _Claimed]:
     return claims
 
 
+@dataclass
+class CloseWith:
+    """One more statement for the close of an operation: it runs in the close's transaction,
+    before the commit (psycopg ``%(name)s`` placeholders, prepared). The jobs layer uses it
+    to finish the job that runs the operation in the same commit.
+
+    ``done`` is True once a close ran it and it answered a row: it did its part.
+    """
+
+    sql: str
+    params: dict[str, Any]
+    done: bool = False
+
+
+def _close_withs() -> dict[uuid.UUID, CloseWith]:
+    found: dict[uuid.UUID, CloseWith] | None = getattr(_handed, "close_with", None)
+    if found is None:
+        found = _handed.close_with = {}
+    return found
+
+
 @contextlib.contextmanager
-def claim(ctl: Control, op_id: uuid.UUID, *, kinds: Iterable[str]) -> Iterator[OperationPublic]:
+def closing_with(op_id: uuid.UUID, extra: CloseWith) -> Iterator[CloseWith]:
+    """In the block, in this thread, the close of operation ``op_id`` (:meth:`OperationRun.
+    finish`) also runs ``extra``, in its transaction. Yields ``extra``: read ``done`` after."""
+    withs = _close_withs()
+    withs[op_id] = extra
+    try:
+        yield extra
+    finally:
+        if withs.get(op_id) is extra:
+            del withs[op_id]
+
+
+@contextlib.contextmanager
+def claim(
+    ctl: Control,
+    op_id: uuid.UUID,
+    *,
+    kinds: Iterable[str],
+    first_steps: Mapping[str, str] | None = None,
+) -> Iterator[OperationPublic]:
     """Read an operation and, when its kind is one of ``kinds`` and it is open, claim its run
     (take its lock, mark it running with this process) in the same statement: one round
     trip where a read and then the run's own claim took two.
+
+    ``first_steps`` (kind -> step name): the claim of such a kind also records that step, a
+    checkpoint with no work before it (the run started), unless a run recorded it before:
+    the run finds it done, as if it had written it, and writes it no more. It commits with
+    the claim, and goes with a claim no run took.
 
     Yields the operation as it was before the claim (its status, pid and host). ``alive`` is
     True when another process runs it (the lock was taken): nothing was changed then, as for
@@ -276,6 +330,7 @@ def claim(ctl: Control, op_id: uuid.UUID, *, kinds: Iterable[str]) -> Iterator[O
     operation back as it was, then unlocked. NotFound for an unknown id.
     """
     from psycopg.rows import namedtuple_row
+    from psycopg.types.json import Jsonb
 
     from bizosctl.db.engines import translate_errors
 
@@ -283,6 +338,7 @@ def claim(ctl: Control, op_id: uuid.UUID, *, kinds: Iterable[str]) -> Iterator[O
     conn = ctl.catalog_engine.connect()
     got = False
     before: OperationPublic | None = None  # the operation as it was, once the claim marked it
+    first: str | None = None  # the first step this claim recorded
     held: _Claimed | None = None
     try:
         with translate_errors("catalog"):
@@ -298,6 +354,7 @@ def claim(ctl: Control, op_id: uuid.UUID, *, kinds: Iterable[str]) -> Iterator[O
                             "k": _lock_key(op_id),
                             "pid": me,
                             "host": socket.gethostname(),
+                            "first": Jsonb(dict(first_steps or {})),
                         },
                         prepare=True,
                     )
@@ -308,7 +365,7 @@ def claim(ctl: Control, op_id: uuid.UUID, *, kinds: Iterable[str]) -> Iterator[O
             got = bool(row.claim_got)
             op = OperationPublic.of(cast(Operation, row), alive=row.claim_got is False)
             if row.claimed:
-                before = op
+                before, first = op, row.first_step
                 held = _claims()[op_id] = _Claimed(conn, list(row.steps_done))
             elif got:
                 # finished between the read and the lock: read it again, claim nothing
@@ -318,14 +375,21 @@ def claim(ctl: Control, op_id: uuid.UUID, *, kinds: Iterable[str]) -> Iterator[O
         if held is not None and _claims().get(op_id) is held:
             del _claims()[op_id]
         if held is None or not held.taken:
-            _unclaim(conn, op_id, before, locked=got, me=me)
+            _unclaim(conn, op_id, before, locked=got, me=me, first=first)
 
 
 def _unclaim(
-    conn: Connection, op_id: uuid.UUID, before: OperationPublic | None, *, locked: bool, me: int
+    conn: Connection,
+    op_id: uuid.UUID,
+    before: OperationPublic | None,
+    *,
+    locked: bool,
+    me: int,
+    first: str | None,
 ) -> None:
     """Give back a claim no run took: ``before`` (the operation as it was, when the claim
-    marked it running) is restored, then the lock is released and the connection returned."""
+    marked it running) is restored and the ``first`` step it recorded removed, then the lock
+    is released and the connection returned."""
     try:
         conn.rollback()
         if locked:
@@ -340,6 +404,7 @@ def _unclaim(
                             "pid": before.pid,
                             "host": before.host,
                             "me": me,
+                            "first": first,
                             "key": _lock_key(op_id),
                         },
                     )
@@ -533,16 +598,27 @@ class OperationRun:
                 "error": error,
                 "key": _lock_key(self.id),
             }
-            sql = _CLOSE
             if step is not None:
                 from psycopg.types.json import Jsonb
 
                 close.update(step=step, step_data=Jsonb(dict(data or {})))
-                sql = _LAST_STEP + "; " + _CLOSE
+            extra = _close_withs().get(self.id)
+            raw = _driver(self.conn)
             with _autocommit_if_idle(self.conn) as idle:
-                if idle:
-                    sql = "BEGIN; " + sql
-                _driver(self.conn).execute(_client_bound(self.conn, sql, close), prepare=False)
+                # one pipeline, one round trip, prepared statements: BEGIN unless ``also``
+                # began the transaction, the last step, the close, ``extra``, the COMMIT,
+                # then the unlock
+                with raw.pipeline():
+                    if idle:
+                        raw.execute("BEGIN")
+                    if step is not None:
+                        raw.execute(_LAST_STEP, close, prepare=True)
+                    raw.execute(_CLOSE, close, prepare=True)
+                    answer = raw.execute(extra.sql, extra.params, prepare=True) if extra else None
+                    raw.execute("COMMIT")
+                    raw.execute(_UNLOCK, close, prepare=True)
+                if extra is not None and answer is not None:
+                    extra.done = answer.rowcount > 0
                 self.conn.commit()  # what SQLAlchemy began (``also``) ended with the COMMIT
             self._locked = False
             if step is not None:

@@ -22,6 +22,8 @@ from bizosctl.jobs.tasks import OPERATIONS_QUEUE
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from bizosctl.catalog.operations import CloseWith
+
 RUN_OPERATION = f"{NAMESPACE}:run_operation"
 
 _DEFER = text(
@@ -124,6 +126,30 @@ def enqueue_task(
         if queueing_lock is None:
             raise
         return None
+
+
+#: Finish job ``bizos_job`` as succeeded while worker ``bizos_worker`` still runs it
+#: (procrastinate's own ``procrastinate_finish_job_v1``). It runs in the transaction that
+#: closes the job's operation (:func:`finish_with_operation`): a row when it did so; none when
+#: the job is not running there any more (a reaper re-queued it meanwhile), and the worker
+#: then finishes it as procrastinate does.
+_FINISH_WITH_OPERATION = (
+    "SELECT procrastinate_finish_job_v1(id, 'succeeded', false) AS bizos_job_finished "
+    "FROM procrastinate_jobs WHERE id = %(bizos_job)s AND status = 'doing' "
+    "AND worker_id = %(bizos_worker)s"
+)
+
+
+def finish_with_operation(job_id: int, worker_id: int | None) -> CloseWith:
+    """What the close of a job's operation runs to finish the job too, in one commit: the
+    operation's end and its job's end cannot be seen apart, and the worker skips its own
+    round trip to finish the job (:func:`bizosctl.jobs.tasks.finished_with_operation`)."""
+    from bizosctl.catalog.operations import CloseWith
+
+    return CloseWith(
+        sql=_FINISH_WITH_OPERATION,
+        params={"bizos_job": job_id, "bizos_worker": worker_id},
+    )
 
 
 class WorkerPublic(BaseModel):

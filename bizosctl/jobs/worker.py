@@ -28,6 +28,7 @@ from bizosctl.errors import ConfigError, ServerUnavailable
 from bizosctl.signals import STOP_REQUESTED
 
 if TYPE_CHECKING:
+    import procrastinate
     from procrastinate.app import WorkerOptions
     from procrastinate.job_context import JobContext
 
@@ -144,6 +145,7 @@ async def _serve(ctl: Control, report: WorkerReport, event: Event) -> None:
 
     s = ctl.settings
     app = make_app(ctl)
+    _finish_once(app)
     pool = make_pool(ctl, max_size=report.concurrency + 4)
     try:
         await pool.open(wait=True, timeout=10)
@@ -231,6 +233,27 @@ async def _serve(ctl: Control, report: WorkerReport, event: Event) -> None:
         plog.setLevel(saved[1])
         await app.close_async()
         await pool.close()
+
+
+def _finish_once(app: procrastinate.App) -> None:
+    """Skip procrastinate's finish (or retry) of a job its operation's close finished already
+    (``tasks.finished_with_operation``): one catalog round trip fewer per operation, and no
+    error from finishing a job twice."""
+    from bizosctl.jobs.tasks import finished_with_operation
+
+    manager = app.job_manager
+    finish_job, retry_job = manager.finish_job, manager.retry_job
+
+    async def finish_once(job: Any, status: Any, delete_job: bool) -> None:
+        if not finished_with_operation(job.id):
+            await finish_job(job=job, status=status, delete_job=delete_job)
+
+    async def retry_once(job: Any, *args: Any, **kwargs: Any) -> None:
+        if not finished_with_operation(job.id):
+            await retry_job(job, *args, **kwargs)
+
+    manager.finish_job = finish_once  # type: ignore[method-assign]
+    manager.retry_job = retry_once  # type: ignore[method-assign]
 
 
 def _counter(
