@@ -15,6 +15,8 @@ A throw-away home with one embedded server (fsync off). Each round, interleaved:
 * **bare**: as many no-op procrastinate tasks on the same database, deferred in one batch and
   run by an in-process procrastinate worker with the same concurrency.
 
+One untimed warm-up of 50 jobs on each side comes first.
+
 Both are timed the same way, from procrastinate's own events: from the first job's
 ``started`` to the last job's end, so process start-up is not counted on either side. The
 medians of the rounds are reported with their ratio (operations per second over bare jobs
@@ -175,6 +177,11 @@ def job_overhead(ctl: Control, args: argparse.Namespace, log: Log) -> dict[str, 
             vacuum(ctl)
         log(what)
 
+    # not timed: the first run of each side in this process (imports, the first connections
+    # and their plans) would otherwise count in round 1 only
+    log("warm-up: 50 jobs of each side")
+    run_bare(ctl, 50, args.concurrency, "bench-bare-warm")
+    run_bizosctl(ctl, 50, args.concurrency, "bench-ops-warm")
     for i in range(args.rounds):
         phase(f"round {i + 1}/{args.rounds}: bare procrastinate, {args.jobs} no-op jobs")
         bare.append(run_bare(ctl, args.jobs, args.concurrency, f"bench-bare-{i}"))
