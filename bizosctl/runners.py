@@ -252,8 +252,14 @@ def plan_ping(*, seconds: float = 0.0) -> PingPlan:
 
 
 def start_ping(
-    s: Session, *, seconds: float = 0.0, status: OperationStatus = OperationStatus.RUNNING
+    s: Session,
+    *,
+    seconds: float = 0.0,
+    status: OperationStatus = OperationStatus.RUNNING,
+    target: str = "ping",
 ) -> uuid.UUID:
-    """Record a ping (``queued`` for a worker) in the caller's transaction."""
+    """Record a ping (``queued`` for a worker) in the caller's transaction. Pings are not
+    exclusive; ``target`` (``ping`` by default) is what their jobs' procrastinate lock is
+    made of, so pings on one target run one at a time and pings on distinct ones do not."""
     params = PingParams(seconds=seconds)
-    return add_operation(s, kind=OperationKind.PING, target="ping", params=params, status=status)
+    return add_operation(s, kind=OperationKind.PING, target=target, params=params, status=status)

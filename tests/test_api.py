@@ -268,6 +268,15 @@ def test_cursor_pagination_walks_every_invoice_once(client, orgs):
         422,
         "invalid-input",
     )
+    # a number would be read as a Unix timestamp (1970-01-01): the schema says a date
+    bad_date = is_problem(
+        client.get("/api/v1/invoices", params={"due_before": "0.0"}, headers=key),
+        422,
+        "invalid-input",
+    )
+    assert "not a number" in str(bad_date["detail"])
+    good = client.get("/api/v1/invoices", params={"due_before": "2026-12-31"}, headers=key)
+    assert good.status_code == 200
 
 
 # -- sessions ---------------------------------------------------------------------------------

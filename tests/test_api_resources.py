@@ -755,6 +755,9 @@ def test_audit_logs_bad_input_and_rbac(client, orgs, as_):
         ),
         ({"since": "2026-12-01T00:00:00"}, "since: give a time zone"),
         ({"since": "yesterday"}, "since: Input should be a valid datetime"),
+        # a number would be read as a Unix timestamp: the schema says ISO 8601
+        ({"since": "0"}, "since: Value error, give an ISO 8601 date or time, not a number"),
+        ({"until": "1.5e9"}, "until: Value error, give an ISO 8601 date or time, not a number"),
         ({"cursor": "nope"}, "cursor: not a cursor"),
     ]
     for params, detail in cases:

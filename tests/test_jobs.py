@@ -179,6 +179,24 @@ def test_a_burst_of_locked_jobs_is_fetched_through_the_lock_index(ctl, jobs):
     assert "bizos_procrastinate_jobs_lock_waiting" in json.dumps(plan), plan
 
 
+def test_the_fetch_is_planned_without_bitmap_scans(ctl):
+    """Statistics are taken when little waits. With some of them (a history of thousands of
+    finished jobs, most of one lock), a burst queued afterwards was fetched through a bitmap
+    OR of every waiting and running job for each candidate: O(n^2) a fetch, 13 ms instead of
+    0.1 ms for 300 waiting jobs (``benchmarks/jobs.py`` fell to about 150 jobs/s, bare jobs
+    included). Which statistics flip the plan could not be reproduced in a test, so this
+    checks what prevents it (control revision 0015), and the benchmark shows the effect:
+    the fetch function carries its own setting, whatever the session's."""
+    with ctl.catalog() as s:
+        config = s.execute(
+            text(
+                "SELECT proconfig FROM pg_proc WHERE oid = "
+                "'procrastinate_fetch_job_v2(character varying[], bigint)'::regprocedure"
+            )
+        ).scalar_one()
+    assert config == ["enable_bitmapscan=off"]
+
+
 # -- the worker's life -----------------------------------------------------------------------
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
 from bizosctl.api.deps import Ctx, Needs
+from bizosctl.api.params import IsoDateTime
 from bizosctl.resources import audit as core
 from bizosctl.resources.pages import Page
 
@@ -21,8 +21,8 @@ def list_audit_logs(
     ctx: Read,
     actor: Annotated[str | None, Query(max_length=200)] = None,
     table: Annotated[str | None, Query(max_length=63)] = None,
-    since: dt.datetime | None = None,
-    until: dt.datetime | None = None,
+    since: IsoDateTime = None,
+    until: IsoDateTime = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Page[core.AuditLogPublic]:

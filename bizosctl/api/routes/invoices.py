@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Annotated
 
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field
 
 from bizosctl.api.deps import Ctx, Needs
+from bizosctl.api.params import IsoDate
 from bizosctl.resources import invoices as core
 from bizosctl.resources.pages import Page
 
@@ -60,7 +60,7 @@ def list_invoices(
     ctx: Read,
     status: Annotated[core.Status | None, Query()] = None,
     customer_id: uuid.UUID | None = None,
-    due_before: dt.date | None = None,
+    due_before: IsoDate = None,
     limit: Limit = 20,
     cursor: Cursor = None,
 ) -> Page[core.InvoicePublic]:
