@@ -13,14 +13,18 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator
 
 
-def _not_a_number(value: Any) -> Any:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError("give an ISO 8601 date or time, not a number")
+def _is_number(value: Any) -> bool:
     if isinstance(value, str):
         try:
             float(value)
         except ValueError:
-            return value
+            return False
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _not_a_number(value: Any) -> Any:
+    if _is_number(value):
         raise ValueError("give an ISO 8601 date or time, not a number")
     return value
 

@@ -264,11 +264,17 @@ class _Claimed:
 _handed = threading.local()
 
 
+def _by_operation(name: str) -> dict[uuid.UUID, Any]:
+    """This thread's ``name`` map (by operation id), made on first use."""
+    found: dict[uuid.UUID, Any] | None = getattr(_handed, name, None)
+    if found is None:
+        found = {}
+        setattr(_handed, name, found)
+    return found
+
+
 def _claims() -> dict[uuid.UUID, _Claimed]:
-    claims: dict[uuid.UUID, _Claimed] | None = getattr(_handed, "claims", None)
-    if claims is None:
-        claims = _handed.claims = {}
-    return claims
+    return _by_operation("claims")
 
 
 @dataclass
@@ -286,10 +292,7 @@ class CloseWith:
 
 
 def _close_withs() -> dict[uuid.UUID, CloseWith]:
-    found: dict[uuid.UUID, CloseWith] | None = getattr(_handed, "close_with", None)
-    if found is None:
-        found = _handed.close_with = {}
-    return found
+    return _by_operation("close_with")
 
 
 @contextlib.contextmanager
@@ -617,7 +620,7 @@ class OperationRun:
                     answer = raw.execute(extra.sql, extra.params, prepare=True) if extra else None
                     raw.execute("COMMIT")
                     raw.execute(_UNLOCK, close, prepare=True)
-                if extra is not None and answer is not None:
+                if extra is not None and answer is not None:  # its result, after the sync
                     extra.done = answer.rowcount > 0
                 self.conn.commit()  # what SQLAlchemy began (``also``) ended with the COMMIT
             self._locked = False

@@ -40,14 +40,14 @@ def run_operation(context: JobContext, op_id: str) -> dict[str, Any]:
     ctl = context.additional_context.get("ctl")
     if not isinstance(ctl, Control):
         ctl = get_control()
-    job = context.job
+    job, op = context.job, uuid.UUID(op_id)
     assert job.id is not None
-    with closing_with(uuid.UUID(op_id), finish_with_operation(job.id, job.worker_id)) as fin:
+    with closing_with(op, finish_with_operation(job.id, job.worker_id)) as fin:
         try:
             # A second job of one operation (a command re-run with --background, or a job
             # the reaper re-queued after the operation finished elsewhere) finds it done:
             # not a failure.
-            return runners.resume(ctl, uuid.UUID(op_id), finished_ok=True)
+            return runners.resume(ctl, op, finished_ok=True)
         finally:
             if fin.done:  # even if something failed after the close: the job has ended
                 with _finished_lock:
