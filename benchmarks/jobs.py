@@ -7,10 +7,11 @@ A throw-away home with one embedded server (fsync off). Each round, interleaved:
 
 * **bizosctl**: ``--jobs`` no-op operations (``ops.ping`` with ``seconds=0``), each recorded
   and queued with ``enqueue_operation`` in one catalog transaction, run by a
-  ``bizosctl worker --concurrency C`` child process: fetch the job, ``runners.resume`` (one
-  statement reads the operation, takes its advisory lock, marks it running and records its
-  first step), then one pipeline writes its last step, closes it, finishes its job, commits
-  and unlocks.
+  ``bizosctl worker --concurrency C`` child process: one statement fetches the job and claims
+  its operation (reads it, takes its advisory lock, marks it running and records its first
+  step: ``jobs/fetch.py``), ``runners.resume`` runs it, and one statement writes its last
+  step, closes it and finishes its job; the lock is released with the connection's next
+  fetch.
 * **inline** (for reading the ratio): the same pings resumed in a loop in-process, no queue:
   the operation engine's own cost, so ``queue_ratio`` (bizosctl over inline) is what the
   job machinery adds.
@@ -198,7 +199,6 @@ def job_overhead(ctl: Control, args: argparse.Namespace, log: Log) -> dict[str, 
     for i in range(args.rounds):
         phase(f"round {i + 1}/{args.rounds}: bare procrastinate, {args.jobs} no-op jobs")
         bare.append(run_bare(ctl, args.jobs, args.concurrency, f"bench-bare-{i}"))
-        phase(f"round {i + 1}/{args.rounds}: bare procrastinate, {args.jobs} jobs with one lock")
         phase(f"round {i + 1}/{args.rounds}: bizosctl worker, {args.jobs} ops.ping operations")
         ours.append(
             run_bizosctl(

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from bizosctl.catalog.control import Control
+    from bizosctl.catalog.operations import MadeClaim
 
 Runner = Callable[["Control", OperationPublic], dict[str, Any]]
 
@@ -143,17 +144,24 @@ def _check_resumable(op: OperationPublic) -> OperationPublic:
     return op
 
 
-def resume(ctl: Control, op_id: uuid.UUID, *, finished_ok: bool = False) -> dict[str, Any]:
+def resume(
+    ctl: Control,
+    op_id: uuid.UUID,
+    *,
+    finished_ok: bool = False,
+    made: MadeClaim | None = None,
+) -> dict[str, Any]:
     """Run an open operation (queued, or running with no live process) to its end here.
 
     Raises NotFound for an unknown id, InvalidInput for a finished one (nothing to resume;
     with ``finished_ok``, as for a worker's second job of one operation, its status is
-    returned instead), Busy when another process runs it now.
+    returned instead), Busy when another process runs it now. ``made``: the worker's fetch
+    of this operation's job read it and claimed it already (``jobs.fetch``).
     """
     # one statement reads it and, for a kind whose runner claims its run first thing, claims
     # that run too (the runner's OperationRun takes it over); for the other kinds whether
     # another process runs it is not asked here: the run's own lock answers that (Busy)
-    with claim(ctl, op_id, kinds=CLAIM_FIRST, first_steps=CLAIM_STEPS) as op:
+    with claim(ctl, op_id, kinds=CLAIM_FIRST, first_steps=CLAIM_STEPS, made=made) as op:
         if finished_ok and op.status in FINISHED:
             return {"operation": str(op_id), "status": op.status, "already_finished": True}
         _check_resumable(op)

@@ -318,6 +318,127 @@ def test_a_close_leaves_a_job_that_no_longer_runs_on_its_worker_to_the_worker(ct
     assert finished_with_operation(job_id) is False
 
 
+def _lock_holders(ctl, op_id: uuid.UUID) -> list[str]:
+    """application_name of every session that holds operation ``op_id``'s advisory lock."""
+    from bizosctl.catalog.operations import _lock_key
+
+    key = _lock_key(op_id)
+    with ctl.catalog() as s:
+        return list(
+            s.execute(
+                text(
+                    "SELECT a.application_name FROM pg_locks AS l JOIN pg_stat_activity AS a "
+                    "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1"
+                ),
+                {"hi": key >> 32, "lo": key & 0xFFFF_FFFF},
+            ).scalars()
+        )
+
+
+def test_the_lock_key_in_sql_is_the_key_in_python(ctl):
+    from bizosctl.catalog.operations import _LOCK_KEY_SQL, _lock_key
+
+    ids = [
+        uuid.UUID(int=0),
+        uuid.UUID(int=2**128 - 1),
+        uuid.UUID(int=2**63),
+        uuid.UUID(int=2**63 - 1),
+    ]
+    ids += [uuid.uuid4() for _ in range(200)]
+    with ctl.catalog() as s:
+        got = s.execute(
+            text(f"SELECT {_LOCK_KEY_SQL.format(id='u')} FROM unnest(CAST(:ids AS uuid[])) AS u"),
+            {"ids": [str(i) for i in ids]},
+        ).scalars().all()  # fmt: skip
+    assert got == [_lock_key(i) for i in ids]
+
+
+def test_the_fetch_claims_the_operation_and_holds_its_lock_until_the_job_ends(ctl, jobs):
+    from bizosctl.catalog.operations import describe
+    from bizosctl.errors import Busy
+    from bizosctl.runners import resume
+
+    op_id, [job_id] = queue_ping(ctl, jobs, seconds=1.5)
+    w = worker(jobs).started()
+    wait_for("the run to start", lambda: "started" in steps(ctl, op_id))
+    op = describe(ctl, op_id, with_steps=False)
+    assert (op.status, op.pid, op.alive) == ("running", w.proc.pid, True)
+    # the job's own connection holds it (the fetch took it), not a connection of the run
+    assert _lock_holders(ctl, op_id) == ["bizosctl worker"]
+    with pytest.raises(Busy):  # another process cannot run it meanwhile
+        resume(ctl, op_id)
+    wait_for("the job to succeed", lambda: job(ctl, job_id).status == "succeeded")
+    assert op_status(ctl, op_id) == "done"
+    assert steps(ctl, op_id) == ["started", "waited"]
+    # no job follows: the lock of the finished operation still goes, with no fetch to take it
+    wait_for("the lock to be released", lambda: not _lock_holders(ctl, op_id), timeout=5)
+    assert not w.dead()
+
+
+def test_a_run_that_fails_before_taking_its_claim_gives_it_back(ctl, jobs):
+    from bizosctl.catalog.operations import describe
+
+    op_id, [job_id] = queue_ping(ctl, jobs)
+    with ctl.catalog() as s:  # params its runner refuses (as a newer version might write)
+        s.execute(
+            text("UPDATE operations SET params = '{\"seconds\": -1}' WHERE id = :i"), {"i": op_id}
+        )
+    w = worker(jobs).started()
+    wait_for("the job to fail", lambda: job(ctl, job_id).status == "failed")
+    wait_for("the lock to be released", lambda: not _lock_holders(ctl, op_id), timeout=5)
+    op = describe(ctl, op_id)
+    # back as it was: queued, no pid, and the first step the fetch recorded removed
+    assert (op.status, op.pid, op.alive, op.steps) == ("queued", None, False, [])
+    assert w.saw(f"job {job_id} bizosctl:run_operation(op_id={op_id}) failed")
+
+
+def test_a_cancel_asked_before_the_fetch_cancels_it_and_leaves_no_step(ctl, jobs):
+    from bizosctl.runners import cancel
+
+    op_id, [job_id] = queue_ping(ctl, jobs)
+    assert cancel(ctl, op_id).status == "cancelled"
+    with ctl.catalog() as s:  # as if the request came while it was queued and running
+        s.execute(
+            text(
+                "UPDATE operations SET status = 'queued', cancel_requested_at = now() WHERE id = :i"
+            ),
+            {"i": op_id},
+        )
+    worker(jobs).started()
+    wait_for("the job to succeed", lambda: job(ctl, job_id).status == "succeeded")
+    assert op_status(ctl, op_id) == "cancelled"
+    assert steps(ctl, op_id) == []
+    wait_for("the lock to be released", lambda: not _lock_holders(ctl, op_id), timeout=5)
+
+
+def test_a_run_operation_job_with_a_malformed_id_fails_and_the_worker_goes_on(ctl, jobs):
+    from bizosctl.jobs.queue import defer_job
+
+    with ctl.catalog() as s:
+        bad = defer_job(s, task=RUN_OPERATION, queue=jobs["queue"], args={"op_id": "1; DROP"})
+    op_id, [job_id] = queue_ping(ctl, jobs)
+    w = worker(jobs).started()
+    wait_for("the ping to succeed", lambda: job(ctl, job_id).status == "succeeded")
+    assert job(ctl, bad).status == "failed"
+    assert op_status(ctl, op_id) == "done"
+    assert not w.dead()
+
+
+def test_a_claim_handed_to_the_run_of_another_operation_is_refused(ctl, jobs):
+    from bizosctl.catalog.operations import MadeClaim, claim, describe
+
+    op_id, _ = queue_ping(ctl, jobs)
+    other, _ = queue_ping(ctl, jobs)
+    made = MadeClaim(
+        op=describe(ctl, other, with_steps=False), got=None, claimed=False, first_step=None,
+        steps_done=[],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="handed to the run of"):
+        with claim(ctl, op_id, kinds=(), made=made):
+            pass
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_job_is_requeued_by_another_worker_and_resumes(ctl, jobs):
     op_id, [job_id] = queue_ping(ctl, jobs, seconds=0.2)

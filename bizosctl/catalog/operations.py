@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import os
 import socket
 import threading
@@ -152,42 +153,134 @@ _COLUMNS = (
     "cancel_requested_at"
 )
 
+#: The advisory lock key of an operation (:func:`_lock_key`) as SQL, of the uuid ``{id}``.
+_LOCK_KEY_SQL = (
+    "(('x' || right(replace(({id})::text, '-', ''), 16))::bit(64)::bigint & 9223372036854775807)"
+)
+
+
+def _claim_ctes(op_id: str, key: str) -> str:
+    """:func:`claim`'s common table expressions, for the operation whose id is the SQL
+    ``op_id`` and whose advisory lock key is the SQL ``key`` (either may read ``o``):
+    ``o`` (the row as it was), ``lk`` (got the lock: NULL when not tried), ``run`` (the row
+    claimed), ``first`` (the first step this claim recorded). Parameters: ``kinds``, ``pid``,
+    ``host``, ``first``."""
+    return (
+        f"o AS (SELECT {_COLUMNS} FROM operations WHERE id = {op_id}), "
+        "lk AS (SELECT CASE WHEN o.kind = ANY(%(kinds)s) AND o.status IN ('queued', 'running') "
+        f"THEN pg_try_advisory_lock({key}) END AS got FROM o), "
+        "run AS (UPDATE operations SET pid = %(pid)s, host = %(host)s, status = 'running' "
+        f"FROM lk WHERE lk.got AND operations.id = {op_id} "
+        "AND operations.status IN ('queued', 'running') "
+        "RETURNING operations.id, operations.kind), "
+        "first AS (INSERT INTO operation_steps (op_id, name, status, data, at) "
+        "SELECT run.id, %(first)s::jsonb ->> run.kind, 'done', '{}'::jsonb, clock_timestamp() "
+        "FROM run WHERE %(first)s::jsonb ->> run.kind IS NOT NULL "
+        "ON CONFLICT (op_id, name) DO NOTHING RETURNING name)"
+    )
+
+
+#: What a claim answers besides the operation's row (``o``): got the lock, claimed, the
+#: first step it recorded, the steps done (with that one).
+_CLAIM_ANSWER = (
+    "lk.got AS claim_got, EXISTS (SELECT FROM run) AS claimed, "
+    "(SELECT name FROM first) AS first_step, "
+    "ARRAY(SELECT name FROM operation_steps WHERE op_id = o.id AND status = 'done' "
+    "UNION ALL SELECT name FROM first) AS steps_done"
+)
+
 #: :func:`claim`'s one statement (psycopg, prepared): read the operation and, when its kind
 #: is one of ``kinds`` and it is open, take the run's lock and, when that was free, mark it
 #: running with this process, and record the kind's first step (``first``: kind -> step
 #: name) unless a run recorded it before. Answers (got the lock: NULL when not tried,
 #: claimed, the first step when this claim recorded it, its steps done, the row as it was
 #: before the claim); no row for an unknown id. The UPDATE checks the status again on the
-#: newest row: an operation finished meanwhile is not reopened.
+#: newest row: an operation finished meanwhile is not reopened. A worker makes the same
+#: claim in the statement that fetches the job (:func:`claim_in` and
+#: ``bizosctl.jobs.fetch``).
 _CLAIM_READ = (
-    f"WITH o AS (SELECT {_COLUMNS} FROM operations WHERE id = %(id)s), "
-    "lk AS (SELECT CASE WHEN o.kind = ANY(%(kinds)s) AND o.status IN ('queued', 'running') "
-    "THEN pg_try_advisory_lock(%(k)s) END AS got FROM o), "
-    "run AS (UPDATE operations SET pid = %(pid)s, host = %(host)s, status = 'running' FROM lk "
-    "WHERE lk.got AND operations.id = %(id)s AND operations.status IN ('queued', 'running') "
-    "RETURNING operations.id, operations.kind), "
-    "first AS (INSERT INTO operation_steps (op_id, name, status, data, at) "
-    "SELECT run.id, %(first)s::jsonb ->> run.kind, 'done', '{}'::jsonb, clock_timestamp() "
-    "FROM run WHERE %(first)s::jsonb ->> run.kind IS NOT NULL "
-    "ON CONFLICT (op_id, name) DO NOTHING RETURNING name) "
-    "SELECT lk.got AS claim_got, EXISTS (SELECT FROM run) AS claimed, "
-    "(SELECT name FROM first) AS first_step, "
-    "ARRAY(SELECT name FROM operation_steps WHERE op_id = %(id)s AND status = 'done' "
-    "UNION ALL SELECT name FROM first) AS steps_done, o.* FROM o CROSS JOIN lk"
+    f"WITH {_claim_ctes('%(id)s', '%(k)s')} SELECT {_CLAIM_ANSWER}, o.* FROM o CROSS JOIN lk"
 )
 
+
+def claim_in(op_id: str) -> tuple[str, str]:
+    """The claim of the operation whose id is the SQL ``op_id``, to fold into another
+    statement: its common table expressions (``o``, ``lk``, ``run``, ``first``) and what it
+    answers, as ``SELECT`` items (``claim_got``, ``claimed``, ``first_step``, ``steps_done``
+    and ``bizos_operation``, the row as it was, as JSON; read them with :func:`made_claim`).
+    Its lock is taken by the session that runs the statement: that session holds it until
+    the run's end (see :class:`MadeClaim`). Parameters: ``kinds``, ``pid``, ``host``,
+    ``first``, as :func:`claim` binds them."""
+    return (
+        _claim_ctes(op_id, _LOCK_KEY_SQL.format(id="o.id")),
+        f"{_CLAIM_ANSWER}, to_jsonb(o) AS bizos_operation",
+    )
+
+
+def claim_params(
+    kinds: Iterable[str], first_steps: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The parameters of a claim made by this process (:func:`claim`, :func:`claim_in`)."""
+    from psycopg.types.json import Jsonb
+
+    return {
+        "kinds": list(kinds),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "first": Jsonb(dict(first_steps or {})),
+    }
+
+
+@dataclass(frozen=True)
+class MadeClaim:
+    """A claim made by another statement of this process (:func:`claim_in`: a worker's fetch
+    of the operation's job), handed to :func:`claim` (``made=``). Its lock is held by the
+    session that made it, until whoever made it releases it (the job's end): after the run's
+    close has committed, so whoever takes the lock next sees the operation finished."""
+
+    op: OperationPublic  # as it was before the claim (alive: another process held the lock)
+    got: bool | None  # the lock was taken (None: not tried; False: another process has it)
+    claimed: bool  # marked running with this process (the run may take it over)
+    first_step: str | None
+    steps_done: list[str]
+
+
+def made_claim(row: Mapping[str, Any]) -> MadeClaim | None:
+    """The claim in a row answered by a :func:`claim_in` statement; None when there was no
+    operation to claim."""
+    found = row.get("bizos_operation")
+    if found is None:
+        return None
+    got = row["claim_got"]
+    op = OperationPublic.model_validate(
+        {
+            **found,
+            "cancel_requested": found.get("cancel_requested_at") is not None,
+            "alive": got is False,
+        }
+    )
+    return MadeClaim(
+        op=op,
+        got=got,
+        claimed=bool(row["claimed"]),
+        first_step=row["first_step"],
+        steps_done=list(row["steps_done"] or ()),
+    )
+
+
 #: A claim no run took over: the operation back as it was (status, pid, host; the first
-#: step the claim recorded removed), committed, then the lock released.
-_UNCLAIM = (
+#: step the claim recorded removed), committed (:data:`_UNCLAIM_ONLY`), then the lock
+#: released (:data:`_UNCLAIM`).
+_UNCLAIM_ONLY = (
     "BEGIN; UPDATE operations SET status = %(status)s, pid = %(pid)s, host = %(host)s "
     "WHERE id = %(id)s AND status = 'running' AND pid = %(me)s; "
-    "DELETE FROM operation_steps WHERE op_id = %(id)s AND name = %(first)s; COMMIT; "
-    "SELECT pg_advisory_unlock(%(key)s)"
+    "DELETE FROM operation_steps WHERE op_id = %(id)s AND name = %(first)s; COMMIT"
 )
+_UNCLAIM = f"{_UNCLAIM_ONLY}; SELECT pg_advisory_unlock(%(key)s)"
 
 #: A checkpoint: one step's row, replaced when the step is written again. One statement,
 #: bound three ways: :data:`_WRITE_STEP` (SQLAlchemy), :data:`_STEP` (psycopg, prepared: the
-#: hot path) and :data:`_LAST_STEP` (prepared, in the close's pipeline).
+#: hot path) and :data:`_LAST_STEP` (prepared, in the close's statement).
 _STEP_SQL = (
     "INSERT INTO operation_steps (op_id, name, status, data, at) "
     "VALUES ({op_id}, {name}, {status}, {data}, clock_timestamp()) "
@@ -202,14 +295,27 @@ _LAST_STEP = _STEP_SQL.format(
     op_id="%(id)s", name="%(step)s", status="'done'", data="%(step_data)s"
 )
 
-#: Close the operation; :meth:`OperationRun.finish` sends it, the COMMIT and then the unlock
-#: in one pipeline (one round trip): the unlock comes after the commit, so whoever takes the
-#: lock next sees the operation finished.
+#: Close the operation (in :func:`_close_statement`); :meth:`OperationRun.finish` sends it
+#: and then the unlock in one pipeline (one round trip): the unlock comes after the commit,
+#: so whoever takes the lock next sees the operation finished.
 _CLOSE = (
     "UPDATE operations SET status = %(status)s, error = %(error)s, finished_at = now() "
     "WHERE id = %(id)s"
 )
 _UNLOCK = "SELECT pg_advisory_unlock(%(key)s)"
+
+
+@functools.cache
+def _close_statement(with_step: bool, extra: str | None) -> str:
+    """The close as one statement (prepared): the last step (``with_step``), the close, and
+    ``extra`` (a :class:`CloseWith`'s ``SELECT``); it answers how many rows ``extra`` did
+    (0 without). Alone in autocommit it is its own transaction: no BEGIN, no COMMIT."""
+    ctes = [f"s AS ({_LAST_STEP} RETURNING 1)"] if with_step else []
+    ctes.append(f"c AS ({_CLOSE} RETURNING 1)")
+    if extra is not None:
+        ctes.append(f"x AS ({extra})")
+    answer = "(SELECT count(*) FROM x)" if extra is not None else "0"
+    return f"WITH {', '.join(ctes)} SELECT {answer} AS extra_rows"
 
 
 @contextlib.contextmanager
@@ -253,9 +359,11 @@ def _client_bound(conn: Connection, query: str, params: Mapping[str, Any]) -> st
 
 @dataclass
 class _Claimed:
-    """A run claimed by :func:`claim`, waiting for this thread's :class:`OperationRun`."""
+    """A run claimed by :func:`claim`, waiting for this thread's :class:`OperationRun`.
+    ``conn`` holds its lock; None when another session of this process does (a
+    :class:`MadeClaim`)."""
 
-    conn: Connection
+    conn: Connection | None
     done: list[str]
     taken: bool = False
 
@@ -315,6 +423,7 @@ def claim(
     *,
     kinds: Iterable[str],
     first_steps: Mapping[str, str] | None = None,
+    made: MadeClaim | None = None,
 ) -> Iterator[OperationPublic]:
     """Read an operation and, when its kind is one of ``kinds`` and it is open, claim its run
     (take its lock, mark it running with this process) in the same statement: one round
@@ -331,13 +440,23 @@ def claim(
     operation opened in the block, in this thread, takes the claimed run over (its lock and
     connection; no statement). A claim that no run took is undone when the block ends: the
     operation back as it was, then unlocked. NotFound for an unknown id.
+
+    ``made``: the claim was made already, by another statement of this process that holds
+    its lock (a worker's fetch of the job, :func:`claim_in`): no statement here. The run
+    that takes it over writes through a connection of its own and leaves the unlock to
+    whoever made the claim; a claim no run took is undone here, and unlocked there.
     """
+    if made is not None:
+        if made.op.id != op_id:
+            raise ValueError(f"a claim of {made.op.id} handed to the run of {op_id}")
+        with _handed_claim(ctl, made) as op:
+            yield op
+        return
     from psycopg.rows import namedtuple_row
-    from psycopg.types.json import Jsonb
 
     from bizosctl.db.engines import translate_errors
 
-    me = os.getpid()
+    params = claim_params(kinds, first_steps)
     conn = ctl.catalog_engine.connect()
     got = False
     before: OperationPublic | None = None  # the operation as it was, once the claim marked it
@@ -350,16 +469,7 @@ def claim(
                     _driver(conn)
                     .cursor(row_factory=namedtuple_row)
                     .execute(
-                        _CLAIM_READ,
-                        {
-                            "id": op_id,
-                            "kinds": list(kinds),
-                            "k": _lock_key(op_id),
-                            "pid": me,
-                            "host": socket.gethostname(),
-                            "first": Jsonb(dict(first_steps or {})),
-                        },
-                        prepare=True,
+                        _CLAIM_READ, {**params, "id": op_id, "k": _lock_key(op_id)}, prepare=True
                     )
                     .fetchone()
                 )
@@ -378,7 +488,29 @@ def claim(
         if held is not None and _claims().get(op_id) is held:
             del _claims()[op_id]
         if held is None or not held.taken:
-            _unclaim(conn, op_id, before, locked=got, me=me, first=first)
+            _unclaim(conn, op_id, before, locked=got, me=params["pid"], first=first)
+
+
+@contextlib.contextmanager
+def _handed_claim(ctl: Control, made: MadeClaim) -> Iterator[OperationPublic]:
+    """:func:`claim` of a :class:`MadeClaim`."""
+    op_id, held = made.op.id, None
+    if made.claimed:
+        held = _claims()[op_id] = _Claimed(None, list(made.steps_done))
+    try:
+        if made.got and not made.claimed:
+            # finished between the read and the lock: read it again
+            yield _read_operation(ctl, op_id)
+        else:
+            yield made.op
+    finally:
+        if held is not None:
+            if _claims().get(op_id) is held:
+                del _claims()[op_id]
+            if not held.taken:
+                with ctl.catalog_engine.connect() as conn:
+                    _unclaim(conn, op_id, made.op, locked=False, me=os.getpid(),
+                             first=made.first_step, restore=True)  # fmt: skip
 
 
 def _unclaim(
@@ -389,18 +521,21 @@ def _unclaim(
     locked: bool,
     me: int,
     first: str | None,
+    restore: bool = False,
 ) -> None:
     """Give back a claim no run took: ``before`` (the operation as it was, when the claim
     marked it running) is restored and the ``first`` step it recorded removed, then the lock
-    is released and the connection returned."""
+    is released (when ``conn`` holds it: ``locked``) and the connection returned.
+    ``restore``: restore ``before`` though ``conn`` holds no lock (whoever made the claim
+    holds it, and unlocks after this)."""
     try:
         conn.rollback()
-        if locked:
+        if locked or restore:
             with _autocommit_if_idle(conn):
                 if before is not None:
                     sql = _client_bound(
                         conn,
-                        _UNCLAIM,
+                        _UNCLAIM if locked else _UNCLAIM_ONLY,
                         {
                             "id": op_id,
                             "status": before.status,
@@ -445,7 +580,11 @@ class OperationRun:
         held = _claims().pop(self.id, None)
         if held is not None:  # claimed by :func:`claim` in this thread: take it over
             held.taken = True
-            self._conn, self._locked, self.completed = held.conn, True, set(held.done)
+            self.completed = set(held.done)
+            if held.conn is None:  # its lock is held elsewhere in this process (MadeClaim)
+                self._conn = self.ctl.catalog_engine.connect()
+            else:
+                self._conn, self._locked = held.conn, True
             return self
         self._conn = self.ctl.catalog_engine.connect()
         try:
@@ -606,23 +745,28 @@ class OperationRun:
 
                 close.update(step=step, step_data=Jsonb(dict(data or {})))
             extra = _close_withs().get(self.id)
+            sql = _close_statement(step is not None, extra.sql if extra else None)
+            params = {**close, **extra.params} if extra else close
             raw = _driver(self.conn)
             with _autocommit_if_idle(self.conn) as idle:
-                # one pipeline, one round trip, prepared statements: BEGIN unless ``also``
-                # began the transaction, the last step, the close, ``extra``, the COMMIT,
-                # then the unlock
-                with raw.pipeline():
-                    if idle:
-                        raw.execute("BEGIN")
-                    if step is not None:
-                        raw.execute(_LAST_STEP, close, prepare=True)
-                    raw.execute(_CLOSE, close, prepare=True)
-                    answer = raw.execute(extra.sql, extra.params, prepare=True) if extra else None
-                    raw.execute("COMMIT")
-                    raw.execute(_UNLOCK, close, prepare=True)
-                if extra is not None and answer is not None:  # its result, after the sync
-                    extra.done = answer.rowcount > 0
-                self.conn.commit()  # what SQLAlchemy began (``also``) ended with the COMMIT
+                if idle and not self._locked:
+                    # one statement, its own transaction (a worker's run: the lock is held
+                    # by the job's fetch, which unlocks after this)
+                    answer = raw.execute(sql, params, prepare=True)
+                else:
+                    # one pipeline: the close (in the transaction ``also`` began, then the
+                    # COMMIT), then the unlock
+                    with raw.pipeline():
+                        answer = raw.execute(sql, params, prepare=True)
+                        if not idle:
+                            raw.execute("COMMIT")
+                        if self._locked:
+                            raw.execute(_UNLOCK, close, prepare=True)
+                row = answer.fetchone()
+                if extra is not None:
+                    extra.done = row is not None and row[0] > 0
+                if not idle:
+                    self.conn.commit()  # what SQLAlchemy began (``also``) ended with the COMMIT
             self._locked = False
             if step is not None:
                 self.completed.add(step)

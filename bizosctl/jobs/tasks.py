@@ -35,19 +35,22 @@ def run_operation(context: JobContext, op_id: str) -> dict[str, Any]:
     from bizosctl import runners
     from bizosctl.catalog.control import Control, get_control
     from bizosctl.catalog.operations import closing_with
+    from bizosctl.jobs.fetch import take_claim
     from bizosctl.jobs.queue import finish_with_operation
 
     ctl = context.additional_context.get("ctl")
     if not isinstance(ctl, Control):
         ctl = get_control()
-    job, op = context.job, uuid.UUID(op_id)
+    job = context.job
+    made = take_claim(job.id)  # the claim the worker's fetch made (jobs.fetch)
+    op = uuid.UUID(op_id)
     assert job.id is not None
     with closing_with(op, finish_with_operation(job.id, job.worker_id)) as fin:
         try:
             # A second job of one operation (a command re-run with --background, or a job
             # the reaper re-queued after the operation finished elsewhere) finds it done:
             # not a failure.
-            return runners.resume(ctl, op, finished_ok=True)
+            return runners.resume(ctl, op, finished_ok=True, made=made)
         finally:
             if fin.done:  # even if something failed after the close: the job has ended
                 with _finished_lock:

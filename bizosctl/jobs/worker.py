@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from procrastinate.job_context import JobContext
 
     from bizosctl.catalog.control import Control
+    from bizosctl.jobs.fetch import ClaimingFetch
 
 log = logging.getLogger("bizosctl.worker")
 
@@ -149,8 +150,11 @@ async def _serve(ctl: Control, report: WorkerReport, event: Event) -> None:
 
     s = ctl.settings
     app = make_app(ctl)
-    _finish_once(app)
-    pool = make_pool(ctl, max_size=report.concurrency + 4)
+    # every running job may hold a connection (its operation's lock: ClaimingFetch), and
+    # the fetch, the heartbeat and the reaper need theirs
+    pool = make_pool(ctl, max_size=2 * report.concurrency + 4)
+    fetch = _claiming_fetch(pool)
+    _finish_once(app, fetch)
     try:
         await pool.open(wait=True, timeout=10)
     except psycopg_pool.PoolTimeout as exc:
@@ -168,6 +172,7 @@ async def _serve(ctl: Control, report: WorkerReport, event: Event) -> None:
     loop = asyncio.get_running_loop()
     try:
         await app.open_async(pool)
+        fetch.install(app)
         options: WorkerOptions = {
             "concurrency": report.concurrency,
             "name": "bizosctl",
@@ -235,26 +240,45 @@ async def _serve(ctl: Control, report: WorkerReport, event: Event) -> None:
         plog.removeHandler(failure)
         plog.propagate, _ = saved
         plog.setLevel(saved[1])
+        await fetch.close()
         await app.close_async()
         await pool.close()
 
 
-def _finish_once(app: procrastinate.App) -> None:
+def _claiming_fetch(pool: Any) -> ClaimingFetch:
+    """The worker's fetch: each "run operation" job claims its operation in the statement
+    that fetches it, for the kinds whose runner claims first (``Kind.claim_first``)."""
+    from bizosctl.jobs.fetch import ClaimingFetch
+    from bizosctl.runners import CLAIM_FIRST, CLAIM_STEPS
+
+    return ClaimingFetch(pool, kinds=CLAIM_FIRST, first_steps=CLAIM_STEPS)
+
+
+def _finish_once(app: procrastinate.App, fetch: ClaimingFetch) -> None:
     """Skip procrastinate's finish (or retry) of a job its operation's close finished already
     (``tasks.finished_with_operation``): one catalog round trip fewer per operation, and no
-    error from finishing a job twice."""
+    error from finishing a job twice. Then the job has ended: ``fetch`` releases the lock of
+    its operation."""
     from bizosctl.jobs.tasks import finished_with_operation
 
     manager = app.job_manager
     finish_job, retry_job = manager.finish_job, manager.retry_job
 
     async def finish_once(job: Any, status: Any, delete_job: bool) -> None:
-        if not finished_with_operation(job.id):
-            await finish_job(job=job, status=status, delete_job=delete_job)
+        closed = finished_with_operation(job.id)
+        try:
+            if not closed:
+                await finish_job(job=job, status=status, delete_job=delete_job)
+        finally:
+            await fetch.release(job.id, finished=closed)
 
     async def retry_once(job: Any, *args: Any, **kwargs: Any) -> None:
-        if not finished_with_operation(job.id):
-            await retry_job(job, *args, **kwargs)
+        closed = finished_with_operation(job.id)
+        try:
+            if not closed:
+                await retry_job(job, *args, **kwargs)
+        finally:
+            await fetch.release(job.id, finished=closed)
 
     manager.finish_job = finish_once  # type: ignore[method-assign]
     manager.retry_job = retry_once  # type: ignore[method-assign]
