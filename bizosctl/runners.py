@@ -53,10 +53,12 @@ class Kind:
     #: What ``ops cancel`` does to a running operation of this kind: None when it cannot stop
     #: safely once started; otherwise a sentence for the operator (it stops at a safe point).
     cancel: str | None = None
-    #: The runner opens its :class:`OperationRun` first thing, in the calling thread (nothing
-    #: before it reads or checks the catalog): :func:`resume` then claims the run in the
-    #: statement that reads the operation, and the run takes that claim over (one round trip
-    #: fewer per resume).
+    #: The runner opens its :class:`OperationRun` in the calling thread, and nothing before
+    #: it asks whether the operation is alive (that would see the claim's own lock):
+    #: :func:`resume` then claims the run in the statement that reads the operation (a
+    #: worker: in the statement that fetches its job), and the run takes that claim over (one
+    #: round trip fewer per resume). What the runner reads before is read while the claim is
+    #: held; a runner that fails before its run gives the claim back.
     claim_first: bool = False
     #: With ``claim_first``: the runner's first checkpoint when nothing comes before it (it
     #: marks that the run started); the claim records it in its statement, and the runner's
@@ -75,27 +77,31 @@ REGISTRY: dict[OperationKind, Kind] = {
     OperationKind.SCHEMA_SYNC: Kind(
         "bizosctl.sync.engine:resume_sync", cancel="stops after the targets in flight"
     ),
-    OperationKind.TENANT_CREATE: Kind("bizosctl.tenancy.provision:run_create"),
-    OperationKind.TENANT_DELETE: Kind("bizosctl.tenancy.provision:run_delete"),
+    OperationKind.TENANT_CREATE: Kind("bizosctl.tenancy.provision:run_create", claim_first=True),
+    OperationKind.TENANT_DELETE: Kind("bizosctl.tenancy.provision:run_delete", claim_first=True),
     OperationKind.TENANT_MOVE: Kind(
         "bizosctl.moves.engine:resume_operation", cancel="aborted before its switch"
     ),
     OperationKind.ROTATE_PII: Kind(
-        "bizosctl.security.rotation:resume_pii_rotation", cancel="stops between two targets"
+        "bizosctl.security.rotation:resume_pii_rotation",
+        cancel="stops between two targets",
+        claim_first=True,
     ),
-    OperationKind.ROTATE_JWT: Kind("bizosctl.security.secrets:resume_jwt_rotation"),
+    OperationKind.ROTATE_JWT: Kind(
+        "bizosctl.security.secrets:resume_jwt_rotation", claim_first=True
+    ),
     OperationKind.ROTATE_DB_CREDENTIALS: Kind(
-        "bizosctl.security.secrets:resume_credentials_rotation"
+        "bizosctl.security.secrets:resume_credentials_rotation", claim_first=True
     ),
     OperationKind.ROTATE_MASTER_KEY: Kind(
         "bizosctl.security.master_rotation:resume_master_rotation"
     ),
     OperationKind.ROTATE_DB_PASSWORD: Kind(
-        "bizosctl.security.dbpasswords:resume_db_password_rotation"
+        "bizosctl.security.dbpasswords:resume_db_password_rotation", claim_first=True
     ),
-    OperationKind.GDPR_EXPORT: Kind("bizosctl.privacy.export:resume_export"),
+    OperationKind.GDPR_EXPORT: Kind("bizosctl.privacy.export:resume_export", claim_first=True),
     OperationKind.GDPR_DELETE: Kind(
-        "bizosctl.privacy.erase:resume_erase", cancel="stops between two tenants"
+        "bizosctl.privacy.erase:resume_erase", cancel="stops between two tenants", claim_first=True
     ),
 }
 
