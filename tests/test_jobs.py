@@ -200,6 +200,29 @@ def test_the_fetch_is_planned_without_bitmap_scans(ctl):
 # -- the worker's life -----------------------------------------------------------------------
 
 
+def test_a_claim_reads_the_steps_done_through_the_key(ctl, jobs):
+    """Control revision 0016: the steps a claim answers are read by ``bizos_steps_done``,
+    planned without sequential scans (statistics taken while the table was small made a
+    prepared claim scan every step of every operation; benchmarks/jobs.py --jobs 1000 shows
+    it). This checks the setting and what it answers; the plan is the benchmark's to show."""
+    from bizosctl.catalog.operations import OperationRun
+
+    op_id, _ = queue_ping(ctl, jobs)
+    with OperationRun(ctl, op_id) as run:
+        run.step("a")
+        run.step("b")
+        run.undo("b")
+        run.step("c")
+    with ctl.catalog() as s:
+        config = s.execute(
+            text("SELECT proconfig FROM pg_proc WHERE proname = 'bizos_steps_done'")
+        ).scalar_one()
+        done = s.execute(text("SELECT bizos_steps_done(:i)"), {"i": op_id}).scalar_one()
+        none = s.execute(text("SELECT bizos_steps_done(:i)"), {"i": uuid.uuid4()}).scalar_one()
+    assert config == ["enable_seqscan=off"]
+    assert sorted(done) == ["a", "c"] and none == []
+
+
 def test_worker_runs_a_queued_operation(ctl, jobs):
     op_id, [job_id] = queue_ping(ctl, jobs)
     w = worker(jobs, "--json").started()

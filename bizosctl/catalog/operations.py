@@ -140,9 +140,7 @@ _CLAIM = text(
     "WITH lk AS (SELECT pg_try_advisory_lock(:k) AS got), "
     "run AS (UPDATE operations SET pid = :pid, host = :host, status = 'running' FROM lk "
     "WHERE lk.got AND operations.id = :id RETURNING operations.id) "
-    "SELECT lk.got, EXISTS (SELECT FROM run) AS found, "
-    "(SELECT coalesce(array_agg(name), '{}') FROM operation_steps "
-    "WHERE op_id = :id AND status = 'done') AS done FROM lk"
+    "SELECT lk.got, EXISTS (SELECT FROM run) AS found, bizos_steps_done(:id) AS done FROM lk"
 )
 
 _READ_OPERATION = select(Operation.__table__).where(Operation.__table__.c.id == bindparam("id"))
@@ -185,8 +183,7 @@ def _claim_ctes(op_id: str, key: str) -> str:
 _CLAIM_ANSWER = (
     "lk.got AS claim_got, EXISTS (SELECT FROM run) AS claimed, "
     "(SELECT name FROM first) AS first_step, "
-    "ARRAY(SELECT name FROM operation_steps WHERE op_id = o.id AND status = 'done' "
-    "UNION ALL SELECT name FROM first) AS steps_done"
+    "bizos_steps_done(o.id) || ARRAY(SELECT name FROM first) AS steps_done"
 )
 
 #: :func:`claim`'s one statement (psycopg, prepared): read the operation and, when its kind
