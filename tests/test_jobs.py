@@ -200,12 +200,34 @@ def test_the_fetch_is_planned_without_bitmap_scans(ctl):
 # -- the worker's life -----------------------------------------------------------------------
 
 
+def _generic_plan(ctl, sql: str) -> str:
+    """``EXPLAIN (GENERIC_PLAN)`` of a psycopg-style statement: the plan a prepared statement
+    keeps after its fifth run, with the table statistics of now."""
+    import re
+
+    names: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    with ctl.catalog() as s:
+        s.execute(text("ANALYZE operation_steps, procrastinate_jobs"))
+        plan = s.execute(
+            text("EXPLAIN (GENERIC_PLAN) " + re.sub(r"%\((\w+)\)s", number, sql))
+        ).scalars()  # fmt: skip
+        return "\n".join(plan)
+
+
 def test_a_claim_reads_the_steps_done_through_the_key(ctl, jobs):
     """Control revision 0016: the steps a claim answers are read by ``bizos_steps_done``,
-    planned without sequential scans (statistics taken while the table was small made a
-    prepared claim scan every step of every operation; benchmarks/jobs.py --jobs 1000 shows
-    it). This checks the setting and what it answers; the plan is the benchmark's to show."""
+    planned without sequential scans (a prepared claim planned while operation_steps was
+    small kept scanning every step of every operation; ``benchmarks/jobs.py --jobs 1000
+    --rounds 1`` shows it). This checks the setting, what it answers, and that a worker's
+    fetch reads the steps through it."""
     from bizosctl.catalog.operations import OperationRun
+    from bizosctl.jobs.fetch import fetch_statement
 
     op_id, _ = queue_ping(ctl, jobs)
     with OperationRun(ctl, op_id) as run:
@@ -221,6 +243,29 @@ def test_a_claim_reads_the_steps_done_through_the_key(ctl, jobs):
         none = s.execute(text("SELECT bizos_steps_done(:i)"), {"i": uuid.uuid4()}).scalar_one()
     assert config == ["enable_seqscan=off"]
     assert sorted(done) == ["a", "c"] and none == []
+    plan = _generic_plan(ctl, fetch_statement())
+    assert "Scan on operation_steps" not in plan, plan  # only the function reads them
+
+
+def test_the_close_finds_its_job_by_id(ctl, jobs):
+    """The close's finish of the job looks the job up by its key, not through
+    procrastinate's index of running jobs by worker (whose dead entries a burst piles up
+    until a vacuum: each close of a burst of 1,000 read all of them). The plan that did so
+    came with a table of finished jobs and none running, as after a burst."""
+    from bizosctl.catalog.operations import _close_statement
+    from bizosctl.jobs.queue import _FINISH_WITH_OPERATION
+
+    with ctl.catalog() as s:
+        s.execute(
+            text(
+                "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status) "
+                "SELECT :q, 'bench.noop', '{}', 'succeeded' FROM generate_series(1, 1000)"
+            ),
+            {"q": jobs["queue"]},
+        )
+    plan = _generic_plan(ctl, _close_statement(True, _FINISH_WITH_OPERATION))
+    assert "Index Scan using procrastinate_jobs_pkey on procrastinate_jobs" in plan, plan
+    assert "idx_procrastinate_jobs_worker_not_null" not in plan, plan
 
 
 def test_worker_runs_a_queued_operation(ctl, jobs):

@@ -7,9 +7,10 @@ slug, a key purpose, ``fleet``), typed params, a status (:class:`OperationStatus
 SQL) and steps: one ``operation_steps`` row per step or target done, written in the step's own
 committed transaction (a checkpoint), so a run that dies resumes after its last step.
 
-A running operation holds a session-level advisory lock on its own catalog connection. The
-lock dies with the process (even SIGKILL closes the socket), so "is the previous run still
-alive?" is one ``pg_try_advisory_lock``. ``queued`` operations were recorded (by
+A running operation holds a session-level advisory lock on its own catalog connection (on a
+worker, on the connection that fetched its job: ``bizosctl.jobs.fetch``). The lock dies with
+the process (even SIGKILL closes the socket), so "is the previous run still alive?" is one
+``pg_try_advisory_lock``. ``queued`` operations were recorded (by
 ``--background``) for a worker to run; a worker's run and a foreground run are the same code.
 """
 

@@ -133,10 +133,17 @@ def enqueue_task(
 #: closes the job's operation (:func:`finish_with_operation`): a row when it did so; none when
 #: the job is not running there any more (a reaper re-queued it meanwhile), and the worker
 #: then finishes it as procrastinate does.
+#:
+#: The job is found by its id alone (``MATERIALIZED``: the primary key), then checked. A
+#: prepared statement planned while few jobs were running otherwise looked it up through one
+#: of procrastinate's partial indexes of running jobs (by worker, or by id and lock), which
+#: keep an entry for every job a burst ran until a vacuum: each close read them all, and a
+#: burst of 1,000 jobs slowed down as it went (``benchmarks/jobs.py --jobs 1000``).
 _FINISH_WITH_OPERATION = (
+    "WITH job AS MATERIALIZED (SELECT id, status, worker_id FROM procrastinate_jobs "
+    "WHERE id = %(bizos_job)s) "
     "SELECT procrastinate_finish_job_v1(id, 'succeeded', false) AS bizos_job_finished "
-    "FROM procrastinate_jobs WHERE id = %(bizos_job)s AND status = 'doing' "
-    "AND worker_id = %(bizos_worker)s"
+    "FROM job WHERE status = 'doing' AND worker_id = %(bizos_worker)s"
 )
 
 

@@ -3,12 +3,14 @@ statistics.
 
 A claim (``operations.claim``, a worker's fetch of an operation's job, a run's own claim)
 answers the steps its operation has done: the rows of ``operation_steps`` of one operation.
-The claim is a prepared statement, and its plan is made once per connection, with the
-statistics of the moment. Those are taken when the table is small (a young catalog, or
-autovacuum's last look before a burst); then a sequential scan looks cheapest, and it stays
-the plan while a burst adds rows: each claim reads every step of every operation.
-``benchmarks/jobs.py --jobs 1000 --rounds 1`` fell to about 0.6 of bare procrastinate's rate
-(a burst of 1,000 pings adds 2,000 steps) where 300 jobs ran at about 0.9.
+The claim is a prepared statement: after five runs on a connection PostgreSQL keeps one
+generic plan, made with the statistics of that moment. Taken while the table was small (a
+young catalog; autovacuum's last look before a burst), they make a sequential scan look
+cheapest (``EXPLAIN (GENERIC_PLAN)`` of a worker's fetch with 100 steps analysed: ``Seq Scan
+on operation_steps``), and it stays the plan while a burst adds rows: each claim then reads
+every step of every operation. A burst of 1,000 pings adds 2,000 steps, and
+``benchmarks/jobs.py --jobs 1000 --rounds 1`` ran at 0.5-0.76 of bare procrastinate's rate
+where its later rounds (planned on a larger table) ran at about 0.9.
 
 ``bizos_steps_done(op)`` reads them with sequential scans disabled (the function's own
 setting, as revision 0015 does for procrastinate's fetch): the primary key's index, leading
