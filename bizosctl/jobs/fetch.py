@@ -145,13 +145,12 @@ class ClaimingFetch:
             if row is None or row["id"] is None:
                 return None
             job = jobs.Job.from_row(row)
+            assert job.id is not None
             made = made_claim(row)
             if made is not None:
-                assert job.id is not None
                 with _made_lock:
                     _made[job.id] = made
             if row["claim_got"]:  # this connection holds the operation's lock
-                assert job.id is not None
                 self.holding[job.id] = conn
                 keep = True
             return job
@@ -169,7 +168,7 @@ class ClaimingFetch:
         operation ``finished`` (its close finished the job), the unlock waits for the
         connection's next fetch (see the module docstring)."""
         take_claim(job_id)  # a claim no task took (the task was not found)
-        conn = self.holding.pop(job_id, None) if job_id is not None else None
+        conn = self.holding.pop(job_id, None)  # type: ignore[arg-type]
         if conn is None:
             return
         if finished:

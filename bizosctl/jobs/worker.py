@@ -264,21 +264,19 @@ def _finish_once(app: procrastinate.App, fetch: ClaimingFetch) -> None:
     manager = app.job_manager
     finish_job, retry_job = manager.finish_job, manager.retry_job
 
-    async def finish_once(job: Any, status: Any, delete_job: bool) -> None:
+    async def once(job: Any, end: Callable[[], Awaitable[None]]) -> None:
         closed = finished_with_operation(job.id)
         try:
             if not closed:
-                await finish_job(job=job, status=status, delete_job=delete_job)
+                await end()
         finally:
             await fetch.release(job.id, finished=closed)
 
+    async def finish_once(job: Any, status: Any, delete_job: bool) -> None:
+        await once(job, lambda: finish_job(job=job, status=status, delete_job=delete_job))
+
     async def retry_once(job: Any, *args: Any, **kwargs: Any) -> None:
-        closed = finished_with_operation(job.id)
-        try:
-            if not closed:
-                await retry_job(job, *args, **kwargs)
-        finally:
-            await fetch.release(job.id, finished=closed)
+        await once(job, lambda: retry_job(job, *args, **kwargs))
 
     manager.finish_job = finish_once  # type: ignore[method-assign]
     manager.retry_job = retry_once  # type: ignore[method-assign]
